@@ -1,0 +1,185 @@
+// The shared state behind a future: result storage, completion flag, waiters, callbacks.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "procpool/detail/sync.hpp"
+
+namespace procpool::detail {
+
+class state_base;
+
+/// Lets an executor stop a task that is already running (a process pool kills its worker).
+/// Thread pools install none: a running thread cannot be stopped safely.
+class cancel_hook {
+public:
+    /// Try to stop `s`, which is claimed (running or dispatched). On success the hook
+    /// resolves `s` as cancelled and returns true.
+    virtual bool cancel_running(state_base& s) noexcept = 0;
+
+protected:
+    ~cancel_hook() = default;
+};
+
+/// A node in a state's callback list; run exactly once when the state completes.
+struct callback_node {
+    callback_node* next = nullptr;
+    virtual void run() noexcept = 0;
+    virtual ~callback_node() = default;
+};
+
+/// Reports a callback that threw: callbacks cannot propagate, like Python's
+/// add_done_callback, so the error is written to stderr and dropped.
+void report_callback_error() noexcept;
+
+/// Type-independent part of a task's shared state. Reference counted by hand so that
+/// a task costs one allocation: the state is also the executor's queue node and holds
+/// the callable (see thread_pool's task_state).
+class state_base {
+public:
+    /// Bits of `flags_`.
+    enum : std::uint32_t {
+        claimed = 1,     ///< An executor started it, or cancel() won: only the claimer completes.
+        done = 2,        ///< Result or error stored and published.
+        waiters = 4,     ///< Some thread sleeps on the futex: completion must wake it.
+        callbacks = 8,   ///< The callback list may be non-empty.
+        cancelled = 16,  ///< Completed as cancelled.
+    };
+
+    state_base() = default;
+    state_base(const state_base&) = delete;
+    state_base& operator=(const state_base&) = delete;
+
+    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    /// Executor: take the right to run this task. False if it was cancelled first.
+    bool try_claim() noexcept {
+        return (flags_.fetch_or(claimed, std::memory_order_acq_rel) & claimed) == 0;
+    }
+    bool is_done() const noexcept { return (flags_.load(std::memory_order_acquire) & done) != 0; }
+    bool is_claimed() const noexcept {
+        return (flags_.load(std::memory_order_acquire) & claimed) != 0;
+    }
+    bool is_cancelled() const noexcept {
+        return (flags_.load(std::memory_order_acquire) & cancelled) != 0;
+    }
+
+    /// Completes the task with an error. Only the claimer calls this, once.
+    void set_exception(std::exception_ptr e) noexcept {
+        error_ = std::move(e);
+        publish(0);
+    }
+    /// Completes a task as cancelled with a `task_cancelled` error.
+    void set_cancelled(const char* why) noexcept;
+
+    /// Claim-and-cancel from any thread: succeeds only if no executor has claimed it.
+    /// If it was claimed and a cancel hook is installed, asks the hook to stop it.
+    bool cancel() noexcept;
+
+    void set_cancel_hook(cancel_hook* h) noexcept { hook_ = h; }
+
+    /// Block until done, or until `deadline` if given. Returns is_done().
+    bool wait(const std::chrono::steady_clock::time_point* deadline = nullptr) const noexcept;
+
+    /// Run `cb` when done; at once (on this thread) if already done. Exactly once.
+    void add_callback(callback_node* cb) noexcept;
+
+    const std::exception_ptr& error() const noexcept { return error_; }
+
+    /// Executors run queued tasks through this. Task states override it.
+    virtual void execute() noexcept {}
+
+    /// Intrusive link for executor queues.
+    std::atomic<state_base*> next{nullptr};
+
+protected:
+    virtual ~state_base();
+    /// Marks done (plus `extra` bits), wakes waiters, runs callbacks.
+    void publish(std::uint32_t extra) noexcept;
+
+private:
+    void run_callbacks() noexcept;
+
+    mutable std::atomic<std::uint32_t> flags_{0};
+    std::atomic<std::uint32_t> refs_{1};
+    cancel_hook* hook_ = nullptr;
+    std::exception_ptr error_;
+    std::mutex cb_mutex_;
+    callback_node* cb_head_ = nullptr;
+    callback_node* cb_tail_ = nullptr;
+};
+
+/// Result storage for a T-valued task.
+template <class T>
+class state : public state_base {
+public:
+    /// Completes the task with a value. Only the claimer calls this, once.
+    template <class... A>
+    void set_value(A&&... a) noexcept {
+        try {
+            ::new (static_cast<void*>(&storage_)) T(std::forward<A>(a)...);
+            has_value_ = true;
+        } catch (...) {
+            set_exception(std::current_exception());
+            return;
+        }
+        publish(0);
+    }
+    T& value() noexcept { return *std::launder(reinterpret_cast<T*>(&storage_)); }
+
+protected:
+    ~state() override {
+        if (has_value_) value().~T();
+    }
+
+private:
+    alignas(T) unsigned char storage_[sizeof(T)];
+    bool has_value_ = false;
+};
+
+template <>
+class state<void> : public state_base {
+public:
+    void set_value() noexcept { publish(0); }
+};
+
+/// Owning pointer to a state (one reference).
+template <class S>
+class state_ptr {
+public:
+    state_ptr() = default;
+    /// Adopts one reference already held by the caller.
+    explicit state_ptr(S* p) noexcept : p_(p) {}
+    state_ptr(const state_ptr& o) noexcept : p_(o.p_) {
+        if (p_ != nullptr) p_->add_ref();
+    }
+    state_ptr(state_ptr&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+    state_ptr& operator=(state_ptr o) noexcept {
+        std::swap(p_, o.p_);
+        return *this;
+    }
+    ~state_ptr() {
+        if (p_ != nullptr) p_->release();
+    }
+    S* get() const noexcept { return p_; }
+    S* operator->() const noexcept { return p_; }
+    S& operator*() const noexcept { return *p_; }
+    explicit operator bool() const noexcept { return p_ != nullptr; }
+    /// Gives up ownership without releasing.
+    S* detach() noexcept { return std::exchange(p_, nullptr); }
+
+private:
+    S* p_ = nullptr;
+};
+
+}  // namespace procpool::detail

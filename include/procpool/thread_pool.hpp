@@ -1,0 +1,160 @@
+// thread_pool: a futures executor over OS threads, for I/O-bound work and cheap tasks.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "procpool/executor.hpp"
+#include "procpool/future.hpp"
+
+namespace procpool {
+
+/// Options of a `thread_pool`; designated initializers: `thread_pool({.workers = 8})`.
+struct thread_pool_options {
+    /// Number of worker threads (> 0). Defaults to the number of hardware threads.
+    int workers = default_worker_count();
+    /// Prefix of the worker threads' names (as shown by `top -H`, at most 15 characters).
+    std::string name = "procpool";
+};
+
+/// A pool of worker threads, the counterpart of Python's `ThreadPoolExecutor`.
+///
+/// Tasks are any callables; `submit` returns a `future` that rethrows the task's own
+/// exception type. Queued tasks run in submission order (FIFO). Idle workers spin for
+/// about one wake-up's cost and then sleep, so an idle pool uses no CPU.
+/// The destructor shuts down and waits for every queued task to finish.
+class thread_pool {
+public:
+    /// Starts the workers. Throws `procpool::invalid_argument` if `workers <= 0`.
+    explicit thread_pool(thread_pool_options opts = {});
+    /// Equivalent to `shutdown({.wait = true})`: runs every queued task, joins workers.
+    ~thread_pool();
+    thread_pool(const thread_pool&) = delete;
+    thread_pool& operator=(const thread_pool&) = delete;
+    thread_pool(thread_pool&&) = delete;
+    thread_pool& operator=(thread_pool&&) = delete;
+
+    /// Queues `f(args...)` (decayed copies of `f` and `args`) and returns its future.
+    /// Throws `pool_shut_down` once `shutdown()` has been called.
+    template <class F, class... A>
+        requires std::invocable<std::decay_t<F>, std::decay_t<A>...>
+    [[nodiscard]] future<task_result_t<F, A...>> submit(F&& f, A&&... args) {
+        using R = task_result_t<F, A...>;
+        auto* s = detail::make_task(std::forward<F>(f), std::forward<A>(args)...);
+        s->add_ref();  // one reference for the queue, one for the future
+        detail::state_ptr<detail::state<R>> owner(s);
+        enqueue(s);
+        return detail::make_future(std::move(owner));
+    }
+
+    /// Applies `f` to every element of `items` and returns the results in input order,
+    /// like Python's `Executor.map`. Elements are grouped into chunks of `chunksize`
+    /// (0 picks a size from the item and worker counts). If any call throws, the
+    /// exception of the first failing element (in input order) is rethrown after all
+    /// chunks have finished. Blocks until done.
+    template <class F, std::ranges::input_range Range>
+        requires std::invocable<std::decay_t<F>&, std::ranges::range_reference_t<Range>>
+    auto map(F&& f, Range&& items, std::size_t chunksize = 0);
+
+    /// Stops accepting work. With `wait`, blocks until queued tasks ran and workers exited;
+    /// with `cancel_pending`, tasks not yet started resolve as `task_cancelled`.
+    /// Calling it again is harmless.
+    void shutdown(shutdown_options opts = {});
+
+    /// The number of worker threads.
+    int workers() const noexcept;
+
+private:
+    void enqueue(detail::state_base* s);
+    std::size_t auto_chunksize(std::size_t n) const noexcept;
+
+    struct impl;
+    std::unique_ptr<impl> impl_;
+};
+
+template <class F, std::ranges::input_range Range>
+    requires std::invocable<std::decay_t<F>&, std::ranges::range_reference_t<Range>>
+auto thread_pool::map(F&& f, Range&& items, std::size_t chunksize) {
+    using R = std::remove_cvref_t<std::invoke_result_t<std::decay_t<F>&,
+                                                         std::ranges::range_reference_t<Range>>>;
+    if constexpr (!std::ranges::random_access_range<Range> || !std::ranges::sized_range<Range>) {
+        // Chunking needs indexable input: materialise other ranges once.
+        std::vector<std::ranges::range_value_t<Range>> copy(std::ranges::begin(items),
+                                                            std::ranges::end(items));
+        return map(std::forward<F>(f), copy, chunksize);
+    } else {
+        const std::size_t n = std::ranges::size(items);
+        if (chunksize == 0) chunksize = auto_chunksize(n);
+        auto first = std::ranges::begin(items);
+        std::decay_t<F> fn(std::forward<F>(f));  // one copy, shared by all chunks
+
+        // Each chunk stops at its first failure and records it; the caller rethrows the
+        // earliest one once every chunk is done, so no chunk outlives this call.
+        struct failure {
+            std::size_t index;
+            std::exception_ptr error;
+        };
+        const std::size_t nchunks = (n + chunksize - 1) / chunksize;
+        std::vector<std::optional<failure>> failures(nchunks);
+        // vector<bool> packs bits, so neighbouring chunks would race on one word.
+        constexpr bool direct = std::is_void_v<R> || (std::is_default_constructible_v<R> &&
+                                                      !std::is_same_v<R, bool>);
+        using slot = std::conditional_t<std::is_void_v<R>, char,
+                                        std::conditional_t<direct, R, std::optional<R>>>;
+        std::vector<slot> out(std::is_void_v<R> ? 0 : n);
+
+        std::vector<future<void>> chunks;
+        chunks.reserve(nchunks);
+        // Chunks refer to this frame: if submitting fails (the pool shut down), the ones
+        // already queued must finish before the error leaves.
+        struct join_guard {
+            std::vector<future<void>>& cs;
+            ~join_guard() {
+                for (auto& c : cs) c.wait();
+            }
+        } guard{chunks};
+        for (std::size_t c = 0; c < nchunks; ++c) {
+            const std::size_t lo = c * chunksize;
+            const std::size_t hi = std::min(n, lo + chunksize);
+            chunks.push_back(submit([&fn, &out, &failures, first, lo, hi, c] {
+                std::size_t i = lo;
+                try {
+                    for (; i < hi; ++i) {
+                        if constexpr (std::is_void_v<R>) {
+                            fn(first[static_cast<std::ptrdiff_t>(i)]);
+                        } else {
+                            out[i] = fn(first[static_cast<std::ptrdiff_t>(i)]);
+                        }
+                    }
+                } catch (...) {
+                    failures[c] = failure{i, std::current_exception()};
+                }
+            }));
+        }
+        for (std::size_t c = 0; c < nchunks; ++c) {
+            // A chunk cancelled by shutdown({.cancel_pending = true}) produced nothing.
+            if (auto e = chunks[c].exception()) std::rethrow_exception(e);
+            if (failures[c]) std::rethrow_exception(failures[c]->error);
+        }
+        if constexpr (std::is_void_v<R>) {
+            return;
+        } else if constexpr (direct) {
+            return out;
+        } else {
+            std::vector<R> values;
+            values.reserve(n);
+            for (auto& o : out) values.push_back(std::move(*o));
+            return values;
+        }
+    }
+}
+
+}  // namespace procpool
