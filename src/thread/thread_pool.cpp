@@ -66,8 +66,8 @@ void thread_pool::enqueue(detail::state_base* s) {
     const std::uint64_t g = impl_->gate.fetch_add(2, std::memory_order_acq_rel);
     if ((g & 1) != 0) {
         impl_->gate.fetch_sub(2, std::memory_order_acq_rel);
-        // Undo both references (queue's and future's): the caller never sees this state.
-        s->release();
+        // Drop only the queue's reference: the caller still owns the future's one and
+        // releases it when the exception unwinds submit().
         s->release();
         throw pool_shut_down("thread_pool: submit after shutdown(); create a new pool");
     }
