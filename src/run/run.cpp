@@ -1,0 +1,34 @@
+#include "procpool/run.hpp"
+
+#include <algorithm>
+
+namespace procpool::detail {
+
+bool is_retryable(const std::exception_ptr& e) noexcept {
+    try {
+        std::rethrow_exception(e);
+    } catch (const worker_died&) {
+        return true;
+    } catch (const task_timeout&) {
+        return true;
+    } catch (...) {
+    }
+    return false;
+}
+
+bool is_cancellation(const std::exception_ptr& e) noexcept {
+    try {
+        std::rethrow_exception(e);
+    } catch (const task_cancelled&) {
+        return true;
+    } catch (...) {
+    }
+    return false;
+}
+
+int pool_size_for(int requested, std::size_t n) noexcept {
+    const int wanted = requested > 0 ? requested : default_worker_count();
+    return static_cast<int>(std::clamp<std::size_t>(n, 1, static_cast<std::size_t>(wanted)));
+}
+
+}  // namespace procpool::detail
