@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <barrier>
+#include <chrono>
 #include <latch>
 #include <list>
 #include <memory>
@@ -154,22 +156,34 @@ TEST(ThreadPool, SubmitFromEightThreadsAtOnce_EveryTaskRunsOnce) {
     EXPECT_EQ(runs.load(), threads * per_thread);
 }
 
-TEST(ThreadPool, SubmitAndWaitFromManyThreads_NeverLosesATask) {
-    // Each submitter waits for its task before submitting the next, so the queue keeps
-    // running empty while other threads push: the pattern where a lost push would hang.
+TEST(ThreadPool, SimultaneousSubmitsToAnIdleWorker_NeverLoseATask) {
+    // In each round every submitter pushes one task at the same moment while the worker
+    // drains the queue, then waits for it with no later push to rescue a lost one. A task
+    // stuck in the queue would show as a future that never resolves.
     thread_pool pool({.workers = 1});
-    constexpr int threads = 4;
-    constexpr int rounds = 3000;
-    std::vector<std::thread> submitters;
+    constexpr int threads = 3;
+    constexpr int rounds = 2000;
+    std::barrier sync(threads);
     std::atomic<int> completed{0};
+    std::atomic<int> stuck{0};
+    std::vector<std::thread> submitters;
     for (int t = 0; t < threads; ++t) {
         submitters.emplace_back([&] {
-            for (int i = 0; i < rounds; ++i) {
-                if (pool.submit([i] { return i; }).get() == i) completed.fetch_add(1);
+            for (int i = 0; i < rounds && stuck.load() == 0; ++i) {
+                sync.arrive_and_wait();
+                auto f = pool.submit([i] { return i; });
+                // A hang detector, not a timing assertion: a healthy task resolves at once.
+                if (!f.wait_for(std::chrono::seconds(20))) {
+                    stuck.fetch_add(1);
+                } else if (f.get() == i) {
+                    completed.fetch_add(1);
+                }
+                sync.arrive_and_wait();
             }
         });
     }
     for (auto& s : submitters) s.join();
+    EXPECT_EQ(stuck.load(), 0) << "a submitted task was never run";
     EXPECT_EQ(completed.load(), threads * rounds);
 }
 
