@@ -23,7 +23,7 @@ void task_queue::push(state_base* s) noexcept {
 }
 
 task_queue::pop_result task_queue::pop_locked(state_base*& out) noexcept {
-    state_base* tail = tail_;
+    state_base* tail = tail_.load(std::memory_order_relaxed);
     state_base* next = tail->next.load(std::memory_order_acquire);
     if (tail == &stub_) {
         if (next == nullptr) {
@@ -31,11 +31,12 @@ task_queue::pop_result task_queue::pop_locked(state_base*& out) noexcept {
             return head_.load(std::memory_order_acquire) == &stub_ ? pop_result::empty
                                                                     : pop_result::retry;
         }
-        tail_ = tail = next;
+        tail = next;
+        tail_.store(tail, std::memory_order_release);
         next = next->next.load(std::memory_order_acquire);
     }
     if (next != nullptr) {
-        tail_ = next;
+        tail_.store(next, std::memory_order_release);
         out = tail;
         return pop_result::item;
     }
@@ -46,7 +47,7 @@ task_queue::pop_result task_queue::pop_locked(state_base*& out) noexcept {
     prev->next.store(&stub_, std::memory_order_release);
     next = tail->next.load(std::memory_order_acquire);
     if (next != nullptr) {
-        tail_ = next;
+        tail_.store(next, std::memory_order_release);
         out = tail;
         return pop_result::item;
     }

@@ -45,13 +45,17 @@ private:
     pop_result pop_locked(state_base*& out) noexcept;
     void lock_consumers() noexcept;
     void unlock_consumers() noexcept { consumer_lock_.store(false, std::memory_order_release); }
+    // Empty means the stub is both ends of the list. Checking head_ alone is not enough:
+    // when a consumer re-inserts the stub behind the last node while a producer's push is
+    // half done, the stub becomes head_ with that producer's node still before it.
     bool looks_empty() const noexcept {
-        return head_.load(std::memory_order_seq_cst) == &stub_;
+        return head_.load(std::memory_order_seq_cst) == &stub_ &&
+               tail_.load(std::memory_order_seq_cst) == &stub_;
     }
     void wake_one() noexcept;
 
     alignas(64) std::atomic<state_base*> head_;  // producers' end
-    alignas(64) state_base* tail_;               // consumers' end, under consumer_lock_
+    alignas(64) std::atomic<state_base*> tail_;  // consumers' end, written under consumer_lock_
     std::atomic<bool> consumer_lock_{false};
     stub_node stub_;
     alignas(64) std::atomic<int> nsleepers_{0};
