@@ -33,7 +33,8 @@ struct progress_options {
 /// Reports the progress of a known number of tasks, counting tasks (never chunks).
 ///
 /// On a terminal it redraws one line, at most once per `interval`:
-/// `run_in_threads [#########...........]  9/20  1 failed  4.5 tasks/s  elapsed 0:02  ETA 0:02`
+/// `run_in_threads [#############.............]  9/20  1 failed  4.5/s  elapsed 0:02  ETA 0:02`
+/// (the bar takes the width the text leaves, the whole line fits the terminal)
 /// and ends it with a newline in `finish()`. Otherwise (a log file, a pipe) it writes no
 /// control characters, just two lines:
 /// `procpool: starting run_in_threads: workers = 4, tasks = 20` and

@@ -12,7 +12,8 @@ namespace procpool {
 
 namespace {
 
-constexpr int bar_width = 20;
+constexpr int min_bar_width = 10;
+constexpr int max_bar_width = 30;
 
 // "m:ss", or "h:mm:ss" from an hour on: short enough to keep the bar on one line.
 std::string clock_text(double seconds) {
@@ -129,13 +130,7 @@ std::string progress_reporter::bar_line() const {
 }
 
 std::string progress_reporter::bar_line_locked(std::chrono::steady_clock::time_point t) const {
-    const double elapsed =
-        started_ ? std::chrono::duration<double>(t - start_).count() : 0.0;
-    const std::size_t filled =
-        total_ == 0 ? bar_width : done_ * bar_width / total_;
-    std::string bar(filled, '#');
-    bar.append(bar_width - filled, '.');
-
+    const double elapsed = started_ ? std::chrono::duration<double>(t - start_).count() : 0.0;
     const int digits = static_cast<int>(std::to_string(total_).size());
     const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
     std::string eta = "--:--";
@@ -148,11 +143,19 @@ std::string progress_reporter::bar_line_locked(std::chrono::steady_clock::time_p
 
     char buf[256];
     std::snprintf(buf, sizeof buf, "] %*zu/%zu  %zu failed", digits, done_, total_, failed_);
-    std::string line = opts_.label + " [" + bar + buf;
-    if (retried_ > 0) line += "  " + std::to_string(retried_) + " retried";
-    std::snprintf(buf, sizeof buf, "  %.1f tasks/s  elapsed %s  ETA %s", rate,
+    std::string counts = buf;
+    if (retried_ > 0) counts += "  " + std::to_string(retried_) + " retried";
+    std::snprintf(buf, sizeof buf, "  %.1f/s  elapsed %s  ETA %s", rate,
                   clock_text(elapsed).c_str(), eta.c_str());
-    return line + buf;
+    counts += buf;
+
+    // The bar takes the room the text leaves, within limits; the line is cut if needed.
+    const int room = columns_ - 1 - static_cast<int>(opts_.label.size() + 2 + counts.size());
+    const auto width = static_cast<std::size_t>(std::clamp(room, min_bar_width, max_bar_width));
+    const std::size_t filled = total_ == 0 ? width : done_ * width / total_;
+    std::string bar(filled, '#');
+    bar.append(width - filled, '.');
+    return opts_.label + " [" + bar + counts;
 }
 
 std::string progress_reporter::start_line() const {
