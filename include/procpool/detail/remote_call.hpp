@@ -1,0 +1,230 @@
+// How a call crosses into a worker process: code addresses as offsets, and the
+// type-specific functions that decode arguments in the worker and results in the parent.
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "procpool/detail/state.hpp"
+#include "procpool/error.hpp"
+#include "procpool/wire.hpp"
+
+namespace procpool::detail {
+
+/// What a worker reports for a task (the type of a completion frame).
+enum class run_status : std::uint32_t {
+    value = 1,          ///< payload: the serialized result
+    exception = 2,      ///< payload: type name, what()
+    serialization = 3,  ///< payload: message
+    cancelled = 4,      ///< skipped before it started; no payload
+    init_failed = 5,    ///< the worker's initializer threw: type name, what()
+};
+
+/// A function every procpool binary links; code addresses travel as offsets from it so
+/// that a worker of the same binary (forked, or one day another MPI rank) finds them.
+void code_anchor() noexcept;
+
+inline std::uint64_t code_offset(const void* p) noexcept {
+    return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(p) -
+                                      reinterpret_cast<std::uintptr_t>(&code_anchor));
+}
+inline const void* code_address(std::uint64_t off) noexcept {
+    return reinterpret_cast<const void*>(reinterpret_cast<std::uintptr_t>(&code_anchor) + off);
+}
+
+/// Writes the exception in flight as (demangled type name, what()).
+void encode_current_exception(wire::writer& out);
+/// Writes `msg` as an error payload.
+void encode_message(wire::writer& out, const std::string& msg);
+/// Reads a payload written by encode_current_exception as a remote_exception.
+std::exception_ptr decode_exception(wire::reader& in);
+/// Reads a payload written by encode_message.
+std::string decode_message(wire::reader& in);
+/// Demangled name of T, for error messages.
+std::string type_name_of(const std::type_info& t);
+
+/// The type an argument travels as: its decayed type, except that C strings travel as
+/// std::string (a pointer means nothing in another process).
+template <class A>
+using wire_arg_t =
+    std::conditional_t<std::is_same_v<std::decay_t<A>, const char*> ||
+                           std::is_same_v<std::decay_t<A>, char*>,
+                       std::string, std::decay_t<A>>;
+
+/// A callable that can be named in another process: a function pointer, or an empty
+/// default-constructible class such as a captureless lambda.
+template <class F>
+concept remote_callable =
+    std::is_pointer_v<std::decay_t<F>> &&
+        std::is_function_v<std::remove_pointer_t<std::decay_t<F>>> ||
+    (std::is_class_v<std::decay_t<F>> && std::is_empty_v<std::decay_t<F>> &&
+     std::is_default_constructible_v<std::decay_t<F>>);
+
+template <class F>
+std::uint64_t callable_offset(const F& f) noexcept {
+    if constexpr (std::is_pointer_v<F>) {
+        return code_offset(reinterpret_cast<const void*>(f));
+    } else {
+        return 0;  // an empty class is rebuilt from its type alone
+    }
+}
+
+template <class F>
+F callable_from(std::uint64_t off) noexcept {
+    if constexpr (std::is_pointer_v<F>) {
+        return reinterpret_cast<F>(const_cast<void*>(code_address(off)));
+    } else {
+        return F{};
+    }
+}
+
+/// Runs in the worker: decode arguments, call, encode the result or the failure.
+using invoker_fn = run_status (*)(std::uint64_t fn, wire::reader& in, wire::writer& out);
+
+template <class F, class R, class... Args>
+run_status invoke_remote(std::uint64_t fn_off, wire::reader& in, wire::writer& out) {
+    std::tuple<Args...>* args = nullptr;
+    alignas(std::tuple<Args...>) unsigned char storage[sizeof(std::tuple<Args...>)];
+    try {
+        args = ::new (static_cast<void*>(storage)) std::tuple<Args...>(wire::load_all<Args...>(in));
+    } catch (const std::exception& e) {
+        encode_message(out, std::string("could not deserialize the task's arguments: ") + e.what());
+        return run_status::serialization;
+    }
+    struct destroy {
+        std::tuple<Args...>* p;
+        ~destroy() { p->~tuple(); }
+    } guard{args};
+    F fn = callable_from<F>(fn_off);
+    const std::size_t mark = out.buffer().size();
+    if constexpr (std::is_void_v<R>) {
+        try {
+            std::apply(fn, std::move(*args));
+        } catch (...) {
+            encode_current_exception(out);
+            return run_status::exception;
+        }
+        return run_status::value;
+    } else {
+        try {
+            R r = std::apply(fn, std::move(*args));
+            try {
+                wire::save(out, r);
+            } catch (const std::exception& e) {
+                out.buffer().resize(mark);
+                encode_message(out, std::string("could not serialize the task's result: ") +
+                                        e.what());
+                return run_status::serialization;
+            }
+        } catch (...) {
+            out.buffer().resize(mark);
+            encode_current_exception(out);
+            return run_status::exception;
+        }
+        return run_status::value;
+    }
+}
+
+template <class F, class... Args>
+invoker_fn invoker_for() noexcept {
+    using R = std::remove_cvref_t<std::invoke_result_t<F&, Args...>>;
+    return &invoke_remote<F, R, Args...>;
+}
+
+/// The remote function behind process_pool::map: applies the user's function (named by
+/// its code offset) to one chunk of items; the first failing item's exception propagates.
+template <class Fn, class T, class R>
+std::vector<R> map_chunk(std::uint64_t fn_off, std::vector<T> items) {
+    Fn fn = callable_from<Fn>(fn_off);
+    std::vector<R> out;
+    out.reserve(items.size());
+    for (auto& x : items) out.push_back(fn(x));
+    return out;
+}
+
+/// Parent-side bookkeeping of a task run by a process pool (the type-independent part).
+/// The pool's supervisor works through this interface; `process_task<R>` adds the result.
+class process_task_base {
+public:
+    /// The future's shared state (reference counting, completion).
+    virtual state_base& shared() noexcept = 0;
+    /// Resolves the future from a worker's completion frame.
+    virtual void decode(run_status status, wire::reader& in) noexcept = 0;
+
+    /// Takes the exclusive right to resolve this task (cancel and completion can race).
+    bool begin_resolve() noexcept { return !resolving_.exchange(true, std::memory_order_acq_rel); }
+
+    std::uint64_t invoker = 0;     ///< code offset of the invoker
+    std::uint64_t fn = 0;          ///< code offset of the function (0 for empty classes)
+    std::int64_t timeout_ns = 0;   ///< per-task deadline once started; 0 = none
+    std::uint64_t seq = 0;         ///< sequence number on its current worker
+    int worker = -1;               ///< index of the worker it was dispatched to; -1 if parked
+    std::uint64_t payload_pos = 0; ///< where its arguments sit in the worker's request ring
+    std::uint32_t payload_len = 0;
+    std::vector<std::byte> parked; ///< serialized arguments while the task waits in the pool
+    process_task_base* link = nullptr;  ///< pool-internal queue link
+
+protected:
+    ~process_task_base() = default;
+
+private:
+    std::atomic<bool> resolving_{false};
+};
+
+template <class R>
+class process_task final : public state<R>, public process_task_base {
+public:
+    state_base& shared() noexcept override { return *this; }
+
+    void decode(run_status status, wire::reader& in) noexcept override {
+        try {
+            switch (status) {
+                case run_status::value:
+                    if constexpr (std::is_void_v<R>) {
+                        this->set_value();
+                    } else {
+                        decode_value(in);
+                    }
+                    return;
+                case run_status::cancelled:
+                    this->set_cancelled("task cancelled before it started");
+                    return;
+                case run_status::serialization:
+                    this->set_exception(
+                        std::make_exception_ptr(serialization_error(decode_message(in))));
+                    return;
+                case run_status::exception:
+                case run_status::init_failed:
+                    this->set_exception(decode_exception(in));
+                    return;
+            }
+            this->set_exception(std::make_exception_ptr(
+                serialization_error("worker sent an unknown completion type")));
+        } catch (...) {
+            this->set_exception(std::current_exception());
+        }
+    }
+
+private:
+    void decode_value(wire::reader& in) {
+        if constexpr (!std::is_void_v<R>) {
+            std::exception_ptr err;
+            try {
+                R r = wire::load<R>(in);
+                this->set_value(std::move(r));
+                return;
+            } catch (const std::exception& e) {
+                err = std::make_exception_ptr(serialization_error(
+                    std::string("could not deserialize the task's result: ") + e.what()));
+            }
+            this->set_exception(err);
+        }
+    }
+};
+
+}  // namespace procpool::detail

@@ -1,0 +1,221 @@
+#include "process/fork_server.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "procpool/process_pool.hpp"
+#include "process/protocol.hpp"
+
+namespace procpool::process {
+
+namespace {
+
+std::mutex server_mutex;
+ipc::unique_fd server_sock;
+pid_t server_pid = -1;
+
+constexpr std::size_t max_request = 1 << 20;
+
+// The fork server's event loop. Single-threaded by construction: it was forked from a
+// program that had not started threads (or, if it had, only this thread was copied).
+[[noreturn]] void serve(int sock, pid_t parent) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(0);
+    prctl(PR_SET_NAME, "procpool-forksrv");
+    reset_signals_for_child();
+    close_other_fds({sock});
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, nullptr);
+    const int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sigfd < 0) _exit(1);
+
+    std::vector<int> channels;          // open pool channels
+    std::map<pid_t, int> owner;          // worker pid -> channel fd (-1 once closed)
+    std::vector<std::byte> buf(max_request);
+
+    auto kill_workers_of = [&](int ch) {
+        for (auto& [pid, c] : owner) {
+            if (c == ch) {
+                kill(pid, SIGKILL);
+                c = -1;
+            }
+        }
+    };
+
+    for (;;) {
+        std::vector<pollfd> pfds;
+        pfds.push_back({sock, POLLIN, 0});
+        pfds.push_back({sigfd, POLLIN, 0});
+        for (int ch : channels) pfds.push_back({ch, POLLIN, 0});
+        if (poll(pfds.data(), pfds.size(), -1) < 0) {
+            if (errno == EINTR) continue;
+            _exit(1);
+        }
+        if (pfds[0].revents != 0) {
+            int fd = -1;
+            std::size_t nfds = 0;
+            char tag = 0;
+            long n = ipc::recv_with_fds(sock, &tag, 1, std::span<int>(&fd, 1), nfds);
+            if (n <= 0) {
+                // The program is gone: take its workers with us.
+                for (auto& [pid, c] : owner) kill(pid, SIGKILL);
+                _exit(0);
+            }
+            if (nfds == 1) channels.push_back(fd);
+        }
+        if (pfds[1].revents != 0) {
+            signalfd_siginfo si;
+            while (read(sigfd, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+            }
+            int status = 0;
+            pid_t pid;
+            while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+                auto it = owner.find(pid);
+                if (it == owner.end()) continue;
+                if (it->second >= 0) {
+                    fs_record r{fs_exited, status, static_cast<std::uint64_t>(pid)};
+                    send(it->second, &r, sizeof r, MSG_NOSIGNAL);
+                }
+                owner.erase(it);
+            }
+        }
+        for (std::size_t i = 2; i < pfds.size(); ++i) {
+            if (pfds[i].revents == 0) continue;
+            const int ch = pfds[i].fd;
+            std::array<int, 3> fds{-1, -1, -1};
+            std::size_t nfds = 0;
+            long n = ipc::recv_with_fds(ch, buf.data(), buf.size(), fds, nfds);
+            if (n <= 0) {
+                kill_workers_of(ch);
+                close(ch);
+                std::erase(channels, ch);
+                continue;
+            }
+            fs_record req{};
+            if (static_cast<std::size_t>(n) < sizeof req || nfds != 3) {
+                for (std::size_t k = 0; k < nfds; ++k) close(fds[k]);
+                continue;
+            }
+            std::memcpy(&req, buf.data(), sizeof req);
+            fs_record reply{fs_spawned, 0, req.token};
+            const pid_t me = getpid();
+            const pid_t child = fork();
+            if (child == 0) {
+                worker_config cfg;
+                try {
+                    cfg = decode_config(buf.data() + sizeof req,
+                                        static_cast<std::size_t>(n) - sizeof req);
+                } catch (...) {
+                    _exit(75);
+                }
+                run_worker(fds[0], fds[1], fds[2], me, cfg);
+            }
+            for (int f : fds) close(f);
+            if (child < 0) {
+                reply = fs_record{fs_spawn_failed, errno, req.token};
+            } else {
+                reply.value = child;
+                owner[child] = ch;
+            }
+            send(ch, &reply, sizeof reply, MSG_NOSIGNAL);
+        }
+    }
+}
+
+}  // namespace
+
+int current_thread_count() noexcept {
+    FILE* f = std::fopen("/proc/self/status", "re");
+    if (f == nullptr) return 1;
+    char line[256];
+    int n = 1;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (std::strncmp(line, "Threads:", 8) == 0) {
+            n = std::atoi(line + 8);
+            break;
+        }
+    }
+    std::fclose(f);
+    return n;
+}
+
+ipc::unique_fd open_fork_server_channel() {
+    std::lock_guard lock(server_mutex);
+    if (!server_sock) return {};
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        ipc::throw_errno("socketpair for the fork server");
+    }
+    ipc::unique_fd mine(sv[0]);
+    ipc::unique_fd theirs(sv[1]);
+    const char tag = 'C';
+    const int f = theirs.get();
+    if (!ipc::send_with_fds(server_sock.get(), &tag, 1, std::span<const int>(&f, 1))) {
+        throw error(
+            "procpool: the fork server started by procpool::init() is gone (was it killed?); "
+            "pools cannot start workers. Use start_method::fork or restart the program");
+    }
+    return mine;
+}
+
+pid_t fork_server_pid() noexcept { return server_pid; }
+
+}  // namespace procpool::process
+
+namespace procpool {
+
+void init(int /*argc*/, char** /*argv*/) {
+    std::lock_guard lock(process::server_mutex);
+    if (process::server_sock) return;
+    if (process::current_thread_count() > 1) {
+        std::fprintf(stderr,
+                     "procpool: init() called while the program already runs other threads; "
+                     "call it first thing in main() so workers start from a clean state\n");
+    }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        ipc::throw_errno("socketpair for the fork server");
+    }
+    // Unflushed stdio buffers would otherwise be written again by every worker.
+    std::fflush(nullptr);
+    const pid_t parent = getpid();
+    const pid_t pid = fork();
+    if (pid < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        ipc::throw_errno("fork of the procpool fork server");
+    }
+    if (pid == 0) {
+        close(sv[0]);
+        process::serve(sv[1], parent);
+    }
+    close(sv[1]);
+    process::server_sock.reset(sv[0]);
+    process::server_pid = pid;
+}
+
+bool initialized() noexcept {
+    std::lock_guard lock(process::server_mutex);
+    return static_cast<bool>(process::server_sock);
+}
+
+std::vector<std::pair<std::string, std::string>> default_worker_env() {
+    return {{"OMP_NUM_THREADS", "1"}, {"OPENBLAS_NUM_THREADS", "1"}, {"MKL_NUM_THREADS", "1"}};
+}
+
+}  // namespace procpool

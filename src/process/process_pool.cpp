@@ -1,0 +1,1019 @@
+// The process pool's supervisor: one thread that owns worker processes, resolves
+// futures from their completion rings, and handles deaths, deadlines and cancellation.
+#include "procpool/process_pool.hpp"
+
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ipc/fd.hpp"
+#include "ipc/ring.hpp"
+#include "procpool/detail/sync.hpp"
+#include "process/fork_server.hpp"
+#include "process/protocol.hpp"
+
+namespace procpool {
+
+namespace {
+
+using detail::process_task_base;
+using detail::run_status;
+
+constexpr std::uint32_t ring_capacity = 1u << 20;
+// How much queued work (in expected run time) a worker may hold: deep enough that tiny
+// tasks never leave a worker idle, shallow enough that long tasks stay balanced.
+constexpr std::int64_t window_ns = 2'000'000;
+constexpr std::int64_t max_window = 4096;
+
+std::int64_t now_ns() noexcept {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// Held for a few instructions by submitters and the supervisor; a sleeping mutex would
+// cost a cross-core wake-up whenever the two meet.
+class spin_mutex {
+public:
+    void lock() noexcept {
+        while (flag_.exchange(true, std::memory_order_acquire)) {
+            while (flag_.load(std::memory_order_relaxed)) detail::cpu_yield();
+        }
+    }
+    void unlock() noexcept { flag_.store(false, std::memory_order_release); }
+
+private:
+    std::atomic<bool> flag_{false};
+};
+
+// Intrusive FIFO of tasks through process_task_base::link.
+struct task_list {
+    process_task_base* head = nullptr;
+    process_task_base* tail = nullptr;
+    std::size_t size = 0;
+
+    void push_back(process_task_base* t) noexcept {
+        t->link = nullptr;
+        if (tail != nullptr) {
+            tail->link = t;
+        } else {
+            head = t;
+        }
+        tail = t;
+        ++size;
+    }
+    void push_front(process_task_base* t) noexcept {
+        t->link = head;
+        head = t;
+        if (tail == nullptr) tail = t;
+        ++size;
+    }
+    process_task_base* pop_front() noexcept {
+        process_task_base* t = head;
+        if (t == nullptr) return nullptr;
+        head = t->link;
+        if (head == nullptr) tail = nullptr;
+        t->link = nullptr;
+        --size;
+        return t;
+    }
+    bool remove(process_task_base* t) noexcept {
+        process_task_base* prev = nullptr;
+        for (process_task_base* c = head; c != nullptr; prev = c, c = c->link) {
+            if (c != t) continue;
+            (prev != nullptr ? prev->link : head) = c->link;
+            if (tail == c) tail = prev;
+            c->link = nullptr;
+            --size;
+            return true;
+        }
+        return false;
+    }
+    bool empty() const noexcept { return head == nullptr; }
+};
+
+enum class kill_reason { none, timeout, cancel, channel_lost };
+
+enum class slot_state { idle, spawning, alive, retiring, exiting };
+
+struct worker_slot {
+    int index = 0;
+    slot_state state = slot_state::idle;
+    pid_t pid = -1;
+    std::uint64_t token = 0;
+    ipc::unique_fd pidfd;
+    ipc::unique_fd ctl;
+    void* map = nullptr;
+    std::size_t map_len = 0;
+    ipc::worker_region* region = nullptr;
+    ipc::ring req;
+    ipc::ring cmp;
+    task_list inflight;
+    std::uint64_t next_seq = 1;
+    int sent = 0;
+    kill_reason reason = kill_reason::none;
+    std::uint64_t reason_seq = 0;
+    bool hup = false;
+    bool exit_sent = false;
+    std::uint32_t gen = 0;  ///< incremented at each spawn
+};
+
+// epoll user data: kind, the slot's generation (so that an event still queued for a
+// replaced worker is recognised as stale) and the slot index.
+enum : std::uint64_t { ev_wake = 1, ev_server = 2, ev_ctl = 3, ev_pidfd = 4 };
+constexpr std::uint64_t ev(std::uint64_t kind, int index, std::uint32_t gen = 0) {
+    return (kind << 56) | (static_cast<std::uint64_t>(gen & 0xffffffu) << 32) |
+           static_cast<std::uint32_t>(index);
+}
+
+std::string describe_timeout(std::int64_t ns) {
+    return "task ran longer than its timeout of " + std::to_string(ns / 1'000'000) +
+           " ms; its worker was killed and replaced";
+}
+
+void resolve_error(process_task_base& t, std::exception_ptr e) noexcept {
+    t.shared().set_exception(std::move(e));
+}
+
+}  // namespace
+
+struct process_pool::impl final : detail::cancel_hook {
+    process_pool_options opts;
+    start_method method = start_method::fork;
+    std::vector<std::byte> config;
+    std::int64_t default_timeout_ns = 0;
+
+    spin_mutex mu;  // guards everything below except what only the supervisor touches
+    std::vector<std::unique_ptr<worker_slot>> slots;
+    task_list pending;
+    bool closed = false;
+    std::exception_ptr broken;  // set when a worker initializer failed
+    int last_worker = 0;
+    std::int64_t avg_task_ns = 1'000'000;  // EWMA of task run time
+    std::uint64_t next_token = 1;
+
+    // Tasks not yet resolved by the pool; shutdown waits for zero.
+    std::atomic<std::uint64_t> outstanding{0};
+    std::mutex idle_mu;
+    std::condition_variable idle_cv;
+
+    ipc::unique_fd epfd;
+    ipc::unique_fd evfd;
+    ipc::unique_fd server;  // fork-server channel (forkserver method)
+    std::thread supervisor;
+    std::atomic<bool> stopping{false};
+    std::atomic<bool> joined{false};
+    std::mutex join_mu;
+
+    // ---- setup ---------------------------------------------------------------------
+    explicit impl(process_pool_options o) : opts(std::move(o)) {
+        if (opts.workers <= 0) {
+            throw invalid_argument("process_pool needs at least one worker (got workers = " +
+                                   std::to_string(opts.workers) +
+                                   "); leave it unset for one per hardware thread");
+        }
+        if (opts.workers > 4096) {
+            throw invalid_argument("process_pool: workers = " + std::to_string(opts.workers) +
+                                   " is more processes than makes sense; use at most 4096");
+        }
+        if (opts.max_tasks_per_child < 0) {
+            throw invalid_argument("process_pool: max_tasks_per_child must be >= 0 (0: never)");
+        }
+        if (opts.task_timeout && opts.task_timeout->count() <= 0) {
+            throw invalid_argument("process_pool: task_timeout must be positive");
+        }
+        if (opts.task_timeout) default_timeout_ns = opts.task_timeout->count() * 1'000'000;
+        method = opts.start;
+        if (method == start_method::automatic) {
+            method = initialized() ? start_method::forkserver : start_method::fork;
+        }
+        if (method == start_method::forkserver) {
+            server = process::open_fork_server_channel();
+            if (!server) {
+                throw invalid_argument(
+                    "process_pool: start_method::forkserver needs procpool::init(argc, argv) "
+                    "at the top of main()");
+            }
+        } else if (opts.start == start_method::automatic &&
+                   process::current_thread_count() > 1) {
+            static std::once_flag warned;
+            std::call_once(warned, [] {
+                std::fprintf(stderr,
+                             "procpool: warning: forking workers from a multi-threaded program; "
+                             "a lock held by another thread stays locked in the workers. Call "
+                             "procpool::init(argc, argv) at the top of main() to avoid this.\n");
+            });
+        }
+        process::worker_config cfg;
+        cfg.anchor = reinterpret_cast<std::uintptr_t>(&detail::code_anchor);
+        cfg.ring_capacity = ring_capacity;
+        cfg.max_tasks = opts.max_tasks_per_child;
+        cfg.memory_limit = opts.memory_limit;
+        cfg.env = opts.env;
+        config = process::encode_config(cfg);
+
+        epfd.reset(epoll_create1(EPOLL_CLOEXEC));
+        evfd.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        if (!epfd || !evfd) ipc::throw_errno("epoll/eventfd for process_pool");
+        watch(evfd.get(), ev(ev_wake, 0), EPOLLIN);
+        if (server) watch(server.get(), ev(ev_server, 0), EPOLLIN);
+    }
+
+    void set_initializer(const worker_initializer& init, std::uint64_t inv, std::uint64_t fn,
+                         const std::vector<std::byte>& args) {
+        (void)init;
+        process::worker_config cfg = process::decode_config(config.data(), config.size());
+        cfg.init_invoker = inv;
+        cfg.init_fn = fn;
+        cfg.init_args = args;
+        config = process::encode_config(cfg);
+    }
+
+    void start() {
+        {
+            std::lock_guard lock(mu);
+            for (int i = 0; i < opts.workers; ++i) {
+                slots.push_back(std::make_unique<worker_slot>());
+                slots.back()->index = i;
+                spawn(*slots.back());
+            }
+        }
+        supervisor = std::thread([this] { supervise(); });
+    }
+
+    void watch(int fd, std::uint64_t data, std::uint32_t events) {
+        epoll_event e{};
+        e.events = events;
+        e.data.u64 = data;
+        if (epoll_ctl(epfd.get(), EPOLL_CTL_ADD, fd, &e) != 0) ipc::throw_errno("epoll_ctl");
+    }
+    void unwatch(int fd) noexcept { epoll_ctl(epfd.get(), EPOLL_CTL_DEL, fd, nullptr); }
+
+    // Creates the slot's region and asks for a process. Called with mu held.
+    void spawn(worker_slot& w) {
+        ipc::unique_fd mem(memfd_create("procpool-worker", MFD_CLOEXEC));
+        if (!mem) ipc::throw_errno("memfd_create");
+        const std::size_t len = ipc::worker_region::mapping_size(ring_capacity);
+        if (ftruncate(mem.get(), static_cast<off_t>(len)) != 0) ipc::throw_errno("ftruncate");
+        void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0);
+        if (p == MAP_FAILED) ipc::throw_errno("mmap of a worker region");
+        auto* region = ::new (p) ipc::worker_region();
+        region->ring_capacity = ring_capacity;
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+            munmap(p, len);
+            ipc::throw_errno("socketpair for a worker");
+        }
+        ipc::unique_fd theirs(sv[1]);
+        w.ctl.reset(sv[0]);
+        w.map = p;
+        w.map_len = len;
+        w.region = region;
+        w.req = ipc::ring(&region->requests, region->request_data(), ring_capacity);
+        w.cmp = ipc::ring(&region->completions, region->completion_data(), ring_capacity);
+        w.next_seq = 1;
+        w.sent = 0;
+        w.reason = kill_reason::none;
+        w.reason_seq = 0;
+        w.hup = false;
+        w.exit_sent = false;
+        w.pid = -1;
+        w.pidfd.reset();
+        w.state = slot_state::spawning;
+        ++w.gen;
+        watch(w.ctl.get(), ev(ev_ctl, w.index, w.gen), EPOLLRDHUP);
+
+        if (method == start_method::forkserver) {
+            w.token = next_token++;
+            std::vector<std::byte> msg(sizeof(process::fs_record) + config.size());
+            const process::fs_record r{process::fs_spawn, 0, w.token};
+            std::memcpy(msg.data(), &r, sizeof r);
+            std::memcpy(msg.data() + sizeof r, config.data(), config.size());
+            const int fds[3] = {mem.get(), theirs.get(), evfd.get()};
+            if (!ipc::send_with_fds(server.get(), msg.data(), msg.size(), fds)) {
+                ipc::throw_errno("spawn request to the procpool fork server");
+            }
+            return;
+        }
+        const pid_t parent = getpid();
+        const pid_t pid = fork();
+        if (pid < 0) ipc::throw_errno("fork of a worker process");
+        if (pid == 0) {
+            process::worker_config cfg;
+            try {
+                cfg = process::decode_config(config.data(), config.size());
+            } catch (...) {
+                _exit(75);
+            }
+            process::run_worker(mem.get(), theirs.get(), evfd.get(), parent, cfg);
+        }
+        adopt_pid(w, pid);
+        if (w.pidfd) watch(w.pidfd.get(), ev(ev_pidfd, w.index, w.gen), EPOLLIN);
+    }
+
+    void adopt_pid(worker_slot& w, pid_t pid) {
+        w.pid = pid;
+        w.pidfd.reset(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+        if (w.state == slot_state::spawning) w.state = slot_state::alive;
+        if (w.reason != kill_reason::none) kill_worker(w, w.reason, w.reason_seq);
+    }
+
+    // ---- dispatch --------------------------------------------------------------------
+    std::int64_t window() const noexcept {
+        const std::int64_t n = window_ns / std::max<std::int64_t>(avg_task_ns, 1);
+        return std::clamp<std::int64_t>(n, 2, max_window);
+    }
+
+    bool usable(const worker_slot& w) const noexcept {
+        return w.state == slot_state::spawning || w.state == slot_state::alive;
+    }
+
+    // Picks a worker with room: the last one used if it has room (so sequential calls
+    // keep the others asleep), else the least loaded. Called with mu held.
+    worker_slot* pick() noexcept {
+        const auto cap = static_cast<std::size_t>(window());
+        worker_slot* last = slots[static_cast<std::size_t>(last_worker)].get();
+        if (usable(*last) && last->inflight.size < cap && last->inflight.empty()) return last;
+        worker_slot* best = nullptr;
+        for (auto& s : slots) {
+            if (!usable(*s) || s->inflight.size >= cap) continue;
+            if (best == nullptr || s->inflight.size < best->inflight.size) best = s.get();
+        }
+        return best;
+    }
+
+    // Writes a task into a worker's request ring. False if it does not fit now.
+    bool send(worker_slot& w, process_task_base& t, const std::byte* args, std::size_t n) {
+        const process::task_header th{w.next_seq, t.invoker, t.fn};
+        const bool oob = sizeof th + n > w.req.max_payload();
+        const std::size_t len = sizeof th + (oob ? sizeof(std::uint64_t) : n);
+        std::byte* dst = w.req.try_reserve(static_cast<std::uint32_t>(len));
+        if (dst == nullptr) return false;
+        if (oob) {
+            if (!send_oob(w, args, n)) return false;
+            if (t.parked.empty()) t.parked.assign(args, args + n);  // kept for requeue
+            const std::uint64_t size = n;
+            std::memcpy(dst + sizeof th, &size, sizeof size);
+        } else if (n != 0) {
+            std::memcpy(dst + sizeof th, args, n);
+        }
+        std::memcpy(dst, &th, sizeof th);
+        t.payload_pos = w.req.commit(static_cast<std::uint32_t>(len),
+                                     oob ? process::msg_task_oob : process::msg_task);
+        t.payload_len = static_cast<std::uint32_t>(len);
+        t.seq = w.next_seq++;
+        t.worker = w.index;
+        if (!oob) {
+            std::vector<std::byte>().swap(t.parked);
+        }
+        w.inflight.push_back(&t);
+        ++w.sent;
+        if (opts.max_tasks_per_child > 0 && w.sent >= opts.max_tasks_per_child &&
+            w.state == slot_state::alive) {
+            w.state = slot_state::retiring;
+        }
+        last_worker = w.index;
+        wake_worker(w);
+        return true;
+    }
+
+    bool send_oob(worker_slot& w, const std::byte* args, std::size_t n) {
+        ipc::unique_fd fd(memfd_create("procpool-args", MFD_CLOEXEC));
+        if (!fd || ftruncate(fd.get(), static_cast<off_t>(n)) != 0) return false;
+        std::size_t off = 0;
+        while (off < n) {
+            ssize_t k = pwrite(fd.get(), args + off, n - off, static_cast<off_t>(off));
+            if (k <= 0) return false;
+            off += static_cast<std::size_t>(k);
+        }
+        const char tag = 'A';
+        const int f = fd.get();
+        return ipc::send_with_fds(w.ctl.get(), &tag, 1, std::span<const int>(&f, 1));
+    }
+
+    static void wake_worker(worker_slot& w) noexcept {
+        auto* c = w.req.ctl();
+        if (c->consumer_sleeping.load(std::memory_order_seq_cst) != 0 &&
+            c->consumer_sleeping.exchange(0, std::memory_order_acq_rel) != 0) {
+            c->data_futex.fetch_add(1, std::memory_order_release);
+            detail::futex_wake(&c->data_futex, 1, true);
+        }
+    }
+
+    // Parks or sends a new task. Called with mu held.
+    void place(process_task_base& t, const std::byte* args, std::size_t n) {
+        if (pending.empty()) {
+            if (worker_slot* w = pick(); w != nullptr && send(*w, t, args, n)) return;
+        }
+        if (t.parked.empty() && n != 0) t.parked.assign(args, args + n);
+        t.worker = -1;
+        pending.push_back(&t);
+    }
+
+    // Moves parked tasks into workers with room. Called with mu held.
+    void dispatch_pending() {
+        while (!pending.empty()) {
+            worker_slot* w = pick();
+            if (w == nullptr) return;
+            // Off the pending list first: send() links the task into the worker's list.
+            process_task_base* t = pending.pop_front();
+            std::vector<std::byte> args = std::move(t->parked);
+            t->parked.clear();
+            if (!send(*w, *t, args.data(), args.size())) {
+                t->parked = std::move(args);
+                pending.push_front(t);
+                return;
+            }
+        }
+    }
+
+    void enqueue(process_task_base& t, const std::vector<std::byte>& args) {
+        t.shared().set_cancel_hook(this);
+        t.shared().add_ref();  // the pool's reference, dropped when it resolves the task
+        std::exception_ptr fail;
+        {
+            std::lock_guard lock(mu);
+            if (closed) {
+                t.shared().release();
+                throw pool_shut_down(
+                    "process_pool: submit after shutdown(); create a new pool");
+            }
+            outstanding.fetch_add(1, std::memory_order_relaxed);
+            if (t.timeout_ns < 0) t.timeout_ns = default_timeout_ns;
+            if (broken) {
+                fail = broken;
+            } else {
+                place(t, args.data(), args.size());
+            }
+        }
+        if (fail) finish(t, [&] { resolve_error(t, fail); });
+    }
+
+    // Resolves `t` once (cancel and completion race) and drops the pool's reference.
+    template <class Fn>
+    void finish(process_task_base& t, Fn&& resolve) noexcept {
+        if (t.begin_resolve()) resolve();
+        t.shared().release();
+        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            std::lock_guard lock(idle_mu);
+            idle_cv.notify_all();
+        }
+    }
+
+    // ---- completions -----------------------------------------------------------------
+    // Resolves every completion waiting in `w`'s ring. Supervisor thread only.
+    bool drain(worker_slot& w) {
+        bool any = false;
+        ipc::frame_header h{};
+        const std::byte* payload = nullptr;
+        while (w.cmp.peek(h, payload)) {
+            any = true;
+            process::completion_header ch{};
+            std::memcpy(&ch, payload, sizeof ch);
+            process_task_base* t = nullptr;
+            {
+                std::lock_guard lock(mu);
+                if (h.type == static_cast<std::uint32_t>(run_status::init_failed)) {
+                    wire::reader in(payload + sizeof ch, h.len - sizeof ch);
+                    mark_broken(in);
+                } else if (!w.inflight.empty() && w.inflight.head->seq == ch.seq) {
+                    t = w.inflight.pop_front();
+                    avg_task_ns = (avg_task_ns * 7 + std::max<std::int64_t>(ch.run_ns, 100)) / 8;
+                }
+            }
+            if (t != nullptr) resolve_completion(w, *t, h, payload + sizeof ch,
+                                                 h.len - sizeof ch);
+            w.cmp.pop(h);
+            auto* c = w.cmp.ctl();
+            if (c->producer_sleeping.load(std::memory_order_seq_cst) != 0 &&
+                c->producer_sleeping.exchange(0, std::memory_order_acq_rel) != 0) {
+                c->space_futex.fetch_add(1, std::memory_order_release);
+                detail::futex_wake(&c->space_futex, 1, true);
+            }
+        }
+        return any;
+    }
+
+    void resolve_completion(worker_slot& w, process_task_base& t, const ipc::frame_header& h,
+                            const std::byte* p, std::size_t n) {
+        const auto status = static_cast<run_status>(h.type & ~process::oob_flag);
+        if ((h.type & process::oob_flag) == 0) {
+            finish(t, [&] {
+                wire::reader in(p, n);
+                t.decode(status, in);
+            });
+            return;
+        }
+        std::uint64_t size = 0;
+        std::memcpy(&size, p, sizeof size);
+        int fd = -1;
+        std::size_t nfds = 0;
+        char tag = 0;
+        void* m = MAP_FAILED;
+        if (ipc::recv_with_fds(w.ctl.get(), &tag, 1, std::span<int>(&fd, 1), nfds) > 0 &&
+            nfds == 1) {
+            ipc::unique_fd owned(fd);
+            m = size == 0 ? nullptr : mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+        }
+        if (m == MAP_FAILED) {
+            finish(t, [&] {
+                resolve_error(t, std::make_exception_ptr(serialization_error(
+                                     "could not receive a large result from the worker")));
+            });
+            return;
+        }
+        finish(t, [&] {
+            wire::reader in(static_cast<const std::byte*>(m), size);
+            t.decode(status, in);
+        });
+        if (m != nullptr) munmap(m, size);
+    }
+
+    // A worker initializer failed: the pool cannot run anything. Called with mu held.
+    void mark_broken(wire::reader& in) {
+        if (broken) return;
+        std::string type = "unknown";
+        std::string what;
+        try {
+            type = detail::decode_message(in);
+            what = detail::decode_message(in);
+        } catch (...) {
+        }
+        broken = std::make_exception_ptr(remote_exception(
+            type, "the pool's worker initializer failed, so the pool cannot run tasks: " + what));
+    }
+
+    // Fails every task the pool holds with the initializer's error. Supervisor thread.
+    void fail_all_broken() {
+        std::vector<process_task_base*> victims;
+        {
+            std::lock_guard lock(mu);
+            while (auto* t = pending.pop_front()) victims.push_back(t);
+            for (auto& s : slots) {
+                while (auto* t = s->inflight.pop_front()) victims.push_back(t);
+            }
+        }
+        for (auto* t : victims) finish(*t, [&] { resolve_error(*t, broken); });
+    }
+
+    // ---- deaths ------------------------------------------------------------------------
+    void kill_worker(worker_slot& w, kill_reason why, std::uint64_t seq) noexcept {
+        if (w.reason == kill_reason::none || why != kill_reason::channel_lost) {
+            w.reason = why;
+            w.reason_seq = seq;
+        }
+        if (w.pidfd) {
+            syscall(SYS_pidfd_send_signal, w.pidfd.get(), SIGKILL, nullptr, 0);
+        } else if (w.pid > 0 && method == start_method::fork) {
+            ::kill(w.pid, SIGKILL);
+        }
+    }
+
+    // The worker in `w` has exited with `wstatus`: settle its tasks, then replace it.
+    void finalize(worker_slot& w, int wstatus) {
+        drain(w);
+        std::vector<process_task_base*> requeue;
+        process_task_base* failed = nullptr;
+        std::exception_ptr why;
+        {
+            std::lock_guard lock(mu);
+            if (!w.inflight.empty()) {
+                process_task_base* front = w.inflight.head;
+                const bool started =
+                    w.region->started_seq.load(std::memory_order_seq_cst) >= front->seq;
+                if (started) {
+                    failed = w.inflight.pop_front();
+                    why = death_error(w, *failed, wstatus);
+                }
+                while (auto* t = w.inflight.pop_front()) {
+                    // Copy the arguments back out of the dead worker's ring.
+                    if (t->parked.empty()) {
+                        const std::byte* p =
+                            w.req.at(t->payload_pos) + sizeof(process::task_header);
+                        t->parked.assign(p, p + (t->payload_len - sizeof(process::task_header)));
+                    }
+                    t->worker = -1;
+                    requeue.push_back(t);
+                }
+                for (auto it = requeue.rbegin(); it != requeue.rend(); ++it) {
+                    pending.push_front(*it);
+                }
+            }
+            release_slot(w);
+            if (!closed && !broken) {
+                try {
+                    spawn(w);
+                } catch (const std::exception& e) {
+                    std::fprintf(stderr, "procpool: could not replace a worker: %s\n", e.what());
+                }
+            }
+            dispatch_pending();
+        }
+        if (failed != nullptr) finish(*failed, [&] { resolve_error(*failed, why); });
+    }
+
+    std::exception_ptr death_error(const worker_slot& w, const process_task_base& t,
+                                   int wstatus) {
+        if (w.reason_seq == t.seq) {
+            if (w.reason == kill_reason::timeout) {
+                return std::make_exception_ptr(task_timeout(describe_timeout(t.timeout_ns)));
+            }
+            if (w.reason == kill_reason::cancel) {
+                return std::make_exception_ptr(task_cancelled("task cancelled while running; "
+                                                              "its worker was killed"));
+            }
+        }
+        int sig = 0;
+        int code = -1;
+        if (wstatus >= 0 && WIFSIGNALED(wstatus)) sig = WTERMSIG(wstatus);
+        if (wstatus >= 0 && WIFEXITED(wstatus)) code = WEXITSTATUS(wstatus);
+        std::string detail = "pid " + std::to_string(w.pid);
+        if (sig == SIGKILL && w.hup && w.reason == kill_reason::channel_lost) {
+            detail += ", killed after it closed its control channel";
+        }
+        return std::make_exception_ptr(worker_died(sig, code, detail));
+    }
+
+    // Unmaps and closes a dead worker's resources. Called with mu held.
+    void release_slot(worker_slot& w) noexcept {
+        if (w.ctl) {
+            unwatch(w.ctl.get());
+            w.ctl.reset();
+        }
+        if (w.pidfd) {
+            unwatch(w.pidfd.get());
+            w.pidfd.reset();
+        }
+        if (w.map != nullptr) munmap(w.map, w.map_len);
+        w.map = nullptr;
+        w.region = nullptr;
+        w.state = slot_state::idle;
+        w.pid = -1;
+    }
+
+    worker_slot* slot_by_pid(pid_t pid) noexcept {
+        for (auto& s : slots) {
+            if (s->pid == pid && s->state != slot_state::idle) return s.get();
+        }
+        return nullptr;
+    }
+
+    void on_server_message() {
+        process::fs_record r{};
+        for (;;) {
+            ssize_t n = recv(server.get(), &r, sizeof r, MSG_DONTWAIT);
+            if (n == 0) {
+                server_lost();
+                return;
+            }
+            if (n != static_cast<ssize_t>(sizeof r)) return;
+            if (r.type == process::fs_spawned || r.type == process::fs_spawn_failed) {
+                std::lock_guard lock(mu);
+                for (auto& s : slots) {
+                    if (s->state != slot_state::idle && s->token == r.token && s->pid < 0) {
+                        if (r.type == process::fs_spawned) {
+                            adopt_pid(*s, r.value);
+                        } else {
+                            std::fprintf(stderr, "procpool: the fork server could not fork: %s\n",
+                                         std::strerror(r.value));
+                        }
+                    }
+                }
+            } else if (r.type == process::fs_exited) {
+                worker_slot* w = nullptr;
+                {
+                    std::lock_guard lock(mu);
+                    w = slot_by_pid(static_cast<pid_t>(r.token));
+                }
+                if (w != nullptr) finalize(*w, r.value);
+            }
+        }
+    }
+
+    void server_lost() {
+        unwatch(server.get());
+        std::fprintf(stderr, "procpool: the fork server died; this pool's workers are gone\n");
+        std::vector<worker_slot*> dead;
+        {
+            std::lock_guard lock(mu);
+            closed = true;
+            for (auto& s : slots) {
+                if (s->state != slot_state::idle) dead.push_back(s.get());
+            }
+        }
+        for (auto* w : dead) finalize(*w, -1);
+        std::vector<process_task_base*> left;
+        {
+            std::lock_guard lock(mu);
+            while (auto* t = pending.pop_front()) left.push_back(t);
+        }
+        for (auto* t : left) {
+            finish(*t, [&] {
+                resolve_error(*t, std::make_exception_ptr(pool_shut_down(
+                                      "process_pool: its fork server died")));
+            });
+        }
+    }
+
+    void on_pidfd(int index) {
+        worker_slot& w = *slots[static_cast<std::size_t>(index)];
+        if (!w.pidfd) return;
+        siginfo_t si{};
+        int status = -1;
+        if (waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(w.pidfd.get()), &si,
+                   WEXITED | WNOHANG) == 0 &&
+            si.si_pid != 0) {
+            status = si.si_code == CLD_EXITED ? W_EXITCODE(si.si_status, 0) : si.si_status;
+        } else if (errno != ECHILD) {
+            return;  // not exited yet
+        }
+        finalize(w, status);
+    }
+
+    void on_ctl_hangup(int index) {
+        std::lock_guard lock(mu);
+        worker_slot& w = *slots[static_cast<std::size_t>(index)];
+        if (!w.ctl || w.hup) return;
+        w.hup = true;
+        unwatch(w.ctl.get());
+        // The worker closed its end (a task closed the fd, or the process is exiting):
+        // without its channel it cannot be steered, so make sure it is gone.
+        const std::uint64_t running = w.region->started_seq.load(std::memory_order_acquire);
+        if (!w.exit_sent) kill_worker(w, kill_reason::channel_lost, running);
+    }
+
+    // ---- deadlines and cancellation ---------------------------------------------------
+    // Kills workers whose running task is past its deadline; returns the next deadline.
+    std::int64_t check_deadlines() {
+        std::int64_t next = INT64_MAX;
+        const std::int64_t now = now_ns();
+        std::lock_guard lock(mu);
+        for (auto& s : slots) {
+            if (s->region == nullptr || s->inflight.empty() || s->reason != kill_reason::none) {
+                continue;
+            }
+            process_task_base* front = s->inflight.head;
+            if (front->timeout_ns <= 0) continue;
+            if (s->region->started_seq.load(std::memory_order_acquire) != front->seq) {
+                next = std::min(next, now + 1'000'000);  // not started yet: look again soon
+                continue;
+            }
+            const std::int64_t deadline =
+                s->region->started_ns.load(std::memory_order_relaxed) + front->timeout_ns;
+            if (now >= deadline) {
+                kill_worker(*s, kill_reason::timeout, front->seq);
+            } else {
+                next = std::min(next, deadline);
+            }
+        }
+        return next;
+    }
+
+    bool cancel_running(detail::state_base& s) noexcept override {
+        auto* t = dynamic_cast<process_task_base*>(&s);
+        if (t == nullptr) return false;
+        bool resolved_now = false;
+        {
+            std::lock_guard lock(mu);
+            if (s.is_done()) return false;
+            if (t->worker < 0) {
+                if (!pending.remove(t)) return false;
+                resolved_now = true;
+            } else {
+                worker_slot& w = *slots[static_cast<std::size_t>(t->worker)];
+                if (w.region == nullptr) return false;
+                auto* r = w.region;
+                const std::uint32_t n = r->ncancels.load(std::memory_order_relaxed);
+                if (n < ipc::worker_region::max_cancels) {
+                    r->cancels[n].store(t->seq, std::memory_order_relaxed);
+                    r->ncancels.store(n + 1, std::memory_order_seq_cst);
+                }
+                if (r->started_seq.load(std::memory_order_seq_cst) >= t->seq ||
+                    n >= ipc::worker_region::max_cancels) {
+                    // Running (or we could not mark it): stop it by killing its worker.
+                    if (w.inflight.head != t) return false;
+                    kill_worker(w, kill_reason::cancel, t->seq);
+                }
+            }
+        }
+        if (t->begin_resolve()) {
+            s.set_cancelled("task cancelled");
+        }
+        if (resolved_now) {
+            t->shared().release();
+            if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+                std::lock_guard lock(idle_mu);
+                idle_cv.notify_all();
+            }
+        }
+        return true;
+    }
+
+    // ---- supervisor loop -------------------------------------------------------------
+    void supervise() {
+        std::int64_t idle_since = now_ns();
+        unsigned spins = 0;
+        std::vector<epoll_event> events(16 + slots.size() * 2);
+        for (;;) {
+            bool progress = false;
+            for (auto& s : slots) {
+                if (s->region != nullptr && drain(*s)) progress = true;
+            }
+            if (broken) fail_all_broken();
+            {
+                std::lock_guard lock(mu);
+                if (!pending.empty()) dispatch_pending();
+            }
+            const std::int64_t next_deadline = check_deadlines();
+            if (stopping.load(std::memory_order_acquire) && all_exited()) return;
+
+            int timeout_ms = 0;
+            const std::int64_t now = now_ns();
+            if (progress) {
+                idle_since = now;
+                if ((++spins & 63) != 0) continue;  // poll events now and then while busy
+            } else if (now - idle_since < detail::spin_budget.count() * 1000) {
+                detail::cpu_yield();
+                if ((++spins & 15) != 0) continue;
+            } else {
+                // Going to sleep: workers must wake us through the eventfd.
+                for (auto& s : slots) {
+                    if (s->region != nullptr) {
+                        s->region->parent_sleeping.store(1, std::memory_order_seq_cst);
+                    }
+                }
+                bool work = false;
+                for (auto& s : slots) {
+                    if (s->region != nullptr && !s->cmp.empty()) work = true;
+                }
+                if (work) continue;
+                timeout_ms = -1;
+                if (next_deadline != INT64_MAX) {
+                    timeout_ms = static_cast<int>(
+                        std::clamp<std::int64_t>((next_deadline - now) / 1'000'000 + 1, 1, 1000));
+                }
+                if (stopping.load(std::memory_order_acquire)) timeout_ms = 10;
+            }
+            const int n = epoll_wait(epfd.get(), events.data(), static_cast<int>(events.size()),
+                                     timeout_ms);
+            if (timeout_ms != 0) {
+                idle_since = now_ns();
+                for (auto& s : slots) {
+                    if (s->region != nullptr) {
+                        s->region->parent_sleeping.store(0, std::memory_order_relaxed);
+                    }
+                }
+            }
+            for (int i = 0; i < n; ++i) handle_event(events[static_cast<std::size_t>(i)]);
+        }
+    }
+
+    void handle_event(const epoll_event& e) {
+        const std::uint64_t kind = e.data.u64 >> 56;
+        const auto gen = static_cast<std::uint32_t>((e.data.u64 >> 32) & 0xffffffu);
+        const int index = static_cast<int>(e.data.u64 & 0xffffffffu);
+        if ((kind == ev_ctl || kind == ev_pidfd) &&
+            (slots[static_cast<std::size_t>(index)]->gen & 0xffffffu) != gen) {
+            return;  // for a worker already replaced
+        }
+        switch (kind) {
+            case ev_wake: {
+                std::uint64_t v = 0;
+                [[maybe_unused]] auto r = read(evfd.get(), &v, sizeof v);
+                break;
+            }
+            case ev_server:
+                on_server_message();
+                break;
+            case ev_ctl:
+                on_ctl_hangup(index);
+                break;
+            case ev_pidfd:
+                on_pidfd(index);
+                break;
+            default:
+                break;
+        }
+    }
+
+    bool all_exited() {
+        std::lock_guard lock(mu);
+        for (auto& s : slots) {
+            if (s->state != slot_state::idle) return false;
+        }
+        return true;
+    }
+
+    // ---- shutdown ----------------------------------------------------------------------
+    void close_and_cancel(bool cancel_pending) {
+        std::vector<process_task_base*> cancelled;
+        {
+            std::lock_guard lock(mu);
+            closed = true;
+            if (cancel_pending) {
+                while (auto* t = pending.pop_front()) cancelled.push_back(t);
+                for (auto& s : slots) {
+                    if (s->region != nullptr) {
+                        s->region->skip_below.store(s->next_seq, std::memory_order_seq_cst);
+                    }
+                }
+            }
+        }
+        for (auto* t : cancelled) {
+            finish(*t, [&] { t->shared().set_cancelled("task cancelled: its pool shut down"); });
+        }
+    }
+
+    void wait_idle() {
+        std::unique_lock lock(idle_mu);
+        idle_cv.wait(lock, [this] { return outstanding.load(std::memory_order_acquire) == 0; });
+    }
+
+    // Asks every worker to exit, waits until all are reaped, stops the supervisor.
+    void stop_workers() {
+        std::lock_guard jl(join_mu);
+        if (joined) return;
+        {
+            std::lock_guard lock(mu);
+            for (auto& s : slots) {
+                if (s->region == nullptr || s->exit_sent) continue;
+                s->exit_sent = true;
+                if (std::byte* p = s->req.try_reserve(0)) {
+                    (void)p;
+                    s->req.commit(0, process::msg_exit);
+                    wake_worker(*s);
+                } else {
+                    kill_worker(*s, kill_reason::none, 0);
+                }
+            }
+        }
+        stopping.store(true, std::memory_order_release);
+        const std::uint64_t one = 1;
+        [[maybe_unused]] auto r = write(evfd.get(), &one, sizeof one);
+        if (supervisor.joinable()) supervisor.join();
+        joined = true;
+    }
+};
+
+process_pool::process_pool(process_pool_options opts) {
+    const worker_initializer init = opts.initializer;
+    impl_ = std::make_unique<impl>(std::move(opts));
+    if (init) impl_->set_initializer(init, init.invoker_, init.fn_, init.args_);
+    impl_->start();
+}
+
+process_pool::~process_pool() {
+    try {
+        shutdown({.wait = true});
+    } catch (...) {
+    }
+}
+
+void process_pool::enqueue(detail::process_task_base& t, const std::vector<std::byte>& args) {
+    impl_->enqueue(t, args);
+}
+
+void process_pool::shutdown(shutdown_options opts) {
+    impl_->close_and_cancel(opts.cancel_pending);
+    if (!opts.wait) return;
+    impl_->wait_idle();
+    impl_->stop_workers();
+}
+
+int process_pool::workers() const noexcept { return impl_->opts.workers; }
+
+std::vector<int> process_pool::worker_pids() const {
+    std::lock_guard lock(impl_->mu);
+    std::vector<int> pids;
+    for (auto& s : impl_->slots) {
+        if (s->pid > 0) pids.push_back(s->pid);
+    }
+    return pids;
+}
+
+std::size_t process_pool::auto_chunksize(std::size_t n) const noexcept {
+    const std::size_t per = n / (static_cast<std::size_t>(impl_->opts.workers) * 4);
+    return std::clamp<std::size_t>(per, 1, 16384);
+}
+
+}  // namespace procpool

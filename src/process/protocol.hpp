@@ -1,0 +1,72 @@
+// Message layouts shared by the pool, the fork server and workers.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace procpool::process {
+
+/// Request frame types (parent -> worker). Completion frames carry a run_status, plus
+/// `oob_flag` when the payload travels in a memfd passed over the control socket.
+enum : std::uint32_t {
+    msg_task = 1,
+    msg_task_oob = 2,
+    msg_exit = 3,
+};
+inline constexpr std::uint32_t oob_flag = 0x100;
+
+/// Fixed part of a task request: then come the serialized arguments (or, for
+/// msg_task_oob, their size as a u64; the bytes come in a memfd).
+struct task_header {
+    std::uint64_t seq;
+    std::uint64_t invoker;
+    std::uint64_t fn;
+};
+
+/// Fixed part of a completion: then the result or error payload.
+struct completion_header {
+    std::uint64_t seq;
+    std::int64_t run_ns;  ///< how long the task ran, for the pool's window sizing
+};
+
+/// What a worker needs to know at start, sent with its spawn request.
+struct worker_config {
+    std::uint64_t anchor = 0;  ///< address of code_anchor in the parent: must equal ours
+    std::uint32_t ring_capacity = 0;
+    std::int32_t max_tasks = 0;
+    std::uint64_t memory_limit = 0;
+    std::vector<std::pair<std::string, std::string>> env;
+    std::uint64_t init_invoker = 0;
+    std::uint64_t init_fn = 0;
+    std::vector<std::byte> init_args;
+};
+
+std::vector<std::byte> encode_config(const worker_config& c);
+worker_config decode_config(const std::byte* p, std::size_t n);
+
+/// Fork-server protocol (pool channel), fixed-size records.
+enum : std::uint32_t { fs_spawn = 1, fs_spawned = 2, fs_exited = 3, fs_spawn_failed = 4 };
+struct fs_record {
+    std::uint32_t type;
+    std::int32_t value;   ///< pid (spawned), wait status (exited), errno (spawn_failed)
+    std::uint64_t token;  ///< spawn token (spawned, spawn_failed) or pid (exited)
+};
+
+/// Becomes a worker: never returns. `region_fd`, `ctl_fd`, `event_fd` are the worker's
+/// shared region, its control socket and the parent's wake-up eventfd. `parent` is the
+/// process that forked it (the worker dies with it).
+[[noreturn]] void run_worker(int region_fd, int ctl_fd, int event_fd, pid_t parent,
+                             const worker_config& cfg);
+
+/// Closes every descriptor except 0, 1, 2 and those in `keep`.
+void close_other_fds(std::initializer_list<int> keep) noexcept;
+
+/// Resets signal handlers and mask for a new child; SIGINT is ignored so that Ctrl-C is
+/// the parent's to handle.
+void reset_signals_for_child() noexcept;
+
+}  // namespace procpool::process

@@ -1,0 +1,267 @@
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "ipc/fd.hpp"
+#include "ipc/ring.hpp"
+#include "procpool/detail/remote_call.hpp"
+#include "procpool/detail/sync.hpp"
+#include "process/protocol.hpp"
+
+namespace procpool::process {
+
+namespace {
+
+std::int64_t now_ns() noexcept {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+class worker {
+public:
+    worker(ipc::worker_region* r, int ctl, int evfd)
+        : r_(r),
+          ctl_(ctl),
+          evfd_(evfd),
+          req_(&r->requests, r->request_data(), r->ring_capacity),
+          cmp_(&r->completions, r->completion_data(), r->ring_capacity) {}
+
+    [[noreturn]] void run(const worker_config& cfg) {
+        if (cfg.init_invoker != 0 && !run_initializer(cfg)) _exit(70);
+        std::int32_t done = 0;
+        for (;;) {
+            ipc::frame_header h{};
+            const std::byte* payload = nullptr;
+            wait_request(h, payload);
+            if (h.type == msg_exit) _exit(0);
+            run_task(h, payload);
+            if (cfg.max_tasks > 0 && ++done >= cfg.max_tasks) _exit(0);
+        }
+    }
+
+private:
+    bool run_initializer(const worker_config& cfg) {
+        auto inv = reinterpret_cast<detail::invoker_fn>(
+            const_cast<void*>(detail::code_address(cfg.init_invoker)));
+        wire::reader in(cfg.init_args.data(), cfg.init_args.size());
+        out_.clear();
+        wire::writer w(out_);
+        const detail::run_status st = inv(cfg.init_fn, in, w);
+        if (st == detail::run_status::value) return true;
+        if (st == detail::run_status::serialization) {
+            // Report it with the same shape as an exception.
+            std::vector<std::byte> msg;
+            wire::writer mw(msg);
+            wire::reader rin(out_.data(), out_.size());
+            std::string text = detail::decode_message(rin);
+            detail::encode_message(mw, "procpool::serialization_error");
+            detail::encode_message(mw, text);
+            out_ = std::move(msg);
+        }
+        complete(0, detail::run_status::init_failed, 0);
+        return false;
+    }
+
+    void wait_request(ipc::frame_header& h, const std::byte*& payload) {
+        if (detail::spin_until([&] { return req_.peek(h, payload); })) return;
+        auto* ctl = req_.ctl();
+        for (;;) {
+            const std::uint32_t seen = ctl->data_futex.load(std::memory_order_acquire);
+            ctl->consumer_sleeping.store(1, std::memory_order_seq_cst);
+            if (req_.peek(h, payload)) {
+                ctl->consumer_sleeping.store(0, std::memory_order_relaxed);
+                return;
+            }
+            detail::futex_wait(&ctl->data_futex, seen, nullptr, true);
+            if (req_.peek(h, payload)) return;
+        }
+    }
+
+    void run_task(const ipc::frame_header& h, const std::byte* payload) {
+        task_header th{};
+        std::memcpy(&th, payload, sizeof th);
+        const std::int64_t start = now_ns();
+        r_->started_ns.store(start, std::memory_order_relaxed);
+        // seq_cst store then seq_cst reads of the cancel words: pairs with the parent,
+        // which writes a cancel word and then reads started_seq (see process_pool.cpp).
+        r_->started_seq.store(th.seq, std::memory_order_seq_cst);
+        out_.clear();
+        detail::run_status st = detail::run_status::cancelled;
+        if (!r_->is_skipped(th.seq)) {
+            wire::writer w(out_);
+            auto inv = reinterpret_cast<detail::invoker_fn>(
+                const_cast<void*>(detail::code_address(th.invoker)));
+            if (h.type == msg_task_oob) {
+                std::uint64_t size = 0;
+                std::memcpy(&size, payload + sizeof th, sizeof size);
+                req_.pop(h);
+                st = run_oob(inv, th.fn, size, w);
+            } else {
+                wire::reader in(payload + sizeof th, h.len - sizeof th);
+                st = inv(th.fn, in, w);
+                req_.pop(h);
+            }
+        } else {
+            req_.pop(h);
+        }
+        complete(th.seq, st, now_ns() - start);
+    }
+
+    detail::run_status run_oob(detail::invoker_fn inv, std::uint64_t fn, std::uint64_t size,
+                               wire::writer& w) {
+        int fd = -1;
+        std::size_t nfds = 0;
+        char tag = 0;
+        if (ipc::recv_with_fds(ctl_, &tag, 1, std::span<int>(&fd, 1), nfds) <= 0 || nfds != 1) {
+            detail::encode_message(w, "worker could not receive the task's arguments");
+            return detail::run_status::serialization;
+        }
+        ipc::unique_fd owned(fd);
+        void* p = size == 0 ? nullptr
+                            : mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) {
+            detail::encode_message(w, "worker could not map the task's arguments");
+            return detail::run_status::serialization;
+        }
+        wire::reader in(static_cast<const std::byte*>(p), size);
+        const detail::run_status st = inv(fn, in, w);
+        if (p != nullptr) munmap(p, size);
+        return st;
+    }
+
+    // Publishes one completion from out_ and wakes the parent if it sleeps.
+    void complete(std::uint64_t seq, detail::run_status st, std::int64_t run_ns) {
+        const completion_header ch{seq, run_ns};
+        const std::size_t total = sizeof ch + out_.size();
+        std::uint32_t type = static_cast<std::uint32_t>(st);
+        std::byte* dst = nullptr;
+        if (total > cmp_.max_payload()) {
+            if (!send_oob()) {
+                out_.clear();
+                wire::writer w(out_);
+                detail::encode_message(w, "worker could not send a large result");
+                type = static_cast<std::uint32_t>(detail::run_status::serialization);
+            } else {
+                type |= oob_flag;
+                const std::uint64_t size = out_.size();
+                out_.resize(sizeof size);
+                std::memcpy(out_.data(), &size, sizeof size);
+            }
+        }
+        const auto len = static_cast<std::uint32_t>(sizeof ch + out_.size());
+        dst = reserve(len);
+        std::memcpy(dst, &ch, sizeof ch);
+        if (!out_.empty()) std::memcpy(dst + sizeof ch, out_.data(), out_.size());
+        cmp_.commit(len, type);
+        if (r_->parent_sleeping.load(std::memory_order_seq_cst) != 0 &&
+            r_->parent_sleeping.exchange(0, std::memory_order_acq_rel) != 0) {
+            const std::uint64_t one = 1;
+            [[maybe_unused]] auto n = ::write(evfd_, &one, sizeof one);
+        }
+    }
+
+    bool send_oob() {
+        ipc::unique_fd fd(memfd_create("procpool-result", MFD_CLOEXEC));
+        if (!fd || ftruncate(fd.get(), static_cast<off_t>(out_.size())) != 0) return false;
+        std::size_t off = 0;
+        while (off < out_.size()) {
+            ssize_t n = pwrite(fd.get(), out_.data() + off, out_.size() - off,
+                               static_cast<off_t>(off));
+            if (n <= 0) return false;
+            off += static_cast<std::size_t>(n);
+        }
+        const char tag = 'R';
+        const int f = fd.get();
+        return ipc::send_with_fds(ctl_, &tag, 1, std::span<const int>(&f, 1));
+    }
+
+    std::byte* reserve(std::uint32_t len) {
+        std::byte* p = nullptr;
+        if (detail::spin_until([&] { return (p = cmp_.try_reserve(len)) != nullptr; })) return p;
+        auto* ctl = cmp_.ctl();
+        for (;;) {
+            const std::uint32_t seen = ctl->space_futex.load(std::memory_order_acquire);
+            ctl->producer_sleeping.store(1, std::memory_order_seq_cst);
+            if ((p = cmp_.try_reserve(len)) != nullptr) {
+                ctl->producer_sleeping.store(0, std::memory_order_relaxed);
+                return p;
+            }
+            // The parent must drain: make sure it is awake.
+            const std::uint64_t one = 1;
+            [[maybe_unused]] auto n = ::write(evfd_, &one, sizeof one);
+            detail::futex_wait(&ctl->space_futex, seen, nullptr, true);
+        }
+    }
+
+    ipc::worker_region* r_;
+    int ctl_;
+    int evfd_;
+    ipc::ring req_;
+    ipc::ring cmp_;
+    std::vector<std::byte> out_;
+};
+
+}  // namespace
+
+void close_other_fds(std::initializer_list<int> keep) noexcept {
+    std::vector<int> k(keep);
+    std::sort(k.begin(), k.end());
+    unsigned lo = 3;
+    for (int fd : k) {
+        if (fd < 3) continue;
+        if (static_cast<unsigned>(fd) > lo) close_range(lo, static_cast<unsigned>(fd) - 1, 0);
+        lo = static_cast<unsigned>(fd) + 1;
+    }
+    close_range(lo, ~0u, 0);
+}
+
+void reset_signals_for_child() noexcept {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int s = 1; s < NSIG; ++s) {
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        sigaction(s, &dfl, nullptr);
+    }
+    struct sigaction ign {};
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGINT, &ign, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+[[noreturn]] void run_worker(int region_fd, int ctl_fd, int event_fd, pid_t parent,
+                             const worker_config& cfg) {
+    // Die with whoever forked us, and catch the race where it died before prctl.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(71);
+    reset_signals_for_child();
+    close_other_fds({region_fd, ctl_fd, event_fd});
+    if (cfg.anchor != reinterpret_cast<std::uintptr_t>(&detail::code_anchor)) _exit(72);
+    for (const auto& [k, v] : cfg.env) setenv(k.c_str(), v.c_str(), 1);
+    if (cfg.memory_limit != 0) {
+        rlimit rl{cfg.memory_limit, cfg.memory_limit};
+        setrlimit(RLIMIT_AS, &rl);
+    }
+    const std::size_t len = ipc::worker_region::mapping_size(cfg.ring_capacity);
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, region_fd, 0);
+    if (p == MAP_FAILED) _exit(73);
+    ::close(region_fd);
+    auto* region = static_cast<ipc::worker_region*>(p);
+    if (region->magic != ipc::worker_region::magic_value) _exit(74);
+    worker w(region, ctl_fd, event_fd);
+    w.run(cfg);
+}
+
+}  // namespace procpool::process
