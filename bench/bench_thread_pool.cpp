@@ -281,8 +281,8 @@ void idle_cpu_procpool(benchmark::State& st) {
         const thread_usage before = usage_of_threads_named("idlebench");
         const double process_before = process_cpu_seconds();
         std::this_thread::sleep_for(std::chrono::seconds(1));
-        const thread_usage after = usage_of_threads_named("idlebench");
         const double process_after = process_cpu_seconds();
+        const thread_usage after = usage_of_threads_named("idlebench");
         st.counters["idle_worker_cpu_us"] = static_cast<double>(after.cpu_ns - before.cpu_ns) / 1e3;
         st.counters["idle_worker_wakeups"] = static_cast<double>(after.runs - before.runs);
         st.counters["idle_process_cpu_us"] = (process_after - process_before) * 1e6;
