@@ -1,0 +1,754 @@
+// wire: every supported type round-trips; user types go through cereal's conventions;
+// bad input (truncated, corrupt, absurd lengths) raises serialization_error and never
+// allocates what the input merely claims.
+#include "procpool/wire.hpp"
+
+#include <gtest/gtest.h>
+
+// Users who already include cereal's own std-type support must see no ambiguity.
+#include <cereal/types/memory.hpp>
+#include <cereal/types/string.hpp>
+#include <cereal/types/vector.hpp>
+
+#include <atomic>
+#include <cmath>
+#include <complex>
+#include <cstdint>
+#include <cstdlib>
+#include <deque>
+#include <limits>
+#include <list>
+#include <map>
+#include <memory>
+#include <new>
+#include <optional>
+#include <random>
+#include <set>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <variant>
+#include <vector>
+
+// ---- allocation probe: the largest single allocation while armed ------------------------
+
+namespace {
+std::atomic<bool> g_probe_armed{false};
+std::atomic<std::size_t> g_probe_largest{0};
+}  // namespace
+
+// Out of line, so GCC does not pair an inlined free() with `new` and warn.
+[[gnu::noinline]] void* operator new(std::size_t n) {
+    if (g_probe_armed.load(std::memory_order_relaxed)) {
+        std::size_t seen = g_probe_largest.load(std::memory_order_relaxed);
+        while (n > seen && !g_probe_largest.compare_exchange_weak(seen, n)) {
+        }
+    }
+    if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+    throw std::bad_alloc();
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept {
+    std::free(p);
+}
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept {
+    std::free(p);
+}
+
+namespace {
+
+namespace wire = procpool::wire;
+using bytes = std::vector<std::byte>;
+
+/// Largest single allocation made while running `f`.
+template <class F>
+std::size_t largest_allocation_during(F&& f) {
+    g_probe_largest = 0;
+    g_probe_armed = true;
+    try {
+        f();
+    } catch (...) {
+        g_probe_armed = false;
+        throw;
+    }
+    g_probe_armed = false;
+    return g_probe_largest;
+}
+
+template <class T>
+bytes to_bytes(const T& v) {
+    bytes b;
+    wire::writer w(b);
+    wire::save(w, v);
+    return b;
+}
+
+/// Loads a T from all of `b`, checking that nothing is left over.
+template <class T>
+T from_bytes(const bytes& b) {
+    wire::reader r(b.data(), b.size());
+    T v = wire::load<T>(r);
+    EXPECT_EQ(r.remaining(), 0u) << "load left bytes unread";
+    return v;
+}
+
+template <class T>
+T round_trip(const T& v) {
+    return from_bytes<T>(to_bytes(v));
+}
+
+bytes u64_bytes(std::uint64_t v) {
+    bytes b(sizeof v);
+    std::memcpy(b.data(), &v, sizeof v);
+    return b;
+}
+
+// ---- types under test ----------------------------------------------------------------
+
+enum class color : std::uint8_t { red, green, blue };
+enum legacy { legacy_a = 1, legacy_b = 1 << 20 };
+
+struct point {
+    double x;
+    float y;
+    std::int32_t id;
+    bool operator==(const point&) const = default;
+};
+
+/// Trivially copyable without a default constructor: loaded through std::bit_cast.
+struct no_default {
+    explicit no_default(int v) : value(v) {}
+    int value;
+    bool operator==(const no_default&) const = default;
+};
+
+/// cereal member serialize, holding standard types (no cereal/types header needed for them).
+struct person {
+    std::string name;
+    int age = 0;
+    std::vector<std::string> tags;
+    std::map<std::string, std::optional<double>> scores;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(name, age, tags, scores);
+    }
+    bool operator==(const person&) const = default;
+};
+
+/// cereal free serialize, with make_nvp and the Boost-style operator&.
+struct pixel {
+    std::uint8_t r = 0, g = 0, b = 0;
+    bool operator==(const pixel&) const = default;
+};
+template <class Archive>
+void serialize(Archive& ar, pixel& p) {
+    ar(cereal::make_nvp("r", p.r));
+    ar& p.g;
+    ar(CEREAL_NVP(p.b));
+}
+
+/// cereal save/load split (members): stores a derived value, rebuilds the cache on load.
+class account {
+public:
+    account() = default;
+    account(std::string owner, std::vector<long> entries)
+        : owner_(std::move(owner)), entries_(std::move(entries)) {
+        rebuild();
+    }
+    template <class Archive>
+    void save(Archive& ar) const {
+        ar(owner_, entries_);
+    }
+    template <class Archive>
+    void load(Archive& ar) {
+        ar(owner_, entries_);
+        rebuild();
+    }
+    const std::string& owner() const { return owner_; }
+    const std::vector<long>& entries() const { return entries_; }
+    long total() const { return total_; }
+
+private:
+    void rebuild() {
+        total_ = 0;
+        for (long e : entries_) total_ += e;
+    }
+    std::string owner_;
+    std::vector<long> entries_;
+    long total_ = 0;
+};
+
+/// cereal save/load split as free functions.
+struct celsius {
+    double degrees = 0;
+};
+template <class Archive>
+void save(Archive& ar, const celsius& c) {
+    ar(c.degrees);
+}
+template <class Archive>
+void load(Archive& ar, celsius& c) {
+    ar(c.degrees);
+}
+
+/// cereal save_minimal/load_minimal to a string (needs cereal's string path).
+struct tag_name {
+    std::string text;
+    template <class Archive>
+    std::string save_minimal(const Archive&) const {
+        return "#" + text;
+    }
+    template <class Archive>
+    void load_minimal(const Archive&, const std::string& s) {
+        text = s.substr(1);
+    }
+};
+
+/// Private serialize reached through cereal::access.
+class secret {
+public:
+    secret() = default;
+    explicit secret(int v) : v_(v) {}
+    int value() const { return v_; }
+
+private:
+    friend class cereal::access;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(v_);
+    }
+    int v_ = 0;
+};
+
+/// Versioned serialize: the loaded version is what CEREAL_CLASS_VERSION says.
+struct versioned {
+    int value = 0;
+    std::uint32_t loaded_version = 0;
+    template <class Archive>
+    void serialize(Archive& ar, const std::uint32_t version) {
+        ar(value);
+        loaded_version = version;
+    }
+};
+
+/// base_class and a nested user type inside standard containers inside a user type.
+struct shape {
+    std::string name;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(name);
+    }
+};
+struct polygon : shape {
+    std::vector<pixel> corners;
+    std::optional<person> author;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(cereal::base_class<shape>(this), corners, author);
+    }
+};
+
+/// Both trivially copyable and serializable: serialize must win (it only sends `kept`).
+struct both {
+    int kept = 0;
+    int dropped = 0;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(kept);
+    }
+};
+static_assert(std::is_trivially_copyable_v<both>);
+
+/// shared_ptr members through cereal's own memory.hpp: sharing survives the trip.
+struct shared_pair {
+    std::shared_ptr<int> a;
+    std::shared_ptr<int> b;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(a, b);
+    }
+};
+
+struct throws_on_save {
+    template <class Archive>
+    void save(Archive&) const {
+        throw std::runtime_error("disk on fire");
+    }
+    template <class Archive>
+    void load(Archive&) {}
+};
+struct throws_on_load {
+    int v = 1;
+    template <class Archive>
+    void save(Archive& ar) const {
+        ar(v);
+    }
+    template <class Archive>
+    void load(Archive&) {
+        throw std::logic_error("bad state");
+    }
+};
+/// save writes two ints, load reads one: the mismatch must be caught at its frame.
+struct lopsided {
+    template <class Archive>
+    void save(Archive& ar) const {
+        ar(1, 2);
+    }
+    template <class Archive>
+    void load(Archive& ar) {
+        int x;
+        ar(x);
+    }
+};
+struct save_only {
+    template <class Archive>
+    void save(Archive&) const {}
+};
+struct holds_unique_ptr {
+    std::unique_ptr<int> p;
+};
+struct plain_with_string {
+    std::string s;
+};
+
+}  // namespace
+
+CEREAL_CLASS_VERSION(versioned, 7)
+
+namespace {
+
+// ---- what is serializable, at compile time ----------------------------------------------
+
+static_assert(wire::is_serializable_v<int>);
+static_assert(wire::is_serializable_v<color>);
+static_assert(wire::is_serializable_v<point>);
+static_assert(wire::is_serializable_v<no_default>);
+static_assert(wire::is_serializable_v<std::string>);
+static_assert(wire::is_serializable_v<std::vector<std::map<std::string, std::optional<point>>>>);
+static_assert(wire::is_serializable_v<person>);
+static_assert(wire::is_serializable_v<account>);
+static_assert(wire::is_serializable_v<std::variant<std::monostate, int, person>>);
+static_assert(wire::serializable<std::tuple<int, std::string, pixel>>);
+static_assert(!wire::is_serializable_v<int*>);
+static_assert(!wire::is_serializable_v<const char*>);
+static_assert(!wire::is_serializable_v<std::nullptr_t>);
+static_assert(!wire::is_serializable_v<void (*)()>);
+static_assert(!wire::is_serializable_v<int point::*>);
+static_assert(!wire::is_serializable_v<std::string_view>);
+static_assert(!wire::is_serializable_v<std::span<int>>);
+static_assert(!wire::is_serializable_v<std::reference_wrapper<int>>);
+static_assert(!wire::is_serializable_v<int[3]>);
+static_assert(!wire::is_serializable_v<holds_unique_ptr>);
+static_assert(!wire::is_serializable_v<plain_with_string>);
+static_assert(!wire::is_serializable_v<std::vector<int*>>);
+static_assert(!wire::is_serializable_v<std::map<int, std::string_view>>);
+static_assert(!wire::is_serializable_v<std::optional<std::pair<int, const char*>>>);
+static_assert(!wire::is_serializable_v<save_only>, "a type that cannot be loaded back is not");
+static_assert(!wire::serializable<std::tuple<int, holds_unique_ptr>>);
+
+// ---- writer and reader -----------------------------------------------------------------
+
+TEST(Wire, Writer_AppendsAfterExistingContent) {
+    bytes b{std::byte{0xAB}, std::byte{0xCD}};
+    wire::writer w(b);
+    wire::save(w, std::int32_t{7});
+    ASSERT_EQ(b.size(), 2u + sizeof(std::int32_t));
+    EXPECT_EQ(b[0], std::byte{0xAB});
+    EXPECT_EQ(b[1], std::byte{0xCD});
+    wire::reader r(b.data() + 2, b.size() - 2);
+    EXPECT_EQ(wire::load<std::int32_t>(r), 7);
+    EXPECT_EQ(&w.buffer(), &b);
+}
+
+TEST(Wire, Reader_ReadsConsecutiveValues_AndReportsRemaining) {
+    bytes b;
+    wire::writer w(b);
+    wire::save(w, 1.5);
+    wire::save(w, std::string("two"));
+    wire::save(w, 3u);
+    wire::reader r(b.data(), b.size());
+    EXPECT_EQ(wire::load<double>(r), 1.5);
+    EXPECT_EQ(r.remaining(), b.size() - sizeof(double));
+    EXPECT_EQ(wire::load<std::string>(r), "two");
+    EXPECT_EQ(wire::load<unsigned>(r), 3u);
+    EXPECT_EQ(r.remaining(), 0u);
+}
+
+TEST(Wire, Contiguous_RoundTripsRawArrays) {
+    const std::uint16_t in[5] = {1, 2, 3, 4, 65535};
+    bytes b;
+    wire::writer w(b);
+    w.write_contiguous(in, 5);
+    EXPECT_EQ(b.size(), sizeof in);
+    std::uint16_t out[5] = {};
+    wire::reader r(b.data(), b.size());
+    r.read_contiguous(out, 5);
+    EXPECT_TRUE(std::equal(in, in + 5, out));
+}
+
+TEST(Wire, ReadContiguous_CountThatOverflowsSize_Throws) {
+    bytes b(16);
+    wire::reader r(b.data(), b.size());
+    std::uint64_t out;
+    EXPECT_THROW(r.read_contiguous(&out, std::numeric_limits<std::size_t>::max() / 4),
+                 procpool::serialization_error);
+    EXPECT_EQ(r.remaining(), 16u) << "a failed read consumes nothing";
+}
+
+TEST(Wire, EmptyReader_ThrowsOnAnyRead) {
+    wire::reader r(nullptr, 0);
+    EXPECT_THROW((void)wire::load<char>(r), procpool::serialization_error);
+}
+
+// ---- round trips -----------------------------------------------------------------------
+
+TEST(Wire, Arithmetic_RoundTrip) {
+    EXPECT_EQ(round_trip(42), 42);
+    EXPECT_EQ(round_trip(-1LL), -1LL);
+    EXPECT_EQ(round_trip(std::numeric_limits<std::uint64_t>::max()),
+              std::numeric_limits<std::uint64_t>::max());
+    EXPECT_EQ(round_trip('z'), 'z');
+    EXPECT_EQ(round_trip(true), true);
+    EXPECT_EQ(round_trip(false), false);
+    EXPECT_EQ(round_trip(3.25f), 3.25f);
+    EXPECT_EQ(round_trip(-0.0), 0.0);
+    EXPECT_TRUE(std::signbit(round_trip(-0.0)));
+    EXPECT_TRUE(std::isnan(round_trip(std::numeric_limits<double>::quiet_NaN())));
+    EXPECT_EQ(round_trip(1.0L / 3), 1.0L / 3);
+    EXPECT_EQ(to_bytes(7).size(), sizeof(int)) << "scalars carry no framing";
+}
+
+TEST(Wire, Enums_RoundTrip) {
+    EXPECT_EQ(round_trip(color::blue), color::blue);
+    EXPECT_EQ(round_trip(legacy_b), legacy_b);
+}
+
+TEST(Wire, TriviallyCopyableStruct_IsCopiedWhole) {
+    const point p{1.5, -2.0f, 77};
+    EXPECT_EQ(to_bytes(p).size(), sizeof(point));
+    EXPECT_EQ(round_trip(p), p);
+    EXPECT_EQ(round_trip(no_default(9)), no_default(9));
+    EXPECT_EQ(round_trip(std::complex<double>(1, -2)), std::complex<double>(1, -2));
+}
+
+TEST(Wire, Strings_RoundTrip) {
+    EXPECT_EQ(round_trip(std::string()), "");
+    EXPECT_EQ(round_trip(std::string("hello")), "hello");
+    const std::string with_nuls("a\0b\0c", 5);
+    EXPECT_EQ(round_trip(with_nuls), with_nuls);
+    const std::string big(100000, 'q');
+    EXPECT_EQ(round_trip(big), big);
+    EXPECT_EQ(round_trip(std::u16string(u"wide")), u"wide");
+    EXPECT_EQ(round_trip(std::wstring(L"wider")), L"wider");
+}
+
+TEST(Wire, Vectors_RoundTrip) {
+    EXPECT_EQ(round_trip(std::vector<int>{}), std::vector<int>{});
+    const std::vector<double> ds(1000, 0.5);
+    EXPECT_EQ(round_trip(ds), ds);
+    EXPECT_EQ(to_bytes(ds).size(), 8 + 1000 * sizeof(double)) << "one length, then the elements";
+    const std::vector<std::string> ss{"a", "", "ccc"};
+    EXPECT_EQ(round_trip(ss), ss);
+    const std::vector<std::array<float, 3>> xyz{{1, 2, 3}, {4, 5, 6}};
+    EXPECT_EQ(round_trip(xyz), xyz);
+    const std::vector<point> ps{{1, 2, 3}, {4, 5, 6}};
+    EXPECT_EQ(round_trip(ps), ps);
+    const std::vector<no_default> nd{no_default(1), no_default(2)};
+    EXPECT_EQ(round_trip(nd), nd);
+    const std::vector<std::vector<int>> nested{{1}, {}, {2, 3}};
+    EXPECT_EQ(round_trip(nested), nested);
+}
+
+TEST(Wire, VectorOfBool_RoundTripsBitPacked) {
+    for (std::size_t n : {0u, 1u, 7u, 8u, 9u, 2047u, 2048u, 2049u, 5000u}) {
+        std::vector<bool> v(n);
+        for (std::size_t i = 0; i < n; ++i) v[i] = (i * 7 + 3) % 5 < 2;
+        EXPECT_EQ(round_trip(v), v) << n << " bits";
+        EXPECT_EQ(to_bytes(v).size(), 8 + (n + 7) / 8) << n << " bits";
+    }
+}
+
+TEST(Wire, Arrays_RoundTrip) {
+    const std::array<int, 4> a{1, 2, 3, 4};
+    EXPECT_EQ(round_trip(a), a);
+    const std::array<std::string, 2> s{"x", "yy"};
+    EXPECT_EQ(round_trip(s), s);
+    EXPECT_EQ(round_trip(std::array<int, 0>{}), (std::array<int, 0>{}));
+    const std::array<bool, 3> bs{true, false, true};
+    EXPECT_EQ(round_trip(bs), bs);
+}
+
+TEST(Wire, PairsAndTuples_RoundTrip) {
+    const std::pair<int, std::string> p{5, "five"};
+    EXPECT_EQ(round_trip(p), p);
+    const std::tuple<char, std::vector<int>, double, std::string> t{'c', {1, 2}, 2.5, "s"};
+    EXPECT_EQ(round_trip(t), t);
+    EXPECT_EQ(round_trip(std::tuple<>{}), std::tuple<>{});
+}
+
+TEST(Wire, Optional_RoundTrip) {
+    EXPECT_EQ(round_trip(std::optional<int>{}), std::nullopt);
+    EXPECT_EQ(round_trip(std::optional<int>{3}), 3);
+    EXPECT_EQ(round_trip(std::optional<std::string>{"s"}), "s");
+    const std::optional<std::optional<int>> inner_empty{std::optional<int>{}};
+    EXPECT_EQ(round_trip(inner_empty), inner_empty);
+}
+
+TEST(Wire, Variant_RoundTripsEachAlternative_KeepingTheIndex) {
+    using v = std::variant<std::monostate, int, std::string, int>;
+    EXPECT_EQ(round_trip(v{}), v{});
+    EXPECT_EQ(round_trip(v{std::in_place_index<1>, 4}).index(), 1u);
+    EXPECT_EQ(round_trip(v{std::string("x")}), v{std::string("x")});
+    const v fourth{std::in_place_index<3>, 9};
+    const v back = round_trip(fourth);
+    EXPECT_EQ(back.index(), 3u);
+    EXPECT_EQ(std::get<3>(back), 9);
+}
+
+TEST(Wire, AssociativeAndOtherContainers_RoundTrip) {
+    const std::map<std::string, int> m{{"a", 1}, {"b", 2}};
+    EXPECT_EQ(round_trip(m), m);
+    const std::unordered_map<int, std::string> um{{1, "x"}, {2, "y"}, {3, ""}};
+    EXPECT_EQ(round_trip(um), um);
+    const std::set<std::string> s{"q", "r"};
+    EXPECT_EQ(round_trip(s), s);
+    const std::unordered_set<long> us{5, 6, 7};
+    EXPECT_EQ(round_trip(us), us);
+    const std::multiset<int> ms{1, 1, 2};
+    EXPECT_EQ(round_trip(ms), ms);
+    const std::multimap<int, int> mm{{1, 1}, {1, 2}};
+    EXPECT_EQ(round_trip(mm), mm);
+    const std::unordered_multimap<int, int> umm{{1, 1}, {1, 2}};
+    EXPECT_EQ(round_trip(umm), umm);
+    const std::map<int, int, std::greater<>> desc{{1, 1}, {2, 2}};
+    EXPECT_EQ(round_trip(desc), desc);
+    const std::deque<int> d{1, 2, 3};
+    EXPECT_EQ(round_trip(d), d);
+    const std::list<std::string> l{"x", "y"};
+    EXPECT_EQ(round_trip(l), l);
+}
+
+TEST(Wire, DeeplyNested_RoundTrip) {
+    using nested = std::map<std::string, std::vector<std::optional<std::pair<int, std::string>>>>;
+    const nested n{{"first", {std::nullopt, std::pair{1, std::string("one")}}},
+                   {"empty", {}},
+                   {"third", {std::pair{3, std::string()}, std::nullopt}}};
+    EXPECT_EQ(round_trip(n), n);
+    using deeper =
+        std::vector<std::tuple<std::set<int>, std::variant<double, nested>, std::deque<bool>>>;
+    deeper d;
+    d.emplace_back(std::set<int>{1, 2}, n, std::deque<bool>{true, false});
+    d.emplace_back(std::set<int>{}, 2.5, std::deque<bool>{});
+    EXPECT_EQ(round_trip(d), d);
+}
+
+TEST(Wire, SaveAllLoadAll_RoundTripCallArguments) {
+    bytes b;
+    wire::writer w(b);
+    wire::save_all(w, 1, std::string("two"), point{3, 3, 3}, person{"p", 4, {}, {}});
+    wire::reader r(b.data(), b.size());
+    auto [i, s, p, who] = wire::load_all<int, std::string, point, person>(r);
+    EXPECT_EQ(i, 1);
+    EXPECT_EQ(s, "two");
+    EXPECT_EQ(p, (point{3, 3, 3}));
+    EXPECT_EQ(who.name, "p");
+    EXPECT_EQ(r.remaining(), 0u);
+}
+
+// ---- user types through cereal ----------------------------------------------------------
+
+TEST(Wire, CerealMemberSerialize_RoundTrips) {
+    const person p{"Ada", 36, {"math", "engines"}, {{"x", 1.5}, {"y", std::nullopt}}};
+    EXPECT_EQ(round_trip(p), p);
+}
+
+TEST(Wire, CerealFreeSerialize_WithNvpAndAmpersand_RoundTrips) {
+    EXPECT_EQ(round_trip(pixel{1, 2, 3}), (pixel{1, 2, 3}));
+}
+
+TEST(Wire, CerealSaveLoadSplit_RunsLoadSideLogic) {
+    const account a("bob", {10, -3, 5});
+    const account back = round_trip(a);
+    EXPECT_EQ(back.owner(), "bob");
+    EXPECT_EQ(back.entries(), a.entries());
+    EXPECT_EQ(back.total(), 12) << "load() rebuilt the derived field";
+    EXPECT_EQ(round_trip(celsius{21.5}).degrees, 21.5);
+}
+
+TEST(Wire, CerealMinimalAndPrivateSerializers_RoundTrip) {
+    EXPECT_EQ(round_trip(tag_name{"red"}).text, "red");
+    EXPECT_EQ(round_trip(secret(5)).value(), 5);
+}
+
+TEST(Wire, CerealVersionedSerialize_SeesTheClassVersion_InEveryElement) {
+    const std::vector<versioned> in{{1, 0}, {2, 0}, {3, 0}};
+    const auto out = round_trip(in);
+    ASSERT_EQ(out.size(), 3u);
+    for (std::size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(out[i].value, in[i].value);
+        EXPECT_EQ(out[i].loaded_version, 7u);
+    }
+}
+
+TEST(Wire, CerealBaseClassAndNestedUserTypes_RoundTrip) {
+    polygon p;
+    p.name = "tri";
+    p.corners = {{1, 1, 1}, {2, 2, 2}, {3, 3, 3}};
+    p.author = person{"Eve", 3, {}, {}};
+    const polygon back = round_trip(p);
+    EXPECT_EQ(back.name, "tri");
+    EXPECT_EQ(back.corners, p.corners);
+    EXPECT_EQ(back.author, p.author);
+    const std::vector<polygon> many(50, p);
+    const auto many_back = round_trip(many);
+    ASSERT_EQ(many_back.size(), 50u);
+    EXPECT_EQ(many_back[49].corners, p.corners);
+}
+
+TEST(Wire, SerializeWinsOverTriviallyCopyable) {
+    const both in{5, 6};
+    EXPECT_EQ(to_bytes(in).size(), 8 + sizeof(int)) << "frame length + `kept` only";
+    const both out = round_trip(in);
+    EXPECT_EQ(out.kept, 5);
+    EXPECT_EQ(out.dropped, 0);
+}
+
+TEST(Wire, CerealSmartPointers_KeepSharing) {
+    shared_pair in;
+    in.a = std::make_shared<int>(11);
+    in.b = in.a;
+    const shared_pair out = round_trip(in);
+    ASSERT_TRUE(out.a);
+    EXPECT_EQ(*out.a, 11);
+    EXPECT_EQ(out.a, out.b) << "one pointee, as in the original";
+}
+
+TEST(Wire, ThrowingUserSave_BecomesSerializationError_NamingTheType) {
+    bytes b{std::byte{1}, std::byte{2}, std::byte{3}};
+    wire::writer w(b);
+    try {
+        wire::save(w, std::vector<throws_on_save>(2));
+        FAIL() << "save should have thrown";
+    } catch (const procpool::serialization_error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("serializing"), std::string::npos) << what;
+        EXPECT_NE(what.find("throws_on_save"), std::string::npos) << what;
+        EXPECT_NE(what.find("disk on fire"), std::string::npos) << what;
+    }
+    EXPECT_EQ(b.size(), 3u) << "a failed save leaves the buffer as it was";
+}
+
+TEST(Wire, ThrowingUserLoad_BecomesSerializationError_NamingTheType) {
+    const bytes b = to_bytes(throws_on_load{});
+    try {
+        (void)from_bytes<throws_on_load>(b);
+        FAIL() << "load should have thrown";
+    } catch (const procpool::serialization_error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("deserializing"), std::string::npos) << what;
+        EXPECT_NE(what.find("throws_on_load"), std::string::npos) << what;
+        EXPECT_NE(what.find("bad state"), std::string::npos) << what;
+    }
+}
+
+TEST(Wire, UserSaveAndLoadThatDisagree_AreCaughtAtTheirFrame) {
+    bytes b = to_bytes(lopsided{});
+    wire::writer w(b);
+    wire::save(w, 99);
+    wire::reader r(b.data(), b.size());
+    EXPECT_THROW((void)wire::load<lopsided>(r), procpool::serialization_error);
+}
+
+// ---- bad input --------------------------------------------------------------------------
+
+TEST(Wire, EveryTruncation_ThrowsSerializationError) {
+    polygon p;
+    p.name = "shape";
+    p.corners = {{1, 2, 3}};
+    p.author = person{"A", 1, {"t"}, {{"k", 2.0}}};
+    using value =
+        std::tuple<std::map<std::string, std::vector<std::optional<int>>>, std::vector<bool>,
+                   std::variant<int, std::string>, polygon, std::array<double, 2>>;
+    const value v{{{"key", {1, std::nullopt}}}, {true, false, true}, std::string("var"), p, {1, 2}};
+    const bytes full = to_bytes(v);
+    for (std::size_t n = 0; n < full.size(); ++n) {
+        const bytes cut(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n));
+        wire::reader r(cut.data(), cut.size());
+        EXPECT_THROW((void)wire::load<value>(r), procpool::serialization_error) << "cut at " << n;
+    }
+    EXPECT_NO_THROW((void)from_bytes<value>(full));
+}
+
+TEST(Wire, HugeLengthPrefix_ThrowsWithoutAllocatingIt) {
+    const bytes huge = u64_bytes(std::uint64_t{1} << 62);
+    auto expect_rejected = [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        std::size_t largest = largest_allocation_during([&] {
+            wire::reader r(huge.data(), huge.size());
+            EXPECT_THROW((void)wire::load<T>(r), procpool::serialization_error);
+        });
+        EXPECT_LT(largest, 4096u) << "allocated " << largest << " bytes on the input's word";
+    };
+    expect_rejected(std::type_identity<std::string>{});
+    expect_rejected(std::type_identity<std::vector<double>>{});
+    expect_rejected(std::type_identity<std::vector<std::string>>{});
+    expect_rejected(std::type_identity<std::vector<bool>>{});
+    expect_rejected(std::type_identity<std::vector<std::tuple<>>>{});
+    expect_rejected(std::type_identity<std::unordered_map<int, int>>{});
+    expect_rejected(std::type_identity<std::deque<int>>{});
+    expect_rejected(std::type_identity<person>{});
+    expect_rejected(std::type_identity<std::vector<person>>{});
+}
+
+TEST(Wire, LengthJustBeyondTheData_Throws) {
+    bytes b = u64_bytes(3);  // claims 3 ints, carries 2
+    wire::writer w(b);
+    wire::save(w, 1);
+    wire::save(w, 2);
+    wire::reader r(b.data(), b.size());
+    EXPECT_THROW((void)wire::load<std::vector<int>>(r), procpool::serialization_error);
+}
+
+TEST(Wire, CorruptFlagsAndIndices_Throw) {
+    const bytes bad_bool{std::byte{2}};
+    EXPECT_THROW((void)from_bytes<bool>(bad_bool), procpool::serialization_error);
+    const bytes bad_optional{std::byte{7}, std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0}};
+    EXPECT_THROW((void)from_bytes<std::optional<int>>(bad_optional), procpool::serialization_error);
+    const bytes bad_variant{std::byte{2}, std::byte{0}, std::byte{0}, std::byte{0}, std::byte{0}};
+    EXPECT_THROW((void)(from_bytes<std::variant<int, float>>(bad_variant)),
+                 procpool::serialization_error);
+}
+
+TEST(Wire, RandomCorruption_NeverCrashes_OnlySerializationErrors) {
+    using value =
+        std::tuple<std::vector<std::string>, std::map<int, std::optional<std::string>>,
+                   std::variant<std::monostate, std::vector<bool>, person>, std::set<long>>;
+    const value v{{"alpha", "beta"},
+                  {{1, "one"}, {2, std::nullopt}},
+                  person{"x", 1, {"a", "b"}, {{"s", 1.0}}},
+                  {3, 4, 5}};
+    const bytes good = to_bytes(v);
+    std::mt19937_64 rng(12345);
+    int loaded = 0;
+    for (int iter = 0; iter < 3000; ++iter) {
+        bytes bad = good;
+        const int flips = 1 + static_cast<int>(rng() % 4);
+        for (int f = 0; f < flips; ++f) bad[rng() % bad.size()] = static_cast<std::byte>(rng());
+        try {
+            const std::size_t largest = largest_allocation_during([&] {
+                wire::reader r(bad.data(), bad.size());
+                (void)wire::load<value>(r);
+            });
+            EXPECT_LT(largest, 1u << 20);
+            ++loaded;
+        } catch (const procpool::serialization_error&) {
+        }
+    }
+    SUCCEED() << loaded << " of 3000 corruptions still decoded";
+}
+
+}  // namespace
