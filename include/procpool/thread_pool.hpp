@@ -129,6 +129,8 @@ auto thread_pool::map(F&& f, Range&& items, std::size_t chunksize) {
                 try {
                     for (; i < hi; ++i) {
                         if constexpr (std::is_void_v<R>) {
+                            // Nothing to store: the capture is unused, and clang warns.
+                            (void)out;
                             fn(first[static_cast<std::ptrdiff_t>(i)]);
                         } else {
                             out[i] = fn(first[static_cast<std::ptrdiff_t>(i)]);
