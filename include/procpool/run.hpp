@@ -357,7 +357,7 @@ int pool_size_for(int requested, std::size_t n) noexcept;
 /// ignored: the pool has its own. The pool stays usable afterwards.
 template <class Executor, class F, std::ranges::input_range Range>
     requires detail::runs_element<F, std::ranges::range_reference_t<Range>>
-std::vector<outcome<run_result_t<F, Range>>> run_in(Executor& executor, F&& fn, Range&& tasks,
+[[nodiscard]] std::vector<outcome<run_result_t<F, Range>>> run_in(Executor& executor, F&& fn, Range&& tasks,
                                                      run_options<run_result_t<F, Range>> options = {}) {
     using R = run_result_t<F, Range>;
     if constexpr (!detail::indexable_range<Range>) {
@@ -379,7 +379,7 @@ std::vector<outcome<run_result_t<F, Range>>> run_in(Executor& executor, F&& fn, 
 /// background) when the task returns.
 template <class F, std::ranges::input_range Range>
     requires detail::runs_element<F, std::ranges::range_reference_t<Range>>
-std::vector<outcome<run_result_t<F, Range>>> run_in_threads(
+[[nodiscard]] std::vector<outcome<run_result_t<F, Range>>> run_in_threads(
     F&& fn, Range&& tasks, run_options<run_result_t<F, Range>> options = {}) {
     using R = run_result_t<F, Range>;
     if constexpr (!detail::indexable_range<Range>) {
@@ -408,7 +408,7 @@ std::vector<outcome<run_result_t<F, Range>>> run_in_threads(
 /// `procpool::init(argc, argv)` at the top of `main`.
 template <class F, std::ranges::input_range Range>
     requires detail::runs_element<F, std::ranges::range_reference_t<Range>>
-std::vector<outcome<run_result_t<F, Range>>> run_in_processes(
+[[nodiscard]] std::vector<outcome<run_result_t<F, Range>>> run_in_processes(
     F&& fn, Range&& tasks, run_options<run_result_t<F, Range>> options = {}) {
     using R = run_result_t<F, Range>;
     if constexpr (!detail::indexable_range<Range>) {
