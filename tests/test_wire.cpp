@@ -28,6 +28,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -349,6 +350,9 @@ static_assert(!wire::is_serializable_v<std::map<int, std::string_view>>);
 static_assert(!wire::is_serializable_v<std::optional<std::pair<int, const char*>>>);
 static_assert(!wire::is_serializable_v<save_only>, "a type that cannot be loaded back is not");
 static_assert(!wire::serializable<std::tuple<int, holds_unique_ptr>>);
+// Smart pointers are refused, unless cereal's own support is included (as in this file).
+static_assert(wire::is_serializable_v<std::unique_ptr<int>>);
+static_assert(wire::is_serializable_v<const std::tuple<const int, const std::string>>);
 
 // ---- writer and reader -----------------------------------------------------------------
 
@@ -546,6 +550,36 @@ TEST(Wire, DeeplyNested_RoundTrip) {
     EXPECT_EQ(round_trip(d), d);
 }
 
+TEST(Wire, ConstQualifiedElements_RoundTrip) {
+    const std::tuple<const int, const std::string> t{1, "one"};
+    EXPECT_EQ(round_trip(t), t);
+    EXPECT_EQ(round_trip(std::optional<const double>(2.5)), 2.5);
+    const std::array<const std::string, 2> a{"x", "y"};
+    EXPECT_EQ(round_trip(a), a);
+}
+
+TEST(Wire, SaveAll_WritesExactlyWhatConsecutiveSavesWrite) {
+    const person p{"p", 1, {"t"}, {}};
+    const std::vector<versioned> vs{{1, 0}, {2, 0}};
+    bytes together;
+    wire::writer wt(together);
+    wire::save_all(wt, p, 5, vs, vs);
+    bytes apart;
+    wire::writer wa(apart);
+    wire::save(wa, p);
+    wire::save(wa, 5);
+    wire::save(wa, vs);
+    wire::save(wa, vs);
+    EXPECT_EQ(together, apart);
+    wire::reader r(apart.data(), apart.size());
+    auto [p2, five, vs2, vs3] = wire::load_all<person, int, std::vector<versioned>,
+                                               std::vector<versioned>>(r);
+    EXPECT_EQ(p2, p);
+    EXPECT_EQ(five, 5);
+    EXPECT_EQ(vs3.at(1).value, 2);
+    EXPECT_EQ(vs3.at(1).loaded_version, 7u);
+}
+
 TEST(Wire, SaveAllLoadAll_RoundTripCallArguments) {
     bytes b;
     wire::writer w(b);
@@ -661,6 +695,25 @@ TEST(Wire, UserSaveAndLoadThatDisagree_AreCaughtAtTheirFrame) {
     wire::save(w, 99);
     wire::reader r(b.data(), b.size());
     EXPECT_THROW((void)wire::load<lopsided>(r), procpool::serialization_error);
+}
+
+TEST(Wire, UserTypes_SaveAndLoadConcurrentlyOnManyThreads) {
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int t = 0; t < 4; ++t) {
+        threads.emplace_back([t, &failures] {
+            for (int i = 0; i < 500; ++i) {
+                polygon p;
+                p.name = std::to_string(t * 1000 + i);
+                p.corners = {{1, 2, 3}};
+                p.author = person{"a", i, {}, {}};
+                const polygon back = round_trip(p);
+                if (back.name != p.name || back.author->age != i) ++failures;
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(failures.load(), 0);
 }
 
 // ---- bad input --------------------------------------------------------------------------

@@ -174,8 +174,9 @@ using output_archive = detail::output_archive;
 /// The cereal archive a user type's `serialize`/`load` receives; the mirror of `output_archive`.
 using input_archive = detail::input_archive;
 
-template <class T>
+template <class Q>
 struct cannot_serialize {
+    using T = std::remove_cv_t<Q>;
     static_assert(detail::kind_of<T>() != detail::kind::pointer,
                   "procpool::wire: a pointer cannot cross a process boundary (its address means "
                   "nothing in the other process): send the value it points to instead (for "

@@ -19,5 +19,7 @@ int main() {
 #elif WIRE_CASE == 2
     int x = 0;
     procpool::wire::save(w, std::vector<int*>{&x});  // the pointer inside is named, not the vector
+#elif WIRE_CASE == 3
+    procpool::wire::save(w, std::make_unique<int>(1));  // without <cereal/types/memory.hpp>
 #endif
 }

@@ -36,7 +36,7 @@ namespace detail {
 // ---- classification ------------------------------------------------------------------
 
 /// How a type crosses; see the rules at the top of this file.
-enum class kind { pointer, view, c_array, arithmetic, native, user, bitwise, none };
+enum class kind { cv_qualified, pointer, view, c_array, arithmetic, native, user, bitwise, none };
 
 template <class T>
 struct is_view : std::false_type {};
@@ -69,10 +69,11 @@ constexpr bool has_user_serializer() {
            cereal::traits::detail::count_input_serializers<T, input_archive>::value > 0;
 }
 
-template <class Q>
+template <class T>
 consteval kind kind_of() {
-    using T = std::remove_cv_t<Q>;
-    if constexpr (std::is_pointer_v<T> || std::is_member_pointer_v<T> ||
+    if constexpr (!std::is_same_v<T, std::remove_cv_t<T>>) {
+        return kind::cv_qualified;  // tuple<const int>: sent as the unqualified type
+    } else if constexpr (std::is_pointer_v<T> || std::is_member_pointer_v<T> ||
                   std::is_null_pointer_v<T>) {
         return kind::pointer;
     } else if constexpr (is_view<T>::value) {
@@ -164,13 +165,16 @@ struct codec {
 };
 
 template <class T>
+struct codec<T, kind::cv_qualified> : codec<std::remove_cv_t<T>> {};
+
+template <class T>
 struct codec<T, kind::arithmetic> {
     static constexpr bool ok = true;
     static constexpr bool has_user = false;
     static constexpr std::size_t min_size = sizeof(T);
     static void save(writer& w, const T& v) { w.write_bytes(&v, sizeof v); }
     static T load(reader& r) {
-        if constexpr (std::is_same_v<std::remove_cv_t<T>, bool>) {
+        if constexpr (std::is_same_v<T, bool>) {
             // A bool holding any byte but 0 or 1 is undefined behaviour: check first.
             std::uint8_t b;
             r.read_bytes(&b, 1);
@@ -206,8 +210,8 @@ struct codec<T, kind::bitwise> {
 };
 
 template <class T>
-struct codec<T, kind::native> : std_codec<std::remove_cv_t<T>> {
-    static constexpr std::size_t min_size = std_codec<std::remove_cv_t<T>>::min_bytes;
+struct codec<T, kind::native> : std_codec<T> {
+    static constexpr std::size_t min_size = std_codec<T>::min_bytes;
 };
 
 /// User types go through cereal, framed by a byte count: loading checks that `load`
@@ -301,10 +305,10 @@ constexpr bool bulk() {
     if constexpr (k == kind::bitwise) {
         return std::is_default_constructible_v<T>;
     } else if constexpr (k == kind::arithmetic) {
-        return !std::is_same_v<std::remove_cv_t<T>, bool>;  // bools are checked on load
-    } else if constexpr (is_std_array<std::remove_cv_t<T>>::value) {
+        return !std::is_same_v<T, bool>;  // bools are checked on load
+    } else if constexpr (is_std_array<T>::value) {
         // vector<array<float, 3>>: one memcpy, as its saved form is exactly its bytes.
-        using a = is_std_array<std::remove_cv_t<T>>;
+        using a = is_std_array<T>;
         return a::size != 0 && bulk<typename a::element>() &&
                sizeof(T) == a::size * sizeof(typename a::element);
     } else {
@@ -442,7 +446,7 @@ struct std_codec<std::array<T, N>> {
             A a;
             r.read_contiguous(a.data(), N);
             return a;
-        } else if constexpr (std::is_default_constructible_v<T>) {
+        } else if constexpr (std::is_default_constructible_v<T> && !std::is_const_v<T>) {
             A a;
             for (auto& e : a) e = codec<T>::load(r);
             return a;
@@ -460,19 +464,14 @@ template <class A, class B>
 struct std_codec<std::pair<A, B>> {
     using P = std::pair<A, B>;
     static constexpr bool is_native = true;
-    static constexpr bool ok =
-        codec<std::remove_const_t<A>>::ok && codec<std::remove_const_t<B>>::ok;
-    static constexpr bool has_user =
-        codec<std::remove_const_t<A>>::has_user || codec<std::remove_const_t<B>>::has_user;
-    static constexpr std::size_t min_bytes =
-        min_size<std::remove_const_t<A>> + min_size<std::remove_const_t<B>>;
+    static constexpr bool ok = codec<A>::ok && codec<B>::ok;
+    static constexpr bool has_user = codec<A>::has_user || codec<B>::has_user;
+    static constexpr std::size_t min_bytes = min_size<A> + min_size<B>;
     static void save(writer& w, const P& p) {
-        codec<std::remove_const_t<A>>::save(w, p.first);
-        codec<std::remove_const_t<B>>::save(w, p.second);
+        codec<A>::save(w, p.first);
+        codec<B>::save(w, p.second);
     }
-    static P load(reader& r) {
-        return P{codec<std::remove_const_t<A>>::load(r), codec<std::remove_const_t<B>>::load(r)};
-    }
+    static P load(reader& r) { return P{codec<A>::load(r), codec<B>::load(r)}; }
 };
 
 template <class... Ts>
