@@ -19,6 +19,18 @@
 
 namespace procpool {
 
+namespace detail {
+/// True if a task result of type R can come back from a worker (void always can).
+template <class R>
+constexpr bool result_crosses() {
+    if constexpr (std::is_void_v<R>) {
+        return true;
+    } else {
+        return wire::is_serializable_v<R>;
+    }
+}
+}  // namespace detail
+
 /// Prepares procpool for process pools; call it first thing in `main`, while the program
 /// is still single-threaded. It is the C++ counterpart of Python's
 /// `if __name__ == "__main__":` guard: it starts a small fork server from the clean,
@@ -61,7 +73,7 @@ public:
     explicit worker_initializer(F&& f, A&&... args)
         : invoker_(detail::code_offset(reinterpret_cast<const void*>(
               detail::invoker_for<std::decay_t<F>, detail::wire_arg_t<A>...>()))),
-          fn_(detail::callable_offset(f)) {
+          fn_(detail::callable_offset(static_cast<const std::decay_t<F>&>(f))) {
         wire::writer w(args_);
         wire::save_all(w, detail::wire_arg_t<A>(std::forward<A>(args))...);
     }
@@ -82,7 +94,7 @@ struct process_pool_options {
     int workers = default_worker_count();
     /// Default deadline for each task, counted from when it starts running; the worker of
     /// a task past its deadline is killed and replaced, and its future gets `task_timeout`.
-    std::optional<std::chrono::milliseconds> task_timeout;
+    std::optional<std::chrono::milliseconds> task_timeout{};
     /// Replace a worker after it has run this many tasks (0: never), to contain leaks.
     int max_tasks_per_child = 0;
     /// Address-space limit per worker in bytes (RLIMIT_AS; 0: none). A task allocating
@@ -91,7 +103,7 @@ struct process_pool_options {
     /// Environment overrides applied in each worker (see `default_worker_env`).
     std::vector<std::pair<std::string, std::string>> env = default_worker_env();
     /// Run once in each new worker (see `worker_initializer`).
-    worker_initializer initializer;
+    worker_initializer initializer{};
     /// How workers are created.
     start_method start = start_method::automatic;
 };
@@ -99,7 +111,7 @@ struct process_pool_options {
 /// Per-submit options: `pool.submit(procpool::task_options{.timeout = 2s}, fn, args...)`.
 struct task_options {
     /// Deadline for this task once it starts; overrides the pool's `task_timeout`.
-    std::optional<std::chrono::milliseconds> timeout;
+    std::optional<std::chrono::milliseconds> timeout{};
 };
 
 /// A pool of worker processes, the counterpart of Python's `ProcessPoolExecutor`, that
@@ -137,7 +149,7 @@ public:
         static_assert(std::is_invocable_v<Fn&, detail::wire_arg_t<A>...>,
                       "process_pool::submit: the function cannot be called with these arguments");
         using R = std::remove_cvref_t<std::invoke_result_t<Fn&, detail::wire_arg_t<A>...>>;
-        static_assert(std::is_void_v<R> || wire::is_serializable_v<R>,
+        static_assert(detail::result_crosses<R>(),
                       "process_pool::submit: the task's result type cannot cross a process "
                       "boundary (see procpool/wire.hpp)");
         auto* t = new detail::process_task<R>();

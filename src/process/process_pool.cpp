@@ -239,9 +239,7 @@ struct process_pool::impl final : detail::cancel_hook {
         if (server) watch(server.get(), ev(ev_server, 0), EPOLLIN);
     }
 
-    void set_initializer(const worker_initializer& init, std::uint64_t inv, std::uint64_t fn,
-                         const std::vector<std::byte>& args) {
-        (void)init;
+    void set_initializer(std::uint64_t inv, std::uint64_t fn, const std::vector<std::byte>& args) {
         process::worker_config cfg = process::decode_config(config.data(), config.size());
         cfg.init_invoker = inv;
         cfg.init_fn = fn;
@@ -593,6 +591,7 @@ struct process_pool::impl final : detail::cancel_hook {
     void finalize(worker_slot& w, int wstatus) {
         drain(w);
         std::vector<process_task_base*> requeue;
+        std::vector<process_task_base*> settled;
         process_task_base* failed = nullptr;
         std::exception_ptr why;
         {
@@ -606,6 +605,10 @@ struct process_pool::impl final : detail::cancel_hook {
                     why = death_error(w, *failed, wstatus);
                 }
                 while (auto* t = w.inflight.pop_front()) {
+                    if (t->shared().is_done()) {  // cancelled while it sat in the ring
+                        settled.push_back(t);
+                        continue;
+                    }
                     // Copy the arguments back out of the dead worker's ring.
                     if (t->parked.empty()) {
                         const std::byte* p =
@@ -630,6 +633,7 @@ struct process_pool::impl final : detail::cancel_hook {
             dispatch_pending();
         }
         if (failed != nullptr) finish(*failed, [&] { resolve_error(*failed, why); });
+        for (auto* t : settled) finish(*t, [] {});
     }
 
     std::exception_ptr death_error(const worker_slot& w, const process_task_base& t,
@@ -978,7 +982,7 @@ struct process_pool::impl final : detail::cancel_hook {
 process_pool::process_pool(process_pool_options opts) {
     const worker_initializer init = opts.initializer;
     impl_ = std::make_unique<impl>(std::move(opts));
-    if (init) impl_->set_initializer(init, init.invoker_, init.fn_, init.args_);
+    if (init) impl_->set_initializer(init.invoker_, init.fn_, init.args_);
     impl_->start();
 }
 

@@ -60,8 +60,8 @@ using wire_arg_t =
 /// default-constructible class such as a captureless lambda.
 template <class F>
 concept remote_callable =
-    std::is_pointer_v<std::decay_t<F>> &&
-        std::is_function_v<std::remove_pointer_t<std::decay_t<F>>> ||
+    (std::is_pointer_v<std::decay_t<F>> &&
+     std::is_function_v<std::remove_pointer_t<std::decay_t<F>>>) ||
     (std::is_class_v<std::decay_t<F>> && std::is_empty_v<std::decay_t<F>> &&
      std::is_default_constructible_v<std::decay_t<F>>);
 

@@ -1,0 +1,662 @@
+// process_pool: results, every fault a task can commit, cancellation, hygiene.
+// Faults are real: real signals, real exits, real kills.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "procpool/process_pool.hpp"
+
+using namespace std::chrono_literals;
+using procpool::process_pool;
+
+namespace {
+
+// ---- tasks (free functions: they run in worker processes) -----------------------------
+
+int add(int a, int b) { return a + b; }
+std::string greet(std::string who) { return "hello " + who; }
+std::vector<double> scale(std::vector<double> v, double k) {
+    for (auto& x : v) x *= k;
+    return v;
+}
+std::map<std::string, std::vector<int>> group(std::vector<int> xs) {
+    std::map<std::string, std::vector<int>> m;
+    for (int x : xs) m[x % 2 == 0 ? "even" : "odd"].push_back(x);
+    return m;
+}
+std::tuple<int, std::string, std::optional<double>> tuple_task(int a) {
+    return {a, std::to_string(a), a > 0 ? std::optional<double>(a * 0.5) : std::nullopt};
+}
+void nothing() {}
+int my_pid() { return static_cast<int>(getpid()); }
+int segfault(int) {
+    raise(SIGSEGV);
+    return 0;
+}
+int do_abort(int) { std::abort(); }
+int exit3(int) { std::exit(3); }
+int quick_exit0(int) { _exit(0); }
+struct custom_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+int throw_std(int) { throw custom_error("custom failure"); }
+int throw_int(int) { throw 42; }
+int sleep_ms(int ms) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    return ms;
+}
+std::size_t allocate_mb(int mb) {
+    std::vector<char> big(static_cast<std::size_t>(mb) << 20, 'x');
+    return big.size();
+}
+int close_all_fds(int) {
+    for (int fd = 3; fd < 1024; ++fd) close(fd);
+    std::this_thread::sleep_for(5s);
+    return 0;
+}
+std::vector<int> open_fds() {
+    std::vector<int> fds;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        while (dirent* e = readdir(d)) {
+            if (e->d_name[0] != '.') fds.push_back(std::atoi(e->d_name));
+        }
+        closedir(d);
+    }
+    return fds;
+}
+std::string env_of(std::string name) {
+    const char* v = std::getenv(name.c_str());
+    return v != nullptr ? v : "<unset>";
+}
+
+std::mutex shared_mutex;
+int lock_and_allocate(int n) {
+    std::lock_guard lock(shared_mutex);
+    std::vector<std::string> v;
+    for (int i = 0; i < n; ++i) v.push_back(std::string(64, 'a'));
+    return static_cast<int>(v.size());
+}
+
+int init_value = 0;
+void set_init_value(int v) { init_value = v; }
+int read_init_value() { return init_value; }
+void failing_init() { throw std::runtime_error("initializer refused"); }
+
+bool under_sanitizer() {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    return true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+    return true;
+#endif
+#endif
+    return false;
+}
+
+template <class T>
+std::string error_text(const procpool::future<T>& f) {
+    try {
+        f.get();
+    } catch (const std::exception& e) {
+        return e.what();
+    }
+    return "<no error>";
+}
+
+int count_fds() { return static_cast<int>(open_fds().size()); }
+
+// Direct children of this process other than the fork server, alive or zombie.
+std::vector<int> children() {
+    std::vector<int> out;
+    const std::string me = std::to_string(getpid());
+    if (DIR* d = opendir("/proc")) {
+        while (dirent* e = readdir(d)) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            std::string path = std::string("/proc/") + e->d_name + "/stat";
+            FILE* f = std::fopen(path.c_str(), "r");
+            if (f == nullptr) continue;
+            int pid = 0;
+            char comm[256];
+            char state = 0;
+            int ppid = 0;
+            if (std::fscanf(f, "%d %255s %c %d", &pid, comm, &state, &ppid) == 4 &&
+                std::to_string(ppid) == me && std::string(comm) != "(procpool-forksr)") {
+                out.push_back(pid);
+            }
+            std::fclose(f);
+        }
+        closedir(d);
+    }
+    return out;
+}
+
+bool process_gone(int pid) {
+    std::string path = "/proc/" + std::to_string(pid) + "/stat";
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (f == nullptr) return true;
+    int p = 0;
+    char comm[256];
+    char state = 0;
+    const bool zombie = std::fscanf(f, "%d %255s %c", &p, comm, &state) == 3 && state == 'Z';
+    std::fclose(f);
+    return zombie;
+}
+
+bool wait_gone(const std::vector<int>& pids, std::chrono::seconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < until) {
+        bool all = true;
+        for (int p : pids) all = all && process_gone(p);
+        if (all) return true;
+        std::this_thread::sleep_for(10ms);
+    }
+    return false;
+}
+
+}  // namespace
+
+// ---- results ---------------------------------------------------------------------------
+
+TEST(ProcessPool, Submit_ReturnsValuesOfStandardTypes) {
+    process_pool pool({.workers = 2});
+    EXPECT_EQ(pool.submit(add, 2, 3).get(), 5);
+    EXPECT_EQ(pool.submit(greet, "world").get(), "hello world");
+    EXPECT_EQ(pool.submit(scale, std::vector<double>{1, 2, 3}, 2.0).get(),
+              (std::vector<double>{2, 4, 6}));
+    auto g = pool.submit(group, std::vector<int>{1, 2, 3, 4, 5}).get();
+    EXPECT_EQ(g["odd"], (std::vector<int>{1, 3, 5}));
+    EXPECT_EQ(g["even"], (std::vector<int>{2, 4}));
+    auto [a, s, o] = pool.submit(tuple_task, 4).get();
+    EXPECT_EQ(a, 4);
+    EXPECT_EQ(s, "4");
+    EXPECT_EQ(o, 2.0);
+    EXPECT_FALSE(std::get<2>(pool.submit(tuple_task, -1).get()).has_value());
+    pool.submit(nothing).get();
+}
+
+TEST(ProcessPool, Submit_RunsInAnotherProcess) {
+    process_pool pool({.workers = 1});
+    EXPECT_NE(pool.submit(my_pid).get(), static_cast<int>(getpid()));
+}
+
+TEST(ProcessPool, CaptureLessLambda_RunsAsTask) {
+    process_pool pool({.workers = 1});
+    auto f = pool.submit([](int x) { return x * 10; }, 7);
+    EXPECT_EQ(f.get(), 70);
+}
+
+TEST(ProcessPool, LargeArgumentsAndResults_TravelOutOfBand) {
+    process_pool pool({.workers = 1});
+    std::vector<double> big(1 << 20);  // 8 MiB: more than a ring frame
+    for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<double>(i);
+    auto out = pool.submit(scale, big, 0.5).get();
+    ASSERT_EQ(out.size(), big.size());
+    EXPECT_EQ(out[12345], 12345 * 0.5);
+    EXPECT_EQ(out.back(), static_cast<double>(big.size() - 1) * 0.5);
+}
+
+TEST(ProcessPool, Map_KeepsInputOrder) {
+    process_pool pool({.workers = 2});
+    std::vector<int> xs(10000);
+    for (int i = 0; i < 10000; ++i) xs[static_cast<std::size_t>(i)] = i;
+    auto ys = pool.map([](int x) { return x * 3; }, xs);
+    ASSERT_EQ(ys.size(), xs.size());
+    for (int i = 0; i < 10000; ++i) EXPECT_EQ(ys[static_cast<std::size_t>(i)], 3 * i);
+    auto small = pool.map([](int x) { return x + 1; }, std::vector<int>{1, 2, 3}, 1);
+    EXPECT_EQ(small, (std::vector<int>{2, 3, 4}));
+}
+
+TEST(ProcessPool, Map_RethrowsFirstFailingElement) {
+    process_pool pool({.workers = 2});
+    std::vector<int> xs = {1, 2, 3, -1, 5, -2};
+    try {
+        pool.map(
+            [](int x) {
+                if (x < 0) throw std::invalid_argument("negative " + std::to_string(x));
+                return x;
+            },
+            xs, 2);
+        FAIL() << "map did not throw";
+    } catch (const procpool::remote_exception& e) {
+        EXPECT_EQ(e.type_name(), "std::invalid_argument");
+        EXPECT_EQ(e.message(), "negative -1");
+    }
+}
+
+TEST(ProcessPool, HundredThousandTasks_AllResolveCorrectly) {
+    process_pool pool({.workers = 2});
+    std::vector<procpool::future<int>> fs;
+    fs.reserve(100000);
+    for (int i = 0; i < 100000; ++i) fs.push_back(pool.submit(add, i, 1));
+    for (int i = 0; i < 100000; ++i) ASSERT_EQ(fs[static_cast<std::size_t>(i)].get(), i + 1);
+}
+
+TEST(ProcessPool, ZeroWorkers_IsRejectedWithAClearMessage) {
+    try {
+        process_pool pool({.workers = 0});
+        FAIL();
+    } catch (const procpool::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("at least one worker"), std::string::npos);
+    }
+    EXPECT_THROW(process_pool({.workers = -3}), procpool::invalid_argument);
+    EXPECT_THROW(process_pool({.workers = 1, .max_tasks_per_child = -1}),
+                 procpool::invalid_argument);
+}
+
+TEST(ProcessPool, SubmitAfterShutdown_ThrowsPoolShutDown) {
+    process_pool pool({.workers = 1});
+    pool.shutdown();
+    EXPECT_THROW((void)pool.submit(add, 1, 2), procpool::pool_shut_down);
+}
+
+// ---- faults: each fails exactly its own future, the pool goes on ------------------------
+
+struct fault_case {
+    const char* name;
+    int (*fn)(int);
+};
+
+TEST(ProcessPoolFaults, EachFault_FailsOnlyItsTask_AndPoolKeepsServing) {
+    process_pool pool({.workers = 2});
+    auto good_before = pool.submit(add, 1, 1);
+    auto seg = pool.submit(segfault, 0);
+    auto abrt = pool.submit(do_abort, 0);
+    auto ex3 = pool.submit(exit3, 0);
+    auto ex0 = pool.submit(quick_exit0, 0);
+    auto thr = pool.submit(throw_std, 0);
+    auto thr_int = pool.submit(throw_int, 0);
+    std::vector<procpool::future<int>> others;
+    for (int i = 0; i < 200; ++i) others.push_back(pool.submit(add, i, i));
+
+    try {
+        seg.get();
+        FAIL();
+    } catch (const procpool::worker_died& e) {
+        EXPECT_EQ(e.signal(), SIGSEGV);
+        EXPECT_NE(std::string(e.what()).find("SIGSEGV"), std::string::npos);
+    }
+    try {
+        abrt.get();
+        FAIL();
+    } catch (const procpool::worker_died& e) {
+        EXPECT_EQ(e.signal(), SIGABRT);
+    }
+    try {
+        ex3.get();
+        FAIL();
+    } catch (const procpool::worker_died& e) {
+        EXPECT_EQ(e.signal(), 0);
+        EXPECT_EQ(e.exit_code(), 3);
+    }
+    try {
+        ex0.get();
+        FAIL();
+    } catch (const procpool::worker_died& e) {
+        EXPECT_EQ(e.exit_code(), 0);
+    }
+    try {
+        thr.get();
+        FAIL();
+    } catch (const procpool::remote_exception& e) {
+        EXPECT_NE(e.type_name().find("custom_error"), std::string::npos);
+        EXPECT_EQ(e.message(), "custom failure");
+    }
+    try {
+        thr_int.get();
+        FAIL();
+    } catch (const procpool::remote_exception& e) {
+        EXPECT_EQ(e.type_name(), "int");
+    }
+    EXPECT_EQ(good_before.get(), 2);
+    for (int i = 0; i < 200; ++i) EXPECT_EQ(others[static_cast<std::size_t>(i)].get(), 2 * i);
+    EXPECT_EQ(pool.submit(add, 20, 22).get(), 42);
+}
+
+TEST(ProcessPoolFaults, Timeout_KillsTheWorker_AndFailsWithTaskTimeout) {
+    process_pool pool({.workers = 1, .task_timeout = 100ms});
+    auto slow = pool.submit(sleep_ms, 10000);
+    auto quick = pool.submit(add, 1, 2);
+    EXPECT_THROW(slow.get(), procpool::task_timeout);
+    EXPECT_EQ(quick.get(), 3);
+    // Per-submit timeout overrides the pool's.
+    auto ok = pool.submit(procpool::task_options{.timeout = 5s}, sleep_ms, 200);
+    EXPECT_EQ(ok.get(), 200);
+}
+
+TEST(ProcessPoolFaults, MemoryLimit_AllocationFailureIsReported) {
+    if (under_sanitizer()) GTEST_SKIP() << "sanitizers reserve terabytes of address space";
+    process_pool pool({.workers = 1, .memory_limit = std::size_t{512} << 20});
+    auto big = pool.submit(allocate_mb, 2048);
+    try {
+        big.get();
+        FAIL() << "allocation past the limit succeeded";
+    } catch (const procpool::remote_exception& e) {
+        EXPECT_EQ(e.type_name(), "std::bad_alloc");
+    } catch (const procpool::worker_died&) {
+        SUCCEED();  // the allocator may abort instead of throwing
+    }
+    EXPECT_EQ(pool.submit(allocate_mb, 16).get(), std::size_t{16} << 20);
+}
+
+TEST(ProcessPoolFaults, TaskClosingItsChannel_FailsTypedAndWorkerIsReplaced) {
+    process_pool pool({.workers = 1});
+    auto bad = pool.submit(close_all_fds, 0);
+    EXPECT_THROW(bad.get(), procpool::worker_died);
+    EXPECT_EQ(pool.submit(add, 2, 2).get(), 4);
+}
+
+TEST(ProcessPoolFaults, InitializerRunsInEachWorker) {
+    process_pool pool({.workers = 2, .initializer = procpool::worker_initializer(set_init_value, 7)});
+    EXPECT_EQ(pool.submit(read_init_value).get(), 7);
+}
+
+TEST(ProcessPoolFaults, FailingInitializer_FailsEveryTask_NoRespawnLoop) {
+    process_pool pool({.workers = 2, .initializer = procpool::worker_initializer(failing_init)});
+    std::vector<procpool::future<int>> fs;
+    for (int i = 0; i < 20; ++i) fs.push_back(pool.submit(add, i, 0));
+    for (auto& f : fs) {
+        try {
+            f.get();
+            FAIL();
+        } catch (const procpool::remote_exception& e) {
+            EXPECT_NE(std::string(e.what()).find("initializer refused"), std::string::npos);
+        }
+    }
+    EXPECT_THROW(pool.submit(add, 1, 1).get(), procpool::remote_exception);
+}
+
+TEST(ProcessPoolFaults, MaxTasksPerChild_ReplacesWorkers) {
+    process_pool pool({.workers = 1, .max_tasks_per_child = 3});
+    std::set<int> pids;
+    for (int i = 0; i < 9; ++i) pids.insert(pool.submit(my_pid).get());
+    EXPECT_EQ(pids.size(), 3u);
+}
+
+TEST(ProcessPool, WorkersGetEnvironmentOverrides) {
+    process_pool pool({.workers = 1});
+    EXPECT_EQ(pool.submit(env_of, "OMP_NUM_THREADS").get(), "1");
+    process_pool custom({.workers = 1, .env = {{"PROCPOOL_TEST_VAR", "yes"}}});
+    EXPECT_EQ(custom.submit(env_of, "PROCPOOL_TEST_VAR").get(), "yes");
+}
+
+// ---- cancellation ----------------------------------------------------------------------
+
+TEST(ProcessPoolCancel, CancelRunningTask_KillsWorker_ResolvesCancelled) {
+    process_pool pool({.workers = 1});
+    auto running = pool.submit(sleep_ms, 20000);
+    // Wait until it really runs: a second task queued behind it cannot finish first.
+    while (pool.worker_pids().empty()) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(100ms);
+    EXPECT_TRUE(running.cancel());
+    EXPECT_TRUE(running.cancelled());
+    EXPECT_THROW(running.get(), procpool::task_cancelled);
+    EXPECT_EQ(pool.submit(add, 3, 4).get(), 7);
+}
+
+TEST(ProcessPoolCancel, CancelQueuedTask_NeverRuns) {
+    process_pool pool({.workers = 1});
+    auto blocker = pool.submit(sleep_ms, 300);
+    auto queued = pool.submit(add, 1, 1);
+    EXPECT_TRUE(queued.cancel());
+    EXPECT_THROW(queued.get(), procpool::task_cancelled);
+    EXPECT_EQ(blocker.get(), 300);
+}
+
+TEST(ProcessPoolCancel, ShutdownCancelPending_ResolvesEveryQueuedFuture) {
+    process_pool pool({.workers = 1});
+    auto running = pool.submit(sleep_ms, 300);
+    std::vector<procpool::future<int>> queued;
+    for (int i = 0; i < 50; ++i) queued.push_back(pool.submit(add, i, 0));
+    std::this_thread::sleep_for(50ms);
+    pool.shutdown({.wait = true, .cancel_pending = true});
+    EXPECT_EQ(running.get(), 300);
+    int cancelled = 0;
+    for (auto& f : queued) {
+        ASSERT_TRUE(f.ready());
+        if (f.cancelled()) ++cancelled;
+    }
+    EXPECT_GT(cancelled, 0);
+}
+
+TEST(ProcessPool, ShutdownWithoutWait_StillResolvesEverything) {
+    std::vector<procpool::future<int>> fs;
+    {
+        process_pool pool({.workers = 2});
+        for (int i = 0; i < 100; ++i) fs.push_back(pool.submit(add, i, 1));
+        pool.shutdown({.wait = false});
+    }
+    for (int i = 0; i < 100; ++i) EXPECT_EQ(fs[static_cast<std::size_t>(i)].get(), i + 1);
+}
+
+// ---- safe start --------------------------------------------------------------------------
+
+TEST(ProcessPoolStart, ThreadedParentHoldingLocks_WorkersDoNotDeadlock) {
+    ASSERT_TRUE(procpool::initialized());
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> noise;
+    for (int i = 0; i < 3; ++i) {
+        noise.emplace_back([&] {
+            while (!stop.load()) {
+                std::lock_guard lock(shared_mutex);
+                std::vector<std::string> v(100, std::string(100, 'x'));
+            }
+        });
+    }
+    {
+        process_pool pool({.workers = 2});
+        std::vector<procpool::future<int>> fs;
+        for (int i = 0; i < 50; ++i) fs.push_back(pool.submit(lock_and_allocate, 100));
+        for (auto& f : fs) EXPECT_EQ(f.get(), 100);
+    }
+    stop = true;
+    for (auto& t : noise) t.join();
+}
+
+TEST(ProcessPoolStart, ForkMethod_SeesStateCreatedAfterInit) {
+    init_value = 99;
+    process_pool pool({.workers = 1, .start = procpool::start_method::fork});
+    EXPECT_EQ(pool.submit(read_init_value).get(), 99);
+    process_pool server({.workers = 1, .start = procpool::start_method::forkserver});
+    EXPECT_EQ(server.submit(read_init_value).get(), 0);  // the program as it was at init()
+    init_value = 0;
+}
+
+TEST(ProcessPoolStart, WorkersDoNotInheritUnrelatedFds) {
+    const int fd = open("/proc/self/status", O_RDONLY);  // no O_CLOEXEC on purpose
+    ASSERT_GE(fd, 0);
+    for (auto m : {procpool::start_method::fork, procpool::start_method::forkserver}) {
+        process_pool pool({.workers = 1, .start = m});
+        auto fds = pool.submit(open_fds).get();
+        // stdin/out/err, the shared region is unmapped-from-fd, control socket, eventfd.
+        EXPECT_LE(fds.size(), 6u);
+        if (m == procpool::start_method::fork) {
+            EXPECT_EQ(std::count(fds.begin(), fds.end(), fd), 0);
+        }
+    }
+    close(fd);
+}
+
+TEST(ProcessPoolStart, WorkersDieWithTheirParent_EvenBySigkill) {
+    int pipefd[2];
+    ASSERT_EQ(pipe(pipefd), 0);
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        close(pipefd[0]);
+        process_pool pool({.workers = 2, .start = procpool::start_method::fork});
+        pool.submit(add, 1, 1).get();
+        pool.submit(add, 1, 1).get();
+        auto pids = pool.worker_pids();
+        for (int p : pids) [[maybe_unused]] auto n = write(pipefd[1], &p, sizeof p);
+        close(pipefd[1]);
+        for (;;) pause();
+    }
+    close(pipefd[1]);
+    std::vector<int> workers;
+    int p = 0;
+    while (read(pipefd[0], &p, sizeof p) == sizeof p) workers.push_back(p);
+    close(pipefd[0]);
+    ASSERT_EQ(workers.size(), 2u);
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    EXPECT_TRUE(wait_gone(workers, 10s));
+}
+
+TEST(ProcessPoolStart, SigintToProcessGroup_ParentStopsCleanly_NoOrphans) {
+    int pipefd[2];
+    ASSERT_EQ(pipe(pipefd), 0);
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        setpgid(0, 0);
+        close(pipefd[0]);
+        static std::atomic<bool> interrupted{false};
+        signal(SIGINT, [](int) { interrupted = true; });
+        int resolved = 0;
+        {
+            process_pool pool({.workers = 2, .start = procpool::start_method::fork});
+            std::vector<procpool::future<int>> fs;
+            for (int i = 0; i < 6; ++i) fs.push_back(pool.submit(sleep_ms, 20000));
+            std::this_thread::sleep_for(100ms);
+            auto pids = pool.worker_pids();
+            for (int q : pids) [[maybe_unused]] auto n = write(pipefd[1], &q, sizeof q);
+            close(pipefd[1]);
+            while (!interrupted) std::this_thread::sleep_for(5ms);
+            for (auto& f : fs) f.cancel();
+            for (auto& f : fs) {
+                f.wait();
+                ++resolved;
+            }
+        }
+        _exit(resolved == 6 ? 0 : 1);
+    }
+    close(pipefd[1]);
+    std::vector<int> workers;
+    int p = 0;
+    while (read(pipefd[0], &p, sizeof p) == sizeof p) workers.push_back(p);
+    close(pipefd[0]);
+    ASSERT_EQ(workers.size(), 2u);
+    kill(-child, SIGINT);  // the whole process group, as a terminal's Ctrl-C does
+    int status = 0;
+    waitpid(child, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    EXPECT_TRUE(wait_gone(workers, 10s));
+}
+
+// ---- hygiene -----------------------------------------------------------------------------
+
+TEST(ProcessPoolHygiene, AfterDestruction_NoChildrenNoFdsNoShm) {
+    const int fds_before = count_fds();
+    const auto shm_before = [] {
+        int n = 0;
+        if (DIR* d = opendir("/dev/shm")) {
+            while (readdir(d) != nullptr) ++n;
+            closedir(d);
+        }
+        return n;
+    }();
+    std::vector<int> pids;
+    for (auto m : {procpool::start_method::fork, procpool::start_method::forkserver}) {
+        process_pool pool({.workers = 2, .start = m});
+        std::vector<procpool::future<int>> fs;
+        for (int i = 0; i < 100; ++i) fs.push_back(pool.submit(add, i, 1));
+        auto crash = pool.submit(segfault, 0);
+        for (auto& f : fs) f.get();
+        EXPECT_THROW(crash.get(), procpool::worker_died);
+        auto now = pool.worker_pids();
+        pids.insert(pids.end(), now.begin(), now.end());
+    }
+    EXPECT_TRUE(wait_gone(pids, 1s));  // already gone: the destructor waited
+    EXPECT_TRUE(children().empty());
+    EXPECT_EQ(count_fds(), fds_before);
+    int shm_after = 0;
+    if (DIR* d = opendir("/dev/shm")) {
+        while (readdir(d) != nullptr) ++shm_after;
+        closedir(d);
+    }
+    EXPECT_EQ(shm_after, shm_before);
+}
+
+// ---- soak --------------------------------------------------------------------------------
+
+int soak_task(int i) {
+    switch (i % 100) {
+        case 11:
+            raise(SIGSEGV);
+            break;
+        case 23:
+            std::abort();
+        case 37:
+            _exit(5);
+        case 51:
+            throw std::runtime_error("soak " + std::to_string(i));
+        case 77:
+            std::this_thread::sleep_for(10s);  // past the timeout
+            break;
+        default:
+            break;
+    }
+    return i * 2;
+}
+
+TEST(ProcessPoolSoak, FivePercentFaults_EveryFutureResolvesWithTheRightKind) {
+    const char* env = std::getenv("PROCPOOL_SOAK_TASKS");
+    const int n = env != nullptr ? std::atoi(env) : 2000;
+    process_pool pool({.workers = 2, .task_timeout = 200ms});
+    // Shuffle so faults land on different workers in varied orders.
+    std::vector<int> ids(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) ids[static_cast<std::size_t>(i)] = i;
+    std::shuffle(ids.begin(), ids.end(), std::mt19937(12345));
+    std::vector<procpool::future<int>> fs;
+    for (int i : ids) fs.push_back(pool.submit(soak_task, i));
+    for (std::size_t k = 0; k < fs.size(); ++k) {
+        const int i = ids[k];
+        auto& f = fs[k];
+        switch (i % 100) {
+            case 11:
+            case 23:
+                EXPECT_THROW(f.get(), procpool::worker_died) << i;
+                break;
+            case 37:
+                try {
+                    f.get();
+                    ADD_FAILURE() << i;
+                } catch (const procpool::worker_died& e) {
+                    EXPECT_EQ(e.exit_code(), 5);
+                }
+                break;
+            case 51:
+                EXPECT_THROW(f.get(), procpool::remote_exception) << i;
+                break;
+            case 77:
+                EXPECT_THROW(f.get(), procpool::task_timeout) << i;
+                break;
+            default:
+                EXPECT_EQ(f.get(), i * 2);
+        }
+    }
+}
+
+int main(int argc, char** argv) {
+    procpool::init(argc, argv);
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}
