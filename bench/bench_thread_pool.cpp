@@ -4,28 +4,29 @@
 //
 // Every pool runs kWorkers threads. TBB runs in an arena of kWorkers slots (the calling
 // thread takes one and works in wait()), OpenMP loops use num_threads(kWorkers).
-#include <benchmark/benchmark.h>
+#include <dirent.h>
 #include <omp.h>
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <dirent.h>
 #include <fstream>
 #include <functional>
 #include <future>
 #include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <benchmark/benchmark.h>
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_group.h>
-#include <string>
-#include <thread>
-#include <vector>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
 
 #include <procpool/thread_pool.hpp>
 
@@ -289,37 +290,36 @@ void idle_cpu_procpool(benchmark::State& st) {
     }
 }
 
+// Registers `fn` as "group/variant", timed by the wall clock. Runs go in this order.
+benchmark::internal::Benchmark* add(const char* name, void (*fn)(benchmark::State&)) {
+    return benchmark::RegisterBenchmark(name, fn)->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
 }  // namespace
 
-BENCHMARK(idle_cpu_procpool)->Name("idle/procpool_thread_pool")->Iterations(1)->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+int main(int argc, char** argv) {
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
-BENCHMARK(submit_get_procpool)->Name("submit_get/procpool_thread_pool")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(submit_get_tbb_task_group)->Name("submit_get/tbb_task_group")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(submit_get_asio_promise)->Name("submit_get/asio_thread_pool_promise")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(submit_get_std_async)->Name("submit_get/std_async_20k")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(submit_get_openmp_for)->Name("submit_get/openmp_for")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+    add("idle/procpool_thread_pool", idle_cpu_procpool)->Iterations(1);
 
-BENCHMARK(map_procpool)->Name("map/procpool_thread_pool")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(map_tbb_parallel_for)->Name("map/tbb_parallel_for")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(map_openmp_for)->Name("map/openmp_for")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(map_serial)->Name("map/serial")->UseRealTime()->Unit(benchmark::kMillisecond);
+    add("submit_get/procpool_thread_pool", submit_get_procpool);
+    add("submit_get/tbb_task_group", submit_get_tbb_task_group);
+    add("submit_get/asio_thread_pool_promise", submit_get_asio_promise);
+    add("submit_get/std_async_20k", submit_get_std_async);
+    add("submit_get/openmp_for", submit_get_openmp_for);
 
-BENCHMARK(heavy_procpool_map)->Name("heavy_calc/procpool_map")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(heavy_procpool_submit_longest_first)
-    ->Name("heavy_calc/procpool_submit_longest_first")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(heavy_std_thread_ceiling)->Name("heavy_calc/two_std_threads_ceiling")->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(heavy_serial)->Name("heavy_calc/serial")->UseRealTime()->Unit(benchmark::kMillisecond);
+    add("map/procpool_thread_pool", map_procpool);
+    add("map/tbb_parallel_for", map_tbb_parallel_for);
+    add("map/openmp_for", map_openmp_for);
+    add("map/serial", map_serial);
 
-BENCHMARK_MAIN();
+    add("heavy_calc/procpool_map", heavy_procpool_map);
+    add("heavy_calc/procpool_submit_longest_first", heavy_procpool_submit_longest_first);
+    add("heavy_calc/two_std_threads_ceiling", heavy_std_thread_ceiling);
+    add("heavy_calc/serial", heavy_serial);
+
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}
