@@ -4,4 +4,8 @@
 #include "procpool/error.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
+#include "procpool/outcome.hpp"
+#include "procpool/process_pool.hpp"
+#include "procpool/run.hpp"
 #include "procpool/thread_pool.hpp"
+#include "procpool/wire.hpp"
