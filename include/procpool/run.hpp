@@ -24,14 +24,9 @@
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
 #include "procpool/outcome.hpp"
+#include "procpool/process_pool.hpp"
 #include "procpool/progress.hpp"
 #include "procpool/thread_pool.hpp"
-
-#if __has_include("procpool/process_pool.hpp")
-#include "procpool/process_pool.hpp"
-/// Defined when this build has `process_pool` and therefore `run_in_processes`.
-#define PROCPOOL_HAS_PROCESS_POOL 1
-#endif
 
 namespace procpool {
 
@@ -112,15 +107,10 @@ namespace detail {
 
 /// Whether executor `Ex` enforces a per-task timeout itself: it has
 /// `submit(task_options, fn, args...)` (process pools).
-#ifdef PROCPOOL_HAS_PROCESS_POOL
 template <class Ex, class F, class... A>
 concept enforces_timeouts = requires(Ex& ex, const F& f, const A&... a) {
     ex.submit(task_options{}, f, a...);
 };
-#else
-template <class Ex, class F, class... A>
-concept enforces_timeouts = false;
-#endif
 
 /// `enforces_timeouts` for the arguments a task element `E` turns into.
 template <class Ex, class F, class E, bool = unpacks_v<F, E>>
@@ -399,7 +389,6 @@ template <class F, std::ranges::input_range Range>
     }
 }
 
-#ifdef PROCPOOL_HAS_PROCESS_POOL
 /// `run_in` on a fresh `process_pool` of `options.workers` processes: the seed's
 /// `run_in_processes`, for CPU-bound work. A task that crashes its worker (a segfault, an
 /// abort, `exit`) or overruns `timeout` costs only that task; with `retries` it is run
@@ -422,6 +411,5 @@ template <class F, std::ranges::input_range Range>
         return detail::drive<R>(pool, f, tasks, options, workers, "run_in_processes").outcomes;
     }
 }
-#endif
 
 }  // namespace procpool
