@@ -52,7 +52,11 @@ void state_base::publish(std::uint32_t extra) noexcept {
 }
 
 bool state_base::wait(const std::chrono::steady_clock::time_point* deadline) const noexcept {
-    if (spin_until([this] { return is_done(); })) return true;
+    if (hook_ != nullptr) {
+        if (is_done() || hook_->help_wait(*this)) return true;
+    } else if (spin_until([this] { return is_done(); })) {
+        return true;
+    }
     for (;;) {
         const std::uint32_t old = flags_.fetch_or(waiters, std::memory_order_acq_rel);
         if ((old & done) != 0) return true;

@@ -181,6 +181,10 @@ struct process_pool::impl final : detail::cancel_hook {
     ipc::unique_fd evfd;
     ipc::unique_fd server;  // fork-server channel (forkserver method)
     std::thread supervisor;
+    // Completion rings have one consumer at a time: the supervisor or a thread waiting on
+    // a future (help_wait), whoever holds `draining`.
+    std::atomic<bool> draining{false};
+    std::atomic<int> helpers{0};  // threads inside help_wait
     std::atomic<bool> stopping{false};
     std::atomic<bool> joined{false};
     std::mutex join_mu;
@@ -589,6 +593,11 @@ struct process_pool::impl final : detail::cancel_hook {
 
     // The worker in `w` has exited with `wstatus`: settle its tasks, then replace it.
     void finalize(worker_slot& w, int wstatus) {
+        lock_draining();  // its region is about to be unmapped
+        struct unlock {
+            impl* self;
+            ~unlock() { self->unlock_draining(); }
+        } guard{this};
         drain(w);
         std::vector<process_task_base*> requeue;
         std::vector<process_task_base*> settled;
@@ -833,16 +842,75 @@ struct process_pool::impl final : detail::cancel_hook {
         return true;
     }
 
+    // ---- waiting threads help -------------------------------------------------------
+    // Drains every completion ring if no one else is; then refills windows from the
+    // pending queue, since completions are what make room.
+    bool drain_all() {
+        if (draining.exchange(true, std::memory_order_acquire)) return false;
+        bool any = false;
+        for (auto& s : slots) {
+            if (s->region != nullptr && drain(*s)) any = true;
+        }
+        draining.store(false, std::memory_order_release);
+        if (any) {
+            std::lock_guard lock(mu);
+            if (!pending.empty()) dispatch_pending();
+        }
+        return any;
+    }
+    void lock_draining() noexcept {
+        while (draining.exchange(true, std::memory_order_acquire)) detail::cpu_yield();
+    }
+    void unlock_draining() noexcept { draining.store(false, std::memory_order_release); }
+
+    // Whether workers must write the eventfd after a completion. Cleared while some thread
+    // waiting on a future drains the rings itself, so round trips cost no system call.
+    void ask_workers_to_wake_us(std::uint32_t on) noexcept {
+        for (auto& s : slots) {
+            if (s->region != nullptr) s->region->parent_sleeping.store(on, std::memory_order_seq_cst);
+        }
+    }
+    bool completions_waiting() const noexcept {
+        for (auto& s : slots) {
+            if (s->region != nullptr && !s->cmp.empty()) return true;
+        }
+        return false;
+    }
+
+    bool help_wait(const detail::state_base& s) noexcept override {
+        if (helpers.fetch_add(1, std::memory_order_seq_cst) == 0) {
+            lock_draining();  // regions must not be unmapped under us
+            ask_workers_to_wake_us(0);
+            unlock_draining();
+        }
+        const bool done = detail::spin_until([&] {
+            drain_all();
+            return s.is_done();
+        });
+        if (helpers.fetch_sub(1, std::memory_order_seq_cst) == 1) {
+            // Hand the rings back to the supervisor: re-arm the workers' wake-ups, then
+            // take whatever completed before they were re-armed (Dekker with the worker).
+            lock_draining();
+            ask_workers_to_wake_us(1);
+            const bool left = completions_waiting();
+            unlock_draining();
+            if (left && !drain_all()) wake_supervisor();
+        }
+        return done;
+    }
+    void wake_supervisor() noexcept {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] auto r = write(evfd.get(), &one, sizeof one);
+    }
+
     // ---- supervisor loop -------------------------------------------------------------
     void supervise() {
         std::int64_t idle_since = now_ns();
         unsigned spins = 0;
         std::vector<epoll_event> events(16 + slots.size() * 2);
         for (;;) {
-            bool progress = false;
-            for (auto& s : slots) {
-                if (s->region != nullptr && drain(*s)) progress = true;
-            }
+            bool progress = drain_all();
+            if (progress && helpers.load(std::memory_order_relaxed) == 0) ask_workers_to_wake_us(0);
             if (broken) fail_all_broken();
             {
                 std::lock_guard lock(mu);
@@ -856,38 +924,27 @@ struct process_pool::impl final : detail::cancel_hook {
             if (progress) {
                 idle_since = now;
                 if ((++spins & 63) != 0) continue;  // poll events now and then while busy
-            } else if (now - idle_since < detail::spin_budget.count() * 1000) {
+            } else if (now - idle_since < detail::spin_budget.count() * 1000 &&
+                       helpers.load(std::memory_order_relaxed) == 0) {
                 detail::cpu_yield();
                 if ((++spins & 15) != 0) continue;
             } else {
-                // Going to sleep: workers must wake us through the eventfd.
-                for (auto& s : slots) {
-                    if (s->region != nullptr) {
-                        s->region->parent_sleeping.store(1, std::memory_order_seq_cst);
-                    }
-                }
-                bool work = false;
-                for (auto& s : slots) {
-                    if (s->region != nullptr && !s->cmp.empty()) work = true;
-                }
-                if (work) continue;
                 timeout_ms = -1;
                 if (next_deadline != INT64_MAX) {
                     timeout_ms = static_cast<int>(
                         std::clamp<std::int64_t>((next_deadline - now) / 1'000'000 + 1, 1, 1000));
                 }
                 if (stopping.load(std::memory_order_acquire)) timeout_ms = 10;
+                // While threads waiting on futures drain the rings (help_wait), they own
+                // the wake-up flags; otherwise workers must wake us through the eventfd.
+                if (helpers.load(std::memory_order_seq_cst) == 0) {
+                    ask_workers_to_wake_us(1);
+                    if (completions_waiting()) continue;
+                }
             }
             const int n = epoll_wait(epfd.get(), events.data(), static_cast<int>(events.size()),
                                      timeout_ms);
-            if (timeout_ms != 0) {
-                idle_since = now_ns();
-                for (auto& s : slots) {
-                    if (s->region != nullptr) {
-                        s->region->parent_sleeping.store(0, std::memory_order_relaxed);
-                    }
-                }
-            }
+            if (timeout_ms != 0) idle_since = now_ns();
             for (int i = 0; i < n; ++i) handle_event(events[static_cast<std::size_t>(i)]);
         }
     }
@@ -975,6 +1032,8 @@ struct process_pool::impl final : detail::cancel_hook {
         const std::uint64_t one = 1;
         [[maybe_unused]] auto r = write(evfd.get(), &one, sizeof one);
         if (supervisor.joinable()) supervisor.join();
+        // A thread may still be returning from help_wait on a future that just resolved.
+        while (helpers.load(std::memory_order_acquire) != 0) detail::cpu_yield();
         joined = true;
     }
 };

@@ -24,6 +24,11 @@ public:
     /// resolves `s` as cancelled and returns true.
     virtual bool cancel_running(state_base& s) noexcept = 0;
 
+    /// Called by a thread about to wait for `s`: the executor may use the waiting thread
+    /// to make progress itself for a short while (a process pool drains its completion
+    /// rings, saving a hand-off through its supervisor). Returns `s.is_done()`.
+    virtual bool help_wait(const state_base& s) noexcept = 0;
+
 protected:
     ~cancel_hook() = default;
 };
