@@ -15,6 +15,7 @@
 #include "procpool/detail/remote_call.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
+#include "procpool/shared_array.hpp"
 #include "procpool/wire.hpp"
 
 namespace procpool {
@@ -162,6 +163,7 @@ public:
         std::vector<std::byte>& buf = scratch();
         buf.clear();
         try {
+            detail::attachment_scope scope(&t->attachments, nullptr);
             wire::writer w(buf);
             wire::save_all(w, detail::wire_arg_t<A>(std::forward<A>(args))...);
         } catch (const std::exception& e) {

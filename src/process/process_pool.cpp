@@ -24,6 +24,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "ipc/fd.hpp"
@@ -136,6 +137,8 @@ struct worker_slot {
     bool hup = false;
     bool exit_sent = false;
     std::uint32_t gen = 0;  ///< incremented at each spawn
+    std::unordered_set<std::uint64_t> cached;      ///< shared blocks the worker has mapped
+    std::vector<std::uint64_t> forget_backlog;     ///< forget notices the ring had no room for
 };
 
 // epoll user data: kind, the slot's generation (so that an event still queued for a
@@ -157,7 +160,7 @@ void resolve_error(process_task_base& t, std::exception_ptr e) noexcept {
 
 }  // namespace
 
-struct process_pool::impl final : detail::cancel_hook {
+struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     process_pool_options opts;
     start_method method = start_method::fork;
     std::vector<std::byte> config;
@@ -261,6 +264,7 @@ struct process_pool::impl final : detail::cancel_hook {
             }
         }
         supervisor = std::thread([this] { supervise(); });
+        detail::add_shm_listener(this);
     }
 
     void watch(int fd, std::uint64_t data, std::uint32_t events) {
@@ -301,6 +305,8 @@ struct process_pool::impl final : detail::cancel_hook {
         w.exit_sent = false;
         w.pid = -1;
         w.pidfd.reset();
+        w.cached.clear();
+        w.forget_backlog.clear();
         w.state = slot_state::spawning;
         ++w.gen;
         watch(w.ctl.get(), ev(ev_ctl, w.index, w.gen), EPOLLRDHUP);
@@ -366,19 +372,29 @@ struct process_pool::impl final : detail::cancel_hook {
 
     // Writes a task into a worker's request ring. False if it does not fit now.
     bool send(worker_slot& w, process_task_base& t, const std::byte* args, std::size_t n) {
-        const process::task_header th{w.next_seq, t.invoker, t.fn};
-        const bool oob = sizeof th + n > w.req.max_payload();
-        const std::size_t len = sizeof th + (oob ? sizeof(std::uint64_t) : n);
+        flush_forgets(w);
+        const bool oob = sizeof(process::task_header) + n > w.req.max_payload();
+        const std::size_t len =
+            sizeof(process::task_header) + (oob ? sizeof(std::uint64_t) : n);
         std::byte* dst = w.req.try_reserve(static_cast<std::uint32_t>(len));
         if (dst == nullptr) return false;
-        if (oob) {
-            if (!send_oob(w, args, n)) return false;
-            if (t.parked.empty()) t.parked.assign(args, args + n);  // kept for requeue
-            const std::uint64_t size = n;
-            std::memcpy(dst + sizeof th, &size, sizeof size);
-        } else if (n != 0) {
-            std::memcpy(dst + sizeof th, args, n);
+        // Descriptors go on the control socket before the frame is published, so the
+        // worker finds them there when it reads the frame.
+        std::vector<detail::shm_ref> fresh;
+        for (const auto& b : t.attachments) {
+            if (w.cached.insert(b->id()).second) fresh.push_back(b);
         }
+        if (!fresh.empty()) process::send_attachments(w.ctl.get(), fresh);
+        if (oob) {
+            if (t.parked.empty()) t.parked.assign(args, args + n);  // kept for requeue
+            send_oob(w, args, n);
+            const std::uint64_t size = n;
+            std::memcpy(dst + sizeof(process::task_header), &size, sizeof size);
+        } else if (n != 0) {
+            std::memcpy(dst + sizeof(process::task_header), args, n);
+        }
+        const process::task_header th{w.next_seq, t.invoker, t.fn,
+                                      static_cast<std::uint32_t>(fresh.size()), 0};
         std::memcpy(dst, &th, sizeof th);
         t.payload_pos = w.req.commit(static_cast<std::uint32_t>(len),
                                      oob ? process::msg_task_oob : process::msg_task);
@@ -397,6 +413,27 @@ struct process_pool::impl final : detail::cancel_hook {
         last_worker = w.index;
         wake_worker(w);
         return true;
+    }
+
+    // Tells the worker it may unmap shared blocks the parent has freed. Called with mu held.
+    void flush_forgets(worker_slot& w) noexcept {
+        while (!w.forget_backlog.empty()) {
+            std::byte* p = w.req.try_reserve(sizeof(std::uint64_t));
+            if (p == nullptr) return;
+            std::memcpy(p, &w.forget_backlog.back(), sizeof(std::uint64_t));
+            w.req.commit(sizeof(std::uint64_t), process::msg_forget);
+            w.forget_backlog.pop_back();
+        }
+    }
+
+    void forget_block(std::uint64_t id) noexcept override {
+        std::lock_guard lock(mu);
+        for (auto& s : slots) {
+            if (s->region == nullptr || s->cached.erase(id) == 0) continue;
+            s->forget_backlog.push_back(id);
+            flush_forgets(*s);
+            wake_worker(*s);
+        }
     }
 
     bool send_oob(worker_slot& w, const std::byte* args, std::size_t n) {
@@ -475,6 +512,7 @@ struct process_pool::impl final : detail::cancel_hook {
     template <class Fn>
     void finish(process_task_base& t, Fn&& resolve) noexcept {
         if (t.begin_resolve()) resolve();
+        t.attachments.clear();  // the task no longer holds its shared arrays
         t.shared().release();
         if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
             std::lock_guard lock(idle_mu);
@@ -492,6 +530,16 @@ struct process_pool::impl final : detail::cancel_hook {
             any = true;
             process::completion_header ch{};
             std::memcpy(&ch, payload, sizeof ch);
+            // Shared arrays in the result: their descriptors wait on the control socket.
+            detail::shm_table received;
+            std::exception_ptr attach_error;
+            if (ch.nattach != 0) {
+                try {
+                    process::receive_attachments(w.ctl.get(), ch.nattach, received, true);
+                } catch (...) {
+                    attach_error = std::current_exception();
+                }
+            }
             process_task_base* t = nullptr;
             {
                 std::lock_guard lock(mu);
@@ -503,8 +551,8 @@ struct process_pool::impl final : detail::cancel_hook {
                     avg_task_ns = (avg_task_ns * 7 + std::max<std::int64_t>(ch.run_ns, 100)) / 8;
                 }
             }
-            if (t != nullptr) resolve_completion(w, *t, h, payload + sizeof ch,
-                                                 h.len - sizeof ch);
+            resolve_completion(w, t, h, payload + sizeof ch, h.len - sizeof ch, received,
+                               attach_error);
             w.cmp.pop(h);
             auto* c = w.cmp.ctl();
             if (c->producer_sleeping.load(std::memory_order_seq_cst) != 0 &&
@@ -516,39 +564,46 @@ struct process_pool::impl final : detail::cancel_hook {
         return any;
     }
 
-    void resolve_completion(worker_slot& w, process_task_base& t, const ipc::frame_header& h,
-                            const std::byte* p, std::size_t n) {
+    // Resolves `t` (if any: a cancelled task's completion is only consumed) from its
+    // completion, taking an out-of-band payload from the control socket.
+    void resolve_completion(worker_slot& w, process_task_base* t, const ipc::frame_header& h,
+                            const std::byte* p, std::size_t n, const detail::shm_table& received,
+                            std::exception_ptr attach_error) {
         const auto status = static_cast<run_status>(h.type & ~process::oob_flag);
-        if ((h.type & process::oob_flag) == 0) {
-            finish(t, [&] {
-                wire::reader in(p, n);
-                t.decode(status, in);
-            });
-            return;
-        }
+        const void* m = nullptr;
         std::uint64_t size = 0;
-        std::memcpy(&size, p, sizeof size);
-        int fd = -1;
-        std::size_t nfds = 0;
-        char tag = 0;
-        void* m = MAP_FAILED;
-        if (ipc::recv_with_fds(w.ctl.get(), &tag, 1, std::span<int>(&fd, 1), nfds) > 0 &&
-            nfds == 1) {
-            ipc::unique_fd owned(fd);
-            m = size == 0 ? nullptr : mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+        bool mapped = false;
+        if ((h.type & process::oob_flag) != 0) {
+            std::memcpy(&size, p, sizeof size);
+            int fd = -1;
+            std::size_t nfds = 0;
+            char tag = 0;
+            if (ipc::recv_with_fds(w.ctl.get(), &tag, 1, std::span<int>(&fd, 1), nfds) > 0 &&
+                nfds == 1) {
+                ipc::unique_fd owned(fd);
+                void* q = size == 0 ? nullptr : mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+                mapped = q != MAP_FAILED;
+                m = mapped ? q : nullptr;
+            }
+            if (!mapped && !attach_error) {
+                attach_error = std::make_exception_ptr(
+                    serialization_error("could not receive a large result from the worker"));
+            }
+            p = static_cast<const std::byte*>(m);
+            n = size;
         }
-        if (m == MAP_FAILED) {
-            finish(t, [&] {
-                resolve_error(t, std::make_exception_ptr(serialization_error(
-                                     "could not receive a large result from the worker")));
+        if (t != nullptr) {
+            finish(*t, [&] {
+                if (attach_error) {
+                    resolve_error(*t, attach_error);
+                    return;
+                }
+                detail::attachment_scope scope(nullptr, &received);
+                wire::reader in(p, n);
+                t->decode(status, in);
             });
-            return;
         }
-        finish(t, [&] {
-            wire::reader in(static_cast<const std::byte*>(m), size);
-            t.decode(status, in);
-        });
-        if (m != nullptr) munmap(m, size);
+        if (mapped && m != nullptr) munmap(const_cast<void*>(m), size);
     }
 
     // A worker initializer failed: the pool cannot run anything. Called with mu held.
@@ -833,6 +888,7 @@ struct process_pool::impl final : detail::cancel_hook {
             s.set_cancelled("task cancelled");
         }
         if (resolved_now) {
+            t->attachments.clear();
             t->shared().release();
             if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
                 std::lock_guard lock(idle_mu);
@@ -1014,6 +1070,7 @@ struct process_pool::impl final : detail::cancel_hook {
     void stop_workers() {
         std::lock_guard jl(join_mu);
         if (joined) return;
+        detail::remove_shm_listener(this);
         {
             std::lock_guard lock(mu);
             for (auto& s : slots) {

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "procpool/detail/shm.hpp"
+
 namespace procpool::process {
 
 /// Request frame types (parent -> worker). Completion frames carry a run_status, plus
@@ -16,6 +18,7 @@ enum : std::uint32_t {
     msg_task = 1,
     msg_task_oob = 2,
     msg_exit = 3,
+    msg_forget = 4,  ///< payload: u64 id of a shared block the worker may unmap
 };
 inline constexpr std::uint32_t oob_flag = 0x100;
 
@@ -25,12 +28,25 @@ struct task_header {
     std::uint64_t seq;
     std::uint64_t invoker;
     std::uint64_t fn;
+    std::uint32_t nattach;  ///< shared blocks sent on the control socket before this frame
+    std::uint32_t reserved;
+};
+
+/// A shared block's descriptor on the control socket (SCM_RIGHTS), ahead of the frame
+/// whose message refers to it by `id`.
+struct attach_msg {
+    std::uint64_t id;
+    std::uint64_t bytes;
+    std::uint32_t writable;
+    std::uint32_t reserved;
 };
 
 /// Fixed part of a completion: then the result or error payload.
 struct completion_header {
     std::uint64_t seq;
-    std::int64_t run_ns;  ///< how long the task ran, for the pool's window sizing
+    std::int64_t run_ns;    ///< how long the task ran, for the pool's window sizing
+    std::uint32_t nattach;  ///< shared blocks sent on the control socket before this frame
+    std::uint32_t reserved;
 };
 
 /// What a worker needs to know at start, sent with its spawn request.
@@ -61,6 +77,12 @@ struct fs_record {
 /// process that forked it (the worker dies with it).
 [[noreturn]] void run_worker(int region_fd, int ctl_fd, int event_fd, pid_t parent,
                              const worker_config& cfg);
+
+/// Sends the descriptors of `blocks` on `sock` as attach_msg records. False on error.
+bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks) noexcept;
+/// Receives `n` attach_msg records from `sock` into `table` (keyed by the sender's ids).
+/// `notify` marks the mapped blocks as owned by this process (see shm_block::adopt).
+void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool notify);
 
 /// Closes every descriptor except 0, 1, 2 and those in `keep`.
 void close_other_fds(std::initializer_list<int> keep) noexcept;

@@ -45,6 +45,13 @@ public:
             const std::byte* payload = nullptr;
             wait_request(h, payload);
             if (h.type == msg_exit) _exit(0);
+            if (h.type == msg_forget) {
+                std::uint64_t id = 0;
+                std::memcpy(&id, payload, sizeof id);
+                cache_.erase(id);
+                req_.pop(h);
+                continue;
+            }
             run_task(h, payload);
             if (cfg.max_tasks > 0 && ++done >= cfg.max_tasks) _exit(0);
         }
@@ -69,7 +76,8 @@ private:
             detail::encode_message(mw, text);
             out_ = std::move(msg);
         }
-        complete(0, detail::run_status::init_failed, 0);
+        std::vector<detail::shm_ref> none;
+        complete(0, detail::run_status::init_failed, 0, none);
         return false;
     }
 
@@ -91,14 +99,24 @@ private:
     void run_task(const ipc::frame_header& h, const std::byte* payload) {
         task_header th{};
         std::memcpy(&th, payload, sizeof th);
+        // Descriptors of shared arrays come first, in the order the parent sent them.
+        if (th.nattach != 0) {
+            try {
+                receive_attachments(ctl_, th.nattach, cache_, false);
+            } catch (...) {
+                // Unknown ids then fail the task's deserialization with a clear message.
+            }
+        }
         const std::int64_t start = now_ns();
         r_->started_ns.store(start, std::memory_order_relaxed);
         // seq_cst store then seq_cst reads of the cancel words: pairs with the parent,
         // which writes a cancel word and then reads started_seq (see process_pool.cpp).
         r_->started_seq.store(th.seq, std::memory_order_seq_cst);
         out_.clear();
+        std::vector<detail::shm_ref> outgoing;
         detail::run_status st = detail::run_status::cancelled;
         if (!r_->is_skipped(th.seq)) {
+            detail::attachment_scope scope(&outgoing, &cache_);
             wire::writer w(out_);
             auto inv = reinterpret_cast<detail::invoker_fn>(
                 const_cast<void*>(detail::code_address(th.invoker)));
@@ -114,8 +132,18 @@ private:
             }
         } else {
             req_.pop(h);
+            if (h.type == msg_task_oob) discard_oob();
         }
-        complete(th.seq, st, now_ns() - start);
+        complete(th.seq, st, now_ns() - start, outgoing);
+    }
+
+    void discard_oob() {
+        int fd = -1;
+        std::size_t nfds = 0;
+        char tag = 0;
+        if (ipc::recv_with_fds(ctl_, &tag, 1, std::span<int>(&fd, 1), nfds) > 0 && nfds == 1) {
+            ::close(fd);
+        }
     }
 
     detail::run_status run_oob(detail::invoker_fn inv, std::uint64_t fn, std::uint64_t size,
@@ -141,8 +169,17 @@ private:
     }
 
     // Publishes one completion from out_ and wakes the parent if it sleeps.
-    void complete(std::uint64_t seq, detail::run_status st, std::int64_t run_ns) {
-        const completion_header ch{seq, run_ns};
+    void complete(std::uint64_t seq, detail::run_status st, std::int64_t run_ns,
+                  std::vector<detail::shm_ref>& outgoing) {
+        if (!outgoing.empty() && !send_attachments(ctl_, outgoing)) {
+            outgoing.clear();
+            out_.clear();
+            wire::writer w(out_);
+            detail::encode_message(w, "worker could not send a shared array back");
+            st = detail::run_status::serialization;
+        }
+        const completion_header ch{seq, run_ns, static_cast<std::uint32_t>(outgoing.size()), 0};
+        outgoing.clear();
         const std::size_t total = sizeof ch + out_.size();
         std::uint32_t type = static_cast<std::uint32_t>(st);
         std::byte* dst = nullptr;
@@ -210,9 +247,33 @@ private:
     ipc::ring req_;
     ipc::ring cmp_;
     std::vector<std::byte> out_;
+    detail::shm_table cache_;  // shared arrays this worker has mapped, by the parent's id
 };
 
 }  // namespace
+
+bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks) noexcept {
+    for (const auto& b : blocks) {
+        const attach_msg m{b->id(), b->bytes(), b->writable() ? 1u : 0u, 0};
+        const int fd = b->fd();
+        if (!ipc::send_with_fds(sock, &m, sizeof m, std::span<const int>(&fd, 1))) return false;
+    }
+    return true;
+}
+
+void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool notify) {
+    for (std::uint32_t i = 0; i < n; ++i) {
+        attach_msg m{};
+        int fd = -1;
+        std::size_t nfds = 0;
+        const long got = ipc::recv_with_fds(sock, &m, sizeof m, std::span<int>(&fd, 1), nfds);
+        if (got != static_cast<long>(sizeof m) || nfds != 1) {
+            if (nfds == 1) ::close(fd);
+            throw serialization_error("a shared array's descriptor did not arrive");
+        }
+        table[m.id] = detail::shm_block::adopt(fd, m.bytes, m.writable != 0, notify);
+    }
+}
 
 void close_other_fds(std::initializer_list<int> keep) noexcept {
     std::vector<int> k(keep);
@@ -248,6 +309,7 @@ void reset_signals_for_child() noexcept {
     if (getppid() != parent) _exit(71);
     reset_signals_for_child();
     close_other_fds({region_fd, ctl_fd, event_fd});
+    detail::shm_reseed_ids((static_cast<std::uint64_t>(getpid()) << 32) | 1);
     if (cfg.anchor != reinterpret_cast<std::uintptr_t>(&detail::code_anchor)) _exit(72);
     for (const auto& [k, v] : cfg.env) setenv(k.c_str(), v.c_str(), 1);
     if (cfg.memory_limit != 0) {

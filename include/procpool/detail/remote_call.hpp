@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "procpool/detail/shm.hpp"
 #include "procpool/detail/state.hpp"
 #include "procpool/error.hpp"
 #include "procpool/wire.hpp"
@@ -167,6 +168,7 @@ public:
     std::uint64_t payload_pos = 0; ///< where its arguments sit in the worker's request ring
     std::uint32_t payload_len = 0;
     std::vector<std::byte> parked; ///< serialized arguments while the task waits in the pool
+    std::vector<shm_ref> attachments;  ///< shared arrays among the arguments (kept alive)
     process_task_base* link = nullptr;  ///< pool-internal queue link
 
 protected:

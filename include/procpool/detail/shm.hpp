@@ -1,0 +1,89 @@
+// Shared-memory blocks behind shared_array and mapped_file_array, and the side channel
+// that carries their descriptors next to a serialized message.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace procpool::detail {
+
+/// One mapping of a memfd or a file, shared with worker processes by passing its
+/// descriptor. Freed (unmapped and closed) when the last handle lets go; the process
+/// that created it then tells pools to drop the workers' cached mappings.
+class shm_block {
+public:
+    /// A zero-filled anonymous block of `bytes` (memfd: no name in /dev/shm).
+    /// Throws procpool::error if it cannot be created (too large, out of memory).
+    static std::shared_ptr<shm_block> create(std::size_t bytes);
+    /// Maps `path`. `create` makes (or truncates) it to `bytes`; otherwise its size is used.
+    static std::shared_ptr<shm_block> open_file(const std::string& path, bool writable,
+                                                bool create, std::size_t bytes);
+    /// Maps a descriptor received from another process (takes ownership of `fd`).
+    static std::shared_ptr<shm_block> adopt(int fd, std::size_t bytes, bool writable,
+                                            bool notify_on_free);
+
+    shm_block(const shm_block&) = delete;
+    shm_block& operator=(const shm_block&) = delete;
+    ~shm_block();
+
+    void* data() const noexcept { return addr_; }
+    std::size_t bytes() const noexcept { return bytes_; }
+    int fd() const noexcept { return fd_; }
+    bool writable() const noexcept { return writable_; }
+    /// Process-unique identity; workers cache mappings by it.
+    std::uint64_t id() const noexcept { return id_; }
+
+private:
+    shm_block(int fd, void* addr, std::size_t bytes, bool writable, bool notify);
+    int fd_;
+    void* addr_;
+    std::size_t bytes_;
+    bool writable_;
+    bool notify_;
+    int owner_pid_;
+    std::uint64_t id_;
+};
+
+using shm_ref = std::shared_ptr<shm_block>;
+/// Blocks a message refers to, by the id written in the message.
+using shm_table = std::unordered_map<std::uint64_t, shm_ref>;
+
+/// While alive, shared arrays serialized on this thread are recorded in `sink`
+/// (so their descriptors can travel with the message) and shared arrays deserialized on
+/// this thread are looked up in `source`.
+class attachment_scope {
+public:
+    attachment_scope(std::vector<shm_ref>* sink, const shm_table* source) noexcept;
+    ~attachment_scope();
+    attachment_scope(const attachment_scope&) = delete;
+    attachment_scope& operator=(const attachment_scope&) = delete;
+
+private:
+    std::vector<shm_ref>* old_sink_;
+    const shm_table* old_source_;
+};
+
+/// Records `b` as travelling with the message being serialized; throws
+/// serialization_error if no process-pool message is being written.
+void attach(const shm_ref& b);
+/// The block a message refers to by `id`; throws serialization_error if unknown.
+shm_ref resolve_attachment(std::uint64_t id);
+
+/// Pools register here so that freeing a block can drop workers' cached mappings.
+class shm_listener {
+public:
+    virtual void forget_block(std::uint64_t id) noexcept = 0;
+
+protected:
+    ~shm_listener() = default;
+};
+void add_shm_listener(shm_listener* l);
+/// Called once in a new worker: its blocks get ids that cannot collide with the parent's.
+void shm_reseed_ids(std::uint64_t base) noexcept;
+void remove_shm_listener(shm_listener* l);
+
+}  // namespace procpool::detail

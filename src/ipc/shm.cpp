@@ -1,0 +1,171 @@
+#include "procpool/detail/shm.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "procpool/error.hpp"
+
+namespace procpool::detail {
+
+namespace {
+
+std::atomic<std::uint64_t> next_id{1};
+std::atomic<bool> in_worker{false};
+thread_local std::vector<shm_ref>* current_sink = nullptr;
+thread_local const shm_table* current_source = nullptr;
+
+std::mutex listeners_mutex;
+std::vector<shm_listener*>& listeners() {
+    static std::vector<shm_listener*> l;
+    return l;
+}
+
+[[noreturn]] void fail(const std::string& what, int err) {
+    throw error("procpool: " + what + ": " + std::strerror(err));
+}
+
+void* map_fd(int fd, std::size_t bytes, bool writable) {
+    if (bytes == 0) return nullptr;
+    void* p = mmap(nullptr, bytes, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED,
+                   fd, 0);
+    return p == MAP_FAILED ? nullptr : p;
+}
+
+}  // namespace
+
+shm_block::shm_block(int fd, void* addr, std::size_t bytes, bool writable, bool notify)
+    : fd_(fd),
+      addr_(addr),
+      bytes_(bytes),
+      writable_(writable),
+      notify_(notify),
+      owner_pid_(static_cast<int>(getpid())),
+      id_(next_id.fetch_add(1, std::memory_order_relaxed)) {}
+
+shm_block::~shm_block() {
+    if (addr_ != nullptr) munmap(addr_, bytes_);
+    if (fd_ >= 0) close(fd_);
+    // Only the process that owns the pools may tell them (a forked worker has copies).
+    if (notify_ && owner_pid_ == static_cast<int>(getpid()) &&
+        !in_worker.load(std::memory_order_relaxed)) {
+        std::lock_guard lock(listeners_mutex);
+        for (shm_listener* l : listeners()) l->forget_block(id_);
+    }
+}
+
+std::shared_ptr<shm_block> shm_block::create(std::size_t bytes) {
+    const int fd = memfd_create("procpool-shared-array", MFD_CLOEXEC);
+    if (fd < 0) fail("memfd_create for a shared array", errno);
+    if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+        const int e = errno;
+        close(fd);
+        fail("cannot allocate a shared array of " + std::to_string(bytes) + " bytes", e);
+    }
+    void* p = map_fd(fd, bytes, true);
+    if (bytes != 0 && p == nullptr) {
+        const int e = errno;
+        close(fd);
+        fail("cannot map a shared array of " + std::to_string(bytes) + " bytes", e);
+    }
+    return std::shared_ptr<shm_block>(new shm_block(fd, p, bytes, true, true));
+}
+
+std::shared_ptr<shm_block> shm_block::open_file(const std::string& path, bool writable,
+                                                bool create, std::size_t bytes) {
+    int flags = O_CLOEXEC | (writable ? O_RDWR : O_RDONLY);
+    if (create) flags |= O_CREAT | O_TRUNC;
+    const int fd = ::open(path.c_str(), flags, 0644);
+    if (fd < 0) fail("cannot open '" + path + "'", errno);
+    if (create) {
+        if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+            const int e = errno;
+            close(fd);
+            fail("cannot size '" + path + "' to " + std::to_string(bytes) + " bytes", e);
+        }
+    } else {
+        struct stat st {};
+        if (fstat(fd, &st) != 0) {
+            const int e = errno;
+            close(fd);
+            fail("cannot stat '" + path + "'", e);
+        }
+        bytes = static_cast<std::size_t>(st.st_size);
+    }
+    void* p = map_fd(fd, bytes, writable);
+    if (bytes != 0 && p == nullptr) {
+        const int e = errno;
+        close(fd);
+        fail("cannot map '" + path + "'", e);
+    }
+    return std::shared_ptr<shm_block>(new shm_block(fd, p, bytes, writable, true));
+}
+
+std::shared_ptr<shm_block> shm_block::adopt(int fd, std::size_t bytes, bool writable,
+                                            bool notify_on_free) {
+    void* p = map_fd(fd, bytes, writable);
+    if (bytes != 0 && p == nullptr) {
+        const int e = errno;
+        close(fd);
+        fail("cannot map a shared array received from another process", e);
+    }
+    return std::shared_ptr<shm_block>(new shm_block(fd, p, bytes, writable, notify_on_free));
+}
+
+attachment_scope::attachment_scope(std::vector<shm_ref>* sink, const shm_table* source) noexcept
+    : old_sink_(current_sink), old_source_(current_source) {
+    current_sink = sink;
+    current_source = source;
+}
+
+attachment_scope::~attachment_scope() {
+    current_sink = old_sink_;
+    current_source = old_source_;
+}
+
+void attach(const shm_ref& b) {
+    if (current_sink == nullptr) {
+        throw serialization_error(
+            "a shared array can only be serialized as a process_pool task argument or result");
+    }
+    if (std::none_of(current_sink->begin(), current_sink->end(),
+                     [&](const shm_ref& x) { return x->id() == b->id(); })) {
+        current_sink->push_back(b);
+    }
+}
+
+shm_ref resolve_attachment(std::uint64_t id) {
+    if (current_source != nullptr) {
+        auto it = current_source->find(id);
+        if (it != current_source->end()) return it->second;
+    }
+    throw serialization_error("a shared array in this message was not received (id " +
+                              std::to_string(id) + ")");
+}
+
+void shm_reseed_ids(std::uint64_t base) noexcept {
+    next_id.store(base, std::memory_order_relaxed);
+    // The listener list is a copy of the parent's pools (and its mutex may have been
+    // copied locked): a worker never calls it.
+    in_worker.store(true, std::memory_order_relaxed);
+}
+
+void add_shm_listener(shm_listener* l) {
+    std::lock_guard lock(listeners_mutex);
+    listeners().push_back(l);
+}
+
+void remove_shm_listener(shm_listener* l) {
+    std::lock_guard lock(listeners_mutex);
+    std::erase(listeners(), l);
+}
+
+}  // namespace procpool::detail

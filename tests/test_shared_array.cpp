@@ -1,0 +1,243 @@
+// shared_array / mapped_file_array: large data shared with worker processes, no copies,
+// no leaks.
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "procpool/process_pool.hpp"
+#include "procpool/shared_array.hpp"
+
+using procpool::process_pool;
+using procpool::shared_array;
+using procpool::shared_span;
+
+namespace {
+
+double sum(shared_span<const double> xs) { return std::accumulate(xs.begin(), xs.end(), 0.0); }
+void fill(shared_span<int> xs, int v) {
+    for (auto& x : xs) x = v;
+}
+void fill_slice(shared_span<int> xs, std::size_t lo, std::size_t hi) {
+    for (std::size_t i = lo; i < hi; ++i) xs[i] = static_cast<int>(i) * 2;
+}
+shared_array<int> make_in_worker(std::size_t n) {
+    shared_array<int> a(n);
+    for (std::size_t i = 0; i < n; ++i) a[i] = static_cast<int>(i) + 1;
+    return a;
+}
+std::uintptr_t mapping_address(shared_span<const double> xs) {
+    return reinterpret_cast<std::uintptr_t>(xs.data());
+}
+long sparse_sum(shared_span<const char> xs) {
+    long s = 0;
+    for (std::size_t i = 0; i < xs.size(); i += std::size_t{1} << 24) s += xs[i];
+    return s;
+}
+int crash_holding(shared_span<int> xs) {
+    xs[0] = 7;
+    raise(SIGSEGV);
+    return 0;
+}
+long sum_ints(shared_span<const int> xs) { return std::accumulate(xs.begin(), xs.end(), 0L); }
+std::size_t vec_size(std::vector<double> v) { return v.size(); }
+
+int count_fds() {
+    int n = 0;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        while (readdir(d) != nullptr) ++n;
+        closedir(d);
+    }
+    return n;
+}
+
+int count_memfd_mappings() {
+    FILE* f = std::fopen("/proc/self/maps", "r");
+    if (f == nullptr) return -1;
+    char line[512];
+    int n = 0;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (std::string(line).find("procpool-shared-array") != std::string::npos) ++n;
+    }
+    std::fclose(f);
+    return n;
+}
+
+int worker_memfd_mappings() { return count_memfd_mappings(); }
+
+bool under_sanitizer() {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    return true;
+#else
+    return false;
+#endif
+}
+
+}  // namespace
+
+TEST(SharedArray, ParentWrites_WorkerReads) {
+    process_pool pool({.workers = 1});
+    shared_array<double> xs(1000);
+    for (std::size_t i = 0; i < xs.size(); ++i) xs[i] = static_cast<double>(i);
+    EXPECT_EQ(pool.submit(sum, xs).get(), 999.0 * 1000 / 2);
+}
+
+TEST(SharedArray, WorkerWrites_ParentSeesThemWhenFutureResolves) {
+    process_pool pool({.workers = 1});
+    shared_array<int> xs(4096);
+    pool.submit(fill, xs, 5).get();
+    for (int x : xs) ASSERT_EQ(x, 5);
+    // And the other way again, with the mapping cached in the worker.
+    for (auto& x : xs) x = 1;
+    EXPECT_EQ(pool.submit(sum_ints, xs).get(), 4096);
+}
+
+TEST(SharedArray, WorkerCachesTheMapping) {
+    process_pool pool({.workers = 1});
+    shared_array<double> xs(1 << 16);
+    const auto first = pool.submit(mapping_address, xs).get();
+    const auto second = pool.submit(mapping_address, xs).get();
+    EXPECT_EQ(first, second);
+}
+
+TEST(SharedArray, ResultAllocatedByWorker_ArrivesInParent) {
+    process_pool pool({.workers = 1});
+    auto a = pool.submit(make_in_worker, std::size_t{10000}).get();
+    ASSERT_EQ(a.size(), 10000u);
+    EXPECT_EQ(a[0], 1);
+    EXPECT_EQ(a[9999], 10000);
+    // The parent can pass it on to another task.
+    EXPECT_EQ(pool.submit(sum_ints, a).get(), 10000L * 10001 / 2);
+}
+
+TEST(SharedArray, TwoGiBArray_TouchedSparsely) {
+    if (under_sanitizer()) GTEST_SKIP() << "2 GiB mappings under sanitizers are too slow";
+    process_pool pool({.workers = 1});
+    shared_array<char> big(std::size_t{2} << 30);
+    for (std::size_t i = 0; i < big.size(); i += std::size_t{1} << 24) big[i] = 1;
+    EXPECT_EQ(pool.submit(sparse_sum, big).get(), 128);
+}
+
+TEST(SharedArray, HundredArraysInFlight) {
+    process_pool pool({.workers = 2});
+    std::vector<shared_array<int>> arrays;
+    std::vector<procpool::future<void>> fs;
+    for (int i = 0; i < 100; ++i) {
+        arrays.emplace_back(1000);
+        fs.push_back(pool.submit(fill, arrays.back(), i));
+    }
+    for (auto& f : fs) f.get();
+    for (int i = 0; i < 100; ++i) {
+        EXPECT_EQ(arrays[static_cast<std::size_t>(i)][999], i);
+    }
+}
+
+TEST(SharedArray, WorkerCrashingWhileHoldingAnArray_LeaksNothing) {
+    const int fds = count_fds();
+    {
+        process_pool pool({.workers = 1});
+        {
+            shared_array<int> xs(1 << 20);
+            EXPECT_THROW(pool.submit(crash_holding, xs).get(), procpool::worker_died);
+            EXPECT_EQ(xs[0], 7);  // the write before the crash is in shared memory
+            EXPECT_EQ(pool.submit(sum_ints, xs).get(), 7);
+        }
+        EXPECT_EQ(count_memfd_mappings(), 0);
+    }
+    EXPECT_EQ(count_fds(), fds);
+    EXPECT_EQ(count_memfd_mappings(), 0);
+}
+
+TEST(SharedArray, ArrayOutlivesItsPool) {
+    shared_array<int> xs(100);
+    {
+        process_pool pool({.workers = 1});
+        pool.submit(fill, xs, 3).get();
+    }
+    EXPECT_EQ(xs[50], 3);
+}
+
+TEST(SharedArray, PoolOutlivesItsArrays_WorkerMappingsAreDropped) {
+    process_pool pool({.workers = 1});
+    for (int i = 0; i < 50; ++i) {
+        shared_array<int> xs(1 << 18);  // 1 MiB each
+        pool.submit(fill, xs, i).get();
+    }
+    // Freed arrays are forgotten by the worker; a last task proves the pool still works.
+    shared_array<int> last(10);
+    pool.submit(fill, last, 9).get();
+    EXPECT_EQ(last[9], 9);
+    EXPECT_EQ(count_memfd_mappings(), 1);
+    // The worker unmapped the 50 freed arrays; it still maps `last`.
+    EXPECT_EQ(pool.submit(worker_memfd_mappings).get(), 1);
+}
+
+TEST(SharedArray, DisjointSlicesInParallel) {
+    process_pool pool({.workers = 2});
+    shared_array<int> xs(1 << 20);
+    std::vector<procpool::future<void>> fs;
+    const std::size_t step = xs.size() / 8;
+    for (std::size_t lo = 0; lo < xs.size(); lo += step) {
+        fs.push_back(pool.submit(fill_slice, xs, lo, lo + step));
+    }
+    for (auto& f : fs) f.get();
+    for (std::size_t i = 0; i < xs.size(); ++i) ASSERT_EQ(xs[i], static_cast<int>(i) * 2);
+}
+
+TEST(SharedArray, AbsurdSize_ThrowsAClearError) {
+    EXPECT_THROW(shared_array<double>(std::size_t{1} << 62), procpool::error);
+}
+
+TEST(SharedArray, SerializedOutsideAPool_IsASerializationError) {
+    shared_array<int> xs(10);
+    std::vector<std::byte> buf;
+    procpool::wire::writer w(buf);
+    EXPECT_THROW(procpool::wire::save(w, xs), procpool::serialization_error);
+}
+
+TEST(MappedFileArray, WorkerReadsAndWritesTheFile) {
+    char path[] = "/tmp/procpool-mfa-XXXXXX";
+    const int fd = mkstemp(path);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    {
+        auto file = procpool::mapped_file_array<int>::create(path, 1000);
+        process_pool pool({.workers = 1});
+        pool.submit(fill, file, 4).get();
+        EXPECT_EQ(file[999], 4);
+    }
+    procpool::mapped_file_array<int> ro(path);
+    EXPECT_FALSE(ro.writable());
+    ASSERT_EQ(ro.size(), 1000u);
+    process_pool pool({.workers = 1});
+    EXPECT_EQ(pool.submit(sum_ints, ro).get(), 4000);
+    std::remove(path);
+}
+
+TEST(MappedFileArray, MissingFile_ThrowsNamingIt) {
+    try {
+        procpool::mapped_file_array<int> a("/nonexistent/procpool.bin");
+        FAIL();
+    } catch (const procpool::error& e) {
+        EXPECT_NE(std::string(e.what()).find("/nonexistent/procpool.bin"), std::string::npos);
+    }
+}
+
+TEST(SharedArray, LargeVectorArgument_CrossesTransparently) {
+    process_pool pool({.workers = 1});
+    std::vector<double> v(std::size_t{4} << 20);  // 32 MiB
+    EXPECT_EQ(pool.submit(vec_size, v).get(), v.size());
+}
+
+int main(int argc, char** argv) {
+    procpool::init(argc, argv);
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}
