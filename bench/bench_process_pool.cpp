@@ -1,0 +1,447 @@
+// process_pool next to its C++ peers (Boost.Asio thread_pool + std::promise, procpool's own
+// thread_pool, plain threads, a serial loop), in one binary and one run. The Python peers
+// (ProcessPoolExecutor, pebble, joblib/loky) are in bench/peers/python_peers.py and the
+// raw pipe ping-pong in bench/bench_pipe_pingpong.cpp; bench/run_process_pool_bench.sh
+// runs all three and prints one table (docs/benchmarks.md, "process_pool").
+//
+// A process-pool program must call procpool::init first thing in main, so this file has
+// its own main: init, then Google Benchmark.
+//
+// Benchmarks that report a distribution (latency, start-up, crash recovery) run one
+// iteration that loops itself and report p50/p99 as counters (microseconds); the others
+// are timed by Google Benchmark and report a rate (items/s).
+#include <dirent.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <future>
+#include <map>
+#include <numeric>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+
+#include <procpool/process_pool.hpp>
+#include <procpool/thread_pool.hpp>
+
+namespace {
+
+using clk = std::chrono::steady_clock;
+
+constexpr int kWorkers = 2;
+constexpr int kLatencyRounds = 20'000;
+constexpr int kLatencyWarmup = 1'000;
+constexpr std::int64_t kSubmitTasks = 100'000;
+constexpr std::size_t kMapItems = 1'000'000;
+constexpr int kStartupRounds = 50;
+constexpr int kCrashRounds = 30;
+const std::vector<long> kHeavySizes = {5'000'000, 6'000'000, 7'000'000, 8'000'000};
+// Each of the two long tasks of the "busy" case: ~0.15 s of sqrt on this machine.
+constexpr long kLongTask = 100'000'000;
+
+// ---- tasks: free functions, they run in worker processes ------------------------------
+
+void noop() {}
+int twice(int x) { return x * 2; }
+int whoami() { return static_cast<int>(getpid()); }
+int kill_myself(int) {
+    raise(SIGKILL);
+    return 0;
+}
+// The seed's task; not inlined into the serial loop below.
+[[gnu::noinline]] double heavy_calc(long n) {
+    double s = 0;
+    for (long i = 0; i < n; ++i) s += std::sqrt(static_cast<double>(i));
+    return s;
+}
+
+// ---- helpers -----------------------------------------------------------------------
+
+double us_since(clk::time_point t0) {
+    return std::chrono::duration<double, std::micro>(clk::now() - t0).count();
+}
+
+double percentile(std::vector<double> v, double p) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    const auto i = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
+    return v[std::min(i, v.size() - 1)];
+}
+
+void report_distribution(benchmark::State& st, const std::string& prefix,
+                         const std::vector<double>& us) {
+    st.counters[prefix + "p50_us"] = percentile(us, 0.50);
+    st.counters[prefix + "p99_us"] = percentile(us, 0.99);
+}
+
+void set_rate(benchmark::State& st, std::int64_t per_iteration) {
+    st.SetItemsProcessed(st.iterations() * per_iteration);
+}
+
+procpool::process_pool_options pool_opts(
+    procpool::start_method m = procpool::start_method::automatic) {
+    procpool::process_pool_options o;
+    o.workers = kWorkers;
+    o.start = m;
+    return o;
+}
+
+void warm_up(procpool::process_pool& pool) {
+    std::vector<procpool::future<void>> fs;
+    for (int i = 0; i < 200; ++i) fs.push_back(pool.submit(noop));
+    for (auto& f : fs) f.get();
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. One no-op round trip, sequential: submit -> get, per-iteration latency.
+
+void latency_procpool(benchmark::State& st) {
+    procpool::process_pool pool(pool_opts());
+    warm_up(pool);
+    std::vector<double> us(kLatencyRounds);
+    for (auto _ : st) {
+        for (int i = 0; i < kLatencyWarmup; ++i) pool.submit(noop).get();
+        for (int i = 0; i < kLatencyRounds; ++i) {
+            const auto t0 = clk::now();
+            pool.submit(noop).get();
+            us[static_cast<std::size_t>(i)] = us_since(t0);
+        }
+    }
+    report_distribution(st, "", us);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Submit 100k no-op tasks, a future each, then get each.
+
+void submit_get_procpool(benchmark::State& st) {
+    procpool::process_pool pool(pool_opts());
+    warm_up(pool);
+    std::vector<procpool::future<void>> fs;
+    fs.reserve(kSubmitTasks);
+    for (auto _ : st) {
+        for (std::int64_t i = 0; i < kSubmitTasks; ++i) fs.push_back(pool.submit(noop));
+        for (auto& f : fs) f.get();
+        fs.clear();
+    }
+    set_rate(st, kSubmitTasks);
+}
+
+void submit_get_asio_promise(benchmark::State& st) {
+    boost::asio::thread_pool pool(kWorkers);
+    std::vector<std::future<void>> fs;
+    fs.reserve(kSubmitTasks);
+    for (auto _ : st) {
+        for (std::int64_t i = 0; i < kSubmitTasks; ++i) {
+            std::promise<void> p;
+            fs.push_back(p.get_future());
+            boost::asio::post(pool, [p = std::move(p)]() mutable {
+                noop();
+                p.set_value();
+            });
+        }
+        for (auto& f : fs) f.get();
+        fs.clear();
+    }
+    pool.join();
+    set_rate(st, kSubmitTasks);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. map x*2 over 1M ints (automatic chunk size in both procpool pools).
+
+std::vector<int> map_input() {
+    std::vector<int> v(kMapItems);
+    std::iota(v.begin(), v.end(), 0);
+    return v;
+}
+
+void map_procpool_process(benchmark::State& st) {
+    procpool::process_pool pool(pool_opts());
+    warm_up(pool);
+    const auto in = map_input();
+    for (auto _ : st) {
+        auto out = pool.map(twice, in);
+        benchmark::DoNotOptimize(out.data());
+        if (out.size() != in.size() || out.back() != 2 * in.back()) st.SkipWithError("bad map");
+    }
+    set_rate(st, kMapItems);
+}
+
+void map_procpool_thread(benchmark::State& st) {
+    procpool::thread_pool pool({.workers = kWorkers});
+    const auto in = map_input();
+    for (auto _ : st) {
+        auto out = pool.map(twice, in);
+        benchmark::DoNotOptimize(out.data());
+    }
+    set_rate(st, kMapItems);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Pool construction to first result (2 workers); shutdown timed separately.
+
+void startup(benchmark::State& st, procpool::start_method m) {
+    std::vector<double> first(kStartupRounds), down(kStartupRounds);
+    for (auto _ : st) {
+        for (int i = 0; i < kStartupRounds; ++i) {
+            const auto t0 = clk::now();
+            auto pool = std::make_unique<procpool::process_pool>(pool_opts(m));
+            pool->submit(noop).get();
+            first[static_cast<std::size_t>(i)] = us_since(t0);
+            const auto t1 = clk::now();
+            pool.reset();
+            down[static_cast<std::size_t>(i)] = us_since(t1);
+        }
+    }
+    report_distribution(st, "", first);
+    report_distribution(st, "shutdown_", down);
+}
+void startup_forkserver(benchmark::State& st) { startup(st, procpool::start_method::forkserver); }
+void startup_fork(benchmark::State& st) { startup(st, procpool::start_method::fork); }
+
+// ---------------------------------------------------------------------------------------
+// 5. A task kills its own worker (SIGKILL): time until its future is resolved
+//    (worker_died), and until a task's result comes back from the replacement worker
+//    (a pid the pool did not have before the crash).
+
+void crash_procpool(benchmark::State& st) {
+    procpool::process_pool pool(pool_opts());
+    warm_up(pool);
+    std::vector<double> resolved, served;
+    int not_worker_died = 0, old_pid_answers = 0;
+    for (auto _ : st) {
+        for (int i = 0; i < kCrashRounds; ++i) {
+            const auto before = pool.worker_pids();
+            const std::set<int> old(before.begin(), before.end());
+            const auto t0 = clk::now();
+            auto f = pool.submit(kill_myself, 0);
+            f.wait();
+            resolved.push_back(us_since(t0));
+            try {
+                f.get();
+                ++not_worker_died;
+            } catch (const procpool::worker_died&) {
+            } catch (...) {
+                ++not_worker_died;
+            }
+            // Results from surviving workers do not count: wait for the replacement.
+            for (;;) {
+                const int pid = pool.submit(whoami).get();
+                if (old.count(pid) == 0) break;
+                ++old_pid_answers;
+            }
+            served.push_back(us_since(t0));
+            // Let both workers settle before the next round.
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+    }
+    if (not_worker_died != 0) st.SkipWithError("a killed task's future did not hold worker_died");
+    report_distribution(st, "resolved_", resolved);
+    report_distribution(st, "replacement_result_", served);
+    st.counters["answers_from_survivors"] = old_pid_answers;
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. The seed's heavy_calc over {5e6, 6e6, 7e6, 8e6}, 2 workers.
+
+void heavy_serial(benchmark::State& st) {
+    for (auto _ : st) {
+        double total = 0;
+        for (long n : kHeavySizes) total += heavy_calc(n);
+        benchmark::DoNotOptimize(total);
+    }
+    set_rate(st, static_cast<std::int64_t>(kHeavySizes.size()));
+}
+
+// pool.map in the seed's order: {5, 7} and {6, 8} million, bound 26/14 = 1.86x.
+void heavy_procpool_map(benchmark::State& st) {
+    procpool::process_pool pool(pool_opts());
+    warm_up(pool);
+    for (auto _ : st) {
+        auto r = pool.map(heavy_calc, kHeavySizes);
+        benchmark::DoNotOptimize(r.data());
+    }
+    set_rate(st, static_cast<std::int64_t>(kHeavySizes.size()));
+}
+
+// The same four tasks submitted 8, 7, 5, 6: the pool hands them out alternately, so the
+// workers get {8, 5} and {7, 6}, a perfect split (bound 2.0): what the pool itself costs.
+void heavy_procpool_balanced(benchmark::State& st) {
+    procpool::process_pool pool(pool_opts());
+    warm_up(pool);
+    const std::vector<long> order = {8'000'000, 7'000'000, 5'000'000, 6'000'000};
+    std::vector<procpool::future<double>> fs;
+    for (auto _ : st) {
+        for (long n : order) fs.push_back(pool.submit(heavy_calc, n));
+        double total = 0;
+        for (auto& f : fs) total += f.get();
+        benchmark::DoNotOptimize(total);
+        fs.clear();
+    }
+    set_rate(st, static_cast<std::int64_t>(kHeavySizes.size()));
+}
+
+// The machine's ceiling: two plain threads given {8, 5} and {7, 6} million up front.
+void heavy_two_threads(benchmark::State& st) {
+    for (auto _ : st) {
+        double a = 0;
+        double b = 0;
+        std::thread t([&a] { a = heavy_calc(8'000'000) + heavy_calc(5'000'000); });
+        b = heavy_calc(7'000'000) + heavy_calc(6'000'000);
+        t.join();
+        benchmark::DoNotOptimize(a + b);
+    }
+    set_rate(st, static_cast<std::int64_t>(kHeavySizes.size()));
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Idle and busy costs, from /proc (nanosecond schedstat of every thread).
+
+// CPU time (ns) of every thread of process `pid`.
+std::uint64_t process_cpu_ns(int pid) {
+    std::uint64_t total = 0;
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    DIR* d = opendir(dir.c_str());
+    if (d == nullptr) return 0;
+    while (dirent* e = readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::uint64_t on_cpu = 0;
+        if (std::ifstream(dir + "/" + e->d_name + "/schedstat") >> on_cpu) total += on_cpu;
+    }
+    closedir(d);
+    return total;
+}
+
+// Every process descended from this one (the fork server and the workers it forks).
+std::vector<int> descendants() {
+    std::map<int, std::vector<int>> kids;
+    DIR* d = opendir("/proc");
+    if (d == nullptr) return {};
+    while (dirent* e = readdir(d)) {
+        if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+        std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
+        std::string line;
+        if (!std::getline(f, line)) continue;
+        const auto close = line.rfind(')');
+        if (close == std::string::npos) continue;
+        char state = 0;
+        int ppid = 0;
+        if (std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid) == 2) {
+            kids[ppid].push_back(std::atoi(e->d_name));
+        }
+    }
+    closedir(d);
+    std::vector<int> out, todo = {static_cast<int>(getpid())};
+    while (!todo.empty()) {
+        const int p = todo.back();
+        todo.pop_back();
+        for (int c : kids[p]) {
+            out.push_back(c);
+            todo.push_back(c);
+        }
+    }
+    return out;
+}
+
+void idle_procpool(benchmark::State& st) {
+    for (auto _ : st) {
+        procpool::process_pool pool(pool_opts());
+        const auto until = clk::now() + std::chrono::milliseconds(10);
+        while (clk::now() < until) pool.submit(noop).get();
+        const std::vector<int> kids = descendants();
+        auto children_ns = [&] {
+            std::uint64_t s = 0;
+            for (int p : kids) s += process_cpu_ns(p);
+            return s;
+        };
+        const std::uint64_t kids0 = children_ns();
+        const std::uint64_t self0 = process_cpu_ns(getpid());
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        const std::uint64_t self1 = process_cpu_ns(getpid());
+        const std::uint64_t kids1 = children_ns();
+        st.counters["idle_parent_cpu_us"] = static_cast<double>(self1 - self0) / 1e3;
+        st.counters["idle_children_cpu_us"] = static_cast<double>(kids1 - kids0) / 1e3;
+        st.counters["children"] = static_cast<double>(kids.size());
+    }
+}
+
+// Two long tasks on two workers; the parent waits in get(). Reports the parent's CPU
+// time while it waited (a spinning parent would steal a core from the workers).
+void busy_procpool(benchmark::State& st) {
+    procpool::process_pool pool(pool_opts());
+    warm_up(pool);
+    double parent_us = 0;
+    for (auto _ : st) {
+        const std::uint64_t c0 = process_cpu_ns(getpid());
+        auto a = pool.submit(heavy_calc, kLongTask);
+        auto b = pool.submit(heavy_calc, kLongTask);
+        benchmark::DoNotOptimize(a.get() + b.get());
+        parent_us += static_cast<double>(process_cpu_ns(getpid()) - c0) / 1e3;
+    }
+    st.counters["parent_cpu_us_per_run"] = parent_us / static_cast<double>(st.iterations());
+    set_rate(st, 2);
+}
+
+void busy_two_threads(benchmark::State& st) {
+    for (auto _ : st) {
+        double a = 0;
+        double b = 0;
+        std::thread t1([&a] { a = heavy_calc(kLongTask); });
+        std::thread t2([&b] { b = heavy_calc(kLongTask); });
+        t1.join();
+        t2.join();
+        benchmark::DoNotOptimize(a + b);
+    }
+    set_rate(st, 2);
+}
+
+// Registers `fn` as "group/variant", timed by the wall clock. Runs go in this order.
+benchmark::internal::Benchmark* add(const char* name, void (*fn)(benchmark::State&)) {
+    return benchmark::RegisterBenchmark(name, fn)->UseRealTime()->Unit(benchmark::kMillisecond);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    procpool::init(argc, argv);  // first thing: starts the fork server while single-threaded
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+
+    add("latency/procpool_process_pool", latency_procpool)->Iterations(1);
+
+    add("submit_get/procpool_process_pool", submit_get_procpool);
+    add("submit_get/asio_thread_pool_promise", submit_get_asio_promise);
+
+    add("map/procpool_process_pool", map_procpool_process);
+    add("map/procpool_thread_pool", map_procpool_thread);
+
+    add("startup/procpool_forkserver", startup_forkserver)->Iterations(1);
+    add("startup/procpool_fork", startup_fork)->Iterations(1);
+
+    add("crash/procpool_process_pool", crash_procpool)->Iterations(1);
+
+    add("heavy_calc/procpool_map", heavy_procpool_map);
+    add("heavy_calc/procpool_submit_balanced", heavy_procpool_balanced);
+    add("heavy_calc/two_std_threads_ceiling", heavy_two_threads);
+    add("heavy_calc/serial", heavy_serial);
+
+    add("idle/procpool_process_pool", idle_procpool)->Iterations(1);
+    add("busy/procpool_process_pool", busy_procpool)->Iterations(3);
+    add("busy/two_std_threads", busy_two_threads)->Iterations(3);
+
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -1,0 +1,166 @@
+#!/usr/bin/python3
+"""Merges the process_pool benchmark's three sources into one Markdown table.
+
+    process_pool_table.py CPP_JSON PINGPONG_JSONL PYTHON_JSON
+
+CPP_JSON: bench_process_pool's Google Benchmark output (--benchmark_out, every
+repetition kept); PINGPONG_JSONL: one bench_pipe_pingpong JSON object per line;
+PYTHON_JSON: python_peers.py's output. Every value shown is the median over the
+repetitions, with the spread (min..max) of the row's main metric, followed by the
+targets of the process_pool issue with their ratios and whether each is met.
+"""
+import json
+import statistics
+import sys
+
+TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+GB_SKIP = {"name", "run_name", "run_type", "repetitions", "repetition_index", "threads",
+           "iterations", "real_time", "cpu_time", "time_unit", "family_index",
+           "per_family_instance_index", "aggregate_name", "aggregate_unit", "label",
+           "error_occurred", "error_message", "bytes_per_second"}
+
+
+def short_name(run_name):
+    return "/".join(p for p in run_name.split("/") if p != "real_time" and ":" not in p)
+
+
+def load_cpp(path, rows):
+    with open(path) as f:
+        data = json.load(f)
+    for b in data["benchmarks"]:
+        if b.get("run_type") == "aggregate" or b.get("error_occurred"):
+            continue
+        r = rows.setdefault(short_name(b["run_name"]), {})
+        r.setdefault("time_ms", []).append(b["real_time"] * TO_MS[b["time_unit"]])
+        for k, v in b.items():
+            if k not in GB_SKIP and isinstance(v, (int, float)):
+                r.setdefault(k, []).append(v)
+
+
+def load_pingpong(path, rows):
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            name = "latency/pipe_pingpong_" + ("pinned_cpu0" if d["pinned"] else "unpinned")
+            r = rows.setdefault(name, {})
+            for k in ("p50_us", "p99_us"):
+                r.setdefault(k, []).append(d[k])
+
+
+def load_python(path, rows):
+    with open(path) as f:
+        data = json.load(f)
+    for name, metrics in data["results"].items():
+        r = rows.setdefault(name, {})
+        for k, v in metrics.items():
+            if k != "check":
+                r.setdefault(k, []).extend(v)
+    return data.get("python", "?")
+
+
+def human(x):
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def fmt(metric, v):
+    if metric.endswith("_us"):
+        return f"{v / 1e3:.2f} ms" if v >= 1e4 else f"{v:.2f} µs"
+    if metric == "items_per_second":
+        return human(v) + "/s"
+    if metric == "time_ms":
+        return f"{v:.2f} ms"
+    return human(v)
+
+
+# The metric that leads each group's rows (and whose spread is shown).
+MAIN = {"latency": "p50_us", "submit_get": "items_per_second", "map": "items_per_second",
+        "startup": "p50_us", "crash": "resolved_p50_us", "heavy_calc": "time_ms",
+        "idle": "idle_parent_cpu_us", "busy": "time_ms"}
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    rows = {}
+    load_cpp(sys.argv[1], rows)
+    load_pingpong(sys.argv[2], rows)
+    py = load_python(sys.argv[3], rows)
+    med = {n: {k: statistics.median(v) for k, v in m.items()} for n, m in rows.items()}
+
+    order = list(MAIN)
+    names = sorted(rows, key=lambda n: (order.index(n.split("/")[0])
+                                        if n.split("/")[0] in order else 99))
+    print(f"Python peers: /usr/bin/python3 {py}. Medians over repetitions.\n")
+    print("| case | variant | main metric (median) | min..max | other metrics (median) |")
+    print("|---|---|---:|---:|---|")
+    for n in names:
+        group, variant = n.split("/", 1)
+        main_k = MAIN.get(group, "time_ms")
+        if main_k not in rows[n]:
+            main_k = next(iter(rows[n]))
+        vals = rows[n][main_k]
+        others = ", ".join(f"{k}={fmt(k, v)}" for k, v in sorted(med[n].items())
+                           if k != main_k and not (k == "time_ms" and main_k != "time_ms"
+                                                   and group in ("latency", "startup",
+                                                                 "crash", "idle")))
+        print(f"| {group} | {variant} | {main_k}={fmt(main_k, med[n][main_k])} "
+              f"| {fmt(main_k, min(vals))}..{fmt(main_k, max(vals))} | {others} |")
+
+    def g(name, metric):
+        return med.get(name, {}).get(metric)
+
+    targets = []
+
+    def ratio(label, a, b, goal, unit="x", higher=True):
+        if a is None or b is None or b == 0:
+            targets.append((label, "missing", "", "?"))
+            return
+        r = a / b
+        met = r >= goal if higher else r <= goal
+        targets.append((label, f"{r:.3g}{unit}", f"goal {'≥' if higher else '≤'} {goal:g}{unit}",
+                        "met" if met else "not met"))
+
+    pp = "latency/procpool_process_pool"
+    ratio("1. procpool p50 / pinned pipe ping-pong p50 (below 1)",
+          g(pp, "p50_us"), g("latency/pipe_pingpong_pinned_cpu0", "p50_us"), 1.0, "", False)
+    ratio("1. Python PPE p50 / procpool p50", g("latency/python_ppe", "p50_us"),
+          g(pp, "p50_us"), 50)
+    sg = "submit_get/procpool_process_pool"
+    ratio("2. procpool / Python PPE.submit tasks/s", g(sg, "items_per_second"),
+          g("submit_get/python_ppe_20k", "items_per_second"), 150)
+    ratio("2. procpool / Asio thread_pool + std::promise tasks/s", g(sg, "items_per_second"),
+          g("submit_get/asio_thread_pool_promise", "items_per_second"), 1.5)
+    mp = "map/procpool_process_pool"
+    ratio("3. procpool map / Python PPE.map(chunksize=1000) items/s",
+          g(mp, "items_per_second"), g("map/python_ppe_chunksize1000", "items_per_second"), 50)
+    ratio("3. procpool process_pool.map / thread_pool.map items/s",
+          g(mp, "items_per_second"), g("map/procpool_thread_pool", "items_per_second"), 0.30)
+    for v in ("forkserver", "fork"):
+        p50 = g(f"startup/procpool_{v}", "p50_us")
+        ratio(f"4. construction to first result, {v} (p50, ms)",
+              None if p50 is None else p50 / 1e3, 1.0, 2.0, " ms", False)
+    c = g("crash/procpool_process_pool", "replacement_result_p50_us")
+    ratio("5. killed worker: future resolved and replacement's result (p50, ms)",
+          None if c is None else c / 1e3, 1.0, 5.0, " ms", False)
+    ratio("6. heavy_calc pool.map speedup over serial",
+          g("heavy_calc/serial", "time_ms"), g("heavy_calc/procpool_map", "time_ms"), 1.95)
+    idle = g("idle/procpool_process_pool", "idle_parent_cpu_us")
+    kids = g("idle/procpool_process_pool", "idle_children_cpu_us")
+    ratio("7. idle pool: parent + fork server + workers CPU over 1 s (ms)",
+          None if idle is None else (idle + kids) / 1e3, 1.0, 1.0, " ms", False)
+    ratio("7. busy: 2 long tasks, two plain threads' time / pool's time",
+          g("busy/two_std_threads", "time_ms"), g("busy/procpool_process_pool", "time_ms"), 0.97)
+
+    print("\n| target | measured | goal | met? |")
+    print("|---|---:|---|---|")
+    for t in targets:
+        print("| " + " | ".join(t) + " |")
+
+
+if __name__ == "__main__":
+    main()
