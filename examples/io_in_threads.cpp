@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <ranges>
 #include <string>
 #include <thread>
 #include <vector>
@@ -54,7 +53,7 @@ int main() {
             std::this_thread::sleep_for(latency);  // stands in for a network round trip
             return "reply " + std::to_string(id);
         },
-        std::views::iota(0, 16), {.workers = 8, .timeout = std::chrono::seconds(5)});
+        std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {.workers = 8, .timeout = std::chrono::seconds(5)});
     const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
     std::printf("%zu replies in %.2f s (%s ... %s)\n", replies.size(), took.count(),
                 replies.front()->c_str(), replies.back()->c_str());

@@ -11,15 +11,16 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
-#include <ranges>
 #include <sstream>
 #include <string>
 #include <thread>
 
 #include "procpool/run.hpp"
+#include "run_support.hpp"
 
 namespace {
 
+using procpool_test::numbers;
 using namespace std::chrono_literals;
 using procpool::progress_options;
 using procpool::progress_reporter;
@@ -229,7 +230,7 @@ TEST(Progress, UnderAPseudoTerminal_RunInThreadsDrawsTheBar_AndNoLogLines) {
                 std::this_thread::sleep_for(15ms);
                 return i;
             },
-            std::views::iota(0, 20), {.workers = 2, .show_progress = true});
+            numbers(20), {.workers = 2, .show_progress = true});
         if (out.size() != 20) std::_Exit(3);
     });
 

@@ -14,15 +14,17 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
-#include <ranges>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
 #include <vector>
 
+#include "run_support.hpp"
+
 namespace {
 
+using procpool_test::numbers;
 using namespace std::chrono_literals;
 using procpool::failure_kind;
 using procpool::run_in_processes;
@@ -111,7 +113,7 @@ TEST(RunInProcesses, Results_AreInInputOrder_WhateverOrderTasksFinishIn) {
 }
 
 TEST(RunInProcesses, Segfault_FailsOnlyItsTask_AsWorkerDied) {
-    auto out = run_in_processes(segfault_on_two, std::views::iota(0, 6), {.workers = 2});
+    auto out = run_in_processes(segfault_on_two, numbers(6), {.workers = 2});
 
     for (std::size_t i = 0; i < 6; ++i) {
         if (i == 2) continue;
@@ -197,7 +199,7 @@ TEST(RunInProcesses, TaskThatAlwaysCrashes_FailsAfterEveryRetry_AndSaysHowManyAt
 TEST(RunInProcesses, FailFast_KillsRunningTasks_AndCancelsQueuedOnes) {
     // Task 0 crashes at once; the others would sleep for a minute. fail_fast must not wait
     // for them: the running one is killed, the queued ones never start.
-    auto out = run_in_processes(crash_zero_sleep_rest, std::views::iota(0, 6),
+    auto out = run_in_processes(crash_zero_sleep_rest, numbers(6),
                                 {.workers = 2, .fail_fast = true});
 
     ASSERT_FALSE(out[0]);

@@ -34,7 +34,7 @@ struct demo_options {
     int scale = 1;
     int images = 10;
     int crash = 3;
-    std::string out = "procpool-demo-out";
+    std::string out = (std::filesystem::temp_directory_path() / "procpool-demo").string();
     bool json = false;
 };
 
