@@ -48,6 +48,10 @@ int crash_holding(shared_span<int> xs) {
 }
 long sum_ints(shared_span<const int> xs) { return std::accumulate(xs.begin(), xs.end(), 0L); }
 std::size_t vec_size(std::vector<double> v) { return v.size(); }
+std::vector<double> doubled(std::vector<double> v) {
+    for (auto& x : v) x *= 2;
+    return v;
+}
 
 int count_fds() {
     int n = 0;
@@ -234,6 +238,21 @@ TEST(SharedArray, LargeVectorArgument_CrossesTransparently) {
     process_pool pool({.workers = 1});
     std::vector<double> v(std::size_t{4} << 20);  // 32 MiB
     EXPECT_EQ(pool.submit(vec_size, v).get(), v.size());
+}
+
+TEST(SharedArray, LargeVectorResult_AndAnyThreshold_RoundTrip) {
+    for (std::size_t threshold : {std::size_t{1} << 20, std::size_t{64}, std::size_t{1} << 40}) {
+        process_pool pool({.workers = 1, .shared_memory_threshold = threshold});
+        std::vector<double> v(300000);
+        for (std::size_t i = 0; i < v.size(); ++i) v[i] = static_cast<double>(i);
+        auto out = pool.submit(doubled, v).get();
+        ASSERT_EQ(out.size(), v.size()) << threshold;
+        EXPECT_EQ(out[299999], 599998.0) << threshold;
+        EXPECT_EQ(pool.submit(doubled, std::vector<double>{1, 2}).get(),
+                  (std::vector<double>{2, 4}));
+    }
+    // Nothing stays mapped once the results are gone.
+    EXPECT_EQ(count_memfd_mappings(), 0);
 }
 
 int main(int argc, char** argv) {

@@ -107,6 +107,10 @@ struct process_pool_options {
     worker_initializer initializer{};
     /// How workers are created.
     start_method start = start_method::automatic;
+    /// A `std::vector` of trivially copyable elements (argument or result) at least this
+    /// many bytes travels through a shared-memory block instead of the byte stream: one
+    /// copy on each side, whatever its size.
+    std::size_t shared_memory_threshold = std::size_t{1} << 20;
 };
 
 /// Per-submit options: `pool.submit(procpool::task_options{.timeout = 2s}, fn, args...)`.
@@ -163,7 +167,7 @@ public:
         std::vector<std::byte>& buf = scratch();
         buf.clear();
         try {
-            detail::attachment_scope scope(&t->attachments, nullptr);
+            detail::attachment_scope scope(&t->attachments, nullptr, shared_threshold_);
             wire::writer w(buf);
             wire::save_all(w, detail::wire_arg_t<A>(std::forward<A>(args))...);
         } catch (const std::exception& e) {
@@ -240,6 +244,7 @@ private:
 
     struct impl;
     std::unique_ptr<impl> impl_;
+    std::size_t shared_threshold_ = SIZE_MAX;
 };
 
 }  // namespace procpool

@@ -22,6 +22,7 @@ std::atomic<std::uint64_t> next_id{1};
 std::atomic<bool> in_worker{false};
 thread_local std::vector<shm_ref>* current_sink = nullptr;
 thread_local const shm_table* current_source = nullptr;
+thread_local std::size_t current_threshold = SIZE_MAX;
 
 std::mutex listeners_mutex;
 std::vector<shm_listener*>& listeners() {
@@ -120,15 +121,35 @@ std::shared_ptr<shm_block> shm_block::adopt(int fd, std::size_t bytes, bool writ
     return std::shared_ptr<shm_block>(new shm_block(fd, p, bytes, writable, notify_on_free));
 }
 
-attachment_scope::attachment_scope(std::vector<shm_ref>* sink, const shm_table* source) noexcept
-    : old_sink_(current_sink), old_source_(current_source) {
+attachment_scope::attachment_scope(std::vector<shm_ref>* sink, const shm_table* source,
+                                   std::size_t threshold) noexcept
+    : old_sink_(current_sink), old_source_(current_source), old_threshold_(current_threshold) {
     current_sink = sink;
     current_source = source;
+    current_threshold = threshold;
 }
 
 attachment_scope::~attachment_scope() {
     current_sink = old_sink_;
     current_source = old_source_;
+    current_threshold = old_threshold_;
+}
+
+std::size_t shared_threshold() noexcept { return current_threshold; }
+
+std::uint64_t share_copy(const void* p, std::size_t bytes) {
+    shm_ref b = shm_block::create(bytes);
+    if (bytes != 0) std::memcpy(b->data(), p, bytes);
+    attach(b);
+    return b->id();
+}
+
+const void* shared_bytes(std::uint64_t id, std::size_t bytes) {
+    shm_ref b = resolve_attachment(id);
+    if (b->bytes() < bytes) {
+        throw serialization_error("a shared block is smaller than the vector that names it");
+    }
+    return b->data();
 }
 
 void attach(const shm_ref& b) {

@@ -236,6 +236,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         cfg.ring_capacity = ring_capacity;
         cfg.max_tasks = opts.max_tasks_per_child;
         cfg.memory_limit = opts.memory_limit;
+        cfg.shared_threshold = opts.shared_memory_threshold;
         cfg.env = opts.env;
         config = process::encode_config(cfg);
 
@@ -598,7 +599,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
                     resolve_error(*t, attach_error);
                     return;
                 }
-                detail::attachment_scope scope(nullptr, &received);
+                detail::attachment_scope scope(nullptr, &received, opts.shared_memory_threshold);
                 wire::reader in(p, n);
                 t->decode(status, in);
             });
@@ -1097,6 +1098,10 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
 
 process_pool::process_pool(process_pool_options opts) {
     const worker_initializer init = opts.initializer;
+    if (opts.shared_memory_threshold == 0) {
+        throw invalid_argument("process_pool: shared_memory_threshold must be > 0 bytes");
+    }
+    shared_threshold_ = opts.shared_memory_threshold;
     impl_ = std::make_unique<impl>(std::move(opts));
     if (init) impl_->set_initializer(init.invoker_, init.fn_, init.args_);
     impl_->start();

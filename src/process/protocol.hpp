@@ -55,6 +55,7 @@ struct worker_config {
     std::uint32_t ring_capacity = 0;
     std::int32_t max_tasks = 0;
     std::uint64_t memory_limit = 0;
+    std::uint64_t shared_threshold = SIZE_MAX;
     std::vector<std::pair<std::string, std::string>> env;
     std::uint64_t init_invoker = 0;
     std::uint64_t init_fn = 0;

@@ -54,17 +54,17 @@ namespace procpool::process {
 std::vector<std::byte> encode_config(const worker_config& c) {
     std::vector<std::byte> out;
     wire::writer w(out);
-    wire::save_all(w, c.anchor, c.ring_capacity, c.max_tasks, c.memory_limit, c.env,
-                   c.init_invoker, c.init_fn, c.init_args);
+    wire::save_all(w, c.anchor, c.ring_capacity, c.max_tasks, c.memory_limit, c.shared_threshold,
+                   c.env, c.init_invoker, c.init_fn, c.init_args);
     return out;
 }
 
 worker_config decode_config(const std::byte* p, std::size_t n) {
     wire::reader r(p, n);
     worker_config c;
-    std::tie(c.anchor, c.ring_capacity, c.max_tasks, c.memory_limit, c.env, c.init_invoker,
-             c.init_fn, c.init_args) =
-        wire::load_all<std::uint64_t, std::uint32_t, std::int32_t, std::uint64_t,
+    std::tie(c.anchor, c.ring_capacity, c.max_tasks, c.memory_limit, c.shared_threshold, c.env,
+             c.init_invoker, c.init_fn, c.init_args) =
+        wire::load_all<std::uint64_t, std::uint32_t, std::int32_t, std::uint64_t, std::uint64_t,
                        std::vector<std::pair<std::string, std::string>>, std::uint64_t,
                        std::uint64_t, std::vector<std::byte>>(r);
     return c;

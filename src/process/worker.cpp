@@ -30,8 +30,9 @@ std::int64_t now_ns() noexcept {
 
 class worker {
 public:
-    worker(ipc::worker_region* r, int ctl, int evfd)
-        : r_(r),
+    worker(ipc::worker_region* r, int ctl, int evfd, std::size_t threshold)
+        : threshold_(threshold),
+          r_(r),
           ctl_(ctl),
           evfd_(evfd),
           req_(&r->requests, r->request_data(), r->ring_capacity),
@@ -116,7 +117,7 @@ private:
         std::vector<detail::shm_ref> outgoing;
         detail::run_status st = detail::run_status::cancelled;
         if (!r_->is_skipped(th.seq)) {
-            detail::attachment_scope scope(&outgoing, &cache_);
+            detail::attachment_scope scope(&outgoing, &cache_, threshold_);
             wire::writer w(out_);
             auto inv = reinterpret_cast<detail::invoker_fn>(
                 const_cast<void*>(detail::code_address(th.invoker)));
@@ -241,6 +242,7 @@ private:
         }
     }
 
+    std::size_t threshold_;
     ipc::worker_region* r_;
     int ctl_;
     int evfd_;
@@ -322,7 +324,7 @@ void reset_signals_for_child() noexcept {
     ::close(region_fd);
     auto* region = static_cast<ipc::worker_region*>(p);
     if (region->magic != ipc::worker_region::magic_value) _exit(74);
-    worker w(region, ctl_fd, event_fd);
+    worker w(region, ctl_fd, event_fd, static_cast<std::size_t>(cfg.shared_threshold));
     w.run(cfg);
 }
 

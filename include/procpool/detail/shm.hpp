@@ -55,9 +55,12 @@ using shm_table = std::unordered_map<std::uint64_t, shm_ref>;
 /// While alive, shared arrays serialized on this thread are recorded in `sink`
 /// (so their descriptors can travel with the message) and shared arrays deserialized on
 /// this thread are looked up in `source`.
+/// `threshold`: trivially copyable vectors of at least this many bytes travel in a shared
+/// block of their own instead of the byte stream (both sides use the pool's setting).
 class attachment_scope {
 public:
-    attachment_scope(std::vector<shm_ref>* sink, const shm_table* source) noexcept;
+    attachment_scope(std::vector<shm_ref>* sink, const shm_table* source,
+                     std::size_t threshold = SIZE_MAX) noexcept;
     ~attachment_scope();
     attachment_scope(const attachment_scope&) = delete;
     attachment_scope& operator=(const attachment_scope&) = delete;
@@ -65,7 +68,17 @@ public:
 private:
     std::vector<shm_ref>* old_sink_;
     const shm_table* old_source_;
+    std::size_t old_threshold_;
 };
+
+/// The vector size in bytes from which the current message uses shared blocks
+/// (SIZE_MAX outside a process-pool message).
+std::size_t shared_threshold() noexcept;
+/// Copies `bytes` from `p` into a new shared block attached to the current message;
+/// returns its id.
+std::uint64_t share_copy(const void* p, std::size_t bytes);
+/// The memory of block `id` in the current message, checked to hold `bytes`.
+const void* shared_bytes(std::uint64_t id, std::size_t bytes);
 
 /// Records `b` as travelling with the message being serialized; throws
 /// serialization_error if no process-pool message is being written.

@@ -1,6 +1,8 @@
 // Part of procpool/wire.hpp (include that): how each kind of type is laid down and read back.
 #pragma once
 
+#include "procpool/detail/shm.hpp"
+
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -328,18 +330,36 @@ struct sequence_codec {
     static void save(writer& w, const C& c) {
         write_size(w, c.size());
         if constexpr (bulk<T>() && std::is_same_v<C, std::vector<T, typename C::allocator_type>>) {
+            // Inside a process-pool message, a big vector travels in a shared block of its
+            // own: one copy in, one copy out, nothing through the byte stream.
+            if (c.size() * sizeof(T) >= ::procpool::detail::shared_threshold()) {
+                const std::uint64_t id = ::procpool::detail::share_copy(c.data(), c.size() * sizeof(T));
+                w.write_bytes(&id, sizeof id);
+                return;
+            }
             w.write_contiguous(c.data(), c.size());
         } else {
             for (const auto& e : c) codec<T>::save(w, e);
         }
     }
     static C load(reader& r) {
-        const std::size_t n = read_count(r, min_size<T>);
         if constexpr (bulk<T>() && std::is_same_v<C, std::vector<T, typename C::allocator_type>>) {
+            size_prefix raw;
+            r.read_bytes(&raw, sizeof raw);
+            if (raw <= SIZE_MAX / sizeof(T) && raw * sizeof(T) >= ::procpool::detail::shared_threshold()) {
+                std::uint64_t id;
+                r.read_bytes(&id, sizeof id);
+                const auto n = static_cast<std::size_t>(raw);
+                const T* p = static_cast<const T*>(::procpool::detail::shared_bytes(id, n * sizeof(T)));
+                return C(p, p + n);
+            }
+            if (raw > r.remaining() / min_size<T>) throw_bad_count(raw, min_size<T>, r.remaining());
+            const auto n = static_cast<std::size_t>(raw);
             C c(n);
             r.read_contiguous(c.data(), n);
             return c;
         } else {
+            const std::size_t n = read_count(r, min_size<T>);
             C c;
             if constexpr (requires { c.reserve(n); }) c.reserve(n);
             for (std::size_t i = 0; i < n; ++i) c.push_back(codec<T>::load(r));
