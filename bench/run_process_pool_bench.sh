@@ -6,7 +6,8 @@
 # Environment: BUILD_DIR (default /tmp/procpool-pp-bench), REPS (C++ and ping-pong
 # repetitions, default 5), PY_REPS (Python repetitions, default 3), PY_ONLY (Python
 # groups, e.g. "latency,crash"; default all), WAIT_IDLE (seconds to wait for an idle
-# machine before each part, default 120; 0 disables).
+# machine before each part, default 120; 0 disables), COMMIT (the commit to print when
+# the source tree is not a git checkout).
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,7 +39,11 @@ cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROCPOOL_BUILD_TESTS=OF
   -DPROCPOOL_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$build" --target bench_process_pool bench_pipe_pingpong -j "$(nproc)" >/dev/null
 
-commit=$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo "unknown")
+# A source tree exported with `git archive` has no .git: say its commit in $COMMIT.
+commit=$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}")
+if [ -n "$(git -C "$src" status --porcelain -- src include bench 2>/dev/null)" ]; then
+  commit="$commit + uncommitted changes in src/, include/ or bench/"
+fi
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); nproc=$(nproc);" \
   "$(lscpu | sed -n 's/^Model name: *//p'); load: $(cut -d' ' -f1-3 /proc/loadavg);" \
   "commit $commit"
