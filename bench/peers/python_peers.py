@@ -251,8 +251,8 @@ def cases(quick):
             ("startup/python_ppe_forkserver", lambda: startup_ppe("forkserver", 20 // s or 2)),
             ("startup/python_ppe_forkserver_cold", startup_forkserver_cold),
             ("startup/python_ppe_spawn", lambda: startup_ppe("spawn", 10 // s or 2)),
-            ("startup/joblib_loky_executor", lambda: startup_loky(10 // s or 2)),
-            ("startup/joblib_parallel", lambda: startup_joblib_parallel(10 // s or 2)),
+            ("startup/joblib_loky_executor", lambda: startup_loky(5 // s or 2)),
+            ("startup/joblib_parallel", lambda: startup_joblib_parallel(5 // s or 2)),
         ],
         "crash": [
             ("crash/python_ppe", lambda: crash_ppe(20 // s or 2)),
