@@ -157,26 +157,10 @@ public:
         static_assert(detail::result_crosses<R>(),
                       "process_pool::submit: the task's result type cannot cross a process "
                       "boundary (see procpool/wire.hpp)");
-        auto* t = new detail::process_task<R>();
-        t->try_claim();  // the pool owns it from here; cancel() goes through the pool
-        detail::state_ptr<detail::state<R>> owner(t);
-        t->invoker = detail::code_offset(
-            reinterpret_cast<const void*>(detail::invoker_for<Fn, detail::wire_arg_t<A>...>()));
-        t->fn = detail::callable_offset(static_cast<const Fn&>(f));
-        t->timeout_ns = topts.timeout ? timeout_ns(*topts.timeout) : -1;
-        std::vector<std::byte>& buf = scratch();
-        buf.clear();
-        try {
-            detail::attachment_scope scope(&t->attachments, nullptr, shared_threshold_);
-            wire::writer w(buf);
-            wire::save_all(w, detail::wire_arg_t<A>(std::forward<A>(args))...);
-        } catch (const std::exception& e) {
-            t->set_exception(std::make_exception_ptr(serialization_error(
-                std::string("could not serialize the task's arguments: ") + e.what())));
-            return detail::make_future(std::move(owner));
-        }
-        enqueue(*t, buf);
-        return detail::make_future(std::move(owner));
+        return submit_encoded<R, Fn, detail::wire_arg_t<A>...>(
+            topts, detail::callable_offset(static_cast<const Fn&>(f)), [&](wire::writer& w) {
+                wire::save_all(w, detail::wire_arg_t<A>(std::forward<A>(args))...);
+            });
     }
 
     /// Applies `f` to every element of `items` in the workers and returns the results in
@@ -191,33 +175,48 @@ public:
         static_assert(detail::remote_callable<F>,
                       "process_pool tasks must be free functions or captureless lambdas");
         using R = std::remove_cvref_t<std::invoke_result_t<Fn&, T>>;
-        std::vector<T> all(std::ranges::begin(items), std::ranges::end(items));
-        if (chunksize == 0) chunksize = auto_chunksize(all.size());
-        const std::uint64_t fn_off = detail::callable_offset(static_cast<const Fn&>(f));
-        std::vector<future<std::vector<R>>> chunks;
-        chunks.reserve((all.size() + chunksize - 1) / chunksize);
-        for (std::size_t lo = 0; lo < all.size(); lo += chunksize) {
-            const std::size_t hi = std::min(all.size(), lo + chunksize);
-            chunks.push_back(submit(&detail::map_chunk<Fn, T, R>, fn_off,
-                                    std::vector<T>(std::make_move_iterator(all.begin() + lo),
-                                                   std::make_move_iterator(all.begin() + hi))));
-        }
-        std::vector<R> out;
-        out.reserve(all.size());
-        std::exception_ptr first;
-        for (auto& c : chunks) {
-            c.wait();
-            if (first) continue;
-            if (auto e = c.exception()) {
-                first = e;
-                continue;
+        static_assert(!std::is_void_v<R>,
+                      "process_pool::map needs a function that returns a value; use submit");
+        if constexpr (!std::ranges::contiguous_range<Range> || !std::ranges::sized_range<Range>) {
+            // Chunks are sent straight from contiguous memory: materialise other ranges.
+            std::vector<T> copy(std::ranges::begin(items), std::ranges::end(items));
+            return map(std::forward<F>(f), copy, chunksize);
+        } else {
+            const T* base = std::ranges::data(items);
+            const std::size_t n = std::ranges::size(items);
+            if (chunksize == 0) chunksize = auto_chunksize(n);
+            const std::uint64_t fn_off = detail::callable_offset(static_cast<const Fn&>(f));
+            using chunk_fn = std::vector<R> (*)(std::uint64_t, std::vector<T>);
+            const chunk_fn chunk = &detail::map_chunk<Fn, T, R>;
+            std::vector<future<std::vector<R>>> chunks;
+            chunks.reserve((n + chunksize - 1) / chunksize);
+            for (std::size_t lo = 0; lo < n; lo += chunksize) {
+                const std::size_t hi = std::min(n, lo + chunksize);
+                // Same bytes as submit(chunk, fn_off, std::vector<T>(base + lo, base + hi)),
+                // without building the vector.
+                chunks.push_back(submit_encoded<std::vector<R>, chunk_fn, std::uint64_t,
+                                                std::vector<T>>(
+                    task_options{}, detail::callable_offset(chunk), [&](wire::writer& w) {
+                        wire::save(w, fn_off);
+                        wire::detail::save_vector_of(w, base + lo, hi - lo);
+                    }));
             }
-            auto part = std::move(c).get();
-            out.insert(out.end(), std::make_move_iterator(part.begin()),
-                       std::make_move_iterator(part.end()));
+            std::vector<R> out;
+            out.reserve(n);
+            std::exception_ptr first;
+            for (auto& c : chunks) {
+                if (auto e = c.exception()) {
+                    if (!first) first = e;
+                    continue;
+                }
+                if (first) continue;
+                auto part = std::move(c).get();
+                out.insert(out.end(), std::make_move_iterator(part.begin()),
+                           std::make_move_iterator(part.end()));
+            }
+            if (first) std::rethrow_exception(first);
+            return out;
         }
-        if (first) std::rethrow_exception(first);
-        return out;
     }
 
     /// Stops accepting work. With `wait`, blocks until every task resolved and the workers
@@ -232,6 +231,32 @@ public:
     std::vector<int> worker_pids() const;
 
 private:
+    // Creates the task for an invoker of `Fn(InvArgs...)`, lets `encode` write the
+    // arguments (as InvArgs would be written) and queues it.
+    template <class R, class Fn, class... InvArgs, class Encode>
+    future<R> submit_encoded(task_options topts, std::uint64_t fn_off, Encode&& encode) {
+        auto* t = new detail::process_task<R>();
+        t->try_claim();  // the pool owns it from here; cancel() goes through the pool
+        detail::state_ptr<detail::state<R>> owner(t);
+        t->invoker = detail::code_offset(
+            reinterpret_cast<const void*>(detail::invoker_for<Fn, InvArgs...>()));
+        t->fn = fn_off;
+        t->timeout_ns = topts.timeout ? timeout_ns(*topts.timeout) : -1;
+        std::vector<std::byte>& buf = scratch();
+        buf.clear();
+        try {
+            detail::attachment_scope scope(&t->attachments, nullptr, shared_threshold_);
+            wire::writer w(buf);
+            encode(w);
+        } catch (const std::exception& e) {
+            t->set_exception(std::make_exception_ptr(serialization_error(
+                std::string("could not serialize the task's arguments: ") + e.what())));
+            return detail::make_future(std::move(owner));
+        }
+        enqueue(*t, buf);
+        return detail::make_future(std::move(owner));
+    }
+
     static std::int64_t timeout_ns(std::chrono::milliseconds d) noexcept {
         return d.count() <= 0 ? 1 : static_cast<std::int64_t>(d.count()) * 1'000'000;
     }

@@ -320,6 +320,25 @@ constexpr bool bulk() {
 
 // ---- standard types ------------------------------------------------------------------
 
+/// Writes `n` elements at `p` exactly as `std::vector<T>` with those elements is written,
+/// without needing the vector (process_pool::map sends slices of its input this way).
+template <class T>
+void save_vector_of(writer& w, const T* p, std::size_t n) {
+    write_size(w, n);
+    if constexpr (bulk<T>()) {
+        // Inside a process-pool message, a big vector travels in a shared block of its
+        // own: one copy in, one copy out, nothing through the byte stream.
+        if (n * sizeof(T) >= ::procpool::detail::shared_threshold()) {
+            const std::uint64_t id = ::procpool::detail::share_copy(p, n * sizeof(T));
+            w.write_bytes(&id, sizeof id);
+            return;
+        }
+        w.write_contiguous(p, n);
+    } else {
+        for (std::size_t i = 0; i < n; ++i) codec<T>::save(w, p[i]);
+    }
+}
+
 /// Sequences loaded by appending (vector, deque, list).
 template <class C, class T>
 struct sequence_codec {
@@ -328,17 +347,10 @@ struct sequence_codec {
     static constexpr bool has_user = codec<T>::has_user;
     static constexpr std::size_t min_bytes = sizeof(size_prefix);
     static void save(writer& w, const C& c) {
-        write_size(w, c.size());
         if constexpr (bulk<T>() && std::is_same_v<C, std::vector<T, typename C::allocator_type>>) {
-            // Inside a process-pool message, a big vector travels in a shared block of its
-            // own: one copy in, one copy out, nothing through the byte stream.
-            if (c.size() * sizeof(T) >= ::procpool::detail::shared_threshold()) {
-                const std::uint64_t id = ::procpool::detail::share_copy(c.data(), c.size() * sizeof(T));
-                w.write_bytes(&id, sizeof id);
-                return;
-            }
-            w.write_contiguous(c.data(), c.size());
+            save_vector_of(w, c.data(), c.size());
         } else {
+            write_size(w, c.size());
             for (const auto& e : c) codec<T>::save(w, e);
         }
     }
@@ -346,11 +358,13 @@ struct sequence_codec {
         if constexpr (bulk<T>() && std::is_same_v<C, std::vector<T, typename C::allocator_type>>) {
             size_prefix raw;
             r.read_bytes(&raw, sizeof raw);
-            if (raw <= SIZE_MAX / sizeof(T) && raw * sizeof(T) >= ::procpool::detail::shared_threshold()) {
+            if (raw <= SIZE_MAX / sizeof(T) &&
+                raw * sizeof(T) >= ::procpool::detail::shared_threshold()) {
                 std::uint64_t id;
                 r.read_bytes(&id, sizeof id);
                 const auto n = static_cast<std::size_t>(raw);
-                const T* p = static_cast<const T*>(::procpool::detail::shared_bytes(id, n * sizeof(T)));
+                const T* p =
+                    static_cast<const T*>(::procpool::detail::shared_bytes(id, n * sizeof(T)));
                 return C(p, p + n);
             }
             if (raw > r.remaining() / min_size<T>) throw_bad_count(raw, min_size<T>, r.remaining());
