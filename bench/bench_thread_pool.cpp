@@ -138,6 +138,38 @@ void map_procpool(benchmark::State& st) {
     set_rate(st, kMapItems);
 }
 
+// map's own work split, written out: one task per chunk of 16384 items (the chunk size
+// map picks for 1M items and 2 workers), recording which worker ran each chunk. The
+// counter one_worker_pct is the share of calls in which a single worker ran every chunk.
+void map_procpool_chunk_tasks(benchmark::State& st) {
+    procpool::thread_pool pool({.workers = kWorkers});
+    const auto in = map_input();
+    constexpr std::size_t chunk = 16384;
+    const std::size_t nchunks = (in.size() + chunk - 1) / chunk;
+    std::vector<std::thread::id> ran_on(nchunks);
+    std::vector<procpool::future<void>> fs;
+    fs.reserve(nchunks);
+    std::int64_t one_worker = 0;
+    for (auto _ : st) {
+        std::vector<std::uint32_t> out(in.size());
+        for (std::size_t c = 0; c < nchunks; ++c) {
+            fs.push_back(pool.submit([&in, &out, &ran_on, c] {
+                ran_on[c] = std::this_thread::get_id();
+                const std::size_t hi = std::min(in.size(), (c + 1) * chunk);
+                for (std::size_t i = c * chunk; i < hi; ++i) out[i] = mix(in[i]);
+            }));
+        }
+        for (auto& f : fs) f.get();
+        fs.clear();
+        one_worker += std::count(ran_on.begin(), ran_on.end(), ran_on[0]) ==
+                      static_cast<std::ptrdiff_t>(nchunks);
+        benchmark::DoNotOptimize(out.data());
+    }
+    st.counters["one_worker_pct"] =
+        100.0 * static_cast<double>(one_worker) / static_cast<double>(st.iterations());
+    set_rate(st, kMapItems);
+}
+
 void map_tbb_parallel_for(benchmark::State& st) {
     tbb::task_arena arena(kWorkers);
     const auto in = map_input();
@@ -310,6 +342,7 @@ int main(int argc, char** argv) {
     add("submit_get/openmp_for", submit_get_openmp_for);
 
     add("map/procpool_thread_pool", map_procpool);
+    add("map/procpool_chunk_tasks", map_procpool_chunk_tasks);
     add("map/tbb_parallel_for", map_tbb_parallel_for);
     add("map/openmp_for", map_openmp_for);
     add("map/serial", map_serial);
