@@ -2,8 +2,20 @@
 # Builds bench_thread_pool in Release, runs it with repetitions and prints a table of
 # medians plus the Foundation issue's target ratios (see docs/benchmarks.md).
 #   bench/run_thread_pool_bench.sh [extra Google Benchmark flags, e.g. --benchmark_filter=map]
-# Environment: BUILD_DIR (default /tmp/procpool-bench), REPS (default 5).
+# Environment: BUILD_DIR (default /tmp/procpool-bench), REPS (default 5),
+#              QUIET_WAIT (seconds to wait for idle CPUs before measuring, default 0).
 set -euo pipefail
+
+# Percentage of CPU time busy over the next 2 seconds, from /proc/stat.
+cpu_busy_percent() {
+    local a b
+    read -r _ u1 n1 s1 i1 w1 q1 o1 _ </proc/stat
+    sleep 2
+    read -r _ u2 n2 s2 i2 w2 q2 o2 _ </proc/stat
+    a=$(((u2 + n2 + s2 + i2 + w2 + q2 + o2) - (u1 + n1 + s1 + i1 + w1 + q1 + o1)))
+    b=$(((i2 + w2) - (i1 + w1)))
+    echo $((100 - 100 * b / (a > 0 ? a : 1)))
+}
 
 src=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-/tmp/procpool-bench}
@@ -14,8 +26,16 @@ cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROCPOOL_BUILD_TESTS=OF
   -DPROCPOOL_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$build" --target bench_thread_pool -j "$(nproc)" >/dev/null
 
+# On a machine shared with compiles, numbers are only worth keeping from idle moments.
+waited=0
+busy=$(cpu_busy_percent)
+while [ "$waited" -lt "${QUIET_WAIT:-0}" ] && [ "$busy" -ge 15 ]; do
+    waited=$((waited + 2))
+    busy=$(cpu_busy_percent)
+done
 echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); nproc=$(nproc);" \
-  "$(lscpu | sed -n 's/^Model name: *//p'); load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  "$(lscpu | sed -n 's/^Model name: *//p'); CPUs ${busy}% busy just before the run;" \
+  "tree $(git -C "$src" log -1 --format=%h 2>/dev/null || echo '?')"
 "$build/bench/bench_thread_pool" --benchmark_repetitions="$reps" \
   --benchmark_display_aggregates_only=true --benchmark_out="$out" \
   --benchmark_out_format=json "$@"
