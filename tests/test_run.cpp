@@ -376,6 +376,31 @@ TEST(RunIn, OnResultThatThrows_Propagates_AndThePoolStaysUsable) {
     EXPECT_EQ(pool.submit([] { return 5; }).get(), 5);
 }
 
+TEST(RunInThreads, OnResultThatThrows_AfterATimeout_DoesNotWaitForTheAbandonedTask) {
+    auto release = std::make_shared<gate>();
+    auto task_ended = std::make_shared<gate>();
+    auto call_returned = std::make_shared<std::atomic<bool>>(false);
+    auto returned_before_task_ended = std::make_shared<std::atomic<bool>>(false);
+
+    EXPECT_THROW((void)run_in_threads(
+                     [=](int) {
+                         release->wait();
+                         returned_before_task_ended->store(call_returned->load());
+                         task_ended->open();
+                         return 0;
+                     },
+                     std::vector{0},
+                     {.timeout = 50ms, .on_result = [](std::size_t, const outcome<int>&) {
+                          throw std::runtime_error("stop");
+                      }}),
+                 std::runtime_error);
+    call_returned->store(true);
+    release->open();
+
+    ASSERT_TRUE(task_ended->wait());
+    EXPECT_TRUE(returned_before_task_ended->load());
+}
+
 // ---- run_in on the caller's pool --------------------------------------------------------
 
 TEST(RunIn, UsesTheCallersPool_WhichStaysUsable) {

@@ -137,20 +137,14 @@ bool is_retryable(const std::exception_ptr& e) noexcept;
 /// True if `e` is a `task_cancelled`.
 bool is_cancellation(const std::exception_ptr& e) noexcept;
 
-/// What `drive` hands back.
-template <class R>
-struct run_report {
-    std::vector<outcome<R>> outcomes;
-    /// A task was abandoned after its timeout and still runs on a thread of the pool.
-    bool abandoned = false;
-};
-
 /// Runs every element of `elems` (a random-access sized range) on `ex` and collects the
 /// outcomes. All bookkeeping happens on the calling thread; completion callbacks only
 /// push an attempt number into a queue, which keeps them safe to outlive this call.
+/// `abandoned` is set once a timed-out task is left running on a thread (even if this
+/// throws, so the caller knows not to join that thread).
 template <class R, class Ex, class F, class Elems>
-run_report<R> drive(Ex& ex, const F& fn, const Elems& elems, run_options<R>& opts, int workers,
-                    const char* label) {
+std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_options<R>& opts,
+                              int workers, const char* label, bool& abandoned) {
     using clock = std::chrono::steady_clock;
     using E = std::ranges::range_reference_t<const Elems>;
     const std::size_t n = std::ranges::size(elems);
@@ -180,7 +174,6 @@ run_report<R> drive(Ex& ex, const F& fn, const Elems& elems, run_options<R>& opt
     std::size_t remaining = n;
     bool stopping = false;  // fail_fast has fired
     std::string stop_reason;
-    run_report<R> report;
 
     std::optional<progress_reporter> progress;
     if (opts.show_progress) {
@@ -298,7 +291,7 @@ run_report<R> drive(Ex& ex, const F& fn, const Elems& elems, run_options<R>& opt
                     if (s.finished || !s.started || s.f.ready()) continue;
                     const auto t0 = s.started->load(std::memory_order_acquire);
                     if (t0 == 0 || now - clock::time_point(clock::duration(t0)) < timeout) continue;
-                    report.abandoned = true;
+                    abandoned = true;
                     s.f.cancel();
                     s.started.reset();
                     auto e = std::make_exception_ptr(task_timeout(
@@ -315,9 +308,10 @@ run_report<R> drive(Ex& ex, const F& fn, const Elems& elems, run_options<R>& opt
     }
     if (progress) progress->finish();
 
-    report.outcomes.reserve(n);
-    for (auto& r : results) report.outcomes.push_back(std::move(*r));
-    return report;
+    std::vector<outcome<R>> outcomes;
+    outcomes.reserve(n);
+    for (auto& r : results) outcomes.push_back(std::move(*r));
+    return outcomes;
 }
 
 /// Ranges `drive` can index in place; others are copied into a vector first.
@@ -356,7 +350,8 @@ template <class Executor, class F, std::ranges::input_range Range>
         int workers = options.workers;
         if constexpr (requires { executor.workers(); }) workers = static_cast<int>(executor.workers());
         const std::decay_t<F> f(std::forward<F>(fn));
-        return detail::drive<R>(executor, f, tasks, options, workers, "run_in").outcomes;
+        bool abandoned = false;
+        return detail::drive<R>(executor, f, tasks, options, workers, "run_in", abandoned);
     }
 }
 
@@ -379,13 +374,18 @@ template <class F, std::ranges::input_range Range>
         auto pool = std::make_unique<thread_pool>(
             thread_pool_options{.workers = workers, .name = "run_in_threads"});
         const std::decay_t<F> f(std::forward<F>(fn));
-        auto report = detail::drive<R>(*pool, f, tasks, options, workers, "run_in_threads");
-        if (report.abandoned) {
-            // Joining would wait for the abandoned tasks: let a detached thread do it.
-            pool->shutdown({.wait = false, .cancel_pending = true});
-            std::thread([p = std::move(pool)] {}).detach();
-        }
-        return std::move(report.outcomes);
+        bool abandoned = false;
+        // Joining would wait for abandoned tasks: then a detached thread does it.
+        struct release_pool {
+            std::unique_ptr<thread_pool>& pool;
+            const bool& abandoned;
+            ~release_pool() {
+                if (!abandoned) return;
+                pool->shutdown({.wait = false, .cancel_pending = true});
+                std::thread([p = std::move(pool)] {}).detach();
+            }
+        } release{pool, abandoned};
+        return detail::drive<R>(*pool, f, tasks, options, workers, "run_in_threads", abandoned);
     }
 }
 
@@ -408,7 +408,8 @@ template <class F, std::ranges::input_range Range>
         pool_opts.workers = workers;
         process_pool pool(std::move(pool_opts));
         const std::decay_t<F> f(std::forward<F>(fn));
-        return detail::drive<R>(pool, f, tasks, options, workers, "run_in_processes").outcomes;
+        bool abandoned = false;  // never: a process pool kills what runs past its timeout
+        return detail::drive<R>(pool, f, tasks, options, workers, "run_in_processes", abandoned);
     }
 }
 
