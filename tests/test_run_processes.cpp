@@ -79,6 +79,17 @@ int crash_zero_sleep_rest(int i) {
     return i;
 }
 
+/// An argument that refuses to be serialized: it cannot reach a worker.
+struct refuses_to_travel {
+    int x = 0;
+    template <class Archive>
+    void serialize(Archive&) {
+        throw std::runtime_error("refuses_to_travel cannot be serialized");
+    }
+};
+
+int take_it(refuses_to_travel r) { return r.x; }
+
 /// A fresh, empty folder for one test, removed afterwards.
 class scratch_dir {
 public:
@@ -150,6 +161,20 @@ TEST(RunInProcesses, TaskThatThrows_ArrivesAsRemoteException_WithTypeAndMessage)
     EXPECT_EQ(e.cause_as<procpool::remote_exception>()->type_name(), "std::out_of_range");
     EXPECT_TRUE(out[0]);
     EXPECT_TRUE(out[2]);
+}
+
+TEST(RunInProcesses, ArgumentThatCannotBeSerialized_FailsItsTask_AsSerialization) {
+    auto out = run_in_processes(take_it, std::vector<refuses_to_travel>(2), {.workers = 1});
+
+    ASSERT_EQ(out.size(), 2u);
+    for (const auto& o : out) {
+        ASSERT_FALSE(o);
+        EXPECT_EQ(o.error().kind(), failure_kind::serialization);
+        EXPECT_NE(o.error().cause_as<procpool::serialization_error>(), nullptr);
+        EXPECT_NE(std::string(o.error().what()).find("refuses_to_travel cannot be serialized"),
+                  std::string::npos)
+            << o.error().what();
+    }
 }
 
 TEST(RunInProcesses, TaskPastItsTimeout_IsKilled_AndReportsTimeout) {
