@@ -62,8 +62,10 @@ int sleep_ms(int ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     return ms;
 }
+char* volatile escaped = nullptr;  // keeps the compiler from eliding the allocation
 std::size_t allocate_mb(int mb) {
     std::vector<char> big(static_cast<std::size_t>(mb) << 20, 'x');
+    escaped = big.data();
     return big.size();
 }
 int close_all_fds(int) {

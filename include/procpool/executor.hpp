@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <tuple>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -37,34 +38,53 @@ namespace detail {
 template <class R, class Fn>
 class task_state final : public state<R> {
 public:
-    explicit task_state(Fn&& fn) : fn_(std::move(fn)) {}
-
-    void execute() noexcept override {
-        if (!this->try_claim()) return;  // cancelled while queued
-        try {
-            if constexpr (std::is_void_v<R>) {
-                fn_();
-                this->set_value();
-            } else {
-                this->set_value(fn_());
+    explicit task_state(Fn&& fn) : fn_(std::move(fn)) {
+        // The body lives in this lambda so that it is instantiated with the constructor
+        // (see state_base::execute for why there is no virtual function here).
+        this->exec_ = [](state_base* base) noexcept {
+            auto* self = static_cast<task_state*>(base);
+            if (!self->try_claim()) return;  // cancelled while queued
+            try {
+                if constexpr (std::is_void_v<R>) {
+                    self->fn_();
+                    self->set_value();
+                } else {
+                    self->set_value(self->fn_());
+                }
+            } catch (...) {
+                self->set_exception(std::current_exception());
             }
-        } catch (...) {
-            this->set_exception(std::current_exception());
-        }
+        };
+        static_cast<void>(&task_state::destroy);  // likewise makes clang emit the destructor
     }
 
 private:
+    static void destroy(task_state* p) noexcept { delete p; }
     Fn fn_;
 };
 
-/// Binds `f(args...)` into a state with one reference for the caller.
+/// A callable with its arguments bound by value. A named type rather than a lambda with
+/// a pack init-capture, which clang 14 fails to instantiate inside generic lambdas.
+template <class R, class F, class... A>
+struct bound_call {
+    F f;
+    std::tuple<A...> args;
+    R operator()() { return std::apply(std::move(f), std::move(args)); }
+};
+
 template <class F, class... A>
-auto make_task(F&& f, A&&... a) {
+using bound_task_t =
+    task_state<task_result_t<F, A...>,
+               bound_call<task_result_t<F, A...>, std::decay_t<F>, std::decay_t<A>...>>;
+
+/// Binds `f(args...)` into a state with one reference for the caller. The return type is
+/// spelled out: deducing it would let clang 14 instantiate the body in unevaluated
+/// contexts (requires-expressions) and then never emit the state's virtual functions.
+template <class F, class... A>
+bound_task_t<F, A...>* make_task(F&& f, A&&... a) {
     using R = task_result_t<F, A...>;
-    auto fn = [f = std::forward<F>(f), ... args = std::forward<A>(a)]() mutable -> R {
-        return std::invoke(std::move(f), std::move(args)...);
-    };
-    return new task_state<R, decltype(fn)>(std::move(fn));
+    using Fn = bound_call<R, std::decay_t<F>, std::decay_t<A>...>;
+    return new task_state<R, Fn>(Fn{std::forward<F>(f), {std::forward<A>(a)...}});
 }
 
 }  // namespace detail

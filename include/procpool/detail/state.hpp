@@ -101,13 +101,20 @@ public:
 
     const std::exception_ptr& error() const noexcept { return error_; }
 
-    /// Executors run queued tasks through this. Task states override it.
-    virtual void execute() noexcept {}
+    /// Executors run queued tasks through this; a task state sets `exec_` to run itself.
+    /// A function pointer, not a virtual function: clang 14 can drop the instantiation of
+    /// a virtual member of a class template first used inside a generic lambda.
+    void execute() noexcept {
+        if (exec_ != nullptr) exec_(this);
+    }
 
     /// Intrusive link for executor queues.
     std::atomic<state_base*> next{nullptr};
 
 protected:
+    using exec_fn = void (*)(state_base*) noexcept;
+    exec_fn exec_ = nullptr;
+
     virtual ~state_base();
     /// Marks done (plus `extra` bits), wakes waiters, runs callbacks.
     void publish(std::uint32_t extra) noexcept;
