@@ -251,6 +251,41 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
         }
     };
 
+    // A completion notice for attempt `id`; stale ones (a retried or abandoned attempt
+    // finishing late) are ignored.
+    auto complete = [&](std::size_t id) {
+        const std::size_t i = attempt_task[id];
+        slot& s = slots[i];
+        if (s.finished || s.attempt != id) return;
+        if (auto e = s.f.exception()) {
+            if (fail(i, std::move(e))) launch(i);
+        } else if constexpr (std::is_void_v<R>) {
+            record(i, outcome<R>(i, std::in_place));
+        } else {
+            record(i, outcome<R>(i, std::in_place, std::move(s.f).get()));
+        }
+    };
+
+    const auto timeout = watch_deadlines
+                             ? std::chrono::duration_cast<clock::duration>(*opts.timeout)
+                             : clock::duration::zero();
+    // Gives up on the attempts that started more than `timeout` ago (threads only).
+    auto abandon_overdue = [&](clock::time_point now) {
+        for (std::size_t i = 0; i < n; ++i) {
+            slot& s = slots[i];
+            if (s.finished || !s.started || s.f.ready()) continue;
+            const auto t0 = s.started->load(std::memory_order_acquire);
+            if (t0 == 0 || now - clock::time_point(clock::duration(t0)) < timeout) continue;
+            abandoned = true;
+            s.f.cancel();  // stops it only if it has not started after all
+            s.started.reset();
+            auto e = std::make_exception_ptr(task_timeout(
+                "task ran longer than its timeout of " + std::to_string(opts.timeout->count()) +
+                " ms; a thread cannot be stopped, so it finishes in the background"));
+            if (fail(i, std::move(e))) launch(i);
+        }
+    };
+
     try {
         for (std::size_t i = 0; i < n; ++i) {
             if (stopping) {
@@ -259,46 +294,20 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
                 launch(i);
             }
         }
-
-        const auto timeout = watch_deadlines ? std::chrono::duration_cast<clock::duration>(*opts.timeout)
-                                             : clock::duration::zero();
         // Deadlines are checked by scanning, so a task overruns by at most one interval.
-        const auto scan_every = std::clamp<clock::duration>(timeout / 10, std::chrono::milliseconds(1),
-                                                            std::chrono::milliseconds(50));
+        const auto scan_every = std::clamp<clock::duration>(
+            timeout / 10, std::chrono::milliseconds(1), std::chrono::milliseconds(50));
         auto next_scan = clock::now() + scan_every;
         while (remaining > 0) {
             auto wake = progress ? progress->next_refresh() : clock::time_point::max();
             if (watch_deadlines) wake = std::min(wake, next_scan);
-            const auto id = queue->pop(wake == clock::time_point::max() ? nullptr : &wake);
-            if (id) {
-                const std::size_t i = attempt_task[*id];
-                slot& s = slots[i];
-                if (!s.finished && s.attempt == *id) {
-                    if (auto e = s.f.exception()) {
-                        if (fail(i, std::move(e))) launch(i);
-                    } else if constexpr (std::is_void_v<R>) {
-                        record(i, outcome<R>(i, std::in_place));
-                    } else {
-                        record(i, outcome<R>(i, std::in_place, std::move(s.f).get()));
-                    }
-                }
+            if (const auto id = queue->pop(wake == clock::time_point::max() ? nullptr : &wake)) {
+                complete(*id);
             }
             const auto now = clock::now();
             if (watch_deadlines && now >= next_scan) {
                 next_scan = now + scan_every;
-                for (std::size_t i = 0; i < n; ++i) {
-                    slot& s = slots[i];
-                    if (s.finished || !s.started || s.f.ready()) continue;
-                    const auto t0 = s.started->load(std::memory_order_acquire);
-                    if (t0 == 0 || now - clock::time_point(clock::duration(t0)) < timeout) continue;
-                    abandoned = true;
-                    s.f.cancel();
-                    s.started.reset();
-                    auto e = std::make_exception_ptr(task_timeout(
-                        "task ran longer than its timeout of " + std::to_string(opts.timeout->count()) +
-                        " ms; a thread cannot be stopped, so it finishes in the background"));
-                    if (fail(i, std::move(e))) launch(i);
-                }
+                abandon_overdue(now);
             }
             if (progress) progress->refresh();
         }
