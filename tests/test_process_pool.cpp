@@ -621,8 +621,9 @@ int soak_task(int i) {
 
 TEST(ProcessPoolSoak, FivePercentFaults_EveryFutureResolvesWithTheRightKind) {
     const char* env = std::getenv("PROCPOOL_SOAK_TASKS");
-    const int n = env != nullptr ? std::atoi(env) : 2000;
-    process_pool pool({.workers = 2, .task_timeout = 200ms});
+    // 10,000 tasks by default (about 5 s); PROCPOOL_SOAK_TASKS=100000 for a long soak.
+    const int n = env != nullptr ? std::atoi(env) : 10000;
+    process_pool pool({.workers = 2, .task_timeout = 50ms});
     // Shuffle so faults land on different workers in varied orders.
     std::vector<int> ids(static_cast<std::size_t>(n));
     for (int i = 0; i < n; ++i) ids[static_cast<std::size_t>(i)] = i;
