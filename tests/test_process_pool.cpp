@@ -100,6 +100,7 @@ int init_value = 0;
 void set_init_value(int v) { init_value = v; }
 int read_init_value() { return init_value; }
 void failing_init() { throw std::runtime_error("initializer refused"); }
+void dying_init() { _exit(9); }
 
 bool under_sanitizer() {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -382,6 +383,18 @@ TEST(ProcessPoolFaults, FailingInitializer_FailsEveryTask_NoRespawnLoop) {
         }
     }
     EXPECT_THROW(pool.submit(add, 1, 1).get(), procpool::remote_exception);
+}
+
+TEST(ProcessPoolFaults, WorkersDyingAtStartup_FailTasksInsteadOfRespawningForever) {
+    process_pool pool({.workers = 1, .initializer = procpool::worker_initializer(dying_init)});
+    auto f = pool.submit(add, 1, 2);
+    try {
+        f.get();
+        FAIL();
+    } catch (const procpool::error& e) {
+        EXPECT_NE(std::string(e.what()).find("die before running any task"), std::string::npos)
+            << e.what();
+    }
 }
 
 TEST(ProcessPoolFaults, MaxTasksPerChild_ReplacesWorkers) {

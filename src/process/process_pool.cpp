@@ -137,6 +137,7 @@ struct worker_slot {
     bool hup = false;
     bool exit_sent = false;
     std::uint32_t gen = 0;  ///< incremented at each spawn
+    std::int64_t spawned_ns = 0;
     std::unordered_set<std::uint64_t> cached;      ///< shared blocks the worker has mapped
     std::vector<std::uint64_t> forget_backlog;     ///< forget notices the ring had no room for
 };
@@ -147,6 +148,16 @@ enum : std::uint64_t { ev_wake = 1, ev_server = 2, ev_ctl = 3, ev_pidfd = 4 };
 constexpr std::uint64_t ev(std::uint64_t kind, int index, std::uint32_t gen = 0) {
     return (kind << 56) | (static_cast<std::uint64_t>(gen & 0xffffffu) << 32) |
            static_cast<std::uint32_t>(index);
+}
+
+std::string describe_status(int wstatus) {
+    if (wstatus < 0) return "status unknown";
+    if (WIFSIGNALED(wstatus)) {
+        const char* name = sigabbrev_np(WTERMSIG(wstatus));
+        return name != nullptr ? std::string("killed by SIG") + name
+                               : "killed by signal " + std::to_string(WTERMSIG(wstatus));
+    }
+    return "exit code " + std::to_string(WEXITSTATUS(wstatus));
 }
 
 std::string describe_timeout(std::int64_t ns) {
@@ -170,7 +181,9 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     std::vector<std::unique_ptr<worker_slot>> slots;
     task_list pending;
     bool closed = false;
-    std::exception_ptr broken;  // set when a worker initializer failed
+    std::exception_ptr broken;  // set (under mu) when the pool cannot run tasks any more
+    std::atomic<bool> is_broken{false};
+    int failed_starts = 0;      // workers in a row that died before running anything
     int last_worker = 0;
     std::int64_t avg_task_ns = 1'000'000;  // EWMA of task run time
     std::uint64_t next_token = 1;
@@ -309,6 +322,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         w.cached.clear();
         w.forget_backlog.clear();
         w.state = slot_state::spawning;
+        w.spawned_ns = now_ns();
         ++w.gen;
         watch(w.ctl.get(), ev(ev_ctl, w.index, w.gen), EPOLLRDHUP);
 
@@ -607,6 +621,14 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         if (mapped && m != nullptr) munmap(const_cast<void*>(m), size);
     }
 
+    // The pool cannot run tasks any more: every task it holds or gets fails with `e`.
+    // Called with mu held.
+    void break_pool(std::exception_ptr e) noexcept {
+        if (broken) return;
+        broken = std::move(e);
+        is_broken.store(true, std::memory_order_release);
+    }
+
     // A worker initializer failed: the pool cannot run anything. Called with mu held.
     void mark_broken(wire::reader& in) {
         if (broken) return;
@@ -617,21 +639,23 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             what = detail::decode_message(in);
         } catch (...) {
         }
-        broken = std::make_exception_ptr(remote_exception(
-            type, "the pool's worker initializer failed, so the pool cannot run tasks: " + what));
+        break_pool(std::make_exception_ptr(remote_exception(
+            type, "the pool's worker initializer failed, so the pool cannot run tasks: " + what)));
     }
 
     // Fails every task the pool holds with the initializer's error. Supervisor thread.
     void fail_all_broken() {
         std::vector<process_task_base*> victims;
+        std::exception_ptr err;
         {
             std::lock_guard lock(mu);
+            err = broken;
             while (auto* t = pending.pop_front()) victims.push_back(t);
             for (auto& s : slots) {
                 while (auto* t = s->inflight.pop_front()) victims.push_back(t);
             }
         }
-        for (auto* t : victims) finish(*t, [&] { resolve_error(*t, broken); });
+        for (auto* t : victims) finish(*t, [&] { resolve_error(*t, err); });
     }
 
     // ---- deaths ------------------------------------------------------------------------
@@ -661,6 +685,18 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         std::exception_ptr why;
         {
             std::lock_guard lock(mu);
+            // A worker that dies before running anything, again and again (it cannot map
+            // its region, the program's image differs, it is killed at start-up), would be
+            // replaced forever: after three in a row the pool gives up with an error.
+            const bool ran = w.region->started_seq.load(std::memory_order_seq_cst) != 0;
+            const bool early = now_ns() - w.spawned_ns < 1'000'000'000;
+            if (ran || !early || w.exit_sent || w.reason != kill_reason::none) {
+                failed_starts = 0;
+            } else if (++failed_starts >= 3) {
+                break_pool(std::make_exception_ptr(error(
+                    "procpool: worker processes die before running any task (last one: " +
+                    describe_status(wstatus) + "); the pool cannot run tasks")));
+            }
             if (!w.inflight.empty()) {
                 process_task_base* front = w.inflight.head;
                 const bool started =
@@ -692,7 +728,10 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
                 try {
                     spawn(w);
                 } catch (const std::exception& e) {
-                    std::fprintf(stderr, "procpool: could not replace a worker: %s\n", e.what());
+                    release_slot(w);
+                    break_pool(std::make_exception_ptr(
+                        error(std::string("procpool: could not replace a dead worker: ") +
+                              e.what())));
                 }
             }
             dispatch_pending();
@@ -757,17 +796,24 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             }
             if (n != static_cast<ssize_t>(sizeof r)) return;
             if (r.type == process::fs_spawned || r.type == process::fs_spawn_failed) {
+                lock_draining();  // a failed slot's region is unmapped below
                 std::lock_guard lock(mu);
                 for (auto& s : slots) {
-                    if (s->state != slot_state::idle && s->token == r.token && s->pid < 0) {
-                        if (r.type == process::fs_spawned) {
-                            adopt_pid(*s, r.value);
-                        } else {
-                            std::fprintf(stderr, "procpool: the fork server could not fork: %s\n",
-                                         std::strerror(r.value));
-                        }
+                    if (s->state == slot_state::idle || s->token != r.token || s->pid >= 0) {
+                        continue;
                     }
+                    if (r.type == process::fs_spawned) {
+                        adopt_pid(*s, r.value);
+                        continue;
+                    }
+                    // No process will ever serve this slot: fail its tasks with the pool.
+                    while (auto* t = s->inflight.pop_front()) pending.push_back(t);
+                    release_slot(*s);
+                    break_pool(std::make_exception_ptr(
+                        error(std::string("procpool: the fork server could not fork a worker: ") +
+                              std::strerror(r.value))));
                 }
+                unlock_draining();
             } else if (r.type == process::fs_exited) {
                 worker_slot* w = nullptr;
                 {
@@ -968,7 +1014,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         for (;;) {
             bool progress = drain_all();
             if (progress && helpers.load(std::memory_order_relaxed) == 0) ask_workers_to_wake_us(0);
-            if (broken) fail_all_broken();
+            if (is_broken.load(std::memory_order_acquire)) fail_all_broken();
             {
                 std::lock_guard lock(mu);
                 if (!pending.empty()) dispatch_pending();
