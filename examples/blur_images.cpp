@@ -43,7 +43,8 @@ int make_image(std::string path, int seed) {
     start_vips_once();
     VipsImage* noise = nullptr;
     VipsImage* bytes = nullptr;
-    if (vips_gaussnoise(&noise, 640, 480, "mean", 128.0, "sigma", 60.0, "seed", seed, nullptr) != 0 ||
+    if (vips_gaussnoise(&noise, 640, 480, "mean", 128.0, "sigma", 60.0, "seed", seed, nullptr) !=
+            0 ||
         vips_cast_uchar(noise, &bytes, nullptr) != 0 ||
         vips_image_write_to_file(bytes, path.c_str(), nullptr) != 0) {
         if (noise) g_object_unref(noise);
@@ -58,7 +59,8 @@ int make_image(std::string path, int seed) {
 // The seed's blur_image: returns a status line, as the seed does.
 std::string blur_image(std::string in, std::string out) {
     start_vips_once();
-    VipsImage* src = vips_image_new_from_file(in.c_str(), "access", VIPS_ACCESS_SEQUENTIAL, nullptr);
+    VipsImage* src =
+        vips_image_new_from_file(in.c_str(), "access", VIPS_ACCESS_SEQUENTIAL, nullptr);
     if (src == nullptr) vips_failed("cannot read " + in);
     VipsImage* blurred = nullptr;
     const bool ok = vips_gaussblur(src, &blurred, 5.0, nullptr) == 0 &&
@@ -72,7 +74,8 @@ std::string blur_image(std::string in, std::string out) {
 int main(int argc, char** argv) {
     procpool::init(argc, argv);
 
-    const fs::path dir = fs::temp_directory_path() / ("procpool-blur-example-" + std::to_string(::getpid()));
+    const fs::path dir =
+        fs::temp_directory_path() / ("procpool-blur-example-" + std::to_string(::getpid()));
     fs::create_directories(dir);
     std::vector<std::tuple<std::string, int>> make;
     std::vector<std::tuple<std::string, std::string>> blur;
@@ -85,7 +88,8 @@ int main(int argc, char** argv) {
     for (const auto& m : procpool::run_in_processes(make_image, make, {.workers = 4})) {
         if (!m) std::printf("%s\n", m.error().what());  // its blur will fail and say why
     }
-    auto results = procpool::run_in_processes(blur_image, blur, {.workers = 4, .show_progress = true});
+    auto results =
+        procpool::run_in_processes(blur_image, blur, {.workers = 4, .show_progress = true});
 
     int failed = 0;
     for (const auto& r : results) {

@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
         std::printf("cpu_task(%ld) = %.1f\n", numbers[i], results[i]);
     }
     const std::chrono::duration<double> ts = t1 - t0, tp = t2 - t1;
-    std::printf("serial %.3f s, process pool %.3f s (pool start included)\n", ts.count(), tp.count());
+    std::printf("serial %.3f s, process pool %.3f s (pool start included)\n", ts.count(),
+                tp.count());
     return results == serial ? 0 : 1;
 }

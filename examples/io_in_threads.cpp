@@ -26,7 +26,8 @@ long count_lines(const fs::path& path) {
 }
 
 int main() {
-    const fs::path dir = fs::temp_directory_path() / ("procpool-io-example-" + std::to_string(::getpid()));
+    const fs::path dir =
+        fs::temp_directory_path() / ("procpool-io-example-" + std::to_string(::getpid()));
     fs::create_directories(dir);
     std::vector<fs::path> paths;
     for (int i = 0; i < 8; ++i) {
@@ -53,7 +54,8 @@ int main() {
             std::this_thread::sleep_for(latency);  // stands in for a network round trip
             return "reply " + std::to_string(id);
         },
-        std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {.workers = 8, .timeout = std::chrono::seconds(5)});
+        std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+        {.workers = 8, .timeout = std::chrono::seconds(5)});
     const std::chrono::duration<double> took = std::chrono::steady_clock::now() - t0;
     std::printf("%zu replies in %.2f s (%s ... %s)\n", replies.size(), took.count(),
                 replies.front()->c_str(), replies.back()->c_str());

@@ -23,10 +23,11 @@ int main(int argc, char** argv) {
 
     // Each task is a tuple of arguments (here one), unpacked into heavy_calc like *args.
     // The last one fails on purpose, to show what a failure looks like.
-    std::vector<std::tuple<long>> tasks = {{5'000'000}, {6'000'000}, {7'000'000}, {8'000'000}, {-1}};
+    std::vector<std::tuple<long>> tasks = {
+        {5'000'000}, {6'000'000}, {7'000'000}, {8'000'000}, {-1}};
 
-    auto results = procpool::run_in_processes(heavy_calc, tasks,
-                                              {.workers = 4, .show_progress = true});
+    auto results =
+        procpool::run_in_processes(heavy_calc, tasks, {.workers = 4, .show_progress = true});
 
     int failed = 0;
     for (const auto& r : results) {

@@ -79,8 +79,8 @@ TEST(Progress, NotATerminal_NeverWritesControlCharacters) {
     }
     p.finish();
     for (char ch : out.str()) {
-        EXPECT_TRUE(ch == '\n' || (ch >= 0x20 && ch < 0x7f)) << "control character "
-                                                               << static_cast<int>(ch);
+        EXPECT_TRUE(ch == '\n' || (ch >= 0x20 && ch < 0x7f))
+            << "control character " << static_cast<int>(ch);
     }
     EXPECT_NE(out.str().find("100 of 100 tasks, 90 ok, 10 failed, 15 retried, wall time 25.00 s"),
               std::string::npos)
@@ -109,9 +109,10 @@ TEST(Progress, BarLine_ShowsBarDoneTotalFailuresRateElapsedAndEta) {
     c.t += 2s;
     for (int i = 0; i < 5; ++i) p.task_finished(i != 2);
 
-    EXPECT_EQ(p.bar_line(),
-              "run_in_processes [###############...............]  5/10  1 failed  2.5/s  elapsed 0:02  "
-              "ETA 0:02");
+    EXPECT_EQ(
+        p.bar_line(),
+        "run_in_processes [###############...............]  5/10  1 failed  2.5/s  elapsed 0:02  "
+        "ETA 0:02");
 }
 
 TEST(Progress, BarLine_BeforeAnyTaskFinished_HasNoEta_AndShowsRetries) {
@@ -144,15 +145,16 @@ TEST(Progress, Terminal_RedrawsOneLine_AtMostOncePerInterval_ThenEndsItWithANewl
     p.finish();  // draw 4, always
 
     const std::string s = out.str();
-    EXPECT_EQ(s,
-              "\rrun_in_processes [..............................] 0/4  0 failed  0.0/s  elapsed 0:00  "
-              "ETA --:--\x1b[K"
-              "\rrun_in_processes [###############...............] 2/4  0 failed  18.2/s  elapsed 0:00  "
-              "ETA 0:00\x1b[K"
-              "\rrun_in_processes [###############...............] 2/4  0 failed  9.5/s  elapsed 0:00  "
-              "ETA 0:00\x1b[K"
-              "\rrun_in_processes [##############################] 4/4  1 failed  18.2/s  elapsed 0:00  "
-              "ETA 0:00\x1b[K\n");
+    EXPECT_EQ(
+        s,
+        "\rrun_in_processes [..............................] 0/4  0 failed  0.0/s  elapsed 0:00  "
+        "ETA --:--\x1b[K"
+        "\rrun_in_processes [###############...............] 2/4  0 failed  18.2/s  elapsed 0:00  "
+        "ETA 0:00\x1b[K"
+        "\rrun_in_processes [###############...............] 2/4  0 failed  9.5/s  elapsed 0:00  "
+        "ETA 0:00\x1b[K"
+        "\rrun_in_processes [##############################] 4/4  1 failed  18.2/s  elapsed 0:00  "
+        "ETA 0:00\x1b[K\n");
     EXPECT_EQ(s.find("procpool: starting"), std::string::npos);
 }
 

@@ -51,7 +51,9 @@ private:
     bool open_ = false;
 };
 
-int add(int a, int b) { return a + b; }
+int add(int a, int b) {
+    return a + b;
+}
 
 // ---- results -------------------------------------------------------------------------
 
@@ -98,16 +100,15 @@ TEST(RunInThreads, OneElementTuples_AreTheSeedsTaskList) {
 
 TEST(RunInThreads, TupleElement_IsPassedWhole_WhenTheFunctionTakesATuple) {
     std::vector<std::tuple<int, int>> tasks = {{1, 2}};
-    auto out = run_in_threads([](const std::tuple<int, int>& t) { return std::get<0>(t) * 10; },
-                              tasks);
+    auto out =
+        run_in_threads([](const std::tuple<int, int>& t) { return std::get<0>(t) * 10; }, tasks);
     EXPECT_EQ(out[0].value(), 10);
 }
 
 TEST(RunInThreads, AnyInputRange_IsAccepted_SizedOrNot) {
     std::list<std::string> words = {"a", "bb", "ccc"};
     auto lengths = run_in_threads([](const std::string& s) { return s.size(); }, words);
-    auto evens = run_in_threads([](int i) { return i; },
-                                std::forward_list<int>{0, 2, 4, 6, 8});
+    auto evens = run_in_threads([](int i) { return i; }, std::forward_list<int>{0, 2, 4, 6, 8});
 
     ASSERT_EQ(lengths.size(), 3u);
     EXPECT_EQ(lengths[2].value(), 3u);
@@ -191,7 +192,8 @@ TEST(RunIn, PoolThatShutDown_GivesEveryTaskAShutDownOutcome) {
     procpool::thread_pool pool({.workers = 1});
     pool.shutdown();
 
-    auto out = run_in(pool, [](int i) { return i; }, std::vector{1, 2});
+    auto out = run_in(
+        pool, [](int i) { return i; }, std::vector{1, 2});
 
     ASSERT_EQ(out.size(), 2u);
     for (auto& o : out) {
@@ -247,13 +249,13 @@ TEST(RunIn, TimedOutTask_IsRetried_AndSucceedsOnItsSecondAttempt) {
     auto release = std::make_shared<gate>();
     auto attempts = std::make_shared<std::atomic<int>>(0);
     procpool::thread_pool pool({.workers = 2});
-    auto out = run_in(
-        pool,
-        [release, attempts](int) {
-            if (attempts->fetch_add(1) == 0) release->wait();  // the first attempt hangs
-            return 7;
-        },
-        std::vector{0}, {.timeout = 50ms, .retries = 1});
+    auto out = run_in(pool,
+                      [release, attempts](int) {
+                          if (attempts->fetch_add(1) == 0)
+                              release->wait();  // the first attempt hangs
+                          return 7;
+                      },
+                      std::vector{0}, {.timeout = 50ms, .retries = 1});
     release->open();
 
     ASSERT_TRUE(out[0]) << out[0].error().what();
@@ -265,13 +267,12 @@ TEST(RunIn, TimedOutTask_IsRetried_AndSucceedsOnItsSecondAttempt) {
 TEST(RunIn, RetriesRunOut_TheErrorCountsTheAttempts) {
     auto release = std::make_shared<gate>();
     procpool::thread_pool pool({.workers = 3});
-    auto out = run_in(
-        pool,
-        [release](int) {
-            release->wait();
-            return 0;
-        },
-        std::vector{0}, {.timeout = 20ms, .retries = 2});
+    auto out = run_in(pool,
+                      [release](int) {
+                          release->wait();
+                          return 0;
+                      },
+                      std::vector{0}, {.timeout = 20ms, .retries = 2});
     release->open();
 
     ASSERT_FALSE(out[0]);
@@ -303,17 +304,17 @@ TEST(RunIn, FailFast_CancelsTheTasksNotStarted_AndNamesTheFirstFailure) {
     // cancels them.
     gate seen_cancelled;
     procpool::thread_pool pool({.workers = 1});
-    auto out = run_in(
-        pool,
-        [&](int i) {
-            if (i == 0) throw std::runtime_error("first failure");
-            seen_cancelled.wait();
-            return i;
-        },
-        numbers(10),
-        {.fail_fast = true, .on_result = [&](std::size_t, const outcome<int>& o) {
-             if (!o && o.error().kind() == failure_kind::cancelled) seen_cancelled.open();
-         }});
+    auto out = run_in(pool,
+                      [&](int i) {
+                          if (i == 0) throw std::runtime_error("first failure");
+                          seen_cancelled.wait();
+                          return i;
+                      },
+                      numbers(10),
+                      {.fail_fast = true, .on_result = [&](std::size_t, const outcome<int>& o) {
+                           if (!o && o.error().kind() == failure_kind::cancelled)
+                               seen_cancelled.open();
+                       }});
     seen_cancelled.open();
 
     ASSERT_FALSE(out[0]);
@@ -325,9 +326,9 @@ TEST(RunIn, FailFast_CancelsTheTasksNotStarted_AndNamesTheFirstFailure) {
     for (std::size_t i = 2; i < 10; ++i) {
         ASSERT_FALSE(out[i]) << "task " << i << " ran after fail_fast fired";
         EXPECT_EQ(out[i].error().kind(), failure_kind::cancelled);
-        EXPECT_EQ(std::string(out[i].error().what()),
-                  "task " + std::to_string(i) +
-                      " cancelled: cancelled by fail_fast after task 0 failed");
+        EXPECT_EQ(
+            std::string(out[i].error().what()),
+            "task " + std::to_string(i) + " cancelled: cancelled by fail_fast after task 0 failed");
     }
 }
 
@@ -355,13 +356,12 @@ TEST(RunInThreads, OnResult_IsCalledOncePerTask_OnTheCallingThread) {
             if (i % 7 == 0) throw std::runtime_error("x");
             return i;
         },
-        numbers(20),
-        {.workers = 3, .on_result = [&](std::size_t i, const outcome<int>& o) {
-             ++calls[i];
-             all_on_caller = all_on_caller && std::this_thread::get_id() == caller;
-             EXPECT_EQ(o.index(), i);
-             EXPECT_EQ(static_cast<bool>(o), i % 7 != 0);
-         }});
+        numbers(20), {.workers = 3, .on_result = [&](std::size_t i, const outcome<int>& o) {
+                          ++calls[i];
+                          all_on_caller = all_on_caller && std::this_thread::get_id() == caller;
+                          EXPECT_EQ(o.index(), i);
+                          EXPECT_EQ(static_cast<bool>(o), i % 7 != 0);
+                      }});
     for (int c : calls) EXPECT_EQ(c, 1);
     EXPECT_TRUE(all_on_caller);
 }
@@ -369,9 +369,10 @@ TEST(RunInThreads, OnResult_IsCalledOncePerTask_OnTheCallingThread) {
 TEST(RunIn, OnResultThatThrows_Propagates_AndThePoolStaysUsable) {
     procpool::thread_pool pool({.workers = 2});
     EXPECT_THROW((void)run_in(pool, [](int i) { return i; }, numbers(50),
-                        {.on_result = [](std::size_t, const outcome<int>&) {
-                             throw std::logic_error("callback bug");
-                         }}),
+                              {.on_result =
+                                   [](std::size_t, const outcome<int>&) {
+                                       throw std::logic_error("callback bug");
+                                   }}),
                  std::logic_error);
     EXPECT_EQ(pool.submit([] { return 5; }).get(), 5);
 }
@@ -390,9 +391,9 @@ TEST(RunInThreads, OnResultThatThrows_AfterATimeout_DoesNotWaitForTheAbandonedTa
                          return 0;
                      },
                      std::vector{0},
-                     {.timeout = 50ms, .on_result = [](std::size_t, const outcome<int>&) {
-                          throw std::runtime_error("stop");
-                      }}),
+                     {.timeout = 50ms,
+                      .on_result = [](std::size_t,
+                                      const outcome<int>&) { throw std::runtime_error("stop"); }}),
                  std::runtime_error);
     call_returned->store(true);
     release->open();
@@ -425,7 +426,8 @@ TEST(RunInThreads, ShowProgress_NotATerminal_WritesAStartAndASummaryLine) {
     // Everything is exact but the wall time's digits. (No std::regex: GCC 12's <regex>
     // trips -Wmaybe-uninitialized in the sanitizer builds.)
     const std::string start = "procpool: starting run_in_threads: workers = 2, tasks = 5\n";
-    const std::string summary = "procpool: run_in_threads done: 5 of 5 tasks, 4 ok, 1 failed, wall time ";
+    const std::string summary =
+        "procpool: run_in_threads done: 5 of 5 tasks, 4 ok, 1 failed, wall time ";
     ASSERT_EQ(err.rfind(start + summary, 0), 0u) << err;
     const std::string wall = err.substr(start.size() + summary.size());
     ASSERT_GE(wall.size(), 7u) << err;  // "0.00 s\n"

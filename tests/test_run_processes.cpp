@@ -71,7 +71,9 @@ int crash_once(std::string marker) {
     return 42;
 }
 
-int always_crash(int) { die_of(SIGSEGV); }
+int always_crash(int) {
+    die_of(SIGSEGV);
+}
 
 int crash_zero_sleep_rest(int i) {
     if (i == 0) die_of(SIGSEGV);
@@ -88,7 +90,9 @@ struct refuses_to_travel {
     }
 };
 
-int take_it(refuses_to_travel r) { return r.x; }
+int take_it(refuses_to_travel r) {
+    return r.x;
+}
 
 /// A fresh, empty folder for one test, removed afterwards.
 class scratch_dir {
@@ -178,8 +182,8 @@ TEST(RunInProcesses, ArgumentThatCannotBeSerialized_FailsItsTask_AsSerialization
 }
 
 TEST(RunInProcesses, TaskPastItsTimeout_IsKilled_AndReportsTimeout) {
-    auto out = run_in_processes(sleep_on_zero, std::vector{0, 1, 2},
-                                {.workers = 2, .timeout = 200ms});
+    auto out =
+        run_in_processes(sleep_on_zero, std::vector{0, 1, 2}, {.workers = 2, .timeout = 200ms});
 
     ASSERT_FALSE(out[0]);
     EXPECT_EQ(out[0].error().kind(), failure_kind::timeout);
@@ -224,17 +228,17 @@ TEST(RunInProcesses, TaskThatAlwaysCrashes_FailsAfterEveryRetry_AndSaysHowManyAt
 TEST(RunInProcesses, FailFast_KillsRunningTasks_AndCancelsQueuedOnes) {
     // Task 0 crashes at once; the others would sleep for a minute. fail_fast must not wait
     // for them: the running one is killed, the queued ones never start.
-    auto out = run_in_processes(crash_zero_sleep_rest, numbers(6),
-                                {.workers = 2, .fail_fast = true});
+    auto out =
+        run_in_processes(crash_zero_sleep_rest, numbers(6), {.workers = 2, .fail_fast = true});
 
     ASSERT_FALSE(out[0]);
     EXPECT_EQ(out[0].error().kind(), failure_kind::worker_died);
     for (std::size_t i = 1; i < 6; ++i) {
         ASSERT_FALSE(out[i]);
         EXPECT_EQ(out[i].error().kind(), failure_kind::cancelled) << out[i].error().what();
-        EXPECT_EQ(std::string(out[i].error().what()),
-                  "task " + std::to_string(i) +
-                      " cancelled: cancelled by fail_fast after task 0 failed");
+        EXPECT_EQ(
+            std::string(out[i].error().what()),
+            "task " + std::to_string(i) + " cancelled: cancelled by fail_fast after task 0 failed");
     }
 }
 

@@ -104,7 +104,8 @@ public:
     explicit outcome(std::size_t index, std::in_place_t, A&&... value)
         : index_(index), data_(std::in_place_index<0>, std::forward<A>(value)...) {}
     /// A failed outcome.
-    explicit outcome(task_error e) : index_(e.index()), data_(std::in_place_index<1>, std::move(e)) {}
+    explicit outcome(task_error e)
+        : index_(e.index()), data_(std::in_place_index<1>, std::move(e)) {}
 
     /// True if the task produced a value.
     bool has_value() const noexcept { return data_.index() == 0; }

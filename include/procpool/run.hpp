@@ -325,7 +325,8 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
 
 /// Ranges `drive` can index in place; others are copied into a vector first.
 template <class Range>
-concept indexable_range = std::ranges::random_access_range<Range> && std::ranges::sized_range<Range>;
+concept indexable_range =
+    std::ranges::random_access_range<Range> && std::ranges::sized_range<Range>;
 
 /// The elements of a range that is not `indexable_range`, in a vector.
 template <class Range>
@@ -350,14 +351,17 @@ int pool_size_for(int requested, std::size_t n) noexcept;
 /// ignored: the pool has its own. The pool stays usable afterwards.
 template <class Executor, class F, std::ranges::input_range Range>
     requires detail::runs_element<F, std::ranges::range_reference_t<Range>>
-[[nodiscard]] std::vector<outcome<run_result_t<F, Range>>> run_in(Executor& executor, F&& fn, Range&& tasks,
-                                                     run_options<run_result_t<F, Range>> options = {}) {
+[[nodiscard]] std::vector<outcome<run_result_t<F, Range>>> run_in(
+    Executor& executor, F&& fn, Range&& tasks, run_options<run_result_t<F, Range>> options = {}) {
     using R = run_result_t<F, Range>;
     if constexpr (!detail::indexable_range<Range>) {
-        return run_in(executor, std::forward<F>(fn), detail::materialize(tasks), std::move(options));
+        return run_in(executor, std::forward<F>(fn), detail::materialize(tasks),
+                      std::move(options));
     } else {
         int workers = options.workers;
-        if constexpr (requires { executor.workers(); }) workers = static_cast<int>(executor.workers());
+        if constexpr (requires { executor.workers(); }) {
+            workers = static_cast<int>(executor.workers());
+        }
         const std::decay_t<F> f(std::forward<F>(fn));
         bool abandoned = false;
         return detail::drive<R>(executor, f, tasks, options, workers, "run_in", abandoned);
@@ -410,7 +414,8 @@ template <class F, std::ranges::input_range Range>
     F&& fn, Range&& tasks, run_options<run_result_t<F, Range>> options = {}) {
     using R = run_result_t<F, Range>;
     if constexpr (!detail::indexable_range<Range>) {
-        return run_in_processes(std::forward<F>(fn), detail::materialize(tasks), std::move(options));
+        return run_in_processes(std::forward<F>(fn), detail::materialize(tasks),
+                                std::move(options));
     } else {
         const int workers = detail::pool_size_for(options.workers, std::ranges::size(tasks));
         process_pool_options pool_opts;

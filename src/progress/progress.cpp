@@ -137,8 +137,8 @@ std::string progress_reporter::bar_line_locked(std::chrono::steady_clock::time_p
     if (done_ == total_) {
         eta = clock_text(0);
     } else if (done_ > 0) {
-        eta = clock_text(elapsed / static_cast<double>(done_) *
-                         static_cast<double>(total_ - done_));
+        eta =
+            clock_text(elapsed / static_cast<double>(done_) * static_cast<double>(total_ - done_));
     }
 
     char buf[256];
@@ -173,8 +173,7 @@ std::string progress_reporter::start_line_locked() const {
            ", tasks = " + std::to_string(total_);
 }
 
-std::string progress_reporter::summary_line_locked(
-    std::chrono::steady_clock::time_point t) const {
+std::string progress_reporter::summary_line_locked(std::chrono::steady_clock::time_point t) const {
     const double wall = started_ ? std::chrono::duration<double>(t - start_).count() : 0.0;
     char buf[64];
     std::snprintf(buf, sizeof buf, ", wall time %.2f s", wall);

@@ -53,8 +53,7 @@ task_error::described task_error::describe(const std::exception_ptr& e) {
 
 namespace {
 
-std::string headline(std::size_t index, failure_kind kind, int attempts,
-                     const std::string& cause) {
+std::string headline(std::size_t index, failure_kind kind, int attempts, const std::string& cause) {
     std::string s = "task " + std::to_string(index);
     s += kind == failure_kind::cancelled ? " cancelled" : " failed";
     if (attempts > 1) s += " after " + std::to_string(attempts) + " attempts";

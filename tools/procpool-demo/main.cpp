@@ -134,7 +134,8 @@ images_result blur_images(const demo_options& o) {
     }
 
     images_result r;
-    for (auto& m : procpool::run_in_processes(demo::make_test_image, make, {.workers = o.workers})) {
+    for (auto& m :
+         procpool::run_in_processes(demo::make_test_image, make, {.workers = o.workers})) {
         if (!m) {
             ++r.generation_failures;
             std::cerr << "procpool-demo: " << m.error().what() << '\n';
@@ -199,20 +200,22 @@ void print_json(const demo_options& o, const std::vector<long>& sizes,
     j += "],\n    \"modes\": [\n";
     for (std::size_t i = 0; i < modes.size(); ++i) {
         const auto& m = modes[i];
-        j += "      {\"mode\": " + json_string(m.mode) + ", \"seconds\": " + json_number(m.seconds) +
+        j += "      {\"mode\": " + json_string(m.mode) +
+             ", \"seconds\": " + json_number(m.seconds) +
              ", \"speedup\": " + json_number(modes[0].seconds / m.seconds) +
              ", \"matches_serial\": " + (m.matches ? "true" : "false") +
              ", \"error\": " + (m.error.empty() ? "null" : json_string(m.error)) + "}" +
              (i + 1 < modes.size() ? ",\n" : "\n");
     }
     j += "    ]\n  },\n  \"images\": {\n    \"count\": " + std::to_string(o.images) +
-         ",\n    \"out\": " + json_string(o.out) + ",\n    \"crash_index\": " +
-         std::to_string(o.crash) + ",\n    \"seconds\": " + json_number(img.seconds) +
-         ",\n    \"results\": [\n";
+         ",\n    \"out\": " + json_string(o.out) +
+         ",\n    \"crash_index\": " + std::to_string(o.crash) +
+         ",\n    \"seconds\": " + json_number(img.seconds) + ",\n    \"results\": [\n";
     for (std::size_t i = 0; i < img.images.size(); ++i) {
         const auto& im = img.images[i];
-        j += "      {\"index\": " + std::to_string(i) + ", \"input\": " +
-             json_string(im.input.string()) + ", \"output\": " + json_string(im.output.string());
+        j += "      {\"index\": " + std::to_string(i) +
+             ", \"input\": " + json_string(im.input.string()) +
+             ", \"output\": " + json_string(im.output.string());
         if (im.result) {
             j += ", \"ok\": true, \"width\": " + std::to_string(im.result->width) +
                  ", \"height\": " + std::to_string(im.result->height) +
@@ -235,7 +238,8 @@ void print_heavy_calc(const demo_options& o, const std::vector<long>& sizes,
     std::printf("}, %d workers\n    (best of 3 runs; pool start-up included)\n\n", o.workers);
     std::printf("    %-18s %10s %9s  %s\n", "mode", "wall time", "speedup", "results");
     for (const auto& m : modes) {
-        const char* check = &m == &modes[0] ? "reference" : (m.matches ? "same as serial" : "DIFFERENT");
+        const char* check =
+            &m == &modes[0] ? "reference" : (m.matches ? "same as serial" : "DIFFERENT");
         std::printf("    %-18s %8.3f s %8.2fx  %s%s\n", m.mode.c_str(), m.seconds,
                     modes[0].seconds / m.seconds, check,
                     m.error.empty() ? "" : (": " + m.error).c_str());
@@ -300,7 +304,8 @@ std::optional<int> parse(int argc, char** argv, demo_options& o) {
         ->capture_default_str();
     app.add_option("-o,--out", o.out, "Folder for the generated and the blurred images")
         ->capture_default_str();
-    app.add_flag("--json", o.json, "Print machine-readable results on stdout (progress stays on stderr)");
+    app.add_flag("--json", o.json,
+                 "Print machine-readable results on stdout (progress stays on stderr)");
     try {
         app.parse(argc, argv);
         if (o.crash >= o.images && app.count("--crash") > 0) {
@@ -311,7 +316,8 @@ std::optional<int> parse(int argc, char** argv, demo_options& o) {
     } catch (const CLI::Success& e) {  // --help
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        std::cerr << "procpool-demo: " << e.what() << "\nRun 'procpool-demo --help' for the options.\n";
+        std::cerr << "procpool-demo: " << e.what()
+                  << "\nRun 'procpool-demo --help' for the options.\n";
         return 2;
     }
     // The default crash index only applies when there is such an image.
@@ -345,7 +351,7 @@ int main(int argc, char** argv) {
             print_json(o, sizes, modes, img, ok);
         } else {
             std::printf("\n%s\n", ok ? "Everything went as intended."
-                                      : "Something did not go as intended: see above.");
+                                     : "Something did not go as intended: see above.");
         }
         return ok ? 0 : 1;
     } catch (const std::exception& e) {

@@ -72,8 +72,8 @@ long make_test_image(std::string path, int index, int width, int height) {
     check(vips_extract_band(xyz.get(), y.out(), 1, nullptr), "vips_extract_band");
     check(vips_linear1(x.get(), red.out(), 255.0 / width, 0.0, nullptr), "vips_linear1");
     check(vips_linear1(y.get(), green.out(), 255.0 / height, 0.0, nullptr), "vips_linear1");
-    check(vips_gaussnoise(noise.out(), width, height, "mean", 128.0, "sigma", 60.0, "seed",
-                          index, nullptr),
+    check(vips_gaussnoise(noise.out(), width, height, "mean", 128.0, "sigma", 60.0, "seed", index,
+                          nullptr),
           "vips_gaussnoise");
     VipsImage* bands[] = {red.get(), green.get(), noise.get()};
     check(vips_bandjoin(bands, rgb.out(), 3, nullptr), "vips_bandjoin");

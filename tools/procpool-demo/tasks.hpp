@@ -12,8 +12,8 @@ double heavy_calc(long n);
 
 /// What blurring one image produced.
 struct blur_stats {
-    int width = 0;          ///< Pixels across.
-    int height = 0;         ///< Pixels down.
+    int width = 0;            ///< Pixels across.
+    int height = 0;           ///< Pixels down.
     double milliseconds = 0;  ///< Time spent loading, blurring and saving, in this worker.
 };
 
