@@ -121,6 +121,9 @@ def main():
             targets.append((label, "missing", "", "?"))
             return
         r = a / b
+        if goal is None:  # context for the row above, no target of its own
+            targets.append((label, f"{r:.3g}{unit}", "", ""))
+            return
         met = r >= goal if higher else r <= goal
         targets.append((label, f"{r:.3g}{unit}", f"goal {'≥' if higher else '≤'} {goal:g}{unit}",
                         "met" if met else "not met"))
@@ -149,6 +152,12 @@ def main():
           None if c is None else c / 1e3, 1.0, 5.0, " ms", False)
     ratio("6. heavy_calc pool.map speedup over serial",
           g("heavy_calc/serial", "time_ms"), g("heavy_calc/procpool_map", "time_ms"), 1.95)
+    ratio("6. (context, no target) two plain threads' speedup over serial: the machine's ceiling",
+          g("heavy_calc/serial", "time_ms"), g("heavy_calc/two_std_threads_ceiling", "time_ms"),
+          None)
+    ratio("6. (context, no target) Python: PPE.map speedup over Python serial (the seed's measure)",
+          g("heavy_calc/python_serial", "time_ms"), g("heavy_calc/python_ppe_map", "time_ms"),
+          None)
     idle = g("idle/procpool_process_pool", "idle_pool_cpu_us")
     ratio("7. idle pool: supervisor + fork server + workers CPU over 1 s (ms)",
           None if idle is None else idle / 1e3, 1.0, 0.1, " ms", False)
