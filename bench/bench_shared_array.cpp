@@ -70,6 +70,14 @@ timed_sum sum_shared(procpool::shared_span<const double> xs) {
     const double s = sum_kernel(xs.data(), xs.size());
     return {s, t0, now_ns()};
 }
+// No data: busy for `ms` milliseconds, as long as a sum. Its handoff is what a task of that
+// length costs to hand off whatever its argument (the parent sleeps in get() meanwhile).
+timed_sum spin_for(double ms) {
+    const double t0 = now_ns();
+    double t = t0;
+    while (t - t0 < ms * 1e6) t = now_ns();
+    return {0, t0, t};
+}
 // The vector has been copied out of its shared block before the task starts.
 timed_sum sum_vector(std::vector<double> v) {
     const double t0 = now_ns();
@@ -175,6 +183,15 @@ void bench_size(int mib, int reps, results& out) {
                 out.add_pass(mib, "shared_repeat", "procpool shared_array, repeated",
                              "sum_parent_shared", t0, r);
                 check(r[0], want, "sum_shared");
+            }
+
+            // Control: a task without data, as long as the repeated sums.
+            const double sum_ms = median(out.by_size[mib]["shared_repeat"].task_ms);
+            for (int i = 0; i < passes; ++i) {
+                t0 = clock_type::now();
+                r = pool.submit(spin_for, sum_ms).get();
+                out.add_pass(mib, "spin_control", "procpool no-data task as long as the sum", "",
+                             t0, r);
             }
 
             // The automatic path: submit(f, vec) copies the lvalue (arguments are taken

@@ -244,7 +244,7 @@ def measure(args):
 
 # ---- the merged table --------------------------------------------------------------------
 
-ORDER = ["cpp_shared_repeat", "cpp_shared_first", "cpp_vector_moved", "cpp_vector_lvalue",
+ORDER = ["cpp_shared_repeat", "cpp_shared_first", "cpp_spin_control", "cpp_vector_moved", "cpp_vector_lvalue",
          "cpp_sum_parent_shared", "cpp_sum_parent_vector", "cpp_memcpy_touched", "cpp_copy_new",
          "py_shm_cached_repeat", "py_shm_cached_first", "py_shm_attach", "py_pickle",
          "py_sum_parent_shm", "py_sum_parent_array"]
@@ -315,6 +315,11 @@ def table(paths):
                  "met" if max(direct) <= 1.0 else "NOT met"))
         print("- ... flat from the smallest to the largest size: total - in task spans "
               "%s..%s ms" % (fmt(min(direct)), fmt(max(direct))))
+        ctl = {m: handoff(by[(m, "cpp_spin_control")]) for m in sizes
+               if (m, "cpp_spin_control") in by}
+        if ctl:
+            print("  (a task without data that runs as long as the sum: %s)"
+                  % ", ".join("%s MiB %s ms" % (m, fmt(v)) for m, v in ctl.items()))
         first = {m: overhead(m, "cpp_shared_first") for m in sizes}
         print("- (no target) shared_array first pass: %s"
               % ", ".join("%s MiB %s" % (m, both(v)) for m, v in first.items() if v is not None))
