@@ -629,3 +629,12 @@ TEST(Wait, PoolFutures_AllCompleted) {
 }
 
 }  // namespace
+
+TEST(FutureWaitFor, DurationMax_MeansNoDeadline) {
+    procpool::promise<int> p;
+    auto f = p.get_future();
+    p.set_value(3);
+    EXPECT_TRUE(f.wait_for(std::chrono::nanoseconds::max()));
+    EXPECT_TRUE(f.wait_for(std::chrono::hours::max()));
+    EXPECT_EQ(f.get(), 3);
+}

@@ -55,7 +55,14 @@ public:
     /// Blocks until the task is done or `d` has passed. Returns `ready()`.
     template <class Rep, class Period>
     bool wait_for(std::chrono::duration<Rep, Period> d) const noexcept {
-        return wait_until(std::chrono::steady_clock::now() + d);
+        // Waits longer than ~100 years (e.g. duration::max()) mean "no deadline"; adding
+        // them to now() would overflow.
+        using namespace std::chrono;
+        if (d > duration_cast<duration<Rep, Period>>(hours(24 * 365 * 100))) {
+            wait();
+            return true;
+        }
+        return wait_until(steady_clock::now() + duration_cast<steady_clock::duration>(d));
     }
 
     /// Blocks until the task is done or the time point `t` is reached. Returns `ready()`.
