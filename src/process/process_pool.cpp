@@ -201,6 +201,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     // a future (help_wait), whoever holds `draining`.
     std::atomic<bool> draining{false};
     std::atomic<int> helpers{0};  // threads inside help_wait
+    std::atomic<bool> supervisor_asleep{false};
     std::atomic<bool> stopping{false};
     std::atomic<bool> joined{false};
     std::mutex join_mu;
@@ -521,6 +522,10 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             }
         }
         if (fail) finish(t, [&] { resolve_error(t, fail); });
+        // Only the supervisor enforces deadlines: it must not sleep through this one.
+        if (t.timeout_ns > 0 && supervisor_asleep.load(std::memory_order_seq_cst)) {
+            wake_supervisor();
+        }
     }
 
     // Resolves `t` once (cancel and completion race) and drops the pool's reference.
@@ -1019,7 +1024,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
                 std::lock_guard lock(mu);
                 if (!pending.empty()) dispatch_pending();
             }
-            const std::int64_t next_deadline = check_deadlines();
+            check_deadlines();
             if (stopping.load(std::memory_order_acquire) && all_exited()) return;
 
             int timeout_ms = 0;
@@ -1032,6 +1037,10 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
                 detail::cpu_yield();
                 if ((++spins & 15) != 0) continue;
             } else {
+                // A task with a deadline submitted from now on wakes us (see enqueue);
+                // one submitted before is seen by this second look (Dekker pair).
+                supervisor_asleep.store(true, std::memory_order_seq_cst);
+                const std::int64_t next_deadline = check_deadlines();
                 timeout_ms = -1;
                 if (next_deadline != INT64_MAX) {
                     timeout_ms = static_cast<int>(
@@ -1047,6 +1056,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             }
             const int n = epoll_wait(epfd.get(), events.data(), static_cast<int>(events.size()),
                                      timeout_ms);
+            supervisor_asleep.store(false, std::memory_order_relaxed);
             if (timeout_ms != 0) idle_since = now_ns();
             for (int i = 0; i < n; ++i) handle_event(events[static_cast<std::size_t>(i)]);
         }
