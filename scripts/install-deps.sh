@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build g++ clang pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
   libcereal-dev libcli11-dev libvips-dev
-  libtbb-dev libboost-dev
+  libtbb-dev libboost-dev libomp-dev
   python3 python3-joblib python3-pebble
 )
 
