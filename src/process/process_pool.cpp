@@ -39,18 +39,13 @@ namespace {
 
 using detail::process_task_base;
 using detail::run_status;
+using process::now_ns;
 
 constexpr std::uint32_t ring_capacity = 1u << 20;
 // How much queued work (in expected run time) a worker may hold: deep enough that tiny
 // tasks never leave a worker idle, shallow enough that long tasks stay balanced.
 constexpr std::int64_t window_ns = 2'000'000;
 constexpr std::int64_t max_window = 4096;
-
-std::int64_t now_ns() noexcept {
-    timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
 
 // Held for a few instructions by submitters and the supervisor; a sleeping mutex would
 // cost a cross-core wake-up whenever the two meet.

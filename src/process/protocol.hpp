@@ -2,6 +2,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <time.h>
 
 #include <cstdint>
 #include <string>
@@ -21,6 +22,14 @@ enum : std::uint32_t {
     msg_forget = 4,  ///< payload: u64 id of a shared block the worker may unmap
 };
 inline constexpr std::uint32_t oob_flag = 0x100;
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock parent and workers share for task
+/// start times and deadlines.
+inline std::int64_t now_ns() noexcept {
+    timespec ts{};
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
 
 /// Fixed part of a task request: then come the serialized arguments (or, for
 /// msg_task_oob, their size as a u64; the bytes come in a memfd).

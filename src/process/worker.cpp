@@ -22,12 +22,6 @@ namespace procpool::process {
 
 namespace {
 
-std::int64_t now_ns() noexcept {
-    timespec ts{};
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
 class worker {
 public:
     worker(ipc::worker_region* r, int ctl, int evfd, std::size_t threshold)
