@@ -36,6 +36,30 @@ double median_seconds(int reps, F&& f) {
     return t[t.size() / 2];
 }
 
+// One row of the table: 64 heavy_calc tasks, `n_noop` no-op submits, map over `items`.
+template <class Pool>
+void report(Pool& pool, const char* name, int workers, int reps, double serial, int n_noop,
+            const std::vector<int>& items) {
+    const int n_tasks = 64;
+    const double calc = median_seconds(reps, [&] {
+        std::vector<procpool::future<double>> fs;
+        for (int i = 0; i < n_tasks; ++i) fs.push_back(pool.submit(heavy_calc, 3'000'000L));
+        for (auto& f : fs) f.get();
+    });
+    const double sub = median_seconds(reps, [&] {
+        std::vector<procpool::future<int>> fs;
+        fs.reserve(static_cast<std::size_t>(n_noop));
+        for (int i = 0; i < n_noop; ++i) fs.push_back(pool.submit(noop, i));
+        for (auto& f : fs) f.get();
+    });
+    const double mp = median_seconds(reps, [&] {
+        auto out = pool.map(twice, items);
+        if (out.back() != 2 * items.back()) std::abort();
+    });
+    std::printf("%-8d %-14s %12.3f %8.2fx %16.0f %16.0f\n", workers, name, calc, serial / calc,
+                n_noop / sub, static_cast<double>(items.size()) / mp);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -66,46 +90,10 @@ int main(int argc, char** argv) {
         {
             procpool::process_pool pool({.workers = w});
             pool.submit(noop, 0).get();  // workers up
-            const double calc = median_seconds(reps, [&] {
-                std::vector<procpool::future<double>> fs;
-                for (int i = 0; i < n_tasks; ++i) fs.push_back(pool.submit(heavy_calc, n_calc));
-                for (auto& f : fs) f.get();
-            });
-            const int n_noop = 200'000;
-            const double sub = median_seconds(reps, [&] {
-                std::vector<procpool::future<int>> fs;
-                fs.reserve(n_noop);
-                for (int i = 0; i < n_noop; ++i) fs.push_back(pool.submit(noop, i));
-                for (auto& f : fs) f.get();
-            });
-            const double mp = median_seconds(reps, [&] {
-                auto out = pool.map(twice, items);
-                if (out.back() != 2 * items.back()) std::abort();
-            });
-            std::printf("%-8d %-14s %12.3f %8.2fx %16.0f %16.0f\n", w, "process_pool", calc,
-                        serial / calc, n_noop / sub, static_cast<double>(items.size()) / mp);
+            report(pool, "process_pool", w, reps, serial, 200'000, items);
         }
-        {
-            procpool::thread_pool pool({.workers = w});
-            const double calc = median_seconds(reps, [&] {
-                std::vector<procpool::future<double>> fs;
-                for (int i = 0; i < n_tasks; ++i) fs.push_back(pool.submit(heavy_calc, n_calc));
-                for (auto& f : fs) f.get();
-            });
-            const int n_noop = 1'000'000;
-            const double sub = median_seconds(reps, [&] {
-                std::vector<procpool::future<int>> fs;
-                fs.reserve(n_noop);
-                for (int i = 0; i < n_noop; ++i) fs.push_back(pool.submit(noop, i));
-                for (auto& f : fs) f.get();
-            });
-            const double mp = median_seconds(reps, [&] {
-                auto out = pool.map(twice, items);
-                if (out.back() != 2 * items.back()) std::abort();
-            });
-            std::printf("%-8d %-14s %12.3f %8.2fx %16.0f %16.0f\n", w, "thread_pool", calc,
-                        serial / calc, n_noop / sub, static_cast<double>(items.size()) / mp);
-        }
+        procpool::thread_pool pool({.workers = w});
+        report(pool, "thread_pool", w, reps, serial, 1'000'000, items);
     }
     return 0;
 }
