@@ -8,7 +8,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcereal-dev libcli11-dev libvips-dev
   libtbb-dev libboost-dev libomp-dev
-  python3 python3-joblib python3-pebble
+  python3 python3-joblib python3-pebble python3-numpy
 )
 
 missing=()
