@@ -78,6 +78,14 @@ public:
     using error::error;
 };
 
+/// The worker running the task sent a malformed message (a frame, count, size or
+/// descriptor that breaks the protocol: a task that scribbled on procpool's shared memory
+/// or control socket). The worker was killed and replaced; other tasks are unaffected.
+class protocol_error : public serialization_error {
+public:
+    using serialization_error::serialization_error;
+};
+
 /// A wait with a deadline (`as_completed`, `wait`) ran out of time. The futures
 /// themselves are unaffected and may still complete.
 class timeout_error : public error {

@@ -14,7 +14,8 @@ namespace {
 constexpr std::size_t max_fds = 8;
 }
 
-bool send_with_fds(int sock, const void* data, std::size_t len, std::span<const int> fds) noexcept {
+bool send_with_fds(int sock, const void* data, std::size_t len, std::span<const int> fds,
+                   bool nonblocking) noexcept {
     if (fds.size() > max_fds) return false;
     iovec iov{const_cast<void*>(data), len};
     alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * max_fds)] = {};
@@ -31,14 +32,14 @@ bool send_with_fds(int sock, const void* data, std::size_t len, std::span<const 
         std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
     }
     for (;;) {
-        ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+        ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));
         if (n >= 0) return static_cast<std::size_t>(n) == len;
         if (errno != EINTR) return false;
     }
 }
 
 long recv_with_fds(int sock, void* data, std::size_t cap, std::span<int> fds,
-                   std::size_t& nfds) noexcept {
+                   std::size_t& nfds, bool nonblocking) noexcept {
     nfds = 0;
     iovec iov{data, cap};
     alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * max_fds)] = {};
@@ -49,9 +50,10 @@ long recv_with_fds(int sock, void* data, std::size_t cap, std::span<int> fds,
     msg.msg_controllen = sizeof(ctrl);
     ssize_t n;
     do {
-        n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+        n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | (nonblocking ? MSG_DONTWAIT : 0));
     } while (n < 0 && errno == EINTR);
     if (n < 0) return -1;
+    const bool truncated = (msg.msg_flags & MSG_TRUNC) != 0;
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -63,6 +65,12 @@ long recv_with_fds(int sock, void* data, std::size_t cap, std::span<int> fds,
                 ::close(in[i]);  // more than the caller expects: do not leak them
             }
         }
+    }
+    if (truncated) {
+        for (std::size_t i = 0; i < nfds; ++i) ::close(fds[i]);
+        nfds = 0;
+        errno = EMSGSIZE;
+        return -1;
     }
     return static_cast<long>(n);
 }

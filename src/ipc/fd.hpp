@@ -36,14 +36,17 @@ private:
 };
 
 /// Sends `len` bytes plus the descriptors in `fds` as one datagram (SCM_RIGHTS).
-/// Returns false on error (errno set).
-bool send_with_fds(int sock, const void* data, std::size_t len, std::span<const int> fds) noexcept;
+/// Returns false on error (errno set). `nonblocking`: fail with EAGAIN rather than wait
+/// for room (a peer that does not read must not block the sender).
+bool send_with_fds(int sock, const void* data, std::size_t len, std::span<const int> fds,
+                   bool nonblocking = false) noexcept;
 
 /// Receives one datagram of at most `cap` bytes and up to `fds.size()` descriptors.
 /// Returns the byte count (0 on orderly shutdown, -1 on error); `nfds` gets the number of
-/// descriptors received, which the caller then owns.
+/// descriptors received, which the caller then owns. `nonblocking`: return -1 (EAGAIN)
+/// at once if nothing is queued. A datagram longer than `cap` is an error (-1, EMSGSIZE).
 long recv_with_fds(int sock, void* data, std::size_t cap, std::span<int> fds,
-                   std::size_t& nfds) noexcept;
+                   std::size_t& nfds, bool nonblocking = false) noexcept;
 
 /// Throws procpool::error naming `what` and errno's text.
 [[noreturn]] void throw_errno(const char* what);

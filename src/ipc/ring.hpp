@@ -29,70 +29,96 @@ struct frame_header {
 };
 inline constexpr std::uint32_t frame_pad = 0;
 
+/// What `ring::peek` found.
+enum class peek_result {
+    empty,    ///< nothing published
+    frame,    ///< a frame, checked to lie wholly inside the published bytes
+    corrupt,  ///< the other side broke the ring's invariants (a hostile or broken peer)
+};
+
 /// A view of a ring: control block plus data area, both in a shared mapping.
 /// The producer side and the consumer side are each used by one thread only.
+///
+/// The two processes need not trust each other: each side keeps its own index in private
+/// memory and only publishes it, and every value read from the shared mapping (the other
+/// side's index, frame headers) is checked before it is used, so a peer that scribbles on
+/// the mapping can make this side see `corrupt`, never read or write out of bounds or loop.
 class ring {
 public:
     ring() = default;
     ring(ring_ctl* ctl, std::byte* data, std::uint32_t capacity) noexcept
         : ctl_(ctl), data_(data), cap_(capacity) {}
 
-    static constexpr std::uint32_t frame_size(std::uint32_t len) noexcept {
-        return static_cast<std::uint32_t>(sizeof(frame_header)) + ((len + 7u) & ~7u);
+    /// Bytes a frame with a `len`-byte payload occupies (64-bit: no wrap for any `len`).
+    static constexpr std::uint64_t frame_size(std::uint64_t len) noexcept {
+        return sizeof(frame_header) + ((len + 7u) & ~std::uint64_t{7});
     }
     /// The largest payload one frame may carry.
     std::uint32_t max_payload() const noexcept { return cap_ / 4; }
 
-    /// Producer: room for a `len`-byte payload, or nullptr if the ring is too full now.
-    /// Nothing is visible to the consumer until `commit`.
+    /// Producer: room for a `len`-byte payload, or nullptr if the ring is too full now
+    /// (or `corrupt()`). Nothing is visible to the consumer until `commit`.
     std::byte* try_reserve(std::uint32_t len) noexcept {
-        const std::uint64_t head = ctl_->head.load(std::memory_order_relaxed);
         const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
-        const std::uint32_t need = frame_size(len);
-        const std::uint32_t pos = static_cast<std::uint32_t>(head % cap_);
+        if (tail > head_ || head_ - tail > cap_) {
+            corrupt_ = true;
+            return nullptr;
+        }
+        const std::uint64_t need = frame_size(len);
+        const auto pos = static_cast<std::uint32_t>(head_ % cap_);
         const std::uint32_t to_end = cap_ - pos;
         const std::uint32_t pad = to_end < need ? to_end : 0;
-        if (head + pad + need - tail > cap_) return nullptr;
+        if (head_ + pad + need - tail > cap_) return nullptr;
         if (pad != 0) {
             header_at(pos) = frame_header{to_end - static_cast<std::uint32_t>(sizeof(frame_header)),
                                           frame_pad};
         }
-        reserved_at_ = head + pad;
+        reserved_at_ = head_ + pad;
         return data_ + (reserved_at_ % cap_) + sizeof(frame_header);
     }
     /// Producer: publishes the frame reserved last, with its final payload length.
     /// Returns the ring position of the payload (for reading it back later).
     std::uint64_t commit(std::uint32_t len, std::uint32_t type) noexcept {
         header_at(static_cast<std::uint32_t>(reserved_at_ % cap_)) = frame_header{len, type};
+        head_ = reserved_at_ + frame_size(len);
         // seq_cst: pairs with the consumer's seq_cst announcement that it sleeps.
-        ctl_->head.store(reserved_at_ + frame_size(len), std::memory_order_seq_cst);
+        ctl_->head.store(head_, std::memory_order_seq_cst);
         return reserved_at_ + sizeof(frame_header);
     }
 
-    /// Consumer: the next frame, skipping padding; false if the ring is empty.
-    bool peek(frame_header& h, const std::byte*& payload) noexcept {
+    /// Consumer: the next frame, skipping padding. `h` is a private copy of the header;
+    /// `payload` points at `h.len` bytes inside the ring (the producer cannot publish over
+    /// them until `pop`, though a hostile one may still change them: read each once).
+    peek_result peek(frame_header& h, const std::byte*& payload) noexcept {
         for (;;) {
-            const std::uint64_t tail = ctl_->tail.load(std::memory_order_relaxed);
-            if (ctl_->head.load(std::memory_order_acquire) == tail) return false;
-            const std::uint32_t pos = static_cast<std::uint32_t>(tail % cap_);
-            h = header_at(pos);
+            const std::uint64_t head = ctl_->head.load(std::memory_order_acquire);
+            if (head == tail_) return peek_result::empty;
+            if (head < tail_ || head - tail_ > cap_) return peek_result::corrupt;
+            const auto pos = static_cast<std::uint32_t>(tail_ % cap_);
+            std::memcpy(&h, data_ + pos, sizeof h);
+            const std::uint64_t size = frame_size(h.len);
+            const std::uint64_t to_end = cap_ - pos;
+            // A pad frame fills exactly the rest of the buffer; any other frame fits in it.
+            if (h.type == frame_pad ? size != to_end : size > to_end) return peek_result::corrupt;
+            if (size > head - tail_) return peek_result::corrupt;
             if (h.type == frame_pad) {
-                ctl_->tail.store(tail + frame_size(h.len), std::memory_order_release);
+                tail_ += size;
+                ctl_->tail.store(tail_, std::memory_order_release);
                 continue;
             }
             payload = data_ + pos + sizeof(frame_header);
-            return true;
+            return peek_result::frame;
         }
     }
     /// Consumer: releases the frame returned by the last `peek`.
     void pop(const frame_header& h) noexcept {
-        const std::uint64_t tail = ctl_->tail.load(std::memory_order_relaxed);
-        ctl_->tail.store(tail + frame_size(h.len), std::memory_order_seq_cst);
+        tail_ += frame_size(h.len);
+        ctl_->tail.store(tail_, std::memory_order_seq_cst);
     }
-    bool empty() const noexcept {
-        return ctl_->head.load(std::memory_order_seq_cst) ==
-               ctl_->tail.load(std::memory_order_relaxed);
-    }
+    /// Consumer: true if nothing is published beyond what this side has consumed.
+    bool empty() const noexcept { return ctl_->head.load(std::memory_order_seq_cst) == tail_; }
+    /// Producer: true once the consumer's published index broke the ring's invariants.
+    bool corrupt() const noexcept { return corrupt_; }
     /// Bytes at ring position `pos` (from `commit`), valid while not overwritten.
     const std::byte* at(std::uint64_t pos) const noexcept { return data_ + pos % cap_; }
 
@@ -105,7 +131,17 @@ private:
     ring_ctl* ctl_ = nullptr;
     std::byte* data_ = nullptr;
     std::uint32_t cap_ = 0;
+    bool corrupt_ = false;
+    std::uint64_t head_ = 0;  ///< producer's own index: what it has published
+    std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
     std::uint64_t reserved_at_ = 0;
+};
+
+/// Start-up steps a worker records in `worker_region::phase`.
+enum worker_phase : std::uint32_t {
+    phase_mapped = 1,        ///< its region is mapped; configuring the process
+    phase_initializer = 2,   ///< running the pool's initializer
+    phase_serving = 3,       ///< ready: reading requests
 };
 
 /// Everything a parent and one worker share: two rings and the words used to run,
@@ -117,6 +153,9 @@ struct worker_region {
     std::uint32_t reserved = 0;
     ring_ctl requests;     ///< parent -> worker
     ring_ctl completions;  ///< worker -> parent
+    /// How far the worker got in starting (see `worker_phase`); the parent reads it when a
+    /// worker dies to tell a start-up failure from a task's.
+    alignas(64) std::atomic<std::uint32_t> phase{0};
     /// The parent sleeps in epoll: after a completion the worker must write the eventfd.
     alignas(64) std::atomic<std::uint32_t> parent_sleeping{0};
     /// Sequence number of the task the worker started last, and when (CLOCK_MONOTONIC ns).

@@ -64,12 +64,20 @@ shm_block::~shm_block() {
 }
 
 std::shared_ptr<shm_block> shm_block::create(std::size_t bytes) {
-    const int fd = memfd_create("procpool-shared-array", MFD_CLOEXEC);
+    const int fd = memfd_create("procpool-shared-array", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) fail("memfd_create for a shared array", errno);
     if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
         const int e = errno;
         close(fd);
         fail("cannot allocate a shared array of " + std::to_string(bytes) + " bytes", e);
+    }
+    // Every process the block is shared with holds a descriptor: one that shrank it would
+    // make the others' next access to the lost pages a SIGBUS. Growing is sealed too, as
+    // nothing needs it, and F_SEAL_SEAL keeps a worker from adding seals of its own.
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        const int e = errno;
+        close(fd);
+        fail("cannot seal a shared array's size", e);
     }
     void* p = map_fd(fd, bytes, true);
     if (bytes != 0 && p == nullptr) {

@@ -27,12 +27,17 @@ std::mutex server_mutex;
 ipc::unique_fd server_sock;
 pid_t server_pid = -1;
 
-constexpr std::size_t max_request = 1 << 20;
+constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
 
 // The fork server's event loop. Single-threaded by construction: it was forked from a
 // program that had not started threads (or, if it had, only this thread was copied).
+//
+// It does not use PR_SET_PDEATHSIG: that signal follows the *thread* that forked, so a
+// server started by init() on a thread that later exits would die with that thread. It
+// ends instead when the program's end of `sock` closes (every descriptor closes when a
+// process dies, SIGKILL included), and, in case a forked child of the program still
+// holds that end, when it finds itself re-parented.
 [[noreturn]] void serve(int sock, pid_t parent) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(0);
     prctl(PR_SET_NAME, "procpool-forksrv");
     reset_signals_for_child();
@@ -48,13 +53,23 @@ constexpr std::size_t max_request = 1 << 20;
     std::map<pid_t, int> owner;          // worker pid -> channel fd (-1 once closed)
     std::vector<std::byte> buf(max_request);
 
+    // A worker leads its own process group: killing the group takes whatever its tasks
+    // started along with it.
     auto kill_workers_of = [&](int ch) {
         for (auto& [pid, c] : owner) {
             if (c == ch) {
+                kill(-pid, SIGKILL);
                 kill(pid, SIGKILL);
                 c = -1;
             }
         }
+    };
+    auto kill_all_and_exit = [&] {
+        for (auto& [pid, c] : owner) {
+            kill(-pid, SIGKILL);
+            kill(pid, SIGKILL);
+        }
+        _exit(0);
     };
 
     for (;;) {
@@ -62,20 +77,19 @@ constexpr std::size_t max_request = 1 << 20;
         pfds.push_back({sock, POLLIN, 0});
         pfds.push_back({sigfd, POLLIN, 0});
         for (int ch : channels) pfds.push_back({ch, POLLIN, 0});
-        if (poll(pfds.data(), pfds.size(), -1) < 0) {
+        const int ready = poll(pfds.data(), pfds.size(), 1000);
+        if (ready < 0) {
             if (errno == EINTR) continue;
-            _exit(1);
+            kill_all_and_exit();
         }
+        if (getppid() != parent) kill_all_and_exit();
+        if (ready == 0) continue;
         if (pfds[0].revents != 0) {
             int fd = -1;
             std::size_t nfds = 0;
             char tag = 0;
             long n = ipc::recv_with_fds(sock, &tag, 1, std::span<int>(&fd, 1), nfds);
-            if (n <= 0) {
-                // The program is gone: take its workers with us.
-                for (auto& [pid, c] : owner) kill(pid, SIGKILL);
-                _exit(0);
-            }
+            if (n <= 0) kill_all_and_exit();  // the program is gone: take its workers along
             if (nfds == 1) channels.push_back(fd);
         }
         if (pfds[1].revents != 0) {
@@ -84,7 +98,16 @@ constexpr std::size_t max_request = 1 << 20;
             }
             int status = 0;
             pid_t pid;
-            while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            for (;;) {
+                // Look before reaping: while the worker is a zombie its pid cannot be
+                // reused, so killing its process group reaches only what it left behind.
+                siginfo_t si{};
+                if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid == 0) {
+                    break;
+                }
+                kill(-si.si_pid, SIGKILL);
+                pid = waitpid(si.si_pid, &status, WNOHANG);
+                if (pid <= 0) break;
                 auto it = owner.find(pid);
                 if (it == owner.end()) continue;
                 if (it->second >= 0) {
@@ -121,7 +144,7 @@ constexpr std::size_t max_request = 1 << 20;
                     cfg = decode_config(buf.data() + sizeof req,
                                         static_cast<std::size_t>(n) - sizeof req);
                 } catch (...) {
-                    _exit(75);
+                    startup_failed(fds[1], startup_step::bad_config, 0);
                 }
                 run_worker(fds[0], fds[1], fds[2], me, cfg);
             }
@@ -154,39 +177,10 @@ int current_thread_count() noexcept {
     return n;
 }
 
-ipc::unique_fd open_fork_server_channel() {
-    std::lock_guard lock(server_mutex);
-    if (!server_sock) return {};
-    int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
-        ipc::throw_errno("socketpair for the fork server");
-    }
-    ipc::unique_fd mine(sv[0]);
-    ipc::unique_fd theirs(sv[1]);
-    const char tag = 'C';
-    const int f = theirs.get();
-    if (!ipc::send_with_fds(server_sock.get(), &tag, 1, std::span<const int>(&f, 1))) {
-        throw error(
-            "procpool: the fork server started by procpool::init() is gone (was it killed?); "
-            "pools cannot start workers. Use start_method::fork or restart the program");
-    }
-    return mine;
-}
+namespace {
 
-pid_t fork_server_pid() noexcept { return server_pid; }
-
-}  // namespace procpool::process
-
-namespace procpool {
-
-void init(int /*argc*/, char** /*argv*/) {
-    std::lock_guard lock(process::server_mutex);
-    if (process::server_sock) return;
-    if (process::current_thread_count() > 1) {
-        std::fprintf(stderr,
-                     "procpool: init() called while the program already runs other threads; "
-                     "call it first thing in main() so workers start from a clean state\n");
-    }
+// Forks a new fork server from this process. Called with server_mutex held.
+void start_server_locked() {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
         ipc::throw_errno("socketpair for the fork server");
@@ -202,11 +196,71 @@ void init(int /*argc*/, char** /*argv*/) {
     }
     if (pid == 0) {
         close(sv[0]);
-        process::serve(sv[1], parent);
+        serve(sv[1], parent);
     }
     close(sv[1]);
-    process::server_sock.reset(sv[0]);
-    process::server_pid = pid;
+    server_sock.reset(sv[0]);
+    server_pid = pid;
+}
+
+// Sends the server a new pool channel; false if the server is gone.
+bool send_channel_locked(int theirs) noexcept {
+    const char tag = 'C';
+    return ipc::send_with_fds(server_sock.get(), &tag, 1, std::span<const int>(&theirs, 1));
+}
+
+}  // namespace
+
+ipc::unique_fd open_fork_server_channel() {
+    std::lock_guard lock(server_mutex);
+    if (!server_sock) return {};
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        ipc::throw_errno("socketpair for the fork server");
+    }
+    ipc::unique_fd mine(sv[0]);
+    ipc::unique_fd theirs(sv[1]);
+    if (send_channel_locked(theirs.get())) return mine;
+    // The server is gone (killed from outside): reap it and start another. This program
+    // may run threads by now, so the new server copies their state as the fork start
+    // method does; say so once.
+    const pid_t old = server_pid;
+    if (old > 0) waitpid(old, nullptr, WNOHANG);
+    server_sock.reset();
+    server_pid = -1;
+    start_server_locked();
+    std::fprintf(stderr,
+                 "procpool: the fork server (pid %d) was gone; started a new one (pid %d)%s\n",
+                 static_cast<int>(old), static_cast<int>(server_pid),
+                 current_thread_count() > 1
+                     ? " from a multi-threaded program: locks other threads held then stay "
+                       "locked in its workers"
+                     : "");
+    if (!send_channel_locked(theirs.get())) {
+        throw error("procpool: the fork server was gone and a new one did not answer; "
+                    "use start_method::fork or restart the program");
+    }
+    return mine;
+}
+
+pid_t fork_server_pid() noexcept {
+    std::lock_guard lock(server_mutex);
+    return server_pid;
+}
+
+}  // namespace procpool::process
+
+namespace procpool {
+
+void init(int /*argc*/, char** /*argv*/) {
+    std::lock_guard lock(process::server_mutex);
+    if (process::server_sock) return;
+    if (process::current_thread_count() > 1) {
+        std::fprintf(stderr,
+                     "procpool: init() called while the program already runs other threads; "
+                     "call it first thing in main() so workers start from a clean state\n");
+    }
+    process::start_server_locked();
 }
 
 bool initialized() noexcept {

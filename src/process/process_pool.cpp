@@ -108,7 +108,12 @@ struct task_list {
     bool empty() const noexcept { return head == nullptr; }
 };
 
-enum class kill_reason { none, timeout, cancel, channel_lost };
+enum class kill_reason { none, timeout, cancel, channel_lost, malformed };
+
+// A worker that dies this many times before the task at the head of its queue is seen to
+// start fails that task rather than requeueing it again (a task that crashes its worker
+// before announcing its start must not loop through replacements forever).
+constexpr std::uint32_t max_requeues = 3;
 
 enum class slot_state { idle, spawning, alive, retiring, exiting };
 
@@ -125,6 +130,13 @@ struct worker_slot {
     ipc::ring req;
     ipc::ring cmp;
     task_list inflight;
+    // When the task at the head of `inflight` became the head: the earliest it can have
+    // started. Deadlines run from here, on the parent's clock alone, so a worker cannot
+    // stretch its task's deadline and a timed task queued behind others is never missed.
+    std::int64_t head_since = 0;
+    std::uint32_t ctl_msgs = 0;  // messages sent on `ctl` for tasks not yet completed
+    bool ready = false;          // the worker reported the end of its start-up
+    std::string violation;       // how the worker broke the protocol (kill_reason::malformed)
     std::uint64_t next_seq = 1;
     int sent = 0;
     kill_reason reason = kill_reason::none;
@@ -164,6 +176,28 @@ void resolve_error(process_task_base& t, std::exception_ptr e) noexcept {
     t.shared().set_exception(std::move(e));
 }
 
+// Appends `t` to a worker's queue, noting when a task becomes the head.
+void push_inflight(worker_slot& w, process_task_base* t) noexcept {
+    if (w.inflight.empty()) w.head_since = now_ns();
+    w.inflight.push_back(t);
+}
+
+// Takes the head of a worker's queue; the next task becomes the head now.
+process_task_base* pop_inflight(worker_slot& w) noexcept {
+    process_task_base* t = w.inflight.pop_front();
+    if (t != nullptr) {
+        w.ctl_msgs -= std::min(w.ctl_msgs, t->ctl_msgs);
+        t->ctl_msgs = 0;
+    }
+    w.head_since = now_ns();
+    return t;
+}
+
+// Kills a worker's process group: whatever its tasks started must not outlive it.
+void kill_worker_group(pid_t pid) noexcept {
+    if (pid > 0) ::kill(-pid, SIGKILL);
+}
+
 }  // namespace
 
 struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
@@ -176,6 +210,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     std::vector<std::unique_ptr<worker_slot>> slots;
     task_list pending;
     bool closed = false;
+    bool has_initializer = false;
     std::exception_ptr broken;  // set (under mu) when the pool cannot run tasks any more
     std::atomic<bool> is_broken{false};
     int failed_starts = 0;      // workers in a row that died before running anything
@@ -262,19 +297,45 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         cfg.init_fn = fn;
         cfg.init_args = args;
         config = process::encode_config(cfg);
+        has_initializer = true;
     }
 
     void start() {
+        if (config.size() > process::max_config_bytes) {
+            throw invalid_argument(
+                "process_pool: the workers' configuration (environment and initializer "
+                "arguments) takes " + std::to_string(config.size()) + " bytes; at most " +
+                std::to_string(process::max_config_bytes) +
+                " fit. Pass large data to tasks (or a shared_array) instead");
+        }
         {
             std::lock_guard lock(mu);
             for (int i = 0; i < opts.workers; ++i) {
                 slots.push_back(std::make_unique<worker_slot>());
                 slots.back()->index = i;
-                spawn(*slots.back());
+                // The fork method forks on the supervisor thread (see supervise): a child's
+                // PR_SET_PDEATHSIG follows the *thread* that forked it, and the supervisor
+                // lives exactly as long as the workers, unlike the thread making the pool.
+                if (method == start_method::forkserver) spawn(*slots.back());
             }
         }
         supervisor = std::thread([this] { supervise(); });
         detail::add_shm_listener(this);
+    }
+
+    // The fork method's first workers, forked by the supervisor itself.
+    void spawn_initial() {
+        std::lock_guard lock(mu);
+        for (auto& s : slots) {
+            if (s->state != slot_state::idle || broken) continue;
+            try {
+                spawn(*s);
+            } catch (const std::exception& e) {
+                release_slot(*s);
+                break_pool(std::make_exception_ptr(
+                    error(std::string("procpool: could not start a worker: ") + e.what())));
+            }
+        }
     }
 
     void watch(int fd, std::uint64_t data, std::uint32_t events) {
@@ -293,6 +354,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         if (ftruncate(mem.get(), static_cast<off_t>(len)) != 0) ipc::throw_errno("ftruncate");
         void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0);
         if (p == MAP_FAILED) ipc::throw_errno("mmap of a worker region");
+        // Workers forked later (start_method::fork) must not inherit other workers' rings.
+        madvise(p, len, MADV_DONTFORK);
         auto* region = ::new (p) ipc::worker_region();
         region->ring_capacity = ring_capacity;
         int sv[2];
@@ -308,6 +371,10 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         w.req = ipc::ring(&region->requests, region->request_data(), ring_capacity);
         w.cmp = ipc::ring(&region->completions, region->completion_data(), ring_capacity);
         w.next_seq = 1;
+        w.head_since = 0;
+        w.ctl_msgs = 0;
+        w.ready = false;
+        w.violation.clear();
         w.sent = 0;
         w.reason = kill_reason::none;
         w.reason_seq = 0;
@@ -342,7 +409,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             try {
                 cfg = process::decode_config(config.data(), config.size());
             } catch (...) {
-                _exit(75);
+                process::startup_failed(theirs.get(), process::startup_step::bad_config, 0);
             }
             process::run_worker(mem.get(), theirs.get(), evfd.get(), parent, cfg);
         }
@@ -364,7 +431,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     }
 
     bool usable(const worker_slot& w) const noexcept {
-        return w.state == slot_state::spawning || w.state == slot_state::alive;
+        return (w.state == slot_state::spawning || w.state == slot_state::alive) &&
+               w.reason == kill_reason::none;
     }
 
     // Picks a worker with room: the last one used if it has room (so sequential calls
@@ -387,18 +455,33 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         const bool oob = sizeof(process::task_header) + n > w.req.max_payload();
         const std::size_t len =
             sizeof(process::task_header) + (oob ? sizeof(std::uint64_t) : n);
-        std::byte* dst = w.req.try_reserve(static_cast<std::uint32_t>(len));
-        if (dst == nullptr) return false;
-        // Descriptors go on the control socket before the frame is published, so the
-        // worker finds them there when it reads the frame.
         std::vector<detail::shm_ref> fresh;
         for (const auto& b : t.attachments) {
-            if (w.cached.insert(b->id()).second) fresh.push_back(b);
+            if (!w.cached.contains(b->id())) fresh.push_back(b);
         }
-        if (!fresh.empty()) process::send_attachments(w.ctl.get(), fresh);
+        // Messages on the control socket wait there until the worker starts their task.
+        // Bounding them keeps the socket's buffer from filling, so that sends never block:
+        // a send that would block means a worker that stopped reading, and is killed.
+        const std::uint32_t msgs = static_cast<std::uint32_t>(fresh.size()) + (oob ? 1u : 0u);
+        if (w.ctl_msgs != 0 && w.ctl_msgs + msgs > process::max_attachments) return false;
+        std::byte* dst = w.req.try_reserve(static_cast<std::uint32_t>(len));
+        if (dst == nullptr) {
+            if (w.req.corrupt()) violation_locked(w, "it overwrote its request ring's read index");
+            return false;
+        }
+        // Descriptors go on the control socket before the frame is published, so the
+        // worker finds them there when it reads the frame.
+        if (!fresh.empty() && !process::send_attachments(w.ctl.get(), fresh, true)) {
+            kill_worker(w, kill_reason::channel_lost, 0);
+            return false;
+        }
+        for (const auto& b : fresh) w.cached.insert(b->id());
         if (oob) {
             if (t.parked.empty()) t.parked.assign(args, args + n);  // kept for requeue
-            send_oob(w, args, n);
+            if (!send_oob(w, args, n)) {
+                kill_worker(w, kill_reason::channel_lost, 0);
+                return false;
+            }
             const std::uint64_t size = n;
             std::memcpy(dst + sizeof(process::task_header), &size, sizeof size);
         } else if (n != 0) {
@@ -412,10 +495,18 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         t.payload_len = static_cast<std::uint32_t>(len);
         t.seq = w.next_seq++;
         t.worker = w.index;
+        t.ctl_msgs = msgs;
+        w.ctl_msgs += msgs;
         if (!oob) {
             std::vector<std::byte>().swap(t.parked);
         }
-        w.inflight.push_back(&t);
+        push_inflight(w, &t);
+        // Its deadline runs from now if it is the head: the supervisor must not sleep
+        // through it (the Dekker pair with supervise's second look, as in drain).
+        if (t.timeout_ns > 0 && w.inflight.head == &t &&
+            supervisor_asleep.load(std::memory_order_seq_cst)) {
+            wake_supervisor();
+        }
         ++w.sent;
         if (opts.max_tasks_per_child > 0 && w.sent >= opts.max_tasks_per_child &&
             w.state == slot_state::alive) {
@@ -458,7 +549,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         }
         const char tag = 'A';
         const int f = fd.get();
-        return ipc::send_with_fds(w.ctl.get(), &tag, 1, std::span<const int>(&f, 1));
+        return ipc::send_with_fds(w.ctl.get(), &tag, 1, std::span<const int>(&f, 1), true);
     }
 
     static void wake_worker(worker_slot& w) noexcept {
@@ -536,38 +627,28 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     }
 
     // ---- completions -----------------------------------------------------------------
-    // Resolves every completion waiting in `w`'s ring. Supervisor thread only.
+    // Resolves every completion waiting in `w`'s ring. One drainer at a time (`draining`).
+    // Everything read from the ring or the control socket is checked: a worker that
+    // breaks the protocol is killed, and the task it was running fails (see violation).
     bool drain(worker_slot& w) {
+        if (w.reason == kill_reason::malformed) return false;  // not to be read again
         bool any = false;
         ipc::frame_header h{};
         const std::byte* payload = nullptr;
-        while (w.cmp.peek(h, payload)) {
+        for (;;) {
+            const ipc::peek_result r = w.cmp.peek(h, payload);
+            if (r == ipc::peek_result::empty) break;
+            if (r == ipc::peek_result::corrupt) {
+                violation(w, "its completion ring's index or a frame length is out of bounds");
+                break;
+            }
             any = true;
-            process::completion_header ch{};
-            std::memcpy(&ch, payload, sizeof ch);
-            // Shared arrays in the result: their descriptors wait on the control socket.
-            detail::shm_table received;
-            std::exception_ptr attach_error;
-            if (ch.nattach != 0) {
-                try {
-                    process::receive_attachments(w.ctl.get(), ch.nattach, received, true);
-                } catch (...) {
-                    attach_error = std::current_exception();
-                }
+            try {
+                take_completion(w, h, payload);
+            } catch (const process::protocol_violation& e) {
+                violation(w, e.what());
+                break;
             }
-            process_task_base* t = nullptr;
-            {
-                std::lock_guard lock(mu);
-                if (h.type == static_cast<std::uint32_t>(run_status::init_failed)) {
-                    wire::reader in(payload + sizeof ch, h.len - sizeof ch);
-                    mark_broken(in);
-                } else if (!w.inflight.empty() && w.inflight.head->seq == ch.seq) {
-                    t = w.inflight.pop_front();
-                    avg_task_ns = (avg_task_ns * 7 + std::max<std::int64_t>(ch.run_ns, 100)) / 8;
-                }
-            }
-            resolve_completion(w, t, h, payload + sizeof ch, h.len - sizeof ch, received,
-                               attach_error);
             w.cmp.pop(h);
             auto* c = w.cmp.ctl();
             if (c->producer_sleeping.load(std::memory_order_seq_cst) != 0 &&
@@ -579,46 +660,144 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         return any;
     }
 
-    // Resolves `t` (if any: a cancelled task's completion is only consumed) from its
-    // completion, taking an out-of-band payload from the control socket.
-    void resolve_completion(worker_slot& w, process_task_base* t, const ipc::frame_header& h,
-                            const std::byte* p, std::size_t n, const detail::shm_table& received,
-                            std::exception_ptr attach_error) {
-        const auto status = static_cast<run_status>(h.type & ~process::oob_flag);
-        const void* m = nullptr;
+    // Marks `w` as having broken the protocol: it is killed, and the task at the head of
+    // its queue (whose completion was due) fails with protocol_error.
+    void violation(worker_slot& w, const std::string& what) noexcept {
+        std::lock_guard lock(mu);
+        violation_locked(w, what);
+    }
+    void violation_locked(worker_slot& w, const std::string& what) noexcept {
+        if (w.reason == kill_reason::malformed) return;
+        try {
+            w.violation = what;
+        } catch (...) {  // NOLINT(bugprone-empty-catch): the kind of error is enough
+        }
+        const std::uint64_t seq = w.inflight.empty() ? 0 : w.inflight.head->seq;
+        w.reason = kill_reason::none;  // malformed wins over any earlier reason
+        kill_worker(w, kill_reason::malformed, seq);
+    }
+
+    // Checks and resolves one completion frame. Throws protocol_violation if it is bad.
+    void take_completion(worker_slot& w, const ipc::frame_header& h, const std::byte* payload) {
+        using process::protocol_violation;
+        process::completion_header ch{};
+        if (h.len < sizeof ch) throw protocol_violation("a completion shorter than its header");
+        std::memcpy(&ch, payload, sizeof ch);
+        const std::uint32_t raw = h.type & ~process::oob_flag;
+        if (raw == static_cast<std::uint32_t>(run_status::init_failed)) {
+            if (!has_initializer || ch.seq != 0 || ch.nattach != 0 ||
+                (h.type & process::oob_flag) != 0) {
+                throw protocol_violation("a false report of a failed initializer");
+            }
+            std::lock_guard lock(mu);
+            wire::reader in(payload + sizeof ch, h.len - sizeof ch);
+            mark_broken(in);
+            return;
+        }
+        if (raw == static_cast<std::uint32_t>(run_status::ready)) {
+            if (w.ready || ch.seq != 0 || ch.nattach != 0 || h.type != raw) {
+                throw protocol_violation("a second or malformed ready report");
+            }
+            std::lock_guard lock(mu);
+            w.ready = true;
+            failed_starts = 0;
+            // Tasks sent while it started could not run before now: their clock starts now.
+            w.head_since = now_ns();
+            if (!w.inflight.empty() && w.inflight.head->timeout_ns > 0 &&
+                supervisor_asleep.load(std::memory_order_seq_cst)) {
+                wake_supervisor();
+            }
+            return;
+        }
+        if (raw < static_cast<std::uint32_t>(run_status::value) ||
+            raw > static_cast<std::uint32_t>(run_status::cancelled)) {
+            throw protocol_violation("a completion of unknown type " + std::to_string(h.type));
+        }
+        {
+            std::lock_guard lock(mu);
+            if (w.inflight.empty() || w.inflight.head->seq != ch.seq) {
+                throw protocol_violation("a completion for a task it was not running");
+            }
+        }
+        // Shared arrays in the result: their descriptors wait on the control socket.
+        detail::shm_table received;
+        std::exception_ptr attach_error;
+        if (ch.nattach != 0) {
+            try {
+                process::receive_attachments(w.ctl.get(), ch.nattach, received, true);
+            } catch (const protocol_violation&) {
+                throw;
+            } catch (...) {  // e.g. out of address space mapping it: the task's own error
+                attach_error = std::current_exception();
+            }
+        }
+        result_bytes bytes(payload + sizeof ch, h.len - sizeof ch);
+        if ((h.type & process::oob_flag) != 0) receive_large_result(w, bytes);
+        process_task_base* t = nullptr;
+        {
+            std::lock_guard lock(mu);
+            // fail_all_broken may have emptied the queue meanwhile.
+            if (w.inflight.empty() || w.inflight.head->seq != ch.seq) return;
+            t = pop_inflight(w);
+            avg_task_ns = (avg_task_ns * 7 + std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000)) / 8;
+            // The next task's deadline now runs: the supervisor must not sleep through it.
+            if (!w.inflight.empty() && w.inflight.head->timeout_ns > 0 &&
+                supervisor_asleep.load(std::memory_order_seq_cst)) {
+                wake_supervisor();
+            }
+        }
+        finish(*t, [&] {
+            if (attach_error) {
+                resolve_error(*t, attach_error);
+                return;
+            }
+            detail::attachment_scope scope(nullptr, &received, opts.shared_memory_threshold);
+            wire::reader in(bytes.data, bytes.size);
+            t->decode(static_cast<run_status>(raw), in);
+        });
+    }
+
+    // A result's bytes: in the ring, or in a memfd mapped for as long as this lives.
+    struct result_bytes {
+        result_bytes(const std::byte* p, std::size_t n) noexcept : data(p), size(n) {}
+        ~result_bytes() {
+            if (mapping != nullptr) munmap(mapping, size);
+        }
+        result_bytes(const result_bytes&) = delete;
+        result_bytes& operator=(const result_bytes&) = delete;
+        const std::byte* data;
+        std::size_t size;
+        void* mapping = nullptr;
+    };
+
+    // Maps a result too large for the ring: its size is in the frame, its memfd (sent
+    // before the frame) on the control socket. Throws protocol_violation if either is bad.
+    void receive_large_result(worker_slot& w, result_bytes& r) {
+        using process::protocol_violation;
         std::uint64_t size = 0;
-        bool mapped = false;
-        if ((h.type & process::oob_flag) != 0) {
-            std::memcpy(&size, p, sizeof size);
-            int fd = -1;
-            std::size_t nfds = 0;
-            char tag = 0;
-            if (ipc::recv_with_fds(w.ctl.get(), &tag, 1, std::span<int>(&fd, 1), nfds) > 0 &&
-                nfds == 1) {
-                ipc::unique_fd owned(fd);
-                void* q = size == 0 ? nullptr : mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-                mapped = q != MAP_FAILED;
-                m = mapped ? q : nullptr;
-            }
-            if (!mapped && !attach_error) {
-                attach_error = std::make_exception_ptr(
-                    serialization_error("could not receive a large result from the worker"));
-            }
-            p = static_cast<const std::byte*>(m);
-            n = size;
+        if (r.size != sizeof size) throw protocol_violation("a bad large-result frame");
+        std::memcpy(&size, r.data, sizeof size);
+        int fd = -1;
+        std::size_t nfds = 0;
+        char tag = 0;
+        if (ipc::recv_with_fds(w.ctl.get(), &tag, 1, std::span<int>(&fd, 1), nfds, true) != 1 ||
+            nfds != 1 || tag != 'R') {
+            if (nfds == 1) ::close(fd);
+            throw protocol_violation("a large result's descriptor was missing");
         }
-        if (t != nullptr) {
-            finish(*t, [&] {
-                if (attach_error) {
-                    resolve_error(*t, attach_error);
-                    return;
-                }
-                detail::attachment_scope scope(nullptr, &received, opts.shared_memory_threshold);
-                wire::reader in(p, n);
-                t->decode(status, in);
-            });
+        ipc::unique_fd owned(fd);
+        process::check_mappable(fd, size);
+        r.data = nullptr;
+        r.size = 0;
+        if (size == 0) return;
+        void* q = mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+        if (q == MAP_FAILED) {
+            throw protocol_violation("a large result of " + std::to_string(size) +
+                                     " bytes could not be mapped");
         }
-        if (mapped && m != nullptr) munmap(const_cast<void*>(m), size);
+        r.mapping = q;
+        r.data = static_cast<const std::byte*>(q);
+        r.size = size;
     }
 
     // The pool cannot run tasks any more: every task it holds or gets fails with `e`.
@@ -685,27 +864,20 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         std::exception_ptr why;
         {
             std::lock_guard lock(mu);
-            // A worker that dies before running anything, again and again (it cannot map
-            // its region, the program's image differs, it is killed at start-up), would be
-            // replaced forever: after three in a row the pool gives up with an error.
-            const bool ran = w.region->started_seq.load(std::memory_order_seq_cst) != 0;
-            const bool early = now_ns() - w.spawned_ns < 1'000'000'000;
-            if (ran || !early || w.exit_sent || w.reason != kill_reason::none) {
-                failed_starts = 0;
-            } else if (++failed_starts >= 3) {
-                break_pool(std::make_exception_ptr(error(
-                    "procpool: worker processes die before running any task (last one: " +
-                    describe_status(wstatus) + "); the pool cannot run tasks")));
-            }
+            note_startup(w, wstatus);
             if (!w.inflight.empty()) {
                 process_task_base* front = w.inflight.head;
+                // Started if the worker said so, or if it was killed for this very task; a
+                // task whose worker keeps dying before it is seen to start fails too.
                 const bool started =
-                    w.region->started_seq.load(std::memory_order_seq_cst) >= front->seq;
+                    w.region->started_seq.load(std::memory_order_seq_cst) >= front->seq ||
+                    (w.reason != kill_reason::none && w.reason_seq == front->seq) ||
+                    (w.ready && ++front->requeues >= max_requeues);
                 if (started) {
-                    failed = w.inflight.pop_front();
+                    failed = pop_inflight(w);
                     why = death_error(w, *failed, wstatus);
                 }
-                while (auto* t = w.inflight.pop_front()) {
+                while (auto* t = pop_inflight(w)) {
                     if (t->shared().is_done()) {  // cancelled while it sat in the ring
                         settled.push_back(t);
                         continue;
@@ -740,6 +912,41 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         for (auto* t : settled) finish(*t, [] {});
     }
 
+    // A worker that dies before it is ready to serve, again and again (its initializer
+    // exits, it cannot map its region, the memory limit is too small, it runs another
+    // build of the program) would be replaced forever: after three in a row the pool gives
+    // up with an error that says why. Counted by how far the worker got, not by time, so
+    // that a slow start on a loaded machine is never mistaken for a failure or a success.
+    // Called with mu held, before the slot is released.
+    void note_startup(worker_slot& w, int wstatus) {
+        // (A worker dying at start-up closes its control socket first: channel_lost.)
+        if (w.ready || w.exit_sent ||
+            (w.reason != kill_reason::none && w.reason != kill_reason::channel_lost)) {
+            return;
+        }
+        // Only for the message: the worker writes it, so it may lie, but never to effect.
+        const std::uint32_t phase = w.region->phase.load(std::memory_order_seq_cst);
+        std::string why = describe_status(wstatus);
+        process::startup_report r{};
+        if (w.ctl && recv(w.ctl.get(), &r, sizeof r, MSG_DONTWAIT) ==
+                         static_cast<ssize_t>(sizeof r) &&
+            r.tag == process::startup_report_tag) {
+            why = process::describe_startup(r);
+        } else if (phase == ipc::phase_initializer) {
+            why += " while running the pool's initializer";
+        }
+        if (opts.memory_limit != 0) {
+            why += "; the pool's memory_limit of " + std::to_string(opts.memory_limit >> 20) +
+                   " MiB may be too small for the program itself: raise it";
+        }
+        if (++failed_starts >= 3) {
+            break_pool(std::make_exception_ptr(
+                error("procpool: worker processes die before running any task (" +
+                      std::to_string(failed_starts) + " in a row; last one: " + why +
+                      "); the pool cannot run tasks")));
+        }
+    }
+
     std::exception_ptr death_error(const worker_slot& w, const process_task_base& t,
                                    int wstatus) {
         if (w.reason_seq == t.seq) {
@@ -749,6 +956,11 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             if (w.reason == kill_reason::cancel) {
                 return std::make_exception_ptr(task_cancelled("task cancelled while running; "
                                                               "its worker was killed"));
+            }
+            if (w.reason == kill_reason::malformed) {
+                return std::make_exception_ptr(protocol_error(
+                    "worker sent a malformed message (" + w.violation +
+                    "); it was killed and replaced (pid " + std::to_string(w.pid) + ")"));
             }
         }
         int sig = 0;
@@ -825,18 +1037,38 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         }
     }
 
+    // The fork server is gone (killed from outside): its workers died with it. Their
+    // running tasks fail (worker_died); the pool reconnects to a new fork server, started
+    // again if needed, replaces the workers and keeps serving. Supervisor thread.
     void server_lost() {
         unwatch(server.get());
-        std::fprintf(stderr, "procpool: the fork server died; this pool's workers are gone\n");
+        std::exception_ptr reconnect_error;
+        try {
+            ipc::unique_fd fresh = process::open_fork_server_channel();
+            if (!fresh) throw error("procpool::init() state is gone");
+            server = std::move(fresh);
+            watch(server.get(), ev(ev_server, 0), EPOLLIN);
+        } catch (...) {
+            reconnect_error = std::current_exception();
+            server.reset();
+        }
         std::vector<worker_slot*> dead;
         {
             std::lock_guard lock(mu);
-            closed = true;
+            if (reconnect_error) closed = true;
             for (auto& s : slots) {
-                if (s->state != slot_state::idle) dead.push_back(s.get());
+                if (s->state != slot_state::idle) {
+                    s->reason = kill_reason::none;
+                    s->hup = true;
+                    dead.push_back(s.get());
+                }
             }
         }
-        for (auto* w : dead) finalize(*w, -1);
+        // Workers die by SIGKILL when their fork server does (PR_SET_PDEATHSIG).
+        for (auto* w : dead) finalize(*w, SIGKILL);
+        if (!reconnect_error) return;
+        std::fprintf(stderr, "procpool: the fork server died and could not be restarted; "
+                             "this pool cannot run tasks\n");
         std::vector<process_task_base*> left;
         {
             std::lock_guard lock(mu);
@@ -855,6 +1087,13 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         if (!w.pidfd) return;
         siginfo_t si{};
         int status = -1;
+        // Exited but not reaped, its pid cannot be reused yet: kill what its tasks left in
+        // its process group (the fork server does the same for its workers).
+        if (waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(w.pidfd.get()), &si,
+                   WEXITED | WNOHANG | WNOWAIT) == 0 &&
+            si.si_pid != 0) {
+            kill_worker_group(w.pid);
+        }
         if (waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(w.pidfd.get()), &si,
                    WEXITED | WNOHANG) == 0 &&
             si.si_pid != 0) {
@@ -879,22 +1118,20 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
 
     // ---- deadlines and cancellation ---------------------------------------------------
     // Kills workers whose running task is past its deadline; returns the next deadline.
+    // A task's clock starts when it becomes the head of its worker's queue (head_since),
+    // the parent's own observation: nothing the worker writes can delay it.
     std::int64_t check_deadlines() {
         std::int64_t next = INT64_MAX;
         const std::int64_t now = now_ns();
         std::lock_guard lock(mu);
         for (auto& s : slots) {
-            if (s->region == nullptr || s->inflight.empty() || s->reason != kill_reason::none) {
+            if (s->region == nullptr || !s->ready || s->inflight.empty() ||
+                s->reason != kill_reason::none) {
                 continue;
             }
             process_task_base* front = s->inflight.head;
             if (front->timeout_ns <= 0) continue;
-            if (s->region->started_seq.load(std::memory_order_acquire) != front->seq) {
-                next = std::min(next, now + 1'000'000);  // not started yet: look again soon
-                continue;
-            }
-            const std::int64_t deadline =
-                s->region->started_ns.load(std::memory_order_relaxed) + front->timeout_ns;
+            const std::int64_t deadline = s->head_since + front->timeout_ns;
             if (now >= deadline) {
                 kill_worker(*s, kill_reason::timeout, front->seq);
             } else {
@@ -975,7 +1212,9 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     }
     bool completions_waiting() const noexcept {
         for (auto& s : slots) {
-            if (s->region != nullptr && !s->cmp.empty()) return true;
+            if (s->region != nullptr && s->reason != kill_reason::malformed && !s->cmp.empty()) {
+                return true;
+            }
         }
         return false;
     }
@@ -1008,6 +1247,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
 
     // ---- supervisor loop -------------------------------------------------------------
     void supervise() {
+        if (method == start_method::fork) spawn_initial();
         std::int64_t idle_since = now_ns();
         unsigned spins = 0;
         std::vector<epoll_event> events(16 + slots.size() * 2);

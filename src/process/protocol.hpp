@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -58,6 +59,36 @@ struct completion_header {
     std::uint32_t reserved;
 };
 
+/// Why a worker could not start, sent on its control socket just before it exits (the
+/// way a child reports a failed set-up step through a pipe), so that the parent's error
+/// names the step and errno rather than a bare exit code.
+enum class startup_step : std::uint32_t {
+    parent_gone = 1,     ///< the process that forked it died first
+    wrong_binary = 2,    ///< its code addresses differ from the parent's
+    map_region = 3,      ///< mapping its shared region failed
+    bad_region = 4,      ///< the region lacks the magic number
+    bad_config = 5,      ///< its configuration could not be decoded
+    memory_limit = 6,    ///< setrlimit(RLIMIT_AS) failed
+};
+struct startup_report {
+    std::uint32_t tag;  ///< startup_report_tag
+    std::uint32_t step;
+    std::int32_t err;   ///< errno of the failing call, or 0
+    std::uint32_t reserved;
+};
+inline constexpr std::uint32_t startup_report_tag = 0x53545550;  // "STUP"
+/// Exit code of a worker that could not start (after sending a startup_report).
+inline constexpr int startup_exit_code = 70;
+
+/// Sends a startup_report on `ctl` (best effort) and exits: a worker that cannot start.
+[[noreturn]] void startup_failed(int ctl, startup_step step, int err) noexcept;
+/// The message for a report, e.g. "mapping its shared region failed: Cannot allocate memory".
+std::string describe_startup(const startup_report& r);
+
+/// Largest number of messages (shared blocks, out-of-band payloads) a task or result may
+/// carry on the control socket; more is a malformed message.
+inline constexpr std::uint32_t max_attachments = 64;
+
 /// What a worker needs to know at start, sent with its spawn request.
 struct worker_config {
     std::uint64_t anchor = 0;  ///< address of code_anchor in the parent: must equal ours
@@ -74,6 +105,10 @@ struct worker_config {
 std::vector<std::byte> encode_config(const worker_config& c);
 worker_config decode_config(const std::byte* p, std::size_t n);
 
+/// The largest encoded worker_config a spawn request may carry (one datagram to the fork
+/// server, which reads it into a buffer of this size plus the record).
+inline constexpr std::size_t max_config_bytes = std::size_t{1} << 20;
+
 /// Fork-server protocol (pool channel), fixed-size records.
 enum : std::uint32_t { fs_spawn = 1, fs_spawned = 2, fs_exited = 3, fs_spawn_failed = 4 };
 struct fs_record {
@@ -89,10 +124,27 @@ struct fs_record {
                              const worker_config& cfg);
 
 /// Sends the descriptors of `blocks` on `sock` as attach_msg records. False on error.
-bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks) noexcept;
+/// `nonblocking`: fail rather than wait for room (the parent, which must never wait on a
+/// worker, bounds what it queues instead).
+bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks,
+                      bool nonblocking) noexcept;
 /// Receives `n` attach_msg records from `sock` into `table` (keyed by the sender's ids).
-/// `notify` marks the mapped blocks as owned by this process (see shm_block::adopt).
-void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool notify);
+/// `from_worker`: the sender is not trusted (the parent receiving a worker's result):
+/// nothing blocks (the records must already be queued), each descriptor must be a regular
+/// file at least as large as claimed, and a memfd must be sealed against shrinking, so that
+/// a mapping of it can never fault (SIGBUS) in this process. The blocks are then marked as
+/// owned by this process (see shm_block::adopt). Throws protocol_violation on a bad record.
+void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool from_worker);
+
+/// A worker broke the protocol (bad frame, count, descriptor or size).
+struct protocol_violation : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+/// Checks that `fd` (received from a worker) can be mapped for `bytes` without faulting:
+/// a regular file of at least that size; a memfd must carry F_SEAL_SHRINK. Throws
+/// protocol_violation naming what is wrong.
+void check_mappable(int fd, std::uint64_t bytes);
 
 /// Closes every descriptor except 0, 1, 2 and those in `keep`.
 void close_other_fds(std::initializer_list<int> keep) noexcept;

@@ -4,12 +4,15 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "ipc/fd.hpp"
@@ -22,6 +25,9 @@ namespace procpool::process {
 
 namespace {
 
+/// Exit code of a worker whose request ring was found damaged.
+constexpr int corrupt_exit_code = 76;
+
 class worker {
 public:
     worker(ipc::worker_region* r, int ctl, int evfd, std::size_t threshold)
@@ -33,7 +39,15 @@ public:
           cmp_(&r->completions, r->completion_data(), r->ring_capacity) {}
 
     [[noreturn]] void run(const worker_config& cfg) {
-        if (cfg.init_invoker != 0 && !run_initializer(cfg)) _exit(70);
+        if (cfg.init_invoker != 0) {
+            r_->phase.store(ipc::phase_initializer, std::memory_order_seq_cst);
+            if (!run_initializer(cfg)) _exit(startup_exit_code);
+        }
+        r_->phase.store(ipc::phase_serving, std::memory_order_seq_cst);
+        // Tells the parent, before any task can run, that start-up is over: from then on a
+        // death is a task's doing, not a failed start (the parent keeps that fact itself).
+        std::vector<detail::shm_ref> none;
+        complete(0, detail::run_status::ready, 0, none);
         std::int32_t done = 0;
         for (;;) {
             ipc::frame_header h{};
@@ -76,18 +90,26 @@ private:
         return false;
     }
 
+    // True if a request is there; a corrupt request ring means the region was damaged (by
+    // a task of ours: the parent only writes well-formed frames), so the worker stops.
+    bool next_request(ipc::frame_header& h, const std::byte*& payload) {
+        const ipc::peek_result r = req_.peek(h, payload);
+        if (r == ipc::peek_result::corrupt) _exit(corrupt_exit_code);
+        return r == ipc::peek_result::frame;
+    }
+
     void wait_request(ipc::frame_header& h, const std::byte*& payload) {
-        if (detail::spin_until([&] { return req_.peek(h, payload); })) return;
+        if (detail::spin_until([&] { return next_request(h, payload); })) return;
         auto* ctl = req_.ctl();
         for (;;) {
             const std::uint32_t seen = ctl->data_futex.load(std::memory_order_acquire);
             ctl->consumer_sleeping.store(1, std::memory_order_seq_cst);
-            if (req_.peek(h, payload)) {
+            if (next_request(h, payload)) {
                 ctl->consumer_sleeping.store(0, std::memory_order_relaxed);
                 return;
             }
             detail::futex_wait(&ctl->data_futex, seen, nullptr, true);
-            if (req_.peek(h, payload)) return;
+            if (next_request(h, payload)) return;
         }
     }
 
@@ -98,7 +120,7 @@ private:
         if (th.nattach != 0) {
             try {
                 receive_attachments(ctl_, th.nattach, cache_, false);
-            } catch (...) {
+            } catch (...) {  // NOLINT(bugprone-empty-catch)
                 // Unknown ids then fail the task's deserialization with a clear message.
             }
         }
@@ -166,7 +188,7 @@ private:
     // Publishes one completion from out_ and wakes the parent if it sleeps.
     void complete(std::uint64_t seq, detail::run_status st, std::int64_t run_ns,
                   std::vector<detail::shm_ref>& outgoing) {
-        if (!outgoing.empty() && !send_attachments(ctl_, outgoing)) {
+        if (!outgoing.empty() && !send_attachments(ctl_, outgoing, false)) {
             outgoing.clear();
             out_.clear();
             wire::writer w(out_);
@@ -204,7 +226,7 @@ private:
     }
 
     bool send_oob() {
-        ipc::unique_fd fd(memfd_create("procpool-result", MFD_CLOEXEC));
+        ipc::unique_fd fd(memfd_create("procpool-result", MFD_CLOEXEC | MFD_ALLOW_SEALING));
         if (!fd || ftruncate(fd.get(), static_cast<off_t>(out_.size())) != 0) return false;
         std::size_t off = 0;
         while (off < out_.size()) {
@@ -213,6 +235,10 @@ private:
             if (n <= 0) return false;
             off += static_cast<std::size_t>(n);
         }
+        // The parent maps it: sealed, it cannot shrink under that mapping (see check_mappable).
+        if (fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+            return false;
+        }
         const char tag = 'R';
         const int f = fd.get();
         return ipc::send_with_fds(ctl_, &tag, 1, std::span<const int>(&f, 1));
@@ -220,12 +246,17 @@ private:
 
     std::byte* reserve(std::uint32_t len) {
         std::byte* p = nullptr;
-        if (detail::spin_until([&] { return (p = cmp_.try_reserve(len)) != nullptr; })) return p;
+        const auto room = [&] {
+            p = cmp_.try_reserve(len);
+            if (cmp_.corrupt()) _exit(corrupt_exit_code);
+            return p != nullptr;
+        };
+        if (detail::spin_until(room)) return p;
         auto* ctl = cmp_.ctl();
         for (;;) {
             const std::uint32_t seen = ctl->space_futex.load(std::memory_order_acquire);
             ctl->producer_sleeping.store(1, std::memory_order_seq_cst);
-            if ((p = cmp_.try_reserve(len)) != nullptr) {
+            if (room()) {
                 ctl->producer_sleeping.store(0, std::memory_order_relaxed);
                 return p;
             }
@@ -248,27 +279,92 @@ private:
 
 }  // namespace
 
-bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks) noexcept {
+bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks,
+                      bool nonblocking) noexcept {
     for (const auto& b : blocks) {
         const attach_msg m{b->id(), b->bytes(), b->writable() ? 1u : 0u, 0};
         const int fd = b->fd();
-        if (!ipc::send_with_fds(sock, &m, sizeof m, std::span<const int>(&fd, 1))) return false;
+        if (!ipc::send_with_fds(sock, &m, sizeof m, std::span<const int>(&fd, 1),
+                                nonblocking)) {
+            return false;
+        }
     }
     return true;
 }
 
-void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool notify) {
+void check_mappable(int fd, std::uint64_t bytes) {
+    struct stat st {};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        throw protocol_violation("a descriptor that is not a regular file or memfd");
+    }
+    if (static_cast<std::uint64_t>(st.st_size) < bytes) {
+        throw protocol_violation("a block of " + std::to_string(st.st_size) +
+                                 " bytes announced as " + std::to_string(bytes));
+    }
+    // A memfd can be shrunk by whoever holds it unless sealed; a mapped byte past its end
+    // would then kill this process with SIGBUS. Files on disk: see docs/architecture.md.
+    char link[64];
+    const std::string path = "/proc/self/fd/" + std::to_string(fd);
+    const ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
+    const bool memfd = n > 7 && std::memcmp(link, "/memfd:", 7) == 0;
+    if (memfd && (fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK) == 0) {
+        throw protocol_violation("a shared block that is not sealed against shrinking");
+    }
+}
+
+void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool from_worker) {
+    if (from_worker && n > max_attachments) {
+        throw protocol_violation("a result announcing " + std::to_string(n) + " shared blocks");
+    }
     for (std::uint32_t i = 0; i < n; ++i) {
         attach_msg m{};
         int fd = -1;
         std::size_t nfds = 0;
-        const long got = ipc::recv_with_fds(sock, &m, sizeof m, std::span<int>(&fd, 1), nfds);
+        const long got = ipc::recv_with_fds(sock, &m, sizeof m, std::span<int>(&fd, 1), nfds,
+                                            from_worker);
+        ipc::unique_fd owned(nfds == 1 ? fd : -1);
         if (got != static_cast<long>(sizeof m) || nfds != 1) {
-            if (nfds == 1) ::close(fd);
+            if (from_worker) throw protocol_violation("a shared block's descriptor was missing");
             throw serialization_error("a shared array's descriptor did not arrive");
         }
-        table[m.id] = detail::shm_block::adopt(fd, m.bytes, m.writable != 0, notify);
+        if (from_worker) check_mappable(fd, m.bytes);
+        table[m.id] = detail::shm_block::adopt(owned.release(), m.bytes, m.writable != 0,
+                                               from_worker);
     }
+}
+
+void startup_failed(int ctl, startup_step step, int err) noexcept {
+    const startup_report r{startup_report_tag, static_cast<std::uint32_t>(step), err, 0};
+    [[maybe_unused]] auto n = send(ctl, &r, sizeof r, MSG_NOSIGNAL | MSG_DONTWAIT);
+    _exit(startup_exit_code);
+}
+
+std::string describe_startup(const startup_report& r) {
+    std::string what;
+    switch (static_cast<startup_step>(r.step)) {
+        case startup_step::parent_gone:
+            what = "its parent process exited first";
+            break;
+        case startup_step::wrong_binary:
+            what = "it runs a different build of the program than the pool";
+            break;
+        case startup_step::map_region:
+            what = "mapping its shared region failed";
+            break;
+        case startup_step::bad_region:
+            what = "its shared region was not set up";
+            break;
+        case startup_step::bad_config:
+            what = "its configuration could not be decoded";
+            break;
+        case startup_step::memory_limit:
+            what = "setting its memory limit (RLIMIT_AS) failed";
+            break;
+        default:
+            what = "unknown start-up step " + std::to_string(r.step);
+    }
+    if (r.err != 0) what += std::string(": ") + std::strerror(r.err);
+    return what;
 }
 
 void close_other_fds(std::initializer_list<int> keep) noexcept {
@@ -300,24 +396,33 @@ void reset_signals_for_child() noexcept {
 
 [[noreturn]] void run_worker(int region_fd, int ctl_fd, int event_fd, pid_t parent,
                              const worker_config& cfg) {
-    // Die with whoever forked us, and catch the race where it died before prctl.
+    // Die with whoever forked us (one thread that lives as long as the pool: the fork
+    // server, or the pool's supervisor), and catch the race where it died before prctl.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(71);
+    if (getppid() != parent) startup_failed(ctl_fd, startup_step::parent_gone, 0);
+    // Its own process group: when it dies, the pool kills the group, so that processes a
+    // task started do not outlive the worker (see kill_worker_group).
+    setpgid(0, 0);
     reset_signals_for_child();
     close_other_fds({region_fd, ctl_fd, event_fd});
     detail::shm_reseed_ids((static_cast<std::uint64_t>(getpid()) << 32) | 1);
-    if (cfg.anchor != reinterpret_cast<std::uintptr_t>(&detail::code_anchor)) _exit(72);
+    if (cfg.anchor != reinterpret_cast<std::uintptr_t>(&detail::code_anchor)) {
+        startup_failed(ctl_fd, startup_step::wrong_binary, 0);
+    }
     for (const auto& [k, v] : cfg.env) setenv(k.c_str(), v.c_str(), 1);
     if (cfg.memory_limit != 0) {
         rlimit rl{cfg.memory_limit, cfg.memory_limit};
-        setrlimit(RLIMIT_AS, &rl);
+        if (setrlimit(RLIMIT_AS, &rl) != 0) startup_failed(ctl_fd, startup_step::memory_limit, errno);
     }
     const std::size_t len = ipc::worker_region::mapping_size(cfg.ring_capacity);
     void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, region_fd, 0);
-    if (p == MAP_FAILED) _exit(73);
+    if (p == MAP_FAILED) startup_failed(ctl_fd, startup_step::map_region, errno);
     ::close(region_fd);
     auto* region = static_cast<ipc::worker_region*>(p);
-    if (region->magic != ipc::worker_region::magic_value) _exit(74);
+    if (region->magic != ipc::worker_region::magic_value) {
+        startup_failed(ctl_fd, startup_step::bad_region, 0);
+    }
+    region->phase.store(ipc::phase_mapped, std::memory_order_seq_cst);
     worker w(region, ctl_fd, event_fd, static_cast<std::size_t>(cfg.shared_threshold));
     w.run(cfg);
 }

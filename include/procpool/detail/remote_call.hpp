@@ -24,6 +24,7 @@ enum class run_status : std::uint32_t {
     serialization = 3,  ///< payload: message
     cancelled = 4,      ///< skipped before it started; no payload
     init_failed = 5,    ///< the worker's initializer threw: type name, what()
+    ready = 6,          ///< the worker is set up and reads requests from now on; no payload
 };
 
 /// A function every procpool binary links; code addresses travel as offsets from it so
@@ -170,6 +171,8 @@ public:
     std::vector<std::byte> parked; ///< serialized arguments while the task waits in the pool
     std::vector<shm_ref> attachments;  ///< shared arrays among the arguments (kept alive)
     process_task_base* link = nullptr;  ///< pool-internal queue link
+    std::uint32_t requeues = 0;    ///< times its worker died before it was seen to start
+    std::uint32_t ctl_msgs = 0;    ///< messages it sent on its worker's control socket
 
 protected:
     ~process_task_base() = default;
@@ -204,6 +207,8 @@ public:
                 case run_status::init_failed:
                     this->set_exception(decode_exception(in));
                     return;
+                case run_status::ready:
+                    break;
             }
             this->set_exception(std::make_exception_ptr(
                 serialization_error("worker sent an unknown completion type")));
