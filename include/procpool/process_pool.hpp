@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "procpool/detail/remote_call.hpp"
+#include "procpool/detail/validate.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
 #include "procpool/shared_array.hpp"
@@ -235,6 +236,7 @@ private:
     // arguments (as InvArgs would be written) and queues it.
     template <class R, class Fn, class... InvArgs, class Encode>
     future<R> submit_encoded(task_options topts, std::uint64_t fn_off, Encode&& encode) {
+        detail::check_timeout(topts.timeout, "task_options::timeout");
         auto* t = new detail::process_task<R>();
         t->try_claim();  // the pool owns it from here; cancel() goes through the pool
         detail::state_ptr<detail::state<R>> owner(t);
@@ -258,7 +260,7 @@ private:
     }
 
     static std::int64_t timeout_ns(std::chrono::milliseconds d) noexcept {
-        return d.count() <= 0 ? 1 : static_cast<std::int64_t>(d.count()) * 1'000'000;
+        return static_cast<std::int64_t>(d.count()) * 1'000'000;
     }
     static std::vector<std::byte>& scratch() noexcept {
         thread_local std::vector<std::byte> buf;

@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "procpool/detail/validate.hpp"
 #include "procpool/error.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
@@ -150,9 +151,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     const std::size_t n = std::ranges::size(elems);
     auto first = std::ranges::begin(elems);
     if (opts.retries < 0) throw invalid_argument("run_options::retries must be >= 0");
-    if (opts.timeout && opts.timeout->count() <= 0) {
-        throw invalid_argument("run_options::timeout must be positive; leave it unset for none");
-    }
+    detail::check_timeout(opts.timeout, "run_options::timeout");
 
     // Executors without their own timeouts (thread pools): each attempt notes when it
     // starts, and this thread stops waiting for it once the deadline has passed.

@@ -20,6 +20,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <latch>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -211,6 +212,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     task_list pending;
     bool closed = false;
     bool has_initializer = false;
+    std::latch initial_spawn{1};  // counted down once the first workers are forked
     std::exception_ptr broken;  // set (under mu) when the pool cannot run tasks any more
     std::atomic<bool> is_broken{false};
     int failed_starts = 0;      // workers in a row that died before running anything
@@ -250,9 +252,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         if (opts.max_tasks_per_child < 0) {
             throw invalid_argument("process_pool: max_tasks_per_child must be >= 0 (0: never)");
         }
-        if (opts.task_timeout && opts.task_timeout->count() <= 0) {
-            throw invalid_argument("process_pool: task_timeout must be positive");
-        }
+        detail::check_timeout(opts.task_timeout, "process_pool_options::task_timeout");
         if (opts.task_timeout) default_timeout_ns = opts.task_timeout->count() * 1'000'000;
         method = opts.start;
         if (method == start_method::automatic) {
@@ -321,10 +321,16 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         }
         supervisor = std::thread([this] { supervise(); });
         detail::add_shm_listener(this);
+        // As with the fork server, the workers exist (have pids) once the pool is made.
+        initial_spawn.wait();
     }
 
     // The fork method's first workers, forked by the supervisor itself.
     void spawn_initial() {
+        struct done {
+            std::latch& l;
+            ~done() { l.count_down(); }
+        } signal{initial_spawn};
         std::lock_guard lock(mu);
         for (auto& s : slots) {
             if (s->state != slot_state::idle || broken) continue;
@@ -1247,7 +1253,11 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
 
     // ---- supervisor loop -------------------------------------------------------------
     void supervise() {
-        if (method == start_method::fork) spawn_initial();
+        if (method == start_method::fork) {
+            spawn_initial();
+        } else {
+            initial_spawn.count_down();
+        }
         std::int64_t idle_since = now_ns();
         unsigned spins = 0;
         std::vector<epoll_event> events(16 + slots.size() * 2);

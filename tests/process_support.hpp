@@ -1,0 +1,79 @@
+// Helpers for tests of process pools: a gate that holds a task in a worker process until
+// the test opens it, with no timing involved, and a temporary directory.
+#pragma once
+
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+
+namespace procpool_test {
+
+/// A fresh directory under $TMPDIR (or /tmp), removed with everything in it at the end.
+class temp_dir {
+public:
+    temp_dir() {
+        const char* base = std::getenv("TMPDIR");
+        std::string tmpl = std::string(base != nullptr ? base : "/tmp") + "/procpool-test-XXXXXX";
+        if (mkdtemp(tmpl.data()) == nullptr) std::abort();
+        path_ = tmpl;
+    }
+    temp_dir(const temp_dir&) = delete;
+    temp_dir& operator=(const temp_dir&) = delete;
+    ~temp_dir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path_, ec);
+    }
+    /// The directory.
+    const std::string& path() const noexcept { return path_; }
+
+private:
+    std::string path_;
+};
+
+/// Holds a process-pool task until the test opens the gate. Files carry the two events
+/// (the task started; the test opened the gate), so it works across processes.
+/// Declare it after the pool: its destructor opens the gate, so a failing test cannot
+/// leave a task waiting forever while the pool's destructor waits for it.
+class file_gate {
+public:
+    file_gate() = default;
+    file_gate(const file_gate&) = delete;
+    file_gate& operator=(const file_gate&) = delete;
+    ~file_gate() { open(); }
+
+    /// The argument to pass to `wait_then_return`.
+    const std::string& path() const noexcept { return dir_.path(); }
+
+    /// Waits until the task has started; a watchdog of minutes fails the test on a hang.
+    void wait_started() const {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+        while (!std::filesystem::exists(dir_.path() + "/started")) {
+            ASSERT_LT(std::chrono::steady_clock::now(), until) << "the gated task never started";
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+    }
+
+    /// Lets the task return.
+    void open() const { std::ofstream(dir_.path() + "/open") << 1; }
+
+    /// The task: marks that it started, waits for the gate, returns `value`.
+    static int wait_then_return(std::string dir, int value) {
+        std::ofstream(dir + "/started") << 1;
+        while (!std::filesystem::exists(dir + "/open")) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        return value;
+    }
+
+private:
+    temp_dir dir_;
+};
+
+}  // namespace procpool_test
