@@ -100,9 +100,10 @@ enum class forgery {
     missing_large_result, // announces an out-of-band result and sends no descriptor
     oversized_block,      // a shared block claiming more bytes than its file has
     unsealed_block,       // a memfd that the worker could shrink under the parent
-    false_init_failure,   // reports a failed initializer in a pool that has none
+    false_init_failure,   // reports a failed initializer after its start-up was over
     second_ready,         // reports readiness again
     too_many_attachments, // announces more attachments than the protocol allows
+    file_large_result,    // a large result in a file it could truncate under the parent
 };
 
 // Sends one attach_msg for a fresh memfd of `size` bytes that claims `claimed` bytes.
@@ -195,18 +196,50 @@ int forge(int kind) {
             publish(r, sizeof h, value, &h, sizeof h);
             break;
         }
+        case forgery::file_large_result: {
+            char path[] = "/tmp/procpool-forged-XXXXXX";
+            const int fd = mkstemp(path);
+            if (fd < 0 || ftruncate(fd, 1 << 20) != 0) std::abort();
+            unlink(path);
+            const char tag = 'R';
+            iovec iov{const_cast<char*>(&tag), 1};
+            alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))] = {};
+            msghdr msg{};
+            msg.msg_iov = &iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = ctrl;
+            msg.msg_controllen = sizeof ctrl;
+            cmsghdr* c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int));
+            std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+            if (sendmsg(my_control_socket(), &msg, MSG_NOSIGNAL) != 1) std::abort();
+            struct {
+                procpool::process::completion_header h;
+                std::uint64_t size;
+            } f{header_for_current(r, 0), 1 << 20};
+            publish(r, sizeof f, value | procpool::process::oob_flag, &f, sizeof f);
+            break;
+        }
     }
     wake_parent();
     std::this_thread::sleep_for(1h);  // the parent kills this worker
     return 0;
 }
 
-constexpr int forgery_count = 12;
+constexpr int forgery_count = 13;
+
+int initialized_value = 0;
+void harmless_init() { initialized_value = 1; }
 
 class ForgedMessage : public ::testing::TestWithParam<int> {};
 
 TEST_P(ForgedMessage, FailsOnlyItsTask_WithProtocolError_AndPoolKeepsServing) {
-    process_pool pool({.workers = 2});
+    // With an initializer, so that a forged "initializer failed" is refused for coming
+    // after the worker's start-up, not merely for the pool having none.
+    process_pool pool({.workers = 2,
+                       .initializer = procpool::worker_initializer(harmless_init)});
     auto hostile = pool.submit(forge, GetParam());
     std::vector<procpool::future<int>> others;
     for (int i = 0; i < 100; ++i) others.push_back(pool.submit(add, i, 1));

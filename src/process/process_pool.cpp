@@ -137,6 +137,7 @@ struct worker_slot {
     std::int64_t head_since = 0;
     std::uint32_t ctl_msgs = 0;  // messages sent on `ctl` for tasks not yet completed
     bool ready = false;          // the worker reported the end of its start-up
+    bool server_gone = false;    // it died with its fork server: not a start-up failure
     std::string violation;       // how the worker broke the protocol (kill_reason::malformed)
     std::uint64_t next_seq = 1;
     int sent = 0;
@@ -380,6 +381,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         w.head_since = 0;
         w.ctl_msgs = 0;
         w.ready = false;
+        w.server_gone = false;
         w.violation.clear();
         w.sent = 0;
         w.reason = kill_reason::none;
@@ -403,6 +405,9 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             std::memcpy(msg.data() + sizeof r, config.data(), config.size());
             const int fds[3] = {mem.get(), theirs.get(), evfd.get()};
             if (!ipc::send_with_fds(server.get(), msg.data(), msg.size(), fds)) {
+                // The server is gone: its channel reports the hang-up next, and
+                // server_lost replaces this slot's worker along with the others.
+                if (errno == EPIPE || errno == ECONNRESET) return;
                 ipc::throw_errno("spawn request to the procpool fork server");
             }
             return;
@@ -691,7 +696,9 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         std::memcpy(&ch, payload, sizeof ch);
         const std::uint32_t raw = h.type & ~process::oob_flag;
         if (raw == static_cast<std::uint32_t>(run_status::init_failed)) {
-            if (!has_initializer || ch.seq != 0 || ch.nattach != 0 ||
+            // Frames arrive in order and the ready frame precedes every task's, so a report
+            // read after it comes from a task, not from the initializer.
+            if (!has_initializer || w.ready || ch.seq != 0 || ch.nattach != 0 ||
                 (h.type & process::oob_flag) != 0) {
                 throw protocol_violation("a false report of a failed initializer");
             }
@@ -792,7 +799,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             throw protocol_violation("a large result's descriptor was missing");
         }
         ipc::unique_fd owned(fd);
-        process::check_mappable(fd, size);
+        process::check_mappable(fd, size, true);
         r.data = nullptr;
         r.size = 0;
         if (size == 0) return;
@@ -926,7 +933,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     // Called with mu held, before the slot is released.
     void note_startup(worker_slot& w, int wstatus) {
         // (A worker dying at start-up closes its control socket first: channel_lost.)
-        if (w.ready || w.exit_sent ||
+        if (w.ready || w.exit_sent || w.server_gone ||
             (w.reason != kill_reason::none && w.reason != kill_reason::channel_lost)) {
             return;
         }
@@ -1008,7 +1015,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         process::fs_record r{};
         for (;;) {
             ssize_t n = recv(server.get(), &r, sizeof r, MSG_DONTWAIT);
-            if (n == 0) {
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
                 server_lost();
                 return;
             }
@@ -1066,11 +1073,14 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
                 if (s->state != slot_state::idle) {
                     s->reason = kill_reason::none;
                     s->hup = true;
+                    s->server_gone = true;
                     dead.push_back(s.get());
                 }
             }
         }
-        // Workers die by SIGKILL when their fork server does (PR_SET_PDEATHSIG).
+        // Workers die by SIGKILL when their fork server does (PR_SET_PDEATHSIG). The new
+        // channel can be lost too, if it was handed to the old server as it was dying:
+        // then this runs again, and the replacements are not counted as failed starts.
         for (auto* w : dead) finalize(*w, SIGKILL);
         if (!reconnect_error) return;
         std::fprintf(stderr, "procpool: the fork server died and could not be restarted; "

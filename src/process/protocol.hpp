@@ -142,9 +142,11 @@ struct protocol_violation : std::runtime_error {
 };
 
 /// Checks that `fd` (received from a worker) can be mapped for `bytes` without faulting:
-/// a regular file of at least that size; a memfd must carry F_SEAL_SHRINK. Throws
-/// protocol_violation naming what is wrong.
-void check_mappable(int fd, std::uint64_t bytes);
+/// a regular file of at least that size; a memfd must carry F_SEAL_SHRINK, and with
+/// `require_memfd` nothing else will do (procpool's own payloads are always memfds; a
+/// file on disk could be truncated under the mapping). Throws protocol_violation naming
+/// what is wrong.
+void check_mappable(int fd, std::uint64_t bytes, bool require_memfd);
 
 /// Closes every descriptor except 0, 1, 2 and those in `keep`.
 void close_other_fds(std::initializer_list<int> keep) noexcept;

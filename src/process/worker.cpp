@@ -292,7 +292,7 @@ bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks,
     return true;
 }
 
-void check_mappable(int fd, std::uint64_t bytes) {
+void check_mappable(int fd, std::uint64_t bytes, bool require_memfd) {
     struct stat st {};
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         throw protocol_violation("a descriptor that is not a regular file or memfd");
@@ -307,6 +307,7 @@ void check_mappable(int fd, std::uint64_t bytes) {
     const std::string path = "/proc/self/fd/" + std::to_string(fd);
     const ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
     const bool memfd = n > 7 && std::memcmp(link, "/memfd:", 7) == 0;
+    if (require_memfd && !memfd) throw protocol_violation("a large result that is not a memfd");
     if (memfd && (fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK) == 0) {
         throw protocol_violation("a shared block that is not sealed against shrinking");
     }
@@ -327,7 +328,7 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
             if (from_worker) throw protocol_violation("a shared block's descriptor was missing");
             throw serialization_error("a shared array's descriptor did not arrive");
         }
-        if (from_worker) check_mappable(fd, m.bytes);
+        if (from_worker) check_mappable(fd, m.bytes, false);
         table[m.id] = detail::shm_block::adopt(owned.release(), m.bytes, m.writable != 0,
                                                from_worker);
     }
