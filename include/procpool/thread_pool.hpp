@@ -33,7 +33,9 @@ struct thread_pool_options {
 /// The destructor shuts down and waits for every queued task to finish.
 class thread_pool {
 public:
-    /// Starts the workers. Throws `procpool::invalid_argument` if `workers <= 0`.
+    /// Starts the workers. Throws `procpool::invalid_argument` if `workers <= 0`, and
+    /// `procpool::error` (after joining the threads it did start) if the system refuses to
+    /// create one, e.g. under a low `ulimit -u`.
     explicit thread_pool(thread_pool_options opts = {});
     /// Equivalent to `shutdown({.wait = true})`: runs every queued task, joins workers.
     ~thread_pool();
