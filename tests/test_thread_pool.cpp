@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <forward_list>
 #include <latch>
+#include <limits>
 #include <list>
 #include <memory>
 #include <numeric>
@@ -49,6 +50,19 @@ TEST(ThreadPool, NegativeWorkers_ThrowsInvalidArgument) {
 
 TEST(ThreadPool, InvalidArgument_IsCatchableAsProcpoolError) {
     EXPECT_THROW(thread_pool({.workers = 0}), procpool::error);
+}
+
+TEST(ThreadPool, AbsurdWorkerCount_ThrowsInvalidArgumentNamingTheLimit) {
+    for (int n : {thread_pool::max_workers + 1, std::numeric_limits<int>::max()}) {
+        try {
+            thread_pool pool({.workers = n});
+            FAIL() << "a pool with " << n << " workers was accepted";
+        } catch (const procpool::invalid_argument& e) {
+            const std::string what = e.what();
+            EXPECT_NE(what.find("workers = " + std::to_string(n)), std::string::npos) << what;
+            EXPECT_NE(what.find("at most 4096"), std::string::npos) << what;
+        }
+    }
 }
 
 // Exit codes of the child in ThreadsRefusedByTheSystem_*.

@@ -58,6 +58,11 @@ thread_pool::thread_pool(thread_pool_options opts) {
                                std::to_string(opts.workers) +
                                "); leave it unset for one per hardware thread");
     }
+    if (opts.workers > max_workers) {
+        throw invalid_argument("thread_pool: workers = " + std::to_string(opts.workers) +
+                               " is more threads than makes sense; use at most " +
+                               std::to_string(max_workers));
+    }
     impl_ = std::make_unique<impl>(opts.workers);
     impl_->threads.reserve(static_cast<std::size_t>(opts.workers));
     for (int i = 0; i < opts.workers; ++i) {
