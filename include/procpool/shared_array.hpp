@@ -18,6 +18,10 @@ namespace procpool {
 /// write, `double sum(shared_span<const double> xs)` promises only to read. Built from a
 /// `shared_array<T>` or `mapped_file_array<T>` argument; valid while the task runs (and
 /// while the array it came from lives).
+/// A `shared_span<const T>` parameter gets the memory read-only: the worker maps it from
+/// a read-only descriptor, so a stray write faults in the worker, and the task cannot
+/// truncate or remap the array under the parent. (This needs the parameter types to be
+/// visible: a function, or a lambda whose parameters are not `auto`.)
 template <class T>
 using shared_span = std::span<T>;
 
@@ -55,11 +59,7 @@ public:
     /// beside the message; only its id and the element count go into the bytes.
     template <class Archive>
     void save(Archive& ar) const {
-        std::uint64_t id = 0;
-        if (block_) {
-            attach(block_);
-            id = block_->id();
-        }
+        const std::uint64_t id = block_ ? attach(block_) : 0;
         std::uint64_t n = size_;
         ar(id, n);
     }

@@ -23,6 +23,7 @@ std::atomic<bool> in_worker{false};
 thread_local std::vector<shm_ref>* current_sink = nullptr;
 thread_local const shm_table* current_source = nullptr;
 thread_local std::size_t current_threshold = SIZE_MAX;
+thread_local bool current_read_only = false;
 
 std::mutex listeners_mutex;
 std::vector<shm_listener*>& listeners() {
@@ -39,6 +40,19 @@ void* map_fd(int fd, std::size_t bytes, bool writable) {
     void* p = mmap(nullptr, bytes, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED,
                    fd, 0);
     return p == MAP_FAILED ? nullptr : p;
+}
+
+// Records `b` itself (not a twin) as travelling with the current message.
+std::uint64_t attach_exactly(const shm_ref& b) {
+    if (current_sink == nullptr) {
+        throw serialization_error(
+            "a shared array can only be serialized as a process_pool task argument or result");
+    }
+    if (std::none_of(current_sink->begin(), current_sink->end(),
+                     [&](const shm_ref& x) { return x->id() == b->id(); })) {
+        current_sink->push_back(b);
+    }
+    return b->id();
 }
 
 }  // namespace
@@ -64,12 +78,20 @@ shm_block::~shm_block() {
 }
 
 std::shared_ptr<shm_block> shm_block::create(std::size_t bytes) {
-    const int fd = memfd_create("procpool-shared-array", MFD_CLOEXEC);
+    const int fd = memfd_create("procpool-shared-array", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) fail("memfd_create for a shared array", errno);
     if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
         const int e = errno;
         close(fd);
         fail("cannot allocate a shared array of " + std::to_string(bytes) + " bytes", e);
+    }
+    // Every process the block is shared with holds a descriptor: one that shrank it would
+    // make the others' next access to the lost pages a SIGBUS. Growing is sealed too, as
+    // nothing needs it, and F_SEAL_SEAL keeps a worker from adding seals of its own.
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        const int e = errno;
+        close(fd);
+        fail("cannot seal a shared array's size", e);
     }
     void* p = map_fd(fd, bytes, true);
     if (bytes != 0 && p == nullptr) {
@@ -121,6 +143,22 @@ std::shared_ptr<shm_block> shm_block::adopt(int fd, std::size_t bytes, bool writ
     return std::shared_ptr<shm_block>(new shm_block(fd, p, bytes, writable, notify_on_free));
 }
 
+std::shared_ptr<shm_block> shm_block::read_only_twin() {
+    if (!writable_) return shared_from_this();
+    std::lock_guard lock(twin_mutex_);
+    if (!twin_) {
+        // Reopening through /proc gives a new open file description with its own access
+        // mode; dup() would share this one's O_RDWR.
+        const std::string path = "/proc/self/fd/" + std::to_string(fd_);
+        const int ro = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (ro < 0) {
+            fail("cannot open a read-only descriptor of a shared array (" + path + ")", errno);
+        }
+        twin_.reset(new shm_block(ro, nullptr, bytes_, false, true));
+    }
+    return twin_;
+}
+
 attachment_scope::attachment_scope(std::vector<shm_ref>* sink, const shm_table* source,
                                    std::size_t threshold) noexcept
     : old_sink_(current_sink), old_source_(current_source), old_threshold_(current_threshold) {
@@ -140,8 +178,8 @@ std::size_t shared_threshold() noexcept { return current_threshold; }
 std::uint64_t share_copy(const void* p, std::size_t bytes) {
     shm_ref b = shm_block::create(bytes);
     if (bytes != 0) std::memcpy(b->data(), p, bytes);
-    attach(b);
-    return b->id();
+    // A private copy, read-only parameter or not: a twin would buy nothing.
+    return attach_exactly(b);
 }
 
 const void* shared_bytes(std::uint64_t id, std::size_t bytes) {
@@ -152,16 +190,17 @@ const void* shared_bytes(std::uint64_t id, std::size_t bytes) {
     return b->data();
 }
 
-void attach(const shm_ref& b) {
-    if (current_sink == nullptr) {
-        throw serialization_error(
-            "a shared array can only be serialized as a process_pool task argument or result");
-    }
-    if (std::none_of(current_sink->begin(), current_sink->end(),
-                     [&](const shm_ref& x) { return x->id() == b->id(); })) {
-        current_sink->push_back(b);
-    }
+std::uint64_t attach(const shm_ref& b) {
+    // Outside a message attach_exactly throws: make no twin for nothing.
+    if (current_read_only && current_sink != nullptr) return attach_exactly(b->read_only_twin());
+    return attach_exactly(b);
 }
+
+read_only_attachments::read_only_attachments() noexcept : old_(current_read_only) {
+    current_read_only = true;
+}
+
+read_only_attachments::~read_only_attachments() { current_read_only = old_; }
 
 shm_ref resolve_attachment(std::uint64_t id) {
     if (current_source != nullptr) {
