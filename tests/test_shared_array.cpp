@@ -172,6 +172,19 @@ void write_through_const_cast(shared_span<const double> xs) {
     const_cast<double*>(xs.data())[0] = -1;
 }
 
+int memfd_mappings_given(shared_span<const int>) { return count_memfd_mappings(); }
+int mappings_naming(std::string path) {
+    FILE* f = std::fopen("/proc/self/maps", "r");
+    if (f == nullptr) return -1;
+    char line[4096];
+    int n = 0;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (std::string(line).find(path) != std::string::npos) ++n;
+    }
+    std::fclose(f);
+    return n;
+}
+
 bool under_sanitizer() {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
     return true;
@@ -412,6 +425,25 @@ TEST(SharedArray, ReadOnlyThenWritableTask_OnOneWorker_EachMapsAsItNeeds) {
     pool.submit(fill, xs, 5).get();
     EXPECT_EQ(xs[4095], 5);
     EXPECT_EQ(pool.submit(sum_ints, xs).get(), 5 * 4096);
+}
+
+TEST(SharedArray, ForkedWorker_MapsOnlyTheArraysItIsSent) {
+    char path[] = "/tmp/procpool-mfa-XXXXXX";
+    const int fd = mkstemp(path);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    {
+        // All mapped in this process before the workers are forked from it.
+        shared_array<int> unsent(1 << 16);
+        auto unsent_file = procpool::mapped_file_array<int>::create(path, 1 << 16);
+        shared_array<int> sent(1 << 10);
+        ASSERT_EQ(count_memfd_mappings(), 2);
+        process_pool pool({.workers = 1, .start = procpool::start_method::fork});
+        EXPECT_EQ(pool.submit(worker_memfd_mappings).get(), 0);
+        EXPECT_EQ(pool.submit(mappings_naming, std::string(path)).get(), 0);
+        EXPECT_EQ(pool.submit(memfd_mappings_given, sent).get(), 1);
+    }
+    std::remove(path);
 }
 
 int main(int argc, char** argv) {

@@ -102,6 +102,8 @@ protected:
 /// Writes on either side are visible to the other once the task's future resolves.
 /// Copies of a shared_array share the memory; it is freed when the last handle, and
 /// every task that was given it, let go. A task may also return a shared_array.
+/// A child made by fork() does not inherit the mapping (so forked workers see only the
+/// arrays they are sent): share it with your own children through a process_pool.
 template <class T>
 class shared_array : public detail::shared_storage<T> {
 public:
@@ -120,6 +122,7 @@ enum class file_mode {
 
 /// A file mapped as an array of T (Python's `numpy.memmap`), passable to process_pool
 /// tasks like a shared_array: workers map the same file pages, nothing is copied.
+/// Like a shared_array's, its mapping is not inherited by fork().
 template <class T>
 class mapped_file_array : public detail::shared_storage<T> {
 public:

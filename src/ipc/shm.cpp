@@ -39,7 +39,13 @@ void* map_fd(int fd, std::size_t bytes, bool writable) {
     if (bytes == 0) return nullptr;
     void* p = mmap(nullptr, bytes, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED,
                    fd, 0);
-    return p == MAP_FAILED ? nullptr : p;
+    if (p == MAP_FAILED) return nullptr;
+    // A worker started by fork() would otherwise inherit every array this process maps,
+    // sent to it or not. Nothing relies on the inheritance: a worker maps what it receives
+    // from the descriptor (adopt). It cannot fail on a plain shared mapping; if it did,
+    // the only cost would be that inheritance.
+    madvise(p, bytes, MADV_DONTFORK);
+    return p;
 }
 
 // Records `b` itself (not a twin) as travelling with the current message.

@@ -15,6 +15,8 @@ namespace procpool::detail {
 /// One mapping of a memfd or a file, shared with worker processes by passing its
 /// descriptor. Freed (unmapped and closed) when the last handle lets go; the process
 /// that created it then tells pools to drop the workers' cached mappings.
+/// Mappings made here are not inherited by fork(): a worker forked from this process
+/// sees only the blocks it is sent.
 class shm_block : public std::enable_shared_from_this<shm_block> {
 public:
     /// A zero-filled anonymous block of `bytes` (memfd: no name in /dev/shm), sealed
