@@ -74,7 +74,7 @@ enum thread_limit_outcome : int {
     cannot_drop_root = 13,
 };
 
-// Runs in a forked child: allows this process only a few threads, then asks for 16.
+// Runs in a forked child: allows this process only a few threads, then asks for 64.
 int start_pool_under_a_thread_limit() {
     if (geteuid() == 0) {
         // Root is exempt from RLIMIT_NPROC: become a user id no other process has, so
@@ -85,12 +85,13 @@ int start_pool_under_a_thread_limit() {
             return cannot_drop_root;
         }
     }
-    // This process plus two threads; a user id that already runs more processes (tests
-    // run as an ordinary user) gets no thread at all, which is the same failure.
-    const rlimit few{3, 3};
+    // A few threads start (sanitizer runtimes take one or two of them), the rest are
+    // refused. A user id that already runs more processes (tests run as an ordinary user)
+    // gets no thread at all: the same failure, without joins to do.
+    const rlimit few{8, 8};
     if (setrlimit(RLIMIT_NPROC, &few) != 0) return cannot_drop_root;
     try {
-        thread_pool pool({.workers = 16});
+        thread_pool pool({.workers = 64});
         return no_error;
     } catch (const procpool::invalid_argument&) {
         return other_exception;
@@ -98,7 +99,7 @@ int start_pool_under_a_thread_limit() {
         const std::string what = e.what();
         std::fprintf(stderr, "child got: %s\n", what.c_str());
         const bool clear = what.find("could start only ") != std::string::npos &&
-                           what.find(" of the 16 worker threads") != std::string::npos &&
+                           what.find(" of the 64 worker threads") != std::string::npos &&
                            what.find("fewer workers") != std::string::npos &&
                            what.find("ulimit -u") != std::string::npos;
         return clear ? got_clear_error : message_unclear;
