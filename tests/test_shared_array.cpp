@@ -1,11 +1,17 @@
 // shared_array / mapped_file_array: large data shared with worker processes, no copies,
 // no leaks.
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <climits>
 #include <cstdio>
 #include <numeric>
 #include <string>
@@ -75,6 +81,109 @@ int count_memfd_mappings() {
 }
 
 int worker_memfd_mappings() { return count_memfd_mappings(); }
+
+// A finished task lets go of its shared arrays a moment after its future resolves: the
+// pool's supervisor thread resolves the future first and drops the task (and with it the
+// arrays it was given) next. So right after get() the last handle may still be the
+// task's. This waits for the parent's mapping count to reach `want` and returns the count
+// it saw last; the watchdog only stops a real leak from hanging the test.
+int memfd_mappings_settling_at(int want) {
+    const auto watchdog = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    int n = count_memfd_mappings();
+    while (n != want && std::chrono::steady_clock::now() < watchdog) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        n = count_memfd_mappings();
+    }
+    return n;
+}
+
+// Descriptors of this process whose /proc/self/fd link contains `target` (a memfd's name
+// or a file's path).
+std::vector<int> fds_naming(const std::string& target) {
+    std::vector<int> names;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        while (const dirent* e = readdir(d)) {
+            if (e->d_name[0] != '.') names.push_back(std::atoi(e->d_name));
+        }
+        closedir(d);  // its own descriptor was listed too; it is gone now and fails readlink
+    }
+    std::vector<int> found;
+    for (int fd : names) {
+        char link[PATH_MAX];
+        const std::string path = "/proc/self/fd/" + std::to_string(fd);
+        const ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
+        if (n <= 0) continue;
+        link[n] = '\0';
+        if (std::string(link).find(target) != std::string::npos) found.push_back(fd);
+    }
+    return found;
+}
+
+// The smallest size among this process's descriptors of `target`: a shrunk array shows
+// here before touching it would SIGBUS.
+long long smallest_size_of(const std::string& target) {
+    long long smallest = -1;
+    for (int fd : fds_naming(target)) {
+        struct stat st {};
+        if (fstat(fd, &st) != 0) continue;
+        if (smallest < 0 || st.st_size < smallest) smallest = st.st_size;
+    }
+    return smallest;
+}
+
+// A task that promises to read (shared_span<const double>) and then tries to damage the
+// parent's array through every descriptor of it in its process. Returns how many it
+// found, then how many of each attack worked: mprotect of its view to writable, a
+// writable shared mapping, ftruncate to zero, and (`reopen`) ftruncate through a
+// read-write reopening of /proc/self/fd/N. Writable attacks write -1 to element 0.
+std::vector<int> try_to_damage(shared_span<const double> xs, std::string target, bool reopen) {
+    const std::size_t bytes = xs.size_bytes();
+    const std::vector<int> fds = fds_naming(target);
+    int protected_writable = 0, mapped_writable = 0, truncated = 0, reopened_truncated = 0;
+    // The pages go last: a write after a successful truncation would SIGBUS this worker.
+    auto* view = const_cast<double*>(xs.data());
+    if (mprotect(view, bytes, PROT_READ | PROT_WRITE) == 0) {
+        ++protected_writable;
+        view[0] = -1;
+    }
+    for (int fd : fds) {
+        void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p != MAP_FAILED) {
+            ++mapped_writable;
+            static_cast<double*>(p)[0] = -1;
+            munmap(p, bytes);
+        }
+    }
+    for (int fd : fds) {
+        if (ftruncate(fd, 0) == 0) ++truncated;
+        if (!reopen) continue;
+        const std::string path = "/proc/self/fd/" + std::to_string(fd);
+        const int rw = open(path.c_str(), O_RDWR | O_CLOEXEC);
+        if (rw >= 0) {
+            if (ftruncate(rw, 0) == 0) ++reopened_truncated;
+            close(rw);
+        }
+    }
+    return {static_cast<int>(fds.size()), protected_writable, mapped_writable, truncated,
+            reopened_truncated};
+}
+
+void write_through_const_cast(shared_span<const double> xs) {
+    const_cast<double*>(xs.data())[0] = -1;
+}
+
+int memfd_mappings_given(shared_span<const int>) { return count_memfd_mappings(); }
+int mappings_naming(std::string path) {
+    FILE* f = std::fopen("/proc/self/maps", "r");
+    if (f == nullptr) return -1;
+    char line[4096];
+    int n = 0;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (std::string(line).find(path) != std::string::npos) ++n;
+    }
+    std::fclose(f);
+    return n;
+}
 
 bool under_sanitizer() {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -153,7 +262,7 @@ TEST(SharedArray, WorkerCrashingWhileHoldingAnArray_LeaksNothing) {
             EXPECT_EQ(xs[0], 7);  // the write before the crash is in shared memory
             EXPECT_EQ(pool.submit(sum_ints, xs).get(), 7);
         }
-        EXPECT_EQ(count_memfd_mappings(), 0);
+        EXPECT_EQ(memfd_mappings_settling_at(0), 0);
     }
     EXPECT_EQ(count_fds(), fds);
     EXPECT_EQ(count_memfd_mappings(), 0);
@@ -253,6 +362,88 @@ TEST(SharedArray, LargeVectorResult_AndAnyThreshold_RoundTrip) {
     }
     // Nothing stays mapped once the results are gone.
     EXPECT_EQ(count_memfd_mappings(), 0);
+}
+
+TEST(SharedArray, ReadOnlyView_HostileTask_CannotShrinkOrWriteTheParentsArray) {
+    shared_array<double> xs(1 << 16);
+    for (std::size_t i = 0; i < xs.size(); ++i) xs[i] = static_cast<double>(i);
+    const std::string memfd = "memfd:procpool-shared-array";
+    process_pool pool({.workers = 1});
+    const auto r = pool.submit(try_to_damage, xs, memfd, true).get();
+    ASSERT_EQ(r.size(), 5u);
+    EXPECT_GE(r[0], 1) << "the task found no descriptor of its array";
+    EXPECT_EQ(r[1], 0) << "the task made its read-only view writable";
+    EXPECT_EQ(r[2], 0) << "the task mapped its read-only array writable";
+    EXPECT_EQ(r[3], 0) << "the task truncated its read-only array";
+    EXPECT_EQ(r[4], 0) << "the task truncated the array through a reopened descriptor";
+    // Checked before reading: pages lost to a truncation would kill this test by SIGBUS.
+    ASSERT_EQ(smallest_size_of(memfd), static_cast<long long>(xs.size() * sizeof(double)));
+    for (std::size_t i = 0; i < xs.size(); ++i) ASSERT_EQ(xs[i], static_cast<double>(i)) << i;
+}
+
+TEST(MappedFileArray, ReadWriteFileAsReadOnlyView_HostileTask_CannotShrinkOrWriteIt) {
+    char path[] = "/tmp/procpool-mfa-XXXXXX";
+    const int fd = mkstemp(path);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    {
+        auto file = procpool::mapped_file_array<double>::create(path, 1 << 16);
+        for (std::size_t i = 0; i < file.size(); ++i) file[i] = static_cast<double>(i);
+        process_pool pool({.workers = 1});
+        // No reopening: a file cannot be sealed, and a task may open it by its path anyway.
+        const auto r = pool.submit(try_to_damage, file, std::string(path), false).get();
+        ASSERT_EQ(r.size(), 5u);
+        EXPECT_GE(r[0], 1) << "the task found no descriptor of the file";
+        EXPECT_EQ(r[1], 0) << "the task made its read-only view writable";
+        EXPECT_EQ(r[2], 0) << "the task mapped the file writable";
+        EXPECT_EQ(r[3], 0) << "the task truncated the file";
+        struct stat st {};
+        ASSERT_EQ(stat(path, &st), 0);
+        ASSERT_EQ(st.st_size, static_cast<off_t>(file.size() * sizeof(double)));
+        for (std::size_t i = 0; i < file.size(); ++i) {
+            ASSERT_EQ(file[i], static_cast<double>(i)) << i;
+        }
+    }
+    std::remove(path);
+}
+
+TEST(SharedArray, ReadOnlyView_WriteThroughConstCast_KillsOnlyItsWorker) {
+    shared_array<double> xs(1000);
+    xs[0] = 3;
+    process_pool pool({.workers = 1});
+    EXPECT_THROW(pool.submit(write_through_const_cast, xs).get(), procpool::worker_died);
+    EXPECT_EQ(xs[0], 3);
+    EXPECT_EQ(pool.submit(sum, xs).get(), 3.0);
+}
+
+TEST(SharedArray, ReadOnlyThenWritableTask_OnOneWorker_EachMapsAsItNeeds) {
+    process_pool pool({.workers = 1});
+    shared_array<int> xs(4096);
+    for (auto& x : xs) x = 1;
+    // The worker now caches a read-only mapping; the writer must not be given it.
+    EXPECT_EQ(pool.submit(sum_ints, xs).get(), 4096);
+    pool.submit(fill, xs, 5).get();
+    EXPECT_EQ(xs[4095], 5);
+    EXPECT_EQ(pool.submit(sum_ints, xs).get(), 5 * 4096);
+}
+
+TEST(SharedArray, ForkedWorker_MapsOnlyTheArraysItIsSent) {
+    char path[] = "/tmp/procpool-mfa-XXXXXX";
+    const int fd = mkstemp(path);
+    ASSERT_GE(fd, 0);
+    close(fd);
+    {
+        // All mapped in this process before the workers are forked from it.
+        shared_array<int> unsent(1 << 16);
+        auto unsent_file = procpool::mapped_file_array<int>::create(path, 1 << 16);
+        shared_array<int> sent(1 << 10);
+        ASSERT_EQ(count_memfd_mappings(), 2);
+        process_pool pool({.workers = 1, .start = procpool::start_method::fork});
+        EXPECT_EQ(pool.submit(worker_memfd_mappings).get(), 0);
+        EXPECT_EQ(pool.submit(mappings_naming, std::string(path)).get(), 0);
+        EXPECT_EQ(pool.submit(memfd_mappings_given, sent).get(), 1);
+    }
+    std::remove(path);
 }
 
 int main(int argc, char** argv) {

@@ -1,13 +1,20 @@
 // thread_pool: submitting, many tasks, many submitters, shutdown, destruction, map.
 #include "procpool/thread_pool.hpp"
 
+#include <grp.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <barrier>
 #include <chrono>
+#include <cstdio>
 #include <forward_list>
 #include <latch>
+#include <limits>
 #include <list>
 #include <memory>
 #include <numeric>
@@ -43,6 +50,79 @@ TEST(ThreadPool, NegativeWorkers_ThrowsInvalidArgument) {
 
 TEST(ThreadPool, InvalidArgument_IsCatchableAsProcpoolError) {
     EXPECT_THROW(thread_pool({.workers = 0}), procpool::error);
+}
+
+TEST(ThreadPool, AbsurdWorkerCount_ThrowsInvalidArgumentNamingTheLimit) {
+    for (int n : {thread_pool::max_workers + 1, std::numeric_limits<int>::max()}) {
+        try {
+            thread_pool pool({.workers = n});
+            FAIL() << "a pool with " << n << " workers was accepted";
+        } catch (const procpool::invalid_argument& e) {
+            const std::string what = e.what();
+            EXPECT_NE(what.find("workers = " + std::to_string(n)), std::string::npos) << what;
+            EXPECT_NE(what.find("at most 4096"), std::string::npos) << what;
+        }
+    }
+}
+
+// Exit codes of the child in ThreadsRefusedByTheSystem_*.
+enum thread_limit_outcome : int {
+    got_clear_error = 0,
+    no_error = 10,
+    other_exception = 11,
+    message_unclear = 12,
+    cannot_drop_root = 13,
+};
+
+// Runs in a forked child: allows this process only a few threads, then asks for 64.
+int start_pool_under_a_thread_limit() {
+    if (geteuid() == 0) {
+        // Root is exempt from RLIMIT_NPROC: become a user id no other process has, so
+        // the limit counts this process's threads only.
+        const auto fresh =
+            static_cast<uid_t>(0x7ff00000u + (static_cast<unsigned>(getpid()) & 0xfffffu));
+        if (setgroups(0, nullptr) != 0 || setgid(fresh) != 0 || setuid(fresh) != 0) {
+            return cannot_drop_root;
+        }
+    }
+    // A few threads start (sanitizer runtimes take one or two of them), the rest are
+    // refused. A user id that already runs more processes (tests run as an ordinary user)
+    // gets no thread at all: the same failure, without joins to do.
+    const rlimit few{8, 8};
+    if (setrlimit(RLIMIT_NPROC, &few) != 0) return cannot_drop_root;
+    try {
+        thread_pool pool({.workers = 64});
+        return no_error;
+    } catch (const procpool::invalid_argument&) {
+        return other_exception;
+    } catch (const procpool::error& e) {
+        const std::string what = e.what();
+        std::fprintf(stderr, "child got: %s\n", what.c_str());
+        const bool clear = what.find("could start only ") != std::string::npos &&
+                           what.find(" of the 64 worker threads") != std::string::npos &&
+                           what.find("fewer workers") != std::string::npos &&
+                           what.find("ulimit -u") != std::string::npos;
+        return clear ? got_clear_error : message_unclear;
+    } catch (...) {
+        return other_exception;
+    }
+}
+
+TEST(ThreadPool, ThreadsRefusedByTheSystem_ThrowsProcpoolErrorAfterJoiningTheStartedOnes) {
+    // A real fault: RLIMIT_NPROC makes pthread_create fail with EAGAIN part way through
+    // the constructor. Before the fix the started threads were still joinable when the
+    // exception left, and the child died in std::terminate (SIGABRT).
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) _exit(start_pool_under_a_thread_limit());
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status)) << "the child died by signal " << WTERMSIG(status);
+    if (WEXITSTATUS(status) == cannot_drop_root) {
+        GTEST_SKIP() << "cannot move the child to an unused user id to apply RLIMIT_NPROC";
+    }
+    EXPECT_EQ(WEXITSTATUS(status), got_clear_error)
+        << "10: no error, 11: another exception type, 12: the message lacks what to do";
 }
 
 TEST(ThreadPool, Workers_ReportsTheRequestedCount) {

@@ -160,7 +160,7 @@ public:
                       "boundary (see procpool/wire.hpp)");
         return submit_encoded<R, Fn, detail::wire_arg_t<A>...>(
             topts, detail::callable_offset(static_cast<const Fn&>(f)), [&](wire::writer& w) {
-                wire::save_all(w, detail::wire_arg_t<A>(std::forward<A>(args))...);
+                detail::save_call_args<Fn>(w, std::forward<A>(args)...);
             });
     }
 

@@ -18,6 +18,10 @@ namespace procpool {
 /// write, `double sum(shared_span<const double> xs)` promises only to read. Built from a
 /// `shared_array<T>` or `mapped_file_array<T>` argument; valid while the task runs (and
 /// while the array it came from lives).
+/// A `shared_span<const T>` parameter gets the memory read-only: the worker maps it from
+/// a read-only descriptor, so a stray write faults in the worker, and the task cannot
+/// truncate or remap the array under the parent. (This needs the parameter types to be
+/// visible: a function, or a lambda whose parameters are not `auto`.)
 template <class T>
 using shared_span = std::span<T>;
 
@@ -55,11 +59,7 @@ public:
     /// beside the message; only its id and the element count go into the bytes.
     template <class Archive>
     void save(Archive& ar) const {
-        std::uint64_t id = 0;
-        if (block_) {
-            attach(block_);
-            id = block_->id();
-        }
+        const std::uint64_t id = block_ ? attach(block_) : 0;
         std::uint64_t n = size_;
         ar(id, n);
     }
@@ -102,6 +102,8 @@ protected:
 /// Writes on either side are visible to the other once the task's future resolves.
 /// Copies of a shared_array share the memory; it is freed when the last handle, and
 /// every task that was given it, let go. A task may also return a shared_array.
+/// A child made by fork() does not inherit the mapping (so forked workers see only the
+/// arrays they are sent): share it with your own children through a process_pool.
 template <class T>
 class shared_array : public detail::shared_storage<T> {
 public:
@@ -120,6 +122,7 @@ enum class file_mode {
 
 /// A file mapped as an array of T (Python's `numpy.memmap`), passable to process_pool
 /// tasks like a shared_array: workers map the same file pages, nothing is copied.
+/// Like a shared_array's, its mapping is not inherited by fork().
 template <class T>
 class mapped_file_array : public detail::shared_storage<T> {
 public:

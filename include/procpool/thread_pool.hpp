@@ -19,7 +19,8 @@ namespace procpool {
 
 /// Options of a `thread_pool`; designated initializers: `thread_pool({.workers = 8})`.
 struct thread_pool_options {
-    /// Number of worker threads (> 0). Defaults to the number of hardware threads.
+    /// Number of worker threads (1 to `thread_pool::max_workers`). Defaults to the number
+    /// of hardware threads.
     int workers = default_worker_count();
     /// Prefix of the worker threads' names (as shown by `top -H`, at most 15 characters).
     std::string name = "procpool";
@@ -33,7 +34,14 @@ struct thread_pool_options {
 /// The destructor shuts down and waits for every queued task to finish.
 class thread_pool {
 public:
-    /// Starts the workers. Throws `procpool::invalid_argument` if `workers <= 0`.
+    /// The most workers a pool accepts: the same bound as process_pool's, far past what
+    /// helps even I/O-bound work, low enough to catch a garbage count before it exhausts
+    /// the system's threads.
+    static constexpr int max_workers = 4096;
+
+    /// Starts the workers. Throws `procpool::invalid_argument` if `workers` is not in
+    /// 1..max_workers, and `procpool::error` (after joining the threads it did start) if the
+    /// system refuses to create one, e.g. under a low `ulimit -u`.
     explicit thread_pool(thread_pool_options opts = {});
     /// Equivalent to `shutdown({.wait = true})`: runs every queued task, joins workers.
     ~thread_pool();

@@ -23,6 +23,7 @@ std::atomic<bool> in_worker{false};
 thread_local std::vector<shm_ref>* current_sink = nullptr;
 thread_local const shm_table* current_source = nullptr;
 thread_local std::size_t current_threshold = SIZE_MAX;
+thread_local bool current_read_only = false;
 
 std::mutex listeners_mutex;
 std::vector<shm_listener*>& listeners() {
@@ -38,7 +39,26 @@ void* map_fd(int fd, std::size_t bytes, bool writable) {
     if (bytes == 0) return nullptr;
     void* p = mmap(nullptr, bytes, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED,
                    fd, 0);
-    return p == MAP_FAILED ? nullptr : p;
+    if (p == MAP_FAILED) return nullptr;
+    // A worker started by fork() would otherwise inherit every array this process maps,
+    // sent to it or not. Nothing relies on the inheritance: a worker maps what it receives
+    // from the descriptor (adopt). It cannot fail on a plain shared mapping; if it did,
+    // the only cost would be that inheritance.
+    madvise(p, bytes, MADV_DONTFORK);
+    return p;
+}
+
+// Records `b` itself (not a twin) as travelling with the current message.
+std::uint64_t attach_exactly(const shm_ref& b) {
+    if (current_sink == nullptr) {
+        throw serialization_error(
+            "a shared array can only be serialized as a process_pool task argument or result");
+    }
+    if (std::none_of(current_sink->begin(), current_sink->end(),
+                     [&](const shm_ref& x) { return x->id() == b->id(); })) {
+        current_sink->push_back(b);
+    }
+    return b->id();
 }
 
 }  // namespace
@@ -129,6 +149,22 @@ std::shared_ptr<shm_block> shm_block::adopt(int fd, std::size_t bytes, bool writ
     return std::shared_ptr<shm_block>(new shm_block(fd, p, bytes, writable, notify_on_free));
 }
 
+std::shared_ptr<shm_block> shm_block::read_only_twin() {
+    if (!writable_) return shared_from_this();
+    std::lock_guard lock(twin_mutex_);
+    if (!twin_) {
+        // Reopening through /proc gives a new open file description with its own access
+        // mode; dup() would share this one's O_RDWR.
+        const std::string path = "/proc/self/fd/" + std::to_string(fd_);
+        const int ro = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (ro < 0) {
+            fail("cannot open a read-only descriptor of a shared array (" + path + ")", errno);
+        }
+        twin_.reset(new shm_block(ro, nullptr, bytes_, false, true));
+    }
+    return twin_;
+}
+
 attachment_scope::attachment_scope(std::vector<shm_ref>* sink, const shm_table* source,
                                    std::size_t threshold) noexcept
     : old_sink_(current_sink), old_source_(current_source), old_threshold_(current_threshold) {
@@ -148,8 +184,8 @@ std::size_t shared_threshold() noexcept { return current_threshold; }
 std::uint64_t share_copy(const void* p, std::size_t bytes) {
     shm_ref b = shm_block::create(bytes);
     if (bytes != 0) std::memcpy(b->data(), p, bytes);
-    attach(b);
-    return b->id();
+    // A private copy, read-only parameter or not: a twin would buy nothing.
+    return attach_exactly(b);
 }
 
 const void* shared_bytes(std::uint64_t id, std::size_t bytes) {
@@ -160,16 +196,17 @@ const void* shared_bytes(std::uint64_t id, std::size_t bytes) {
     return b->data();
 }
 
-void attach(const shm_ref& b) {
-    if (current_sink == nullptr) {
-        throw serialization_error(
-            "a shared array can only be serialized as a process_pool task argument or result");
-    }
-    if (std::none_of(current_sink->begin(), current_sink->end(),
-                     [&](const shm_ref& x) { return x->id() == b->id(); })) {
-        current_sink->push_back(b);
-    }
+std::uint64_t attach(const shm_ref& b) {
+    // Outside a message attach_exactly throws: make no twin for nothing.
+    if (current_read_only && current_sink != nullptr) return attach_exactly(b->read_only_twin());
+    return attach_exactly(b);
 }
+
+read_only_attachments::read_only_attachments() noexcept : old_(current_read_only) {
+    current_read_only = true;
+}
+
+read_only_attachments::~read_only_attachments() { current_read_only = old_; }
 
 shm_ref resolve_attachment(std::uint64_t id) {
     if (current_source != nullptr) {

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -36,6 +37,13 @@ struct thread_pool::impl {
         }
     }
 
+    // Undoes a constructor that could not start every thread: nothing was queued, so
+    // closing the queue lets the started workers return at once.
+    void stop_started() noexcept {
+        queue.close();
+        for (auto& t : threads) t.join();
+    }
+
     void cancel_queued() {
         while (detail::state_base* s = queue.try_pop()) {
             if (s->try_claim()) s->set_cancelled("task cancelled: its pool shut down");
@@ -50,10 +58,29 @@ thread_pool::thread_pool(thread_pool_options opts) {
                                std::to_string(opts.workers) +
                                "); leave it unset for one per hardware thread");
     }
+    if (opts.workers > max_workers) {
+        throw invalid_argument("thread_pool: workers = " + std::to_string(opts.workers) +
+                               " is more threads than makes sense; use at most " +
+                               std::to_string(max_workers));
+    }
     impl_ = std::make_unique<impl>(opts.workers);
     impl_->threads.reserve(static_cast<std::size_t>(opts.workers));
     for (int i = 0; i < opts.workers; ++i) {
-        impl_->threads.emplace_back([this] { impl_->worker_loop(this); });
+        try {
+            impl_->threads.emplace_back([this] { impl_->worker_loop(this); });
+        } catch (const std::system_error& e) {
+            // Leaving with joinable threads would call std::terminate: stop the ones that
+            // run (nothing is queued yet) and report how far we got.
+            impl_->stop_started();
+            throw error("thread_pool: could start only " + std::to_string(i) + " of the " +
+                        std::to_string(opts.workers) + " worker threads asked for (" +
+                        e.code().message() +
+                        "); ask for fewer workers, or raise the limit on threads or processes "
+                        "(ulimit -u, /proc/sys/kernel/threads-max)");
+        } catch (...) {
+            impl_->stop_started();
+            throw;
+        }
         // Best effort: a name helps in top -H and gdb; the kernel limits it to 15 chars.
         std::string name = opts.name.substr(0, 10) + "/" + std::to_string(i);
         pthread_setname_np(impl_->threads.back().native_handle(), name.substr(0, 15).c_str());

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <cstddef>
 #include <exception>
+#include <span>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -57,6 +59,99 @@ using wire_arg_t =
     std::conditional_t<std::is_same_v<std::decay_t<A>, const char*> ||
                            std::is_same_v<std::decay_t<A>, char*>,
                        std::string, std::decay_t<A>>;
+
+/// The parameter types of callable `F` as a std::tuple, or void where they cannot be seen
+/// (a generic lambda, an overloaded call operator).
+template <class F, class = void>
+struct params_of {
+    using type = void;
+};
+template <class R, class... P>
+struct params_of<R (*)(P...), void> {
+    using type = std::tuple<P...>;
+};
+template <class R, class... P>
+struct params_of<R (*)(P...) noexcept, void> {
+    using type = std::tuple<P...>;
+};
+template <class M>
+struct call_operator_params {
+    using type = void;
+};
+template <class R, class C, class... P>
+struct call_operator_params<R (C::*)(P...) const> {
+    using type = std::tuple<P...>;
+};
+template <class R, class C, class... P>
+struct call_operator_params<R (C::*)(P...) const noexcept> {
+    using type = std::tuple<P...>;
+};
+template <class R, class C, class... P>
+struct call_operator_params<R (C::*)(P...)> {
+    using type = std::tuple<P...>;
+};
+template <class R, class C, class... P>
+struct call_operator_params<R (C::*)(P...) noexcept> {
+    using type = std::tuple<P...>;
+};
+template <class F>
+struct params_of<F, std::void_t<decltype(&F::operator())>>
+    : call_operator_params<decltype(&F::operator())> {};
+
+template <class P>
+struct is_const_span : std::false_type {};
+template <class T, std::size_t E>
+struct is_const_span<std::span<const T, E>> : std::true_type {};
+
+/// True if parameter `I` of a callable with parameters `Params` (see params_of) is a span
+/// of const elements, e.g. `shared_span<const double>`: its shared array may travel
+/// read-only.
+template <class Params, std::size_t I>
+constexpr bool reads_only() noexcept {
+    if constexpr (std::is_void_v<Params>) {
+        return false;
+    } else if constexpr (I >= std::tuple_size_v<Params>) {
+        return false;
+    } else {
+        return is_const_span<std::remove_cvref_t<std::tuple_element_t<I, Params>>>::value;
+    }
+}
+
+template <bool ReadOnly, class A>
+void save_call_arg(wire::writer& w, A&& a) {
+    using T = wire_arg_t<A>;
+    // An argument already of its wire type is saved in place; others (C strings) convert.
+    const auto save = [&](const T& v) {
+        if constexpr (ReadOnly) {
+            read_only_attachments scope;
+            wire::save(w, v);
+        } else {
+            wire::save(w, v);
+        }
+    };
+    if constexpr (std::is_same_v<std::remove_cvref_t<A>, T>) {
+        save(a);
+    } else {
+        save(T(std::forward<A>(a)));
+    }
+}
+
+/// Saves a task's arguments as `wire::save_all` would, except that a shared array bound
+/// to a read-only parameter (a span of const) travels as its read-only twin, so the worker
+/// maps it read-only. On an exception the buffer is restored.
+template <class Fn, class... A>
+void save_call_args(wire::writer& w, A&&... args) {
+    using P = typename params_of<Fn>::type;
+    const std::size_t before = w.size();
+    try {
+        [&]<std::size_t... I>(std::index_sequence<I...>) {
+            (save_call_arg<reads_only<P, I>()>(w, std::forward<A>(args)), ...);
+        }(std::index_sequence_for<A...>{});
+    } catch (...) {
+        w.buffer().resize(before);
+        throw;
+    }
+}
 
 /// A callable that can be named in another process: a function pointer, or an empty
 /// default-constructible class such as a captureless lambda.

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -14,10 +15,14 @@ namespace procpool::detail {
 /// One mapping of a memfd or a file, shared with worker processes by passing its
 /// descriptor. Freed (unmapped and closed) when the last handle lets go; the process
 /// that created it then tells pools to drop the workers' cached mappings.
-class shm_block {
+/// Mappings made here are not inherited by fork(): a worker forked from this process
+/// sees only the blocks it is sent.
+class shm_block : public std::enable_shared_from_this<shm_block> {
 public:
-    /// A zero-filled anonymous block of `bytes` (memfd: no name in /dev/shm).
-    /// Throws procpool::error if it cannot be created (too large, out of memory).
+    /// A zero-filled anonymous block of `bytes` (memfd: no name in /dev/shm), sealed
+    /// against resizing so that no process it is shared with can shrink it under the
+    /// others' mappings (they would die of SIGBUS). Throws procpool::error if it cannot be
+    /// created (too large, out of memory).
     static std::shared_ptr<shm_block> create(std::size_t bytes);
     /// Maps `path`. `create` makes (or truncates) it to `bytes`; otherwise its size is used.
     static std::shared_ptr<shm_block> open_file(const std::string& path, bool writable,
@@ -37,6 +42,14 @@ public:
     /// Process-unique identity; workers cache mappings by it.
     std::uint64_t id() const noexcept { return id_; }
 
+    /// What a task that only reads this block is sent: the block itself if it is
+    /// read-only, else its read-only twin: the same memory under its own id, with a
+    /// descriptor opened O_RDONLY, so the worker can neither map it writable nor truncate
+    /// it. The twin has no mapping in this process (its data() is null); it is made on
+    /// first use and kept as long as this block, so a worker maps it once.
+    /// Throws procpool::error if the descriptor cannot be reopened (no /proc).
+    std::shared_ptr<shm_block> read_only_twin();
+
 private:
     shm_block(int fd, void* addr, std::size_t bytes, bool writable, bool notify);
     int fd_;
@@ -46,6 +59,8 @@ private:
     bool notify_;
     int owner_pid_;
     std::uint64_t id_;
+    std::mutex twin_mutex_;
+    std::shared_ptr<shm_block> twin_;
 };
 
 using shm_ref = std::shared_ptr<shm_block>;
@@ -80,9 +95,24 @@ std::uint64_t share_copy(const void* p, std::size_t bytes);
 /// The memory of block `id` in the current message, checked to hold `bytes`.
 const void* shared_bytes(std::uint64_t id, std::size_t bytes);
 
-/// Records `b` as travelling with the message being serialized; throws
-/// serialization_error if no process-pool message is being written.
-void attach(const shm_ref& b);
+/// Records `b` as travelling with the message being serialized and returns the id the
+/// message must name: `b`'s own, or its read-only twin's inside a read_only_attachments
+/// scope. Throws serialization_error if no process-pool message is being written.
+std::uint64_t attach(const shm_ref& b);
+
+/// While alive, shared arrays serialized on this thread travel as their read-only twins
+/// (see shm_block::read_only_twin). Set around a task argument whose parameter is a span
+/// of const elements, so the promise not to write is kept by the worker's mapping.
+class read_only_attachments {
+public:
+    read_only_attachments() noexcept;
+    ~read_only_attachments();
+    read_only_attachments(const read_only_attachments&) = delete;
+    read_only_attachments& operator=(const read_only_attachments&) = delete;
+
+private:
+    bool old_;
+};
 /// The block a message refers to by `id`; throws serialization_error if unknown.
 shm_ref resolve_attachment(std::uint64_t id);
 
