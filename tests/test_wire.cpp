@@ -10,10 +10,13 @@
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cmath>
 #include <complex>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <limits>
@@ -309,6 +312,40 @@ struct save_only {
     template <class Archive>
     void save(Archive&) const {}
 };
+/// A tree as users write one: each level is a cereal serializer calling the next.
+struct tree_node {
+    int value = 0;
+    std::vector<tree_node> kids;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        note_frame(reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)));
+        ar(value, kids);
+    }
+    /// Lowest and highest stack frame of any serialize call since `reset_frames`.
+    static inline std::uintptr_t lowest_frame = 0, highest_frame = 0;
+    static void reset_frames() { lowest_frame = highest_frame = 0; }
+    static void note_frame(std::uintptr_t f) {
+        if (lowest_frame == 0 || f < lowest_frame) lowest_frame = f;
+        if (f > highest_frame) highest_frame = f;
+    }
+};
+
+/// A linked list through cereal's unique_ptr support: three levels per link.
+struct list_link {
+    int value = 0;
+    std::unique_ptr<list_link> next;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(value, next);
+    }
+    ~list_link() {  // iteratively, so that a long list cannot overflow the stack here
+        while (next) next = std::move(next->next);
+    }
+    list_link() = default;
+    list_link(list_link&&) = default;
+    list_link& operator=(list_link&&) = default;
+};
+
 struct holds_unique_ptr {
     std::unique_ptr<int> p;
 };
@@ -714,6 +751,169 @@ TEST(Wire, UserTypes_SaveAndLoadConcurrentlyOnManyThreads) {
     }
     for (auto& th : threads) th.join();
     EXPECT_EQ(failures.load(), 0);
+}
+
+// ---- nesting depth ------------------------------------------------------------------------
+
+/// A chain of `depth` tree nodes, each the only child of the one before.
+tree_node node_chain(std::size_t depth) {
+    tree_node root;
+    tree_node* at = &root;
+    for (std::size_t i = 1; i < depth; ++i) {
+        at->kids.emplace_back();
+        at = &at->kids.back();
+        at->value = static_cast<int>(i);
+    }
+    return root;
+}
+
+/// Depth of a chain made by `node_chain`, counted without recursion.
+std::size_t chain_depth(const tree_node& root) {
+    std::size_t depth = 1;
+    for (const tree_node* at = &root; !at->kids.empty(); at = &at->kids.front()) ++depth;
+    return depth;
+}
+
+/// The bytes `save` writes for `node_chain(depth)`, built without `save` (which refuses
+/// beyond max_depth): per level, the frame length, the value, the child count (1 or 0).
+bytes node_chain_bytes(std::size_t depth) {
+    bytes b;
+    wire::writer w(b);
+    for (std::size_t i = 0; i < depth; ++i) {
+        const std::uint64_t levels_here = depth - i;  // this node and those inside it
+        const std::uint64_t frame = 20 * levels_here - 8;
+        w.write_bytes(&frame, sizeof frame);
+        const int value = static_cast<int>(i);
+        w.write_bytes(&value, sizeof value);
+        const std::uint64_t kids = levels_here > 1 ? 1 : 0;
+        w.write_bytes(&kids, sizeof kids);
+    }
+    return b;
+}
+
+/// Runs `f` on a new thread whose stack is exactly 8 MiB (the usual default), so that a
+/// test says something about that size whatever the test runner's own stack is.
+template <class F>
+void on_8mib_stack(F f) {
+    pthread_attr_t attr;
+    ASSERT_EQ(pthread_attr_init(&attr), 0);
+    ASSERT_EQ(pthread_attr_setstacksize(&attr, std::size_t{8} << 20), 0);
+    pthread_t th;
+    auto body = [](void* arg) -> void* {
+        (*static_cast<F*>(arg))();
+        return nullptr;
+    };
+    ASSERT_EQ(pthread_create(&th, &attr, body, &f), 0);
+    pthread_attr_destroy(&attr);
+    ASSERT_EQ(pthread_join(th, nullptr), 0);
+}
+
+void expect_too_deep(const procpool::serialization_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("nested deeper than"), std::string::npos) << what;
+    EXPECT_NE(what.find(std::to_string(wire::max_depth)), std::string::npos) << what;
+}
+
+TEST(Wire, NestedUserTypes_AtMaxDepth_RoundTrip_OnAnOrdinaryStack) {
+    const tree_node deepest = node_chain(wire::max_depth);
+    const bytes b = to_bytes(deepest);
+    EXPECT_EQ(b, node_chain_bytes(wire::max_depth)) << "the hand-made encoding is the real one";
+    std::size_t depth_back = 0;
+    std::uintptr_t stack_used = 0;
+    on_8mib_stack([&] {
+        tree_node::reset_frames();
+        const tree_node back = from_bytes<tree_node>(b);
+        depth_back = chain_depth(back);
+        stack_used = tree_node::highest_frame - tree_node::lowest_frame;
+    });
+    EXPECT_EQ(depth_back, wire::max_depth);
+    // Not a pass criterion (surviving the 8 MiB thread is): the figure behind max_depth.
+    std::printf("[ info     ] decoding %zu levels used %zu KiB of stack, %zu bytes a level\n",
+                wire::max_depth, static_cast<std::size_t>(stack_used >> 10),
+                static_cast<std::size_t>(stack_used / (wire::max_depth - 1)));
+}
+
+TEST(Wire, NestedUserTypes_OneBeyondMaxDepth_FailOnSave_LeavingTheBufferAsItWas) {
+    const tree_node too_deep = node_chain(wire::max_depth + 1);
+    bytes b{std::byte{42}};
+    wire::writer w(b);
+    try {
+        wire::save(w, too_deep);
+        FAIL() << "save should have refused " << wire::max_depth + 1 << " levels";
+    } catch (const procpool::serialization_error& e) {
+        expect_too_deep(e);
+    }
+    EXPECT_EQ(b, bytes{std::byte{42}});
+}
+
+TEST(Wire, InputClaimingNestingBeyondMaxDepth_FailsOnLoad_WithoutCrashing) {
+    for (std::size_t depth : {wire::max_depth + 1, std::size_t{100000}}) {
+        const bytes b = node_chain_bytes(depth);
+        on_8mib_stack([&] {
+            try {
+                (void)from_bytes<tree_node>(b);
+                ADD_FAILURE() << "load should have refused " << depth << " levels";
+            } catch (const procpool::serialization_error& e) {
+                expect_too_deep(e);
+            }
+        });
+    }
+}
+
+TEST(Wire, VeryDeepUserType_FailsOnSave_InsteadOfOverflowingTheStack) {
+    const tree_node deep = node_chain(13000);
+    bytes b;
+    wire::writer w(b);
+    on_8mib_stack([&] {
+        EXPECT_THROW(wire::save(w, deep), procpool::serialization_error);
+    });
+    EXPECT_TRUE(b.empty());
+}
+
+TEST(Wire, DepthCount_IsRestoredAfterAFailure_OnBothSides) {
+    const tree_node too_deep = node_chain(wire::max_depth + 1);
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_THROW((void)to_bytes(too_deep), procpool::serialization_error);
+        EXPECT_THROW((void)from_bytes<tree_node>(node_chain_bytes(wire::max_depth + 1)),
+                     procpool::serialization_error);
+    }
+    // Had any failure leaked a level, the limit itself would now fail.
+    EXPECT_EQ(chain_depth(round_trip(node_chain(wire::max_depth))), wire::max_depth);
+}
+
+TEST(Wire, WideUserTypes_AreNotDeep) {
+    tree_node root;
+    root.kids.resize(3 * wire::max_depth);
+    for (std::size_t i = 0; i < root.kids.size(); ++i) root.kids[i].kids.resize(1);
+    const tree_node back = round_trip(root);
+    ASSERT_EQ(back.kids.size(), root.kids.size());
+    EXPECT_EQ(back.kids.back().kids.size(), 1u);
+}
+
+TEST(Wire, SmartPointerChains_CountEachCerealSerializer) {
+    auto make_list = [](std::size_t n) {
+        list_link head;
+        list_link* at = &head;
+        for (std::size_t i = 1; i < n; ++i) {
+            at->next = std::make_unique<list_link>();
+            at = at->next.get();
+            at->value = static_cast<int>(i);
+        }
+        return head;
+    };
+    // Levels per link: the node, its unique_ptr, cereal's pointer wrapper.
+    const std::size_t fits = wire::max_depth / 3;
+    const list_link back = round_trip(make_list(fits));
+    std::size_t n = 1;
+    for (const list_link* at = &back; at->next; at = at->next.get()) ++n;
+    EXPECT_EQ(n, fits);
+    try {
+        (void)to_bytes(make_list(fits + 1));
+        FAIL() << "a list of " << fits + 1 << " links should be too deep";
+    } catch (const procpool::serialization_error& e) {
+        expect_too_deep(e);
+    }
+    EXPECT_THROW((void)to_bytes(make_list(20000)), procpool::serialization_error);
 }
 
 // ---- bad input --------------------------------------------------------------------------
