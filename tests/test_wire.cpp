@@ -13,7 +13,9 @@
 #include <pthread.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <complex>
 #include <cstdint>
 #include <cstdio>
@@ -312,6 +314,61 @@ struct save_only {
     template <class Archive>
     void save(Archive&) const {}
 };
+/// Trivially copyable aggregates with bools: sent bitwise, the bools checked on load.
+struct flagged {
+    int count;
+    bool on;
+    bool operator==(const flagged&) const = default;
+};
+enum class toggle : bool { off, on };
+struct flagged_deep {
+    double x;
+    flagged inner;
+    std::array<flagged, 2> pair;
+    flagged trio[3];
+    toggle t;
+    bool last;
+    bool operator==(const flagged_deep&) const = default;
+};
+/// No default constructor (a const member): loaded through a byte buffer and bit_cast.
+struct flagged_const {
+    const int id;
+    bool on;
+};
+/// Bit-fields cannot be bound by reference; their single bits are always valid bools.
+struct flag_bits {
+    bool a : 1;
+    bool b : 1;
+    unsigned rest : 30;
+};
+/// Shapes whose fields cannot be named for certain: still sent, copied unchecked.
+struct flag_base {
+    bool on;
+};
+struct flag_derived : flag_base {
+    int more;
+};
+struct with_anonymous_union {
+    int tag;
+    union {
+        int i;
+        float f;
+    };
+};
+struct with_explicit_member {
+    explicit with_explicit_member(int) {}
+    int v = 0;
+};
+struct holds_explicit_member {
+    with_explicit_member m;
+    bool on;
+};
+struct with_durations {
+    std::chrono::milliseconds timeout;
+    std::complex<double> z;
+    bool on;
+};
+
 /// A tree as users write one: each level is a cereal serializer calling the next.
 struct tree_node {
     int value = 0;
@@ -751,6 +808,138 @@ TEST(Wire, UserTypes_SaveAndLoadConcurrentlyOnManyThreads) {
     }
     for (auto& th : threads) th.join();
     EXPECT_EQ(failures.load(), 0);
+}
+
+// ---- bools inside trivially copyable structs ----------------------------------------------
+
+namespace fields = wire::detail::fields;
+static_assert(fields::count<flagged>() == 2);
+static_assert(fields::count<flagged_deep>() == 6, "a C array member is one field");
+static_assert(fields::count<with_durations>() == 3);
+static_assert(fields::count<flag_bits>() == 3);
+static_assert(fields::count<flag_derived>() == fields::unknown, "base classes are not bound");
+static_assert(fields::count<with_anonymous_union>() == fields::unknown);
+static_assert(fields::count<holds_explicit_member>() == fields::unknown);
+static_assert(fields::count<point>() == 3);
+static_assert(fields::count<no_default>() == fields::unknown, "not an aggregate");
+static_assert(wire::detail::holds_bool<flagged_deep>());
+static_assert(wire::detail::holds_bool<with_durations>());
+static_assert(!wire::detail::holds_bool<point>(), "structs without bools keep the plain copy");
+
+/// `good` with the byte at `offset` set to `value`.
+bytes with_byte(bytes good, std::size_t offset, std::uint8_t value) {
+    good.at(offset) = std::byte{value};
+    return good;
+}
+
+void expect_bad_bool(const procpool::serialization_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("a bool that is neither 0 nor 1"), std::string::npos) << what;
+}
+
+/// Loading `b` as T must fail, naming the bad bool.
+template <class T>
+void expect_bad_bool_in(const bytes& b) {
+    try {
+        (void)from_bytes<T>(b);
+        ADD_FAILURE() << "load should have refused a bool byte of 2";
+    } catch (const procpool::serialization_error& e) {
+        expect_bad_bool(e);
+    }
+}
+
+flagged_deep sample_deep() {
+    return flagged_deep{2.5,
+                        {1, true},
+                        {{{2, false}, {3, true}}},
+                        {{4, true}, {5, false}, {6, true}},
+                        toggle::on,
+                        true};
+}
+
+TEST(Wire, StructsWithBools_RoundTrip_Bitwise) {
+    EXPECT_EQ(round_trip(flagged{7, true}), (flagged{7, true}));
+    EXPECT_EQ(to_bytes(flagged{7, true}).size(), sizeof(flagged)) << "still one plain copy";
+    EXPECT_EQ(round_trip(sample_deep()), sample_deep());
+    const flagged_const c = round_trip(flagged_const{3, true});
+    EXPECT_EQ(c.id, 3);
+    EXPECT_TRUE(c.on);
+    const flag_bits bits = round_trip(flag_bits{true, false, 12345});
+    EXPECT_TRUE(bits.a);
+    EXPECT_FALSE(bits.b);
+    EXPECT_EQ(bits.rest, 12345u);
+    const with_durations d = round_trip(with_durations{std::chrono::milliseconds(5), {1, 2}, true});
+    EXPECT_EQ(d.timeout, std::chrono::milliseconds(5));
+    EXPECT_TRUE(d.on);
+    EXPECT_EQ(round_trip(toggle::on), toggle::on);
+}
+
+TEST(Wire, BoolByteOfTwo_InsideAStruct_ThrowsSerializationError) {
+    const bytes good = to_bytes(flagged{7, true});
+    expect_bad_bool_in<flagged>(with_byte(good, offsetof(flagged, on), 2));
+    EXPECT_EQ(from_bytes<flagged>(with_byte(good, offsetof(flagged, on), 0)), (flagged{7, false}));
+
+    const bytes c = to_bytes(flagged_const{3, true});
+    expect_bad_bool_in<flagged_const>(with_byte(c, offsetof(flagged_const, on), 2));
+    expect_bad_bool_in<toggle>(bytes{std::byte{2}});
+}
+
+TEST(Wire, BoolByteOfTwo_InNestedStructsAndArrays_ThrowsSerializationError) {
+    const bytes good = to_bytes(sample_deep());
+    ASSERT_EQ(good.size(), sizeof(flagged_deep));
+    const std::size_t in_flagged = offsetof(flagged, on);
+    const std::size_t places[] = {
+        offsetof(flagged_deep, inner) + in_flagged,
+        offsetof(flagged_deep, pair) + sizeof(flagged) + in_flagged,
+        offsetof(flagged_deep, trio) + 2 * sizeof(flagged) + in_flagged,
+        offsetof(flagged_deep, t),
+        offsetof(flagged_deep, last),
+    };
+    for (std::size_t at : places) {
+        SCOPED_TRACE("bool at byte " + std::to_string(at));
+        expect_bad_bool_in<flagged_deep>(with_byte(good, at, 2));
+        expect_bad_bool_in<flagged_deep>(with_byte(good, at, 0xFF));
+    }
+    EXPECT_EQ(from_bytes<flagged_deep>(with_byte(good, offsetof(flagged_deep, last), 0)).last,
+              false);
+}
+
+TEST(Wire, BoolByteOfTwo_InAVectorOrArrayOfStructs_ThrowsSerializationError) {
+    std::vector<flagged> many(100);
+    for (std::size_t i = 0; i < many.size(); ++i) many[i] = {static_cast<int>(i), i % 3 == 0};
+    const bytes good = to_bytes(many);
+    EXPECT_EQ(good.size(), 8 + 100 * sizeof(flagged)) << "a vector of them is still one copy";
+    EXPECT_EQ(from_bytes<std::vector<flagged>>(good), many);
+    expect_bad_bool_in<std::vector<flagged>>(
+        with_byte(good, 8 + 57 * sizeof(flagged) + offsetof(flagged, on), 2));
+
+    using pairs = std::vector<std::array<flagged, 2>>;
+    const pairs ps{{{{1, true}, {2, false}}}, {{{3, false}, {4, true}}}};
+    const bytes pb = to_bytes(ps);
+    EXPECT_EQ(from_bytes<pairs>(pb), ps);
+    expect_bad_bool_in<pairs>(with_byte(pb, 8 + 3 * sizeof(flagged) + offsetof(flagged, on), 2));
+
+    const std::array<flagged_deep, 2> deep{sample_deep(), sample_deep()};
+    const bytes db = to_bytes(deep);
+    expect_bad_bool_in<std::array<flagged_deep, 2>>(
+        with_byte(db, sizeof(flagged_deep) + offsetof(flagged_deep, last), 2));
+    const std::vector<toggle> toggles{toggle::on, toggle::off};
+    expect_bad_bool_in<std::vector<toggle>>(with_byte(to_bytes(toggles), 9, 2));
+}
+
+TEST(Wire, StructsWhoseBoolsCannotBeNamed_StillRoundTrip) {
+    flag_derived d;
+    d.on = true;
+    d.more = 4;
+    const flag_derived back = round_trip(d);
+    EXPECT_TRUE(back.on);
+    EXPECT_EQ(back.more, 4);
+    with_anonymous_union u;
+    u.tag = 1;
+    u.f = 2.5f;
+    EXPECT_EQ(round_trip(u).f, 2.5f);
+    holds_explicit_member h{with_explicit_member(1), true};
+    EXPECT_TRUE(round_trip(h).on);
 }
 
 // ---- nesting depth ------------------------------------------------------------------------

@@ -10,7 +10,8 @@
 // How each type crosses (first matching rule wins):
 //   1. raw pointers, `std::nullptr_t`, member pointers, `std::string_view`, `std::span`,
 //      `std::reference_wrapper` and C arrays are rejected at compile time;
-//   2. arithmetic and enum types: their bytes (`bool` is checked to be 0 or 1 on load);
+//   2. arithmetic and enum types: their bytes (`bool`, and enums whose underlying type is
+//      `bool`, are checked to be 0 or 1 on load);
 //   3. standard types, natively: `std::basic_string`, `vector` (and `vector<bool>`,
 //      bit-packed), `array`, `pair`, `tuple`, `optional`, `variant`, `deque`, `list`,
 //      `(unordered_)(multi)set`, `(unordered_)(multi)map`. Sizes are 64-bit prefixes;
@@ -21,13 +22,24 @@
 //      classes (see detail/wire_cereal.hpp for why not cereal's binary archive). This wins
 //      over rule 6: a `serialize` states what the author wants sent;
 //   5. smart pointers without cereal's support are rejected, as in rule 1;
-//   6. other trivially copyable types: their bytes (`write_contiguous`);
+//   6. other trivially copyable types: their bytes (`write_contiguous`). The bools inside
+//      an aggregate (also in nested aggregates, `std::array`s and C arrays) are checked
+//      to be 0 or 1 on load, since any other byte in a bool is undefined behaviour;
 //   7. anything else fails to compile, naming `procpool::wire::cannot_serialize<T>`.
 //
-// Rule 6 cannot see inside a struct: a trivially copyable struct with a pointer, a
+// Rule 6 does not know what a member means: a trivially copyable struct with a pointer, a
 // `string_view` or a reference member is copied byte for byte, and that address means
 // nothing in the other process. Give such a type a `serialize` member that sends what
 // the pointer refers to.
+//
+// Rule 6 checks bools only where it can name them: in aggregates (no constructors, all
+// members public) of at most 32 fields, without base classes or union members, whose
+// members take a brace initializer (`std::complex` and `std::chrono::duration` do; a
+// member with only an explicit constructor does not). It cannot see into a class with
+// private members or a union, so a `bool` there, or a `std::optional` (whose engaged
+// flag is a bool), is copied unchecked, and corrupt input can make it hold a byte that is
+// no bool. For such a type that may receive untrusted bytes, write a `serialize` member:
+// rule 4 then sends the fields one by one, and each bool is checked.
 //
 // Each top-level value is self-contained: `save_all(w, a, b)` writes exactly what
 // `save(w, a); save(w, b)` writes, and either can be read back with `load`/`load_all`.
