@@ -533,6 +533,17 @@ TEST(Wire, TriviallyCopyableStruct_IsCopiedWhole) {
     EXPECT_EQ(round_trip(std::complex<double>(1, -2)), std::complex<double>(1, -2));
 }
 
+TEST(Wire, EmptyTypes_AlwaysEncodeTheSame) {
+    // An empty object's byte is never written by its constructor; sending it as is would
+    // make equal values encode differently (found by tests/fuzz/fuzz_wire.cpp).
+    EXPECT_EQ(to_bytes(std::monostate{}), bytes{std::byte{0}});
+    const bytes odd{std::byte{0x5A}};
+    EXPECT_EQ(to_bytes(from_bytes<std::monostate>(odd)), bytes{std::byte{0}});
+    using v = std::variant<std::monostate, int>;
+    EXPECT_EQ(to_bytes(v{}), (bytes{std::byte{0}, std::byte{0}}));
+    EXPECT_EQ(to_bytes(std::vector<std::monostate>(3)).size(), 8u + 3u);
+}
+
 TEST(Wire, Strings_RoundTrip) {
     EXPECT_EQ(round_trip(std::string()), "");
     EXPECT_EQ(round_trip(std::string("hello")), "hello");

@@ -197,9 +197,21 @@ struct codec<T, kind::bitwise> {
     static constexpr bool ok = true;
     static constexpr bool has_user = false;
     static constexpr std::size_t min_size = sizeof(T);
-    static void save(writer& w, const T& v) { w.write_contiguous(&v, 1); }
+    static void save(writer& w, const T& v) {
+        if constexpr (std::is_empty_v<T>) {
+            // An empty type's one byte holds no value and is never written by its
+            // constructor: send a zero, so that equal values always encode the same.
+            const std::uint8_t zero = 0;
+            w.write_bytes(&zero, 1);
+        } else {
+            w.write_contiguous(&v, 1);
+        }
+    }
     static T load(reader& r) {
-        if constexpr (std::is_default_constructible_v<T>) {
+        if constexpr (std::is_empty_v<T> && std::is_default_constructible_v<T>) {
+            r.skip(1);
+            return T{};
+        } else if constexpr (std::is_default_constructible_v<T>) {
             T v;
             r.read_contiguous(&v, 1);
             check_bools(&v, 1);  // reads bool bytes, never a bool, until they are checked
@@ -311,7 +323,7 @@ template <class T>
 constexpr bool bulk() {
     constexpr kind k = kind_of<T>();
     if constexpr (k == kind::bitwise) {
-        return std::is_default_constructible_v<T>;
+        return std::is_default_constructible_v<T> && !std::is_empty_v<T>;  // see codec<bitwise>
     } else if constexpr (k == kind::arithmetic) {
         return !is_boolish<T>();  // bools are checked on load, one by one
     } else if constexpr (is_std_array<T>::value) {
