@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake ninja-build g++ clang pkg-config git
+  build-essential cmake ninja-build g++ clang libclang-rt-14-dev pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev
   libcereal-dev libcli11-dev libvips-dev
   libtbb-dev libboost-dev libomp-dev

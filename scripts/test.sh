@@ -3,7 +3,7 @@
 #   1. release  g++ Release, -Werror, with benchmarks and examples
 #   2. asan     g++ ASan + UBSan
 #   3. tsan     g++ TSan
-#   4. clang    clang++ Release, -Werror
+#   4. clang    clang++ Release, -Werror, with the wire decoder's fuzzer (60 s under ctest)
 # Each configuration is configured, built and tested with ctest under build/<name>/.
 # Every configuration runs even if an earlier one failed; the summary at the end says
 # which failed, and the exit status is non-zero if any did.
@@ -90,7 +90,8 @@ for config in $configs; do
                   -DPROCPOOL_BUILD_BENCH=OFF ;;
         tsan) run_config tsan g++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPROCPOOL_SANITIZE=thread \
                   -DPROCPOOL_BUILD_BENCH=OFF ;;
-        clang) run_config clang clang++ -DCMAKE_BUILD_TYPE=Release -DPROCPOOL_WERROR=ON ;;
+        clang) run_config clang clang++ -DCMAKE_BUILD_TYPE=Release -DPROCPOOL_WERROR=ON \
+                   -DPROCPOOL_FUZZ=ON ;;
         *)
             echo "test.sh: unknown configuration '$config' (known: release asan tsan clang)" >&2
             exit 2

@@ -10,10 +10,15 @@
 #include <cereal/types/string.hpp>
 #include <cereal/types/vector.hpp>
 
+#include <pthread.h>
+
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <complex>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <limits>
@@ -309,6 +314,95 @@ struct save_only {
     template <class Archive>
     void save(Archive&) const {}
 };
+/// Trivially copyable aggregates with bools: sent bitwise, the bools checked on load.
+struct flagged {
+    int count;
+    bool on;
+    bool operator==(const flagged&) const = default;
+};
+enum class toggle : bool { off, on };
+struct flagged_deep {
+    double x;
+    flagged inner;
+    std::array<flagged, 2> pair;
+    flagged trio[3];
+    toggle t;
+    bool last;
+    bool operator==(const flagged_deep&) const = default;
+};
+/// No default constructor (a const member): loaded through a byte buffer and bit_cast.
+struct flagged_const {
+    const int id;
+    bool on;
+};
+/// Bit-fields cannot be bound by reference; their single bits are always valid bools.
+struct flag_bits {
+    bool a : 1;
+    bool b : 1;
+    unsigned rest : 30;
+};
+/// Shapes whose fields cannot be named for certain: still sent, copied unchecked.
+struct flag_base {
+    bool on;
+};
+struct flag_derived : flag_base {
+    int more;
+};
+struct with_anonymous_union {
+    int tag;
+    union {
+        int i;
+        float f;
+    };
+};
+struct with_explicit_member {
+    explicit with_explicit_member(int) {}
+    int v = 0;
+};
+struct holds_explicit_member {
+    with_explicit_member m;
+    bool on;
+};
+struct with_durations {
+    std::chrono::milliseconds timeout;
+    std::complex<double> z;
+    bool on;
+};
+
+/// A tree as users write one: each level is a cereal serializer calling the next.
+struct tree_node {
+    int value = 0;
+    std::vector<tree_node> kids;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        note_frame(reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)));
+        ar(value, kids);
+    }
+    /// Lowest and highest stack frame of any serialize call since `reset_frames`.
+    static inline std::uintptr_t lowest_frame = 0, highest_frame = 0;
+    static void reset_frames() { lowest_frame = highest_frame = 0; }
+    static void note_frame(std::uintptr_t f) {
+        if (lowest_frame == 0 || f < lowest_frame) lowest_frame = f;
+        if (f > highest_frame) highest_frame = f;
+    }
+};
+
+/// A linked list through cereal's unique_ptr support: three levels per link.
+struct list_link {
+    int value = 0;
+    std::unique_ptr<list_link> next;
+    template <class Archive>
+    void serialize(Archive& ar) {
+        ar(value, next);
+    }
+    ~list_link() {  // iteratively, so that a long list cannot overflow the stack here
+        while (next) next = std::move(next->next);
+    }
+    list_link() = default;
+    list_link(list_link&&) = default;
+    list_link& operator=(list_link&&) = default;
+};
+
 struct holds_unique_ptr {
     std::unique_ptr<int> p;
 };
@@ -437,6 +531,17 @@ TEST(Wire, TriviallyCopyableStruct_IsCopiedWhole) {
     EXPECT_EQ(round_trip(p), p);
     EXPECT_EQ(round_trip(no_default(9)), no_default(9));
     EXPECT_EQ(round_trip(std::complex<double>(1, -2)), std::complex<double>(1, -2));
+}
+
+TEST(Wire, EmptyTypes_AlwaysEncodeTheSame) {
+    // An empty object's byte is never written by its constructor; sending it as is would
+    // make equal values encode differently (found by tests/fuzz/fuzz_wire.cpp).
+    EXPECT_EQ(to_bytes(std::monostate{}), bytes{std::byte{0}});
+    const bytes odd{std::byte{0x5A}};
+    EXPECT_EQ(to_bytes(from_bytes<std::monostate>(odd)), bytes{std::byte{0}});
+    using v = std::variant<std::monostate, int>;
+    EXPECT_EQ(to_bytes(v{}), (bytes{std::byte{0}, std::byte{0}}));
+    EXPECT_EQ(to_bytes(std::vector<std::monostate>(3)).size(), 8u + 3u);
 }
 
 TEST(Wire, Strings_RoundTrip) {
@@ -714,6 +819,301 @@ TEST(Wire, UserTypes_SaveAndLoadConcurrentlyOnManyThreads) {
     }
     for (auto& th : threads) th.join();
     EXPECT_EQ(failures.load(), 0);
+}
+
+// ---- bools inside trivially copyable structs ----------------------------------------------
+
+namespace fields = wire::detail::fields;
+static_assert(fields::count<flagged>() == 2);
+static_assert(fields::count<flagged_deep>() == 6, "a C array member is one field");
+static_assert(fields::count<with_durations>() == 3);
+static_assert(fields::count<flag_bits>() == 3);
+static_assert(fields::count<flag_derived>() == fields::unknown, "base classes are not bound");
+static_assert(fields::count<with_anonymous_union>() == fields::unknown);
+static_assert(fields::count<holds_explicit_member>() == fields::unknown);
+static_assert(fields::count<point>() == 3);
+static_assert(fields::count<no_default>() == fields::unknown, "not an aggregate");
+static_assert(wire::detail::holds_bool<flagged_deep>());
+static_assert(wire::detail::holds_bool<with_durations>());
+static_assert(!wire::detail::holds_bool<point>(), "structs without bools keep the plain copy");
+
+/// `good` with the byte at `offset` set to `value`.
+bytes with_byte(bytes good, std::size_t offset, std::uint8_t value) {
+    good.at(offset) = std::byte{value};
+    return good;
+}
+
+void expect_bad_bool(const procpool::serialization_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("a bool that is neither 0 nor 1"), std::string::npos) << what;
+}
+
+/// Loading `b` as T must fail, naming the bad bool.
+template <class T>
+void expect_bad_bool_in(const bytes& b) {
+    try {
+        (void)from_bytes<T>(b);
+        ADD_FAILURE() << "load should have refused a bool byte of 2";
+    } catch (const procpool::serialization_error& e) {
+        expect_bad_bool(e);
+    }
+}
+
+flagged_deep sample_deep() {
+    return flagged_deep{2.5,
+                        {1, true},
+                        {{{2, false}, {3, true}}},
+                        {{4, true}, {5, false}, {6, true}},
+                        toggle::on,
+                        true};
+}
+
+TEST(Wire, StructsWithBools_RoundTrip_Bitwise) {
+    EXPECT_EQ(round_trip(flagged{7, true}), (flagged{7, true}));
+    EXPECT_EQ(to_bytes(flagged{7, true}).size(), sizeof(flagged)) << "still one plain copy";
+    EXPECT_EQ(round_trip(sample_deep()), sample_deep());
+    const flagged_const c = round_trip(flagged_const{3, true});
+    EXPECT_EQ(c.id, 3);
+    EXPECT_TRUE(c.on);
+    const flag_bits bits = round_trip(flag_bits{true, false, 12345});
+    EXPECT_TRUE(bits.a);
+    EXPECT_FALSE(bits.b);
+    EXPECT_EQ(bits.rest, 12345u);
+    const with_durations d = round_trip(with_durations{std::chrono::milliseconds(5), {1, 2}, true});
+    EXPECT_EQ(d.timeout, std::chrono::milliseconds(5));
+    EXPECT_TRUE(d.on);
+    EXPECT_EQ(round_trip(toggle::on), toggle::on);
+}
+
+TEST(Wire, BoolByteOfTwo_InsideAStruct_ThrowsSerializationError) {
+    const bytes good = to_bytes(flagged{7, true});
+    expect_bad_bool_in<flagged>(with_byte(good, offsetof(flagged, on), 2));
+    EXPECT_EQ(from_bytes<flagged>(with_byte(good, offsetof(flagged, on), 0)), (flagged{7, false}));
+
+    const bytes c = to_bytes(flagged_const{3, true});
+    expect_bad_bool_in<flagged_const>(with_byte(c, offsetof(flagged_const, on), 2));
+    expect_bad_bool_in<toggle>(bytes{std::byte{2}});
+}
+
+TEST(Wire, BoolByteOfTwo_InNestedStructsAndArrays_ThrowsSerializationError) {
+    const bytes good = to_bytes(sample_deep());
+    ASSERT_EQ(good.size(), sizeof(flagged_deep));
+    const std::size_t in_flagged = offsetof(flagged, on);
+    const std::size_t places[] = {
+        offsetof(flagged_deep, inner) + in_flagged,
+        offsetof(flagged_deep, pair) + sizeof(flagged) + in_flagged,
+        offsetof(flagged_deep, trio) + 2 * sizeof(flagged) + in_flagged,
+        offsetof(flagged_deep, t),
+        offsetof(flagged_deep, last),
+    };
+    for (std::size_t at : places) {
+        SCOPED_TRACE("bool at byte " + std::to_string(at));
+        expect_bad_bool_in<flagged_deep>(with_byte(good, at, 2));
+        expect_bad_bool_in<flagged_deep>(with_byte(good, at, 0xFF));
+    }
+    EXPECT_EQ(from_bytes<flagged_deep>(with_byte(good, offsetof(flagged_deep, last), 0)).last,
+              false);
+}
+
+TEST(Wire, BoolByteOfTwo_InAVectorOrArrayOfStructs_ThrowsSerializationError) {
+    std::vector<flagged> many(100);
+    for (std::size_t i = 0; i < many.size(); ++i) many[i] = {static_cast<int>(i), i % 3 == 0};
+    const bytes good = to_bytes(many);
+    EXPECT_EQ(good.size(), 8 + 100 * sizeof(flagged)) << "a vector of them is still one copy";
+    EXPECT_EQ(from_bytes<std::vector<flagged>>(good), many);
+    expect_bad_bool_in<std::vector<flagged>>(
+        with_byte(good, 8 + 57 * sizeof(flagged) + offsetof(flagged, on), 2));
+
+    using pairs = std::vector<std::array<flagged, 2>>;
+    const pairs ps{{{{1, true}, {2, false}}}, {{{3, false}, {4, true}}}};
+    const bytes pb = to_bytes(ps);
+    EXPECT_EQ(from_bytes<pairs>(pb), ps);
+    expect_bad_bool_in<pairs>(with_byte(pb, 8 + 3 * sizeof(flagged) + offsetof(flagged, on), 2));
+
+    const std::array<flagged_deep, 2> deep{sample_deep(), sample_deep()};
+    const bytes db = to_bytes(deep);
+    expect_bad_bool_in<std::array<flagged_deep, 2>>(
+        with_byte(db, sizeof(flagged_deep) + offsetof(flagged_deep, last), 2));
+    const std::vector<toggle> toggles{toggle::on, toggle::off};
+    expect_bad_bool_in<std::vector<toggle>>(with_byte(to_bytes(toggles), 9, 2));
+}
+
+TEST(Wire, StructsWhoseBoolsCannotBeNamed_StillRoundTrip) {
+    flag_derived d;
+    d.on = true;
+    d.more = 4;
+    const flag_derived back = round_trip(d);
+    EXPECT_TRUE(back.on);
+    EXPECT_EQ(back.more, 4);
+    with_anonymous_union u;
+    u.tag = 1;
+    u.f = 2.5f;
+    EXPECT_EQ(round_trip(u).f, 2.5f);
+    holds_explicit_member h{with_explicit_member(1), true};
+    EXPECT_TRUE(round_trip(h).on);
+}
+
+// ---- nesting depth ------------------------------------------------------------------------
+
+/// A chain of `depth` tree nodes, each the only child of the one before.
+tree_node node_chain(std::size_t depth) {
+    tree_node root;
+    tree_node* at = &root;
+    for (std::size_t i = 1; i < depth; ++i) {
+        at->kids.emplace_back();
+        at = &at->kids.back();
+        at->value = static_cast<int>(i);
+    }
+    return root;
+}
+
+/// Depth of a chain made by `node_chain`, counted without recursion.
+std::size_t chain_depth(const tree_node& root) {
+    std::size_t depth = 1;
+    for (const tree_node* at = &root; !at->kids.empty(); at = &at->kids.front()) ++depth;
+    return depth;
+}
+
+/// The bytes `save` writes for `node_chain(depth)`, built without `save` (which refuses
+/// beyond max_depth): per level, the frame length, the value, the child count (1 or 0).
+bytes node_chain_bytes(std::size_t depth) {
+    bytes b;
+    wire::writer w(b);
+    for (std::size_t i = 0; i < depth; ++i) {
+        const std::uint64_t levels_here = depth - i;  // this node and those inside it
+        const std::uint64_t frame = 20 * levels_here - 8;
+        w.write_bytes(&frame, sizeof frame);
+        const int value = static_cast<int>(i);
+        w.write_bytes(&value, sizeof value);
+        const std::uint64_t kids = levels_here > 1 ? 1 : 0;
+        w.write_bytes(&kids, sizeof kids);
+    }
+    return b;
+}
+
+/// Runs `f` on a new thread whose stack is exactly 8 MiB (the usual default), so that a
+/// test says something about that size whatever the test runner's own stack is.
+template <class F>
+void on_8mib_stack(F f) {
+    pthread_attr_t attr;
+    ASSERT_EQ(pthread_attr_init(&attr), 0);
+    ASSERT_EQ(pthread_attr_setstacksize(&attr, std::size_t{8} << 20), 0);
+    pthread_t th;
+    auto body = [](void* arg) -> void* {
+        (*static_cast<F*>(arg))();
+        return nullptr;
+    };
+    ASSERT_EQ(pthread_create(&th, &attr, body, &f), 0);
+    pthread_attr_destroy(&attr);
+    ASSERT_EQ(pthread_join(th, nullptr), 0);
+}
+
+void expect_too_deep(const procpool::serialization_error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("nested deeper than"), std::string::npos) << what;
+    EXPECT_NE(what.find(std::to_string(wire::max_depth)), std::string::npos) << what;
+}
+
+TEST(Wire, NestedUserTypes_AtMaxDepth_RoundTrip_OnAnOrdinaryStack) {
+    const tree_node deepest = node_chain(wire::max_depth);
+    const bytes b = to_bytes(deepest);
+    EXPECT_EQ(b, node_chain_bytes(wire::max_depth)) << "the hand-made encoding is the real one";
+    std::size_t depth_back = 0;
+    std::uintptr_t stack_used = 0;
+    on_8mib_stack([&] {
+        tree_node::reset_frames();
+        const tree_node back = from_bytes<tree_node>(b);
+        depth_back = chain_depth(back);
+        stack_used = tree_node::highest_frame - tree_node::lowest_frame;
+    });
+    EXPECT_EQ(depth_back, wire::max_depth);
+    // Not a pass criterion (surviving the 8 MiB thread is): the figure behind max_depth.
+    std::printf("[ info     ] decoding %zu levels used %zu KiB of stack, %zu bytes a level\n",
+                wire::max_depth, static_cast<std::size_t>(stack_used >> 10),
+                static_cast<std::size_t>(stack_used / (wire::max_depth - 1)));
+}
+
+TEST(Wire, NestedUserTypes_OneBeyondMaxDepth_FailOnSave_LeavingTheBufferAsItWas) {
+    const tree_node too_deep = node_chain(wire::max_depth + 1);
+    bytes b{std::byte{42}};
+    wire::writer w(b);
+    try {
+        wire::save(w, too_deep);
+        FAIL() << "save should have refused " << wire::max_depth + 1 << " levels";
+    } catch (const procpool::serialization_error& e) {
+        expect_too_deep(e);
+    }
+    EXPECT_EQ(b, bytes{std::byte{42}});
+}
+
+TEST(Wire, InputClaimingNestingBeyondMaxDepth_FailsOnLoad_WithoutCrashing) {
+    for (std::size_t depth : {wire::max_depth + 1, std::size_t{100000}}) {
+        const bytes b = node_chain_bytes(depth);
+        on_8mib_stack([&] {
+            try {
+                (void)from_bytes<tree_node>(b);
+                ADD_FAILURE() << "load should have refused " << depth << " levels";
+            } catch (const procpool::serialization_error& e) {
+                expect_too_deep(e);
+            }
+        });
+    }
+}
+
+TEST(Wire, VeryDeepUserType_FailsOnSave_InsteadOfOverflowingTheStack) {
+    const tree_node deep = node_chain(13000);
+    bytes b;
+    wire::writer w(b);
+    on_8mib_stack([&] {
+        EXPECT_THROW(wire::save(w, deep), procpool::serialization_error);
+    });
+    EXPECT_TRUE(b.empty());
+}
+
+TEST(Wire, DepthCount_IsRestoredAfterAFailure_OnBothSides) {
+    const tree_node too_deep = node_chain(wire::max_depth + 1);
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_THROW((void)to_bytes(too_deep), procpool::serialization_error);
+        EXPECT_THROW((void)from_bytes<tree_node>(node_chain_bytes(wire::max_depth + 1)),
+                     procpool::serialization_error);
+    }
+    // Had any failure leaked a level, the limit itself would now fail.
+    EXPECT_EQ(chain_depth(round_trip(node_chain(wire::max_depth))), wire::max_depth);
+}
+
+TEST(Wire, WideUserTypes_AreNotDeep) {
+    tree_node root;
+    root.kids.resize(3 * wire::max_depth);
+    for (std::size_t i = 0; i < root.kids.size(); ++i) root.kids[i].kids.resize(1);
+    const tree_node back = round_trip(root);
+    ASSERT_EQ(back.kids.size(), root.kids.size());
+    EXPECT_EQ(back.kids.back().kids.size(), 1u);
+}
+
+TEST(Wire, SmartPointerChains_CountEachCerealSerializer) {
+    auto make_list = [](std::size_t n) {
+        list_link head;
+        list_link* at = &head;
+        for (std::size_t i = 1; i < n; ++i) {
+            at->next = std::make_unique<list_link>();
+            at = at->next.get();
+            at->value = static_cast<int>(i);
+        }
+        return head;
+    };
+    // Levels per link: the node, its unique_ptr, cereal's pointer wrapper.
+    const std::size_t fits = wire::max_depth / 3;
+    const list_link back = round_trip(make_list(fits));
+    std::size_t n = 1;
+    for (const list_link* at = &back; at->next; at = at->next.get()) ++n;
+    EXPECT_EQ(n, fits);
+    try {
+        (void)to_bytes(make_list(fits + 1));
+        FAIL() << "a list of " << fits + 1 << " links should be too deep";
+    } catch (const procpool::serialization_error& e) {
+        expect_too_deep(e);
+    }
+    EXPECT_THROW((void)to_bytes(make_list(20000)), procpool::serialization_error);
 }
 
 // ---- bad input --------------------------------------------------------------------------

@@ -10,7 +10,8 @@
 // How each type crosses (first matching rule wins):
 //   1. raw pointers, `std::nullptr_t`, member pointers, `std::string_view`, `std::span`,
 //      `std::reference_wrapper` and C arrays are rejected at compile time;
-//   2. arithmetic and enum types: their bytes (`bool` is checked to be 0 or 1 on load);
+//   2. arithmetic and enum types: their bytes (`bool`, and enums whose underlying type is
+//      `bool`, are checked to be 0 or 1 on load);
 //   3. standard types, natively: `std::basic_string`, `vector` (and `vector<bool>`,
 //      bit-packed), `array`, `pair`, `tuple`, `optional`, `variant`, `deque`, `list`,
 //      `(unordered_)(multi)set`, `(unordered_)(multi)map`. Sizes are 64-bit prefixes;
@@ -21,13 +22,24 @@
 //      classes (see detail/wire_cereal.hpp for why not cereal's binary archive). This wins
 //      over rule 6: a `serialize` states what the author wants sent;
 //   5. smart pointers without cereal's support are rejected, as in rule 1;
-//   6. other trivially copyable types: their bytes (`write_contiguous`);
+//   6. other trivially copyable types: their bytes (`write_contiguous`). The bools inside
+//      an aggregate (also in nested aggregates, `std::array`s and C arrays) are checked
+//      to be 0 or 1 on load, since any other byte in a bool is undefined behaviour;
 //   7. anything else fails to compile, naming `procpool::wire::cannot_serialize<T>`.
 //
-// Rule 6 cannot see inside a struct: a trivially copyable struct with a pointer, a
+// Rule 6 does not know what a member means: a trivially copyable struct with a pointer, a
 // `string_view` or a reference member is copied byte for byte, and that address means
 // nothing in the other process. Give such a type a `serialize` member that sends what
 // the pointer refers to.
+//
+// Rule 6 checks bools only where it can name them: in aggregates (no constructors, all
+// members public) of at most 32 fields, without base classes or union members, whose
+// members take a brace initializer (`std::complex` and `std::chrono::duration` do; a
+// member with only an explicit constructor does not). It cannot see into a class with
+// private members or a union, so a `bool` there, or a `std::optional` (whose engaged
+// flag is a bool), is copied unchecked, and corrupt input can make it hold a byte that is
+// no bool. For such a type that may receive untrusted bytes, write a `serialize` member:
+// rule 4 then sends the fields one by one, and each bool is checked.
 //
 // Each top-level value is self-contained: `save_all(w, a, b)` writes exactly what
 // `save(w, a); save(w, b)` writes, and either can be read back with `load`/`load_all`.
@@ -139,6 +151,22 @@ private:
     const std::byte* cur_;
     const std::byte* end_;
 };
+
+/// How deeply user types (those sent through a cereal serializer) may nest in one value:
+/// a `Node` holding a `std::vector<Node>` nested `max_depth + 1` deep fails to save, and
+/// input claiming such nesting fails to load, with `serialization_error`.
+///
+/// Why a limit: cereal serializers recurse, one set of stack frames per level, so without
+/// one a deep value would overflow the stack, and corrupt input could make the decoder do
+/// so on purpose. Each cereal serializer on the path counts as a level (a `unique_ptr<Node>`
+/// link counts three: the pointer, cereal's pointer wrapper, the node); standard
+/// containers and trivially copyable types nest only as deep as their type does and do
+/// not count. Stack per level when loading such a `Node` (g++ 12, measured by
+/// tests/test_wire.cpp, NestedUserTypes_AtMaxDepth_RoundTrip_OnAnOrdinaryStack): 768 bytes
+/// at -O3, 2,976 under ASan+UBSan at -O2 and 2,480 under ASan+UBSan at -O0. So 1000
+/// levels take under 3 MiB even under ASan, leaving most of an 8 MiB thread stack to the
+/// caller and to user serializers with large locals.
+inline constexpr std::size_t max_depth = 1000;
 
 /// Instantiated (by `save`/`load`) for a type that cannot cross a process boundary; its
 /// static assertions say why and what to do. Seeing `cannot_serialize<T>` in a compiler

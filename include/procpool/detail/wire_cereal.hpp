@@ -10,6 +10,8 @@
 
 #include <cereal/cereal.hpp>
 
+#include "procpool/error.hpp"
+
 namespace procpool::wire {
 
 /// The serializer's own archives, handed to user `serialize`/`save`/`load` functions.
@@ -47,6 +49,40 @@ struct is_cereal_wrapper<cereal::BinaryData<T>> : std::true_type {};
 /// True for an archive argument that cereal itself must process (wrappers and user types).
 template <class T>
 constexpr bool routes_to_cereal();
+
+/// True for an archive argument whose cereal serializer counts as a level of nesting:
+/// every one that cereal processes except its wrappers (names, base classes, sizes), which
+/// cannot recurse on their own.
+template <class T>
+constexpr bool counts_as_level() {
+    return routes_to_cereal<T>() && !is_cereal_wrapper<T>::value;
+}
+
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_too_deep() {
+    throw serialization_error(
+        "procpool::wire: the value is nested deeper than the limit of " +
+        std::to_string(max_depth) +
+        " levels of user types (procpool::wire::max_depth): flatten it, e.g. keep a tree's "
+        "nodes in one vector and link them by index");
+}
+
+/// One level of user-type nesting on this thread, for as long as it lives. Saving and
+/// loading both count, so that neither can recurse deeper than `max_depth`; the guard is
+/// RAII so that an exception unwinding out of any level leaves the count right.
+class depth_guard {
+public:
+    depth_guard() {
+        if (depth_ >= max_depth) throw_too_deep();
+        ++depth_;
+    }
+    ~depth_guard() { --depth_; }
+    depth_guard(const depth_guard&) = delete;
+    depth_guard& operator=(const depth_guard&) = delete;
+
+private:
+    // Per thread: each thread has its own stack, and values are saved on many at once.
+    static inline constinit thread_local std::size_t depth_ = 0;
+};
 
 template <class T>
 void save_native(writer& w, const T& v);
@@ -87,7 +123,12 @@ private:
     template <class T>
     void one(T&& arg) {
         using U = std::remove_cvref_t<T>;
-        if constexpr (routes_to_cereal<U>()) {
+        if constexpr (counts_as_level<U>()) {
+            // Every user object passes here, whether its parent is a user type or a
+            // standard container (codec<T, kind::user> calls the archive too).
+            const depth_guard level;
+            base::operator()(std::forward<T>(arg));
+        } else if constexpr (routes_to_cereal<U>()) {
             base::operator()(std::forward<T>(arg));
         } else {
             save_native(*w_, arg);
@@ -132,7 +173,10 @@ private:
     template <class T>
     void one(T&& arg) {
         using U = std::remove_cvref_t<T>;
-        if constexpr (routes_to_cereal<U>()) {
+        if constexpr (counts_as_level<U>()) {
+            const depth_guard level;  // as in output_archive::one
+            base::operator()(std::forward<T>(arg));
+        } else if constexpr (routes_to_cereal<U>()) {
             base::operator()(std::forward<T>(arg));
         } else {
             static_assert(

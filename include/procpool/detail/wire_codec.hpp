@@ -2,6 +2,7 @@
 #pragma once
 
 #include "procpool/detail/shm.hpp"
+#include "procpool/detail/wire_fields.hpp"
 
 #include <algorithm>
 #include <array>
@@ -15,6 +16,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <new>
 #include <optional>
 #include <set>
 #include <span>
@@ -176,14 +178,12 @@ struct codec<T, kind::arithmetic> {
     static constexpr std::size_t min_size = sizeof(T);
     static void save(writer& w, const T& v) { w.write_bytes(&v, sizeof v); }
     static T load(reader& r) {
-        if constexpr (std::is_same_v<T, bool>) {
+        if constexpr (is_boolish<T>()) {
             // A bool holding any byte but 0 or 1 is undefined behaviour: check first.
             std::uint8_t b;
             r.read_bytes(&b, 1);
-            if (b > 1)
-                throw serialization_error(
-                    "procpool::wire: corrupt input: a bool that is neither 0 nor 1");
-            return b != 0;
+            if (b > 1) throw_bad_bool();
+            return static_cast<T>(b != 0);
         } else {
             T v;
             r.read_bytes(&v, sizeof v);
@@ -197,15 +197,33 @@ struct codec<T, kind::bitwise> {
     static constexpr bool ok = true;
     static constexpr bool has_user = false;
     static constexpr std::size_t min_size = sizeof(T);
-    static void save(writer& w, const T& v) { w.write_contiguous(&v, 1); }
+    static void save(writer& w, const T& v) {
+        if constexpr (std::is_empty_v<T>) {
+            // An empty type's one byte holds no value and is never written by its
+            // constructor: send a zero, so that equal values always encode the same.
+            const std::uint8_t zero = 0;
+            w.write_bytes(&zero, 1);
+        } else {
+            w.write_contiguous(&v, 1);
+        }
+    }
     static T load(reader& r) {
-        if constexpr (std::is_default_constructible_v<T>) {
+        if constexpr (std::is_empty_v<T> && std::is_default_constructible_v<T>) {
+            r.skip(1);
+            return T{};
+        } else if constexpr (std::is_default_constructible_v<T>) {
             T v;
             r.read_contiguous(&v, 1);
+            check_bools(&v, 1);  // reads bool bytes, never a bool, until they are checked
             return v;
         } else {
-            std::array<std::byte, sizeof(T)> raw;
+            alignas(T) std::array<std::byte, sizeof(T)> raw;
             r.read_contiguous(raw.data(), raw.size());
+            if constexpr (holds_bool<T>()) {
+                // memcpy (inside read_contiguous) created a T in `raw` (T is an aggregate,
+                // an implicit-lifetime type): check its bool bytes before bit_cast reads them.
+                check_bools(std::launder(reinterpret_cast<const T*>(raw.data())), 1);
+            }
             return std::bit_cast<T>(raw);
         }
     }
@@ -305,9 +323,9 @@ template <class T>
 constexpr bool bulk() {
     constexpr kind k = kind_of<T>();
     if constexpr (k == kind::bitwise) {
-        return std::is_default_constructible_v<T>;
+        return std::is_default_constructible_v<T> && !std::is_empty_v<T>;  // see codec<bitwise>
     } else if constexpr (k == kind::arithmetic) {
-        return !std::is_same_v<T, bool>;  // bools are checked on load
+        return !is_boolish<T>();  // bools are checked on load, one by one
     } else if constexpr (is_std_array<T>::value) {
         // vector<array<float, 3>>: one memcpy, as its saved form is exactly its bytes.
         using a = is_std_array<T>;
@@ -363,14 +381,21 @@ struct sequence_codec {
                 std::uint64_t id;
                 r.read_bytes(&id, sizeof id);
                 const auto n = static_cast<std::size_t>(raw);
-                const T* p =
-                    static_cast<const T*>(::procpool::detail::shared_bytes(id, n * sizeof(T)));
-                return C(p, p + n);
+                const void* p = ::procpool::detail::shared_bytes(id, n * sizeof(T));
+                if constexpr (holds_bool<T>()) {
+                    C c(n);
+                    if (n != 0) std::memcpy(c.data(), p, n * sizeof(T));
+                    check_bools(c.data(), n);
+                    return c;
+                } else {
+                    return C(static_cast<const T*>(p), static_cast<const T*>(p) + n);
+                }
             }
             if (raw > r.remaining() / min_size<T>) throw_bad_count(raw, min_size<T>, r.remaining());
             const auto n = static_cast<std::size_t>(raw);
             C c(n);
             r.read_contiguous(c.data(), n);
+            check_bools(c.data(), n);  // one memcpy, then only the bool bytes are looked at
             return c;
         } else {
             const std::size_t n = read_count(r, min_size<T>);
@@ -479,6 +504,7 @@ struct std_codec<std::array<T, N>> {
         } else if constexpr (bulk<T>()) {
             A a;
             r.read_contiguous(a.data(), N);
+            check_bools(a.data(), N);
             return a;
         } else if constexpr (std::is_default_constructible_v<T> && !std::is_const_v<T>) {
             A a;
