@@ -50,14 +50,13 @@ procpool::ipc::worker_region* my_region() {
     std::abort();
 }
 
-// The worker's descriptor whose link target starts with `kind`.
+// The worker's descriptor (not stdin, stdout or stderr) whose link target starts with `kind`.
 int my_fd(const std::string& kind) {
     for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+        const int fd = std::stoi(e.path().filename().string());
         std::error_code ec;
         const auto target = std::filesystem::read_symlink(e.path(), ec);
-        if (!ec && target.string().rfind(kind, 0) == 0) {
-            return std::stoi(e.path().filename().string());
-        }
+        if (fd > 2 && !ec && target.string().rfind(kind, 0) == 0) return fd;
     }
     std::abort();
 }
@@ -65,11 +64,11 @@ int my_fd(const std::string& kind) {
 // The worker's control socket: its only socket.
 int my_control_socket() { return my_fd("socket:"); }
 
-// Wakes the parent as a worker does after a completion (its eventfd), so that the forged
+// Wakes the parent as a worker does after a completion (its wake-up pipe), so that the forged
 // frame is read now rather than whenever something else wakes the parent.
 void wake_parent() {
     const std::uint64_t one = 1;
-    if (write(my_fd("anon_inode:[eventfd]"), &one, sizeof one) != sizeof one) std::abort();
+    if (write(my_fd("pipe:"), &one, sizeof one) != sizeof one) std::abort();
 }
 
 // Publishes a raw frame in the worker's completion ring, as its own code would.
@@ -419,6 +418,62 @@ TEST(ProcessPoolIsolation, ChildrenOfACrashedTask_DoNotOutliveItsWorker) {
         ASSERT_GT(child, 0);
         EXPECT_TRUE(eventually([&] { return !alive(child); })) << "child " << child;
     }
+}
+
+// ---- deep values ---------------------------------------------------------------------------
+
+struct Node {
+    int v = 0;
+    std::vector<Node> kids;
+    template <class A>
+    void serialize(A& a) {
+        a(v, kids);
+    }
+};
+
+Node chain(int depth) {
+    Node root;
+    Node* at = &root;
+    for (int i = 1; i < depth; ++i) {
+        at->kids.emplace_back();
+        at = &at->kids.back();
+        at->v = i;
+    }
+    return root;
+}
+
+// Tears a chain down iteratively: the implicit destructor would recurse as deep as it is.
+void dismantle(Node& n) {
+    std::vector<Node> pending = std::move(n.kids);
+    while (!pending.empty()) {
+        Node last = std::move(pending.back());
+        pending.pop_back();
+        for (auto& k : last.kids) pending.push_back(std::move(k));
+    }
+}
+
+int depth_of(const Node& n) {
+    int d = 1;
+    for (const Node* at = &n; !at->kids.empty(); at = &at->kids.front()) ++d;
+    return d;
+}
+
+Node deep_result(int depth) { return chain(depth); }
+
+// A legitimate value nested deeper than the decoder allows is refused where it is made (in
+// the worker), so the parent never recurses that deep: it stays alive and the task fails.
+TEST(DeepValues, ResultNestedTooDeep_FailsItsTask_ParentSurvives) {
+    process_pool pool({.workers = 1});
+    try {
+        Node n = pool.submit(deep_result, 13'000).get();
+        dismantle(n);
+        FAIL() << "a 13,000-deep value was accepted";
+    } catch (const procpool::serialization_error& e) {
+        EXPECT_NE(std::string(e.what()).find("deeper"), std::string::npos) << e.what();
+    }
+    Node ok = pool.submit(deep_result, 500).get();
+    EXPECT_EQ(depth_of(ok), 500);
+    dismantle(ok);
 }
 
 // ---- the fork server -----------------------------------------------------------------------

@@ -117,6 +117,11 @@ public:
     }
     /// Consumer: true if nothing is published beyond what this side has consumed.
     bool empty() const noexcept { return ctl_->head.load(std::memory_order_seq_cst) == tail_; }
+    /// Producer: bytes published and not yet released by the consumer (as it claims).
+    std::uint64_t unconsumed() const noexcept {
+        const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
+        return tail <= head_ ? head_ - tail : 0;
+    }
     /// Producer: true once the consumer's published index broke the ring's invariants.
     bool corrupt() const noexcept { return corrupt_; }
     /// Bytes at ring position `pos` (from `commit`), valid while not overwritten.

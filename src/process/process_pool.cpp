@@ -2,6 +2,7 @@
 // futures from their completion rings, and handles deaths, deadlines and cancellation.
 #include "procpool/process_pool.hpp"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -125,6 +126,11 @@ struct worker_slot {
     std::uint64_t token = 0;
     ipc::unique_fd pidfd;
     ipc::unique_fd ctl;
+    // The read end of the worker's own wake-up pipe (it holds the write end). Not an eventfd
+    // shared by all workers: a task could read another worker's wake-ups from a shared one,
+    // or make it blocking (O_NONBLOCK belongs to the open file, which all would share).
+    ipc::unique_fd wake_rd;
+    bool no_room = false;  // its request ring had no room in this dispatch round
     void* map = nullptr;
     std::size_t map_len = 0;
     ipc::worker_region* region = nullptr;
@@ -153,7 +159,7 @@ struct worker_slot {
 
 // epoll user data: kind, the slot's generation (so that an event still queued for a
 // replaced worker is recognised as stale) and the slot index.
-enum : std::uint64_t { ev_wake = 1, ev_server = 2, ev_ctl = 3, ev_pidfd = 4 };
+enum : std::uint64_t { ev_wake = 1, ev_server = 2, ev_ctl = 3, ev_pidfd = 4, ev_worker_wake = 5 };
 constexpr std::uint64_t ev(std::uint64_t kind, int index, std::uint32_t gen = 0) {
     return (kind << 56) | (static_cast<std::uint64_t>(gen & 0xffffffu) << 32) |
            static_cast<std::uint32_t>(index);
@@ -396,6 +402,11 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         w.spawned_ns = now_ns();
         ++w.gen;
         watch(w.ctl.get(), ev(ev_ctl, w.index, w.gen), EPOLLRDHUP);
+        int wake[2];
+        if (pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0) ipc::throw_errno("pipe for a worker");
+        w.wake_rd.reset(wake[0]);
+        ipc::unique_fd wake_wr(wake[1]);
+        watch(w.wake_rd.get(), ev(ev_worker_wake, w.index, w.gen), EPOLLIN);
 
         if (method == start_method::forkserver) {
             w.token = next_token++;
@@ -403,7 +414,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             const process::fs_record r{process::fs_spawn, 0, w.token};
             std::memcpy(msg.data(), &r, sizeof r);
             std::memcpy(msg.data() + sizeof r, config.data(), config.size());
-            const int fds[3] = {mem.get(), theirs.get(), evfd.get()};
+            const int fds[3] = {mem.get(), theirs.get(), wake_wr.get()};
             if (!ipc::send_with_fds(server.get(), msg.data(), msg.size(), fds)) {
                 // The server is gone: its channel reports the hang-up next, and
                 // server_lost replaces this slot's worker along with the others.
@@ -422,7 +433,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             } catch (...) {
                 process::startup_failed(theirs.get(), process::startup_step::bad_config, 0);
             }
-            process::run_worker(mem.get(), theirs.get(), evfd.get(), parent, cfg);
+            process::run_worker(mem.get(), theirs.get(), wake_wr.get(), parent, cfg);
         }
         adopt_pid(w, pid);
         if (w.pidfd) watch(w.pidfd.get(), ev(ev_pidfd, w.index, w.gen), EPOLLIN);
@@ -443,7 +454,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
 
     bool usable(const worker_slot& w) const noexcept {
         return (w.state == slot_state::spawning || w.state == slot_state::alive) &&
-               w.reason == kill_reason::none;
+               w.reason == kill_reason::none && !w.no_room;
     }
 
     // Picks a worker with room: the last one used if it has room (so sequential calls
@@ -478,6 +489,12 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         std::byte* dst = w.req.try_reserve(static_cast<std::uint32_t>(len));
         if (dst == nullptr) {
             if (w.req.corrupt()) violation_locked(w, "it overwrote its request ring's read index");
+            // A worker with no task in flight has consumed every task frame; only forget
+            // notices (16 bytes each) can wait in its ring. Half a ring of them is not
+            // plausible: its read index was held back on purpose.
+            if (w.inflight.empty() && w.req.unconsumed() > ring_capacity / 2) {
+                violation_locked(w, "its request ring stays full while it runs nothing");
+            }
             return false;
         }
         // Descriptors go on the control socket before the frame is published, so the
@@ -582,11 +599,13 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         pending.push_back(&t);
     }
 
-    // Moves parked tasks into workers with room. Called with mu held.
+    // Moves parked tasks into workers with room. A worker whose ring has no room is
+    // passed over for the rest of the round, so one slow (or hostile) worker does not
+    // hold back the others. Called with mu held.
     void dispatch_pending() {
         while (!pending.empty()) {
             worker_slot* w = pick();
-            if (w == nullptr) return;
+            if (w == nullptr) break;
             // Off the pending list first: send() links the task into the worker's list.
             process_task_base* t = pending.pop_front();
             std::vector<std::byte> args = std::move(t->parked);
@@ -594,9 +613,10 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             if (!send(*w, *t, args.data(), args.size())) {
                 t->parked = std::move(args);
                 pending.push_front(t);
-                return;
+                w->no_room = true;
             }
         }
+        for (auto& s : slots) s->no_room = false;
     }
 
     void enqueue(process_task_base& t, const std::vector<std::byte>& args) {
@@ -997,6 +1017,10 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             unwatch(w.pidfd.get());
             w.pidfd.reset();
         }
+        if (w.wake_rd) {
+            unwatch(w.wake_rd.get());
+            w.wake_rd.reset();
+        }
         if (w.map != nullptr) munmap(w.map, w.map_len);
         w.map = nullptr;
         w.region = nullptr;
@@ -1321,7 +1345,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         const std::uint64_t kind = e.data.u64 >> 56;
         const auto gen = static_cast<std::uint32_t>((e.data.u64 >> 32) & 0xffffffu);
         const int index = static_cast<int>(e.data.u64 & 0xffffffffu);
-        if ((kind == ev_ctl || kind == ev_pidfd) &&
+        if ((kind == ev_ctl || kind == ev_pidfd || kind == ev_worker_wake) &&
             (slots[static_cast<std::size_t>(index)]->gen & 0xffffffu) != gen) {
             return;  // for a worker already replaced
         }
@@ -1329,6 +1353,15 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             case ev_wake: {
                 std::uint64_t v = 0;
                 [[maybe_unused]] auto r = read(evfd.get(), &v, sizeof v);
+                break;
+            }
+            case ev_worker_wake: {
+                // Empty it (bounded: a worker writing without end cannot hold us here;
+                // the level-triggered epoll brings us back).
+                char buf[256];
+                const int fd = slots[static_cast<std::size_t>(index)]->wake_rd.get();
+                for (int k = 0; k < 16 && read(fd, buf, sizeof buf) == sizeof buf; ++k) {
+                }
                 break;
             }
             case ev_server:

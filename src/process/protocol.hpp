@@ -118,7 +118,8 @@ struct fs_record {
 };
 
 /// Becomes a worker: never returns. `region_fd`, `ctl_fd`, `event_fd` are the worker's
-/// shared region, its control socket and the parent's wake-up eventfd. `parent` is the
+/// shared region, its control socket and the write end of its own wake-up pipe to the
+/// parent. `parent` is the
 /// process that forked it (the worker dies with it).
 [[noreturn]] void run_worker(int region_fd, int ctl_fd, int event_fd, pid_t parent,
                              const worker_config& cfg);

@@ -292,6 +292,15 @@ bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks,
     return true;
 }
 
+namespace {
+bool is_memfd(int fd) {
+    char link[64];
+    const std::string path = "/proc/self/fd/" + std::to_string(fd);
+    const ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
+    return n > 7 && std::memcmp(link, "/memfd:", 7) == 0;
+}
+}  // namespace
+
 void check_mappable(int fd, std::uint64_t bytes, bool require_memfd) {
     struct stat st {};
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -302,12 +311,9 @@ void check_mappable(int fd, std::uint64_t bytes, bool require_memfd) {
                                  " bytes announced as " + std::to_string(bytes));
     }
     // A memfd can be shrunk by whoever holds it unless sealed; a mapped byte past its end
-    // would then kill this process with SIGBUS. Files on disk: see docs/architecture.md.
-    char link[64];
-    const std::string path = "/proc/self/fd/" + std::to_string(fd);
-    const ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
-    const bool memfd = n > 7 && std::memcmp(link, "/memfd:", 7) == 0;
-    if (require_memfd && !memfd) throw protocol_violation("a large result that is not a memfd");
+    // would then kill this process with SIGBUS. A file on disk cannot be sealed at all.
+    const bool memfd = is_memfd(fd);
+    if (require_memfd && !memfd) throw protocol_violation("a block that is not a memfd");
     if (memfd && (fcntl(fd, F_GET_SEALS) & F_SEAL_SHRINK) == 0) {
         throw protocol_violation("a shared block that is not sealed against shrinking");
     }
@@ -317,19 +323,33 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
     if (from_worker && n > max_attachments) {
         throw protocol_violation("a result announcing " + std::to_string(n) + " shared blocks");
     }
+    // Every record is taken off the socket before any is judged, so that a refused one
+    // leaves the channel in step for the next message.
+    std::vector<std::pair<attach_msg, ipc::unique_fd>> got;
     for (std::uint32_t i = 0; i < n; ++i) {
         attach_msg m{};
         int fd = -1;
         std::size_t nfds = 0;
-        const long got = ipc::recv_with_fds(sock, &m, sizeof m, std::span<int>(&fd, 1), nfds,
+        const long len = ipc::recv_with_fds(sock, &m, sizeof m, std::span<int>(&fd, 1), nfds,
                                             from_worker);
         ipc::unique_fd owned(nfds == 1 ? fd : -1);
-        if (got != static_cast<long>(sizeof m) || nfds != 1) {
+        if (len != static_cast<long>(sizeof m) || nfds != 1) {
             if (from_worker) throw protocol_violation("a shared block's descriptor was missing");
             throw serialization_error("a shared array's descriptor did not arrive");
         }
-        if (from_worker) check_mappable(fd, m.bytes, false);
-        table[m.id] = detail::shm_block::adopt(owned.release(), m.bytes, m.writable != 0,
+        got.emplace_back(m, std::move(owned));
+    }
+    for (auto& [m, fd] : got) {
+        if (from_worker) {
+            if (!is_memfd(fd.get())) {
+                throw serialization_error(
+                    "a task returned a file-backed array (mapped_file_array): the task could "
+                    "truncate the file under the parent's mapping. Return the file's path and "
+                    "open it in the parent instead");
+            }
+            check_mappable(fd.get(), m.bytes, true);
+        }
+        table[m.id] = detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0,
                                                from_worker);
     }
 }
