@@ -1,0 +1,266 @@
+// Adversarial review of the process pool's trust boundary: each test is a minimal
+// reproduction of a way a task (or an unlucky thread) breaks one of procpool's promises:
+// every future resolves, the parent never dies or hangs, and a task can hurt only itself
+// and the tasks queued behind it on its own worker.
+//
+// No timing assertions: hangs are caught by watchdogs of a minute, after which the test
+// unsticks the pool (killing workers, opening gates) so that it fails instead of hanging.
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ipc/ring.hpp"
+#include "procpool/process_pool.hpp"
+#include "procpool/shared_array.hpp"
+#include "process_support.hpp"
+
+using namespace std::chrono_literals;
+using procpool::process_pool;
+using procpool_test::file_gate;
+using procpool_test::temp_dir;
+
+namespace {
+
+// ---- helpers run inside workers ---------------------------------------------------------
+
+// The worker's shared region: the mapping of its "procpool-worker" memfd.
+procpool::ipc::worker_region* my_region() {
+    std::ifstream maps("/proc/self/maps");
+    std::string line;
+    while (std::getline(maps, line)) {
+        if (line.find("memfd:procpool-worker") == std::string::npos) continue;
+        return reinterpret_cast<procpool::ipc::worker_region*>(
+            std::stoull(line.substr(0, line.find('-')), nullptr, 16));
+    }
+    std::abort();
+}
+
+// The worker's descriptor whose link target starts with `kind`, or -1.
+int my_fd(const std::string& kind) {
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+        std::error_code ec;
+        const auto target = std::filesystem::read_symlink(e.path(), ec);
+        if (!ec && target.string().rfind(kind, 0) == 0) {
+            return std::stoi(e.path().filename().string());
+        }
+    }
+    return -1;
+}
+
+bool exists(const std::string& p) { return std::filesystem::exists(p); }
+
+int add(int a, int b) { return a + b; }
+
+int sleep_then(int ms, int value) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    return value;
+}
+
+std::size_t consume(std::vector<char> v) { return v.size(); }
+
+// Kills every worker of `pool` (SIGKILL): unsticks a pool a test found stalled, so that the
+// test fails with a message instead of hanging in the pool's destructor.
+void kill_workers(process_pool& pool) {
+    for (int pid : pool.worker_pids()) ::kill(pid, SIGKILL);
+}
+
+// ---- 1. the pool's eventfd is shared by every worker ------------------------------------
+
+// A hostile task that swallows every wake-up written to the pool's eventfd (which every
+// worker holds, for telling the parent that a completion is waiting) until `stop` exists.
+int swallow_wakeups(std::string stop) {
+    const int efd = my_fd("anon_inode:[eventfd]");  // -1 (poll ignores it) once fixed
+    std::ofstream(stop + ".started") << 1;
+    while (!exists(stop)) {
+        pollfd p{efd, POLLIN, 0};
+        if (poll(&p, 1, 20) == 1) {
+            std::uint64_t v = 0;
+            [[maybe_unused]] auto n = read(efd, &v, sizeof v);
+        }
+    }
+    return 1;
+}
+
+// Failed before the fix: the task on the other worker completes, but its wake-up is read by the hostile
+// worker before the supervisor's epoll_wait re-checks the eventfd; the supervisor sleeps on
+// (no deadline: timeout -1) and the victim's future never resolves (watchdog fires).
+TEST(AdversaryEventfd, WorkerSwallowingWakeups_DoesNotStallTasksOfOtherWorkers) {
+    process_pool pool({.workers = 2});
+    temp_dir dir;
+    const std::string stop = dir.path() + "/stop";
+    // Worker 0 runs the hostile task for the whole test.
+    auto hostile = pool.submit(swallow_wakeups, stop);
+    while (!exists(stop + ".started")) std::this_thread::sleep_for(1ms);
+    int stalled = 0;
+    for (int round = 0; round < 20 && stalled == 0; ++round) {
+        // Goes to the idle worker 1. It outlasts the waiting thread's spin, so that only the
+        // supervisor (woken through the eventfd) can resolve it.
+        auto victim = pool.submit(sleep_then, 50, round);
+        if (!victim.wait_for(60s)) {
+            ++stalled;
+            break;
+        }
+        EXPECT_EQ(victim.get(), round);
+    }
+    EXPECT_EQ(stalled, 0) << "a task on another worker was never resolved: the hostile "
+                             "worker swallowed its wake-up";
+    std::ofstream(stop) << 1;  // the hostile task's completion wakes the supervisor again
+    EXPECT_EQ(hostile.get(), 1);
+}
+
+// A hostile task that makes the pool's eventfd blocking (O_NONBLOCK is a flag of the open
+// file description, which every worker shares with the parent) and then reads it in a
+// blocking loop: a wake-up the supervisor saw in epoll may be gone before its read(), which
+// then blocks the supervisor thread itself.
+int block_and_swallow_wakeups(std::string stop) {
+    const int efd = my_fd("anon_inode:[eventfd]");  // -1 (calls fail) once fixed
+    fcntl(efd, F_SETFL, fcntl(efd, F_GETFL) & ~O_NONBLOCK);
+    std::ofstream(stop + ".started") << 1;
+    while (!exists(stop)) {
+        pollfd p{efd, POLLIN, 0};
+        if (poll(&p, 1, 20) == 1) {
+            std::uint64_t v = 0;
+            [[maybe_unused]] auto n = read(efd, &v, sizeof v);
+        }
+    }
+    fcntl(efd, F_SETFL, fcntl(efd, F_GETFL) | O_NONBLOCK);
+    return 1;
+}
+
+// Failed before the fix (same cause as above; when the supervisor loses the race for the read it blocks
+// inside read(evfd) instead of in epoll_wait).
+TEST(AdversaryEventfd, WorkerMakingTheEventfdBlocking_DoesNotStallTheSupervisor) {
+    process_pool pool({.workers = 2});
+    temp_dir dir;
+    const std::string stop = dir.path() + "/stop";
+    auto hostile = pool.submit(block_and_swallow_wakeups, stop);
+    while (!exists(stop + ".started")) std::this_thread::sleep_for(1ms);
+    int stalled = 0;
+    for (int round = 0; round < 20 && stalled == 0; ++round) {
+        auto victim = pool.submit(sleep_then, 50, round);
+        if (!victim.wait_for(60s)) {
+            ++stalled;
+            break;
+        }
+        EXPECT_EQ(victim.get(), round);
+    }
+    EXPECT_EQ(stalled, 0) << "a task on another worker was never resolved";
+    std::ofstream(stop) << 1;
+    EXPECT_EQ(hostile.get(), 1);
+}
+
+// ---- 2. the request ring's read index ----------------------------------------------------
+
+// A hostile task that leaves a thread behind in its worker: the thread keeps the request
+// ring's published read index (tail) one frame short of "full". The index stays within the
+// bounds ring::try_reserve checks (tail <= head, head - tail <= capacity), so the parent
+// never sees `corrupt`, only a worker whose ring never has room, although the worker is idle.
+int fake_full_request_ring(std::string stop) {
+    auto* r = my_region();
+    const std::uint64_t cap = r->ring_capacity;
+    if (r->requests.head.load() < cap) std::abort();  // the test sends enough bytes first
+    std::thread([r, cap, stop] {
+        for (unsigned i = 0;; ++i) {
+            r->requests.tail.store(r->requests.head.load() - cap + 8);
+            if ((i & 1023) == 0 && exists(stop)) return;
+            sched_yield();
+        }
+    }).detach();
+    return 1;
+}
+
+// Failed before the fix: the hostile worker is idle (its task returned), so pick() keeps choosing it
+// (last worker used, idle); send() finds no room and dispatch_pending() returns at the first
+// failure, so every later task of the pool stays pending forever while the other worker
+// idles, and the pool's destructor would wait for them forever.
+TEST(AdversaryRing, ForgedRequestTail_DoesNotStallThePool) {
+    process_pool pool({.workers = 2});
+    temp_dir dir;
+    const std::string stop = dir.path() + "/stop";
+    // Sequential tasks go to the same (last used, idle) worker: push a ring's worth of
+    // bytes through it so that its published head is past one capacity.
+    for (int i = 0; i < 6; ++i) {
+        EXPECT_EQ(pool.submit(consume, std::vector<char>(200'000, 'x')).get(), 200'000u);
+    }
+    EXPECT_EQ(pool.submit(fake_full_request_ring, stop).get(), 1);
+    std::vector<procpool::future<int>> victims;
+    for (int i = 0; i < 10; ++i) victims.push_back(pool.submit(add, i, 1));
+    bool stalled = false;
+    for (int i = 0; i < 10; ++i) {
+        auto& f = victims[static_cast<std::size_t>(i)];
+        if (!f.wait_for(60s)) {
+            stalled = true;
+            break;
+        }
+        EXPECT_EQ(f.get(), i + 1);
+    }
+    EXPECT_FALSE(stalled) << "tasks submitted after the hostile one never ran";
+    std::ofstream(stop) << 1;
+    if (stalled) kill_workers(pool);  // unstick it so the destructor can finish
+    for (auto& f : victims) (void)f.wait_for(60s);
+}
+
+// ---- 3. a file-backed shared block in a result ------------------------------------------
+
+// Returns a file-backed array of `n` ints; the worker keeps the file (and could keep a
+// descriptor), so it can shrink it under the parent's mapping at any time.
+procpool::mapped_file_array<int> make_file_array(std::string path, int n) {
+    auto a = procpool::mapped_file_array<int>::create(path, static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) a.data()[i] = i;
+    return a;
+}
+
+int truncate_file(std::string path) { return ::truncate(path.c_str(), 0); }
+
+// Failed before the fix: the parent dies with SIGBUS. check_mappable() accepts any regular file that
+// is large enough at the time of the check and demands seals of memfds only; the file the
+// worker sent is mapped MAP_SHARED in the parent, and the next task on that worker (or a
+// child it left behind) truncates it: the parent's next read of the array faults.
+TEST(AdversaryShmDeathTest, FileBackedResultTruncatedByATask_DoesNotKillTheParent) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    temp_dir dir;
+    const std::string path = dir.path() + "/array";
+    EXPECT_EXIT(
+        {
+            {
+                process_pool pool({.workers = 1});
+                try {
+                    auto a = pool.submit(make_file_array, path, 1 << 16).get();
+                    (void)pool.submit(truncate_file, path).get();
+                    long sum = 0;
+                    for (std::size_t i = 0; i < a.size(); i += 1024) {
+                        sum += static_cast<volatile const int*>(a.data())[i];
+                    }
+                    std::printf("sum %ld\n", sum);
+                } catch (const procpool::error&) {
+                    // refusing such a result (protocol_error) is a fix too
+                }
+            }
+            std::exit(0);
+        },
+        ::testing::ExitedWithCode(0), "");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    procpool::init(argc, argv);
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}
