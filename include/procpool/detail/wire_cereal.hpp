@@ -58,6 +58,7 @@ constexpr bool counts_as_level() {
     return routes_to_cereal<T>() && !is_cereal_wrapper<T>::value;
 }
 
+/// Out of line and cold: the depth check costs one compare per user object.
 [[noreturn, gnu::cold, gnu::noinline]] inline void throw_too_deep() {
     throw serialization_error(
         "procpool::wire: the value is nested deeper than the limit of " +

@@ -101,6 +101,7 @@ struct union_value {
     }
 };
 
+/// Probe P, once per index of a pack (so that `probe<P, I>{}...` repeats it).
 template <class P, std::size_t>
 using probe = P;
 
@@ -119,6 +120,7 @@ constexpr bool takes_one_more(std::index_sequence<I...>) {
 
 /// The most fields we name; a bigger struct is left unchecked.
 inline constexpr std::size_t max_fields = 32;
+/// What `count` answers for a type whose fields it cannot name for certain.
 inline constexpr std::size_t unknown = static_cast<std::size_t>(-1);
 
 /// T's number of fields as counted with probe P, or `unknown`.
@@ -134,6 +136,7 @@ consteval std::size_t count_with() {
     }
 }
 
+/// `T{{p}..., union, {p}...}` compiles: the field after the first pack is a union.
 template <class T, class P, std::size_t... I, std::size_t... J>
 constexpr bool union_between(std::index_sequence<I...>, std::index_sequence<J...>) {
     return requires { T{{probe<P, I>{}}..., union_value{}, {probe<P, J>{}}...}; };
@@ -148,6 +151,7 @@ constexpr bool has_union(std::index_sequence<At...>) {
             ...);
 }
 
+/// True if T's first field is a base class (a structured binding names only members).
 template <class T, class P, std::size_t... I>
 constexpr bool first_is_base(std::index_sequence<I...>) {
     return requires { T{base_value<T>{}, {probe<P, I>{}}...}; };
@@ -181,6 +185,7 @@ consteval std::size_t count() {
     }
 }
 
+// One rung of `apply`'s ladder: bind exactly n fields by name, hand them to f.
 #define PROCPOOL_WIRE_BIND_FIELDS(n, ...) \
     if constexpr (N == n) {               \
         const auto& [__VA_ARGS__] = t;    \
@@ -261,6 +266,7 @@ constexpr bool is_boolish() {
     }
 }
 
+/// The element type of a `std::array`, `void` for anything else.
 template <class T>
 struct std_array_element {
     using type = void;
@@ -283,6 +289,7 @@ struct field_type_list {
 template <class T>
 consteval bool holds_bool();
 
+/// True if any of the listed field types holds a bool.
 template <class... Fs>
 consteval bool any_holds_bool(field_type_list::list<Fs...>) {
     return (holds_bool<Fs>() || ...);
@@ -308,6 +315,7 @@ consteval bool holds_bool() {
     }
 }
 
+/// Out of line and cold, like `throw_truncated`: the check costs one compare per bool.
 [[noreturn, gnu::cold, gnu::noinline]] inline void throw_bad_bool() {
     throw serialization_error("procpool::wire: corrupt input: a bool that is neither 0 nor 1");
 }
