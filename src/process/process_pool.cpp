@@ -746,12 +746,6 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             raw > static_cast<std::uint32_t>(run_status::cancelled)) {
             throw protocol_violation("a completion of unknown type " + std::to_string(h.type));
         }
-        {
-            std::lock_guard lock(mu);
-            if (w.inflight.empty() || w.inflight.head->seq != ch.seq) {
-                throw protocol_violation("a completion for a task it was not running");
-            }
-        }
         // Shared arrays in the result: their descriptors wait on the control socket.
         detail::shm_table received;
         std::exception_ptr attach_error;
@@ -769,8 +763,10 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         process_task_base* t = nullptr;
         {
             std::lock_guard lock(mu);
-            // fail_all_broken may have emptied the queue meanwhile.
-            if (w.inflight.empty() || w.inflight.head->seq != ch.seq) return;
+            if (w.inflight.empty() || w.inflight.head->seq != ch.seq) {
+                if (broken) return;  // fail_all_broken emptied the queue meanwhile
+                throw protocol_violation("a completion for a task it was not running");
+            }
             t = pop_inflight(w);
             avg_task_ns = (avg_task_ns * 7 + std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000)) / 8;
             // The next task's deadline now runs: the supervisor must not sleep through it.
