@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "ipc/fd.hpp"
 #include "ipc/ring.hpp"
 #include "procpool/process_pool.hpp"
 #include "process/fork_server.hpp"
@@ -111,19 +112,9 @@ void send_block(int sock, std::uint64_t size, std::uint64_t claimed, bool seal) 
     if (fd < 0 || ftruncate(fd, static_cast<off_t>(size)) != 0) std::abort();
     if (seal) fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
     const procpool::process::attach_msg m{777, claimed, 0, 0};
-    alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))] = {};
-    iovec iov{const_cast<procpool::process::attach_msg*>(&m), sizeof m};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctrl;
-    msg.msg_controllen = sizeof ctrl;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    if (sendmsg(sock, &msg, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof m)) std::abort();
+    if (!procpool::ipc::send_with_fds(sock, &m, sizeof m, std::span<const int>(&fd, 1))) {
+        std::abort();
+    }
 }
 
 // The hostile task: forges one kind of bad message, then waits to be killed.
@@ -201,19 +192,10 @@ int forge(int kind) {
             if (fd < 0 || ftruncate(fd, 1 << 20) != 0) std::abort();
             unlink(path);
             const char tag = 'R';
-            iovec iov{const_cast<char*>(&tag), 1};
-            alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))] = {};
-            msghdr msg{};
-            msg.msg_iov = &iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = ctrl;
-            msg.msg_controllen = sizeof ctrl;
-            cmsghdr* c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int));
-            std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-            if (sendmsg(my_control_socket(), &msg, MSG_NOSIGNAL) != 1) std::abort();
+            if (!procpool::ipc::send_with_fds(my_control_socket(), &tag, 1,
+                                              std::span<const int>(&fd, 1))) {
+                std::abort();
+            }
             struct {
                 procpool::process::completion_header h;
                 std::uint64_t size;
