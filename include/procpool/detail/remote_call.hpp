@@ -2,8 +2,8 @@
 // type-specific functions that decode arguments in the worker and results in the parent.
 #pragma once
 
-#include <cstdint>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <span>
 #include <string>
@@ -98,6 +98,7 @@ template <class F>
 struct params_of<F, std::void_t<decltype(&F::operator())>>
     : call_operator_params<decltype(&F::operator())> {};
 
+/// True for std::span<const T, E>, the type of a `shared_span<const T>` parameter.
 template <class P>
 struct is_const_span : std::false_type {};
 template <class T, std::size_t E>
@@ -117,6 +118,7 @@ constexpr bool reads_only() noexcept {
     }
 }
 
+/// Saves one task argument; with `ReadOnly`, the shared arrays in it travel read-only.
 template <bool ReadOnly, class A>
 void save_call_arg(wire::writer& w, A&& a) {
     using T = wire_arg_t<A>;

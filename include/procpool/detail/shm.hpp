@@ -113,6 +113,7 @@ public:
 private:
     bool old_;
 };
+
 /// The block a message refers to by `id`; throws serialization_error if unknown.
 shm_ref resolve_attachment(std::uint64_t id);
 
