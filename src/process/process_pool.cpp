@@ -648,8 +648,10 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     // Resolves `t` once (cancel and completion race) and drops the pool's reference.
     template <class Fn>
     void finish(process_task_base& t, Fn&& resolve) noexcept {
+        // The task lets go of its shared arrays first, so that when its future resolves
+        // the caller holds the last handle (and may count mappings, or free them).
+        t.attachments.clear();
         if (t.begin_resolve()) resolve();
-        t.attachments.clear();  // the task no longer holds its shared arrays
         t.shared().release();
         if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
             std::lock_guard lock(idle_mu);
