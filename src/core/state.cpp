@@ -3,11 +3,80 @@
 #include <climits>
 #include <cstdio>
 #include <exception>
+#include <atomic>
+#include <mutex>
+#include <thread>
 #include <utility>
+#include <vector>
 
 #include "procpool/error.hpp"
 
 namespace procpool::detail {
+
+namespace {
+
+// One slot per thread that has called into a cancel hook: the hook it is inside, or null.
+struct hazard_slot {
+    std::atomic<const cancel_hook*> hook{nullptr};
+};
+
+std::mutex hazard_mutex;
+std::vector<hazard_slot*>& hazard_slots() {
+    static std::vector<hazard_slot*> slots;
+    return slots;
+}
+
+struct thread_hazard {
+    hazard_slot slot;
+    thread_hazard() {
+        std::lock_guard lock(hazard_mutex);
+        hazard_slots().push_back(&slot);
+    }
+    ~thread_hazard() {
+        std::lock_guard lock(hazard_mutex);
+        std::erase(hazard_slots(), &slot);
+    }
+    thread_hazard(const thread_hazard&) = delete;
+    thread_hazard& operator=(const thread_hazard&) = delete;
+};
+
+// Announces a call into `hook` for as long as it lives. Announce first, then look at the
+// state: if the task is done by then, the executor may already be gone (do not call).
+class hook_guard {
+public:
+    explicit hook_guard(const cancel_hook* hook) noexcept : slot_(slot()) {
+        slot_.hook.store(hook, std::memory_order_seq_cst);
+        std::atomic_thread_fence(std::memory_order_seq_cst);
+    }
+    ~hook_guard() { slot_.hook.store(nullptr, std::memory_order_release); }
+    hook_guard(const hook_guard&) = delete;
+    hook_guard& operator=(const hook_guard&) = delete;
+
+private:
+    static hazard_slot& slot() noexcept {
+        thread_local thread_hazard mine;
+        return mine.slot;
+    }
+    hazard_slot& slot_;
+};
+
+}  // namespace
+
+void cancel_hook::quiesce(const cancel_hook* hook) noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    for (;;) {
+        bool busy = false;
+        {
+            std::lock_guard lock(hazard_mutex);
+            for (const hazard_slot* s : hazard_slots()) {
+                if (s->hook.load(std::memory_order_seq_cst) == hook) busy = true;
+            }
+        }
+        if (!busy) return;
+        std::this_thread::yield();
+    }
+}
+
 
 state_base::~state_base() {
     // A state that never completed (its executor vanished) still owns its callbacks.
@@ -41,8 +110,10 @@ bool state_base::cancel() noexcept {
         set_cancelled("task cancelled before it started");
         return true;
     }
+    if (hook_ == nullptr) return false;
+    const hook_guard guard(hook_);
     if (is_done()) return false;
-    return hook_ != nullptr && hook_->cancel_running(*this);
+    return hook_->cancel_running(*this);
 }
 
 void state_base::publish(std::uint32_t extra) noexcept {
@@ -53,6 +124,7 @@ void state_base::publish(std::uint32_t extra) noexcept {
 
 bool state_base::wait(const std::chrono::steady_clock::time_point* deadline) const noexcept {
     if (hook_ != nullptr) {
+        const hook_guard guard(hook_);
         if (is_done() || hook_->help_wait(*this)) return true;
     } else if (spin_until([this] { return is_done(); })) {
         return true;

@@ -110,7 +110,7 @@ struct task_list {
     bool empty() const noexcept { return head == nullptr; }
 };
 
-enum class kill_reason { none, timeout, cancel, channel_lost, malformed };
+enum class kill_reason { none, timeout, cancel, channel_lost, malformed, send_failed };
 
 // A worker that dies this many times before the task at the head of its queue is seen to
 // start fails that task rather than requeueing it again (a task that crashes its worker
@@ -500,14 +500,14 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         // Descriptors go on the control socket before the frame is published, so the
         // worker finds them there when it reads the frame.
         if (!fresh.empty() && !process::send_attachments(w.ctl.get(), fresh, true)) {
-            kill_worker(w, kill_reason::channel_lost, 0);
+            send_failed(w, errno);
             return false;
         }
         for (const auto& b : fresh) w.cached.insert(b->id());
         if (oob) {
             if (t.parked.empty()) t.parked.assign(args, args + n);  // kept for requeue
             if (!send_oob(w, args, n)) {
-                kill_worker(w, kill_reason::channel_lost, 0);
+                send_failed(w, errno);
                 return false;
             }
             const std::uint64_t size = n;
@@ -691,6 +691,18 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             }
         }
         return any;
+    }
+
+    // A send on `w`'s control socket failed (it would block: the worker stopped reading;
+    // or the system refused, e.g. too many descriptors in flight): the worker cannot be
+    // given work any more, so it is killed and replaced. Called with mu held.
+    void send_failed(worker_slot& w, int err) noexcept {
+        try {
+            w.violation = std::string("sending to its control socket failed: ") +
+                          std::strerror(err);
+        } catch (...) {  // NOLINT(bugprone-empty-catch): the kind of error is enough
+        }
+        kill_worker(w, kill_reason::send_failed, 0);
     }
 
     // Marks `w` as having broken the protocol: it is killed, and the task at the head of
@@ -951,6 +963,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     // Called with mu held, before the slot is released.
     void note_startup(worker_slot& w, int wstatus) {
         // (A worker dying at start-up closes its control socket first: channel_lost.)
+        // A failed send is the parent's observation, not the worker's start-up failing.
         if (w.ready || w.exit_sent || w.server_gone ||
             (w.reason != kill_reason::none && w.reason != kill_reason::channel_lost)) {
             return;
@@ -1001,6 +1014,9 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         std::string detail = "pid " + std::to_string(w.pid);
         if (sig == SIGKILL && w.hup && w.reason == kill_reason::channel_lost) {
             detail += ", killed after it closed its control channel";
+        }
+        if (sig == SIGKILL && w.reason == kill_reason::send_failed) {
+            detail += ", killed because " + w.violation;
         }
         return std::make_exception_ptr(worker_died(sig, code, detail));
     }
@@ -1452,8 +1468,11 @@ process_pool::process_pool(process_pool_options opts) {
 process_pool::~process_pool() {
     try {
         shutdown({.wait = true});
-    } catch (...) {
+    } catch (...) {  // NOLINT(bugprone-empty-catch): a destructor must not throw
     }
+    // Every task is resolved; a thread that saw one unresolved may still be entering
+    // help_wait or cancel_running on this pool.
+    detail::cancel_hook::quiesce(impl_.get());
 }
 
 void process_pool::enqueue(detail::process_task_base& t, const std::vector<std::byte>& args) {

@@ -29,6 +29,12 @@ public:
     /// rings, saving a hand-off through its supervisor). Returns `s.is_done()`.
     virtual bool help_wait(const state_base& s) noexcept = 0;
 
+    /// Waits until no thread is inside a call to `hook` made through a future. An
+    /// executor calls it before it frees the hook, once every task it resolved is done:
+    /// a thread that saw a task not done yet may still be entering the hook. Calls are
+    /// announced in per-thread hazard slots, checked here (hazard pointers, Michael 2004).
+    static void quiesce(const cancel_hook* hook) noexcept;
+
 protected:
     ~cancel_hook() = default;
 };
