@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <sstream>
 #include <string>
@@ -196,6 +197,10 @@ TEST(Progress, NextRefresh_IsOneIntervalAfterTheLastDraw_OrNeverInLogs) {
 /// returns everything it wrote there, once it has exited with status 0.
 template <class F>
 std::string run_in_pty(F child) {
+    // The child inherits this process's stdio buffers: flush them, or whatever is still
+    // pending (gtest's "Running main()" line, when stdout is a pipe or a file) lands on
+    // the child's terminal when it first writes to std::cerr, which flushes std::cout.
+    std::fflush(nullptr);
     int master = -1;
     const pid_t pid = forkpty(&master, nullptr, nullptr, nullptr);
     if (pid < 0) {

@@ -6,19 +6,23 @@
 
 #include <atomic>
 #include <chrono>
+#include <concepts>
 #include <condition_variable>
 #include <forward_list>
 #include <list>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "run_support.hpp"
+#include "support.hpp"
 
 namespace {
 
@@ -203,35 +207,101 @@ TEST(RunIn, PoolThatShutDown_GivesEveryTaskAShutDownOutcome) {
     }
 }
 
-TEST(RunInThreads, TaskPastItsTimeout_ReportsTimeout_AndTheRestFinish) {
-    // The abandoned task ends once the test opens the gate, perhaps after the test: it
-    // shares the gate's ownership.
+TEST(RunInThreads, TasksPastTheirTimeout_ReportTimeout_WithoutTheCallWaitingForThem) {
+    // Both tasks hang until the test opens the gate, after the call: only their timeout
+    // can end it. They share the gate's ownership, as they may still run after the test.
     auto release = std::make_shared<gate>();
+    auto returned = std::make_shared<std::atomic<int>>(0);
     auto out = run_in_threads(
-        [release](int i) {
-            if (i == 0) release->wait();
+        [release, returned](int i) {
+            release->wait();
+            ++*returned;
             return i;
         },
-        std::vector{0, 1, 2, 3}, {.workers = 2, .timeout = 50ms});
+        std::vector{0, 1}, {.workers = 2, .timeout = 50ms});
+    EXPECT_EQ(returned->load(), 0) << "the call waited for the tasks it had given up on";
     release->open();
+
+    for (std::size_t i = 0; i < 2; ++i) {
+        ASSERT_FALSE(out[i]);
+        EXPECT_EQ(out[i].error().kind(), failure_kind::timeout);
+        EXPECT_TRUE(out[i].error().cause_as<procpool::task_timeout>() != nullptr);
+        EXPECT_EQ(
+            std::string(out[i].error().what()).rfind("task " + std::to_string(i) + " failed: ", 0),
+            0u)
+            << out[i].error().what();
+    }
+}
+
+// The next tests need tasks that succeed although the run has a short timeout (it is one
+// for all its tasks), on a machine that may be slow. Thread tasks' deadlines are checked
+// by the calling thread, between its calls to the pool's `submit` and to `on_result`; a
+// task that runs from start to finish while that thread is inside such a call is done
+// before its clock can be read, so it succeeds however long it took. These tests run
+// their should-succeed tasks only there.
+
+TEST(RunIn, TaskPastItsTimeout_FailsOnlyItself_TheOthersRunAfterItAndSucceed) {
+    // Task 0 hangs until the test ends and times out, keeping its worker. Tasks 1..3 wait
+    // behind `busy` on the other worker until on_result for task 0 lets them run, and
+    // on_result returns once a task queued after them has run (FIFO, one free worker).
+    gate release;
+    procpool::thread_pool pool({.workers = 2});
+    procpool_test::blocker busy(pool);
+    auto let_the_rest_run = [&](std::size_t i, const outcome<int>&) {
+        if (i != 0) return;
+        busy.open();
+        pool.submit([] {}).wait();  // tasks 1..3 have finished
+    };
+    auto out = run_in(pool,
+                      [&release](int i) {
+                          if (i == 0) release.wait();
+                          return i;
+                      },
+                      numbers(4), {.timeout = 50ms, .on_result = let_the_rest_run});
+    release.open();
 
     ASSERT_FALSE(out[0]);
     EXPECT_EQ(out[0].error().kind(), failure_kind::timeout);
     EXPECT_TRUE(out[0].error().cause_as<procpool::task_timeout>() != nullptr);
-    EXPECT_NE(std::string(out[0].error().what()).find("task 0 failed: "), std::string::npos);
-    for (std::size_t i = 1; i < 4; ++i) EXPECT_EQ(out[i].value(), static_cast<int>(i));
+    EXPECT_EQ(std::string(out[0].error().what()).rfind("task 0 failed: ", 0), 0u)
+        << out[0].error().what();
+    for (std::size_t i = 1; i < 4; ++i) {
+        ASSERT_TRUE(out[i]) << out[i].error().what();
+        EXPECT_EQ(out[i].value(), static_cast<int>(i));
+    }
 }
 
-TEST(RunInThreads, Timeout_CountsFromWhenTheTaskStarts_NotWhileItWaitsInTheQueue) {
-    // One worker runs thirty 25 ms tasks back to back: the last waits ~725 ms in the
-    // queue, longer than the 400 ms timeout, yet none of them runs past it.
-    auto out = run_in_threads(
-        [](int i) {
-            std::this_thread::sleep_for(25ms);
-            return i;
-        },
-        numbers(30), {.workers = 1, .timeout = 400ms});
-    for (auto& o : out) EXPECT_TRUE(o) << o.error().what();
+TEST(RunIn, Timeout_CountsFromWhenTheTaskStarts_NotWhileItWaitsInTheQueue) {
+    // The pool's one worker is held by `busy` for at least ten timeouts while the tasks
+    // wait in the queue: long enough for a wrong clock to time them out (nothing here
+    // depends on how much longer it takes). Then task 0 fails, and tasks 1..3 run while
+    // on_result for it waits for a task queued after them. None of them may time out.
+    procpool::thread_pool pool({.workers = 1});
+    procpool_test::blocker busy(pool);
+    std::atomic<bool> worker_freed{false};
+    std::thread opener([&] {
+        std::this_thread::sleep_for(500ms);
+        worker_freed = true;
+        busy.open();
+    });
+    // Before the worker is freed, task 0 can only have timed out in the queue: then the
+    // others are left to time out too.
+    auto let_the_rest_run = [&](std::size_t i, const outcome<int>&) {
+        if (i == 0 && worker_freed) pool.submit([] {}).wait();
+    };
+    auto out = run_in(pool,
+                      [](int i) {
+                          if (i == 0) throw std::runtime_error("task 0 fails");
+                          return i;
+                      },
+                      numbers(4), {.timeout = 50ms, .on_result = let_the_rest_run});
+    opener.join();
+
+    EXPECT_FALSE(out[0]);  // by its exception (or by its timeout, on a machine that stalled it)
+    for (std::size_t i = 1; i < 4; ++i) {
+        ASSERT_TRUE(out[i]) << out[i].error().what();
+        EXPECT_EQ(out[i].value(), static_cast<int>(i));
+    }
 }
 
 TEST(RunInThreads, BadOptions_ThrowInvalidArgument) {
@@ -244,15 +314,37 @@ TEST(RunInThreads, BadOptions_ThrowInvalidArgument) {
 
 // ---- retries ---------------------------------------------------------------------------
 
+/// A thread pool for `run_in` whose `submit` returns at once the first time and, from the
+/// second call on, only once the task it submitted has finished: such a task succeeds
+/// whatever the run's timeout (see above).
+class pool_finishing_later_submits {
+public:
+    explicit pool_finishing_later_submits(int workers) : pool_({.workers = workers}) {}
+
+    template <class F, class... A>
+        requires std::invocable<std::decay_t<F>, std::decay_t<A>...>
+    auto submit(F&& f, A&&... args) {
+        auto done = pool_.submit(std::forward<F>(f), std::forward<A>(args)...);
+        if (++submits_ > 1) done.wait();
+        return done;
+    }
+    int workers() const noexcept { return pool_.workers(); }
+    int submits() const noexcept { return submits_; }
+
+private:
+    procpool::thread_pool pool_;
+    int submits_ = 0;
+};
+
 TEST(RunIn, TimedOutTask_IsRetried_AndSucceedsOnItsSecondAttempt) {
-    // A timed-out thread stays busy, so the retry needs a second worker.
+    // A timed-out thread stays busy, so the retry needs a second worker. The first attempt
+    // hangs until the test ends; the second one finishes inside `submit`.
     auto release = std::make_shared<gate>();
     auto attempts = std::make_shared<std::atomic<int>>(0);
-    procpool::thread_pool pool({.workers = 2});
+    pool_finishing_later_submits pool(2);
     auto out = run_in(pool,
                       [release, attempts](int) {
-                          if (attempts->fetch_add(1) == 0)
-                              release->wait();  // the first attempt hangs
+                          if (attempts->fetch_add(1) == 0) release->wait();
                           return 7;
                       },
                       std::vector{0}, {.timeout = 50ms, .retries = 1});
@@ -261,6 +353,7 @@ TEST(RunIn, TimedOutTask_IsRetried_AndSucceedsOnItsSecondAttempt) {
     ASSERT_TRUE(out[0]) << out[0].error().what();
     EXPECT_EQ(out[0].value(), 7);
     EXPECT_EQ(attempts->load(), 2);
+    EXPECT_EQ(pool.submits(), 2);
     EXPECT_EQ(out[0].index(), 0u);
 }
 

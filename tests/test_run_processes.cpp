@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
@@ -20,6 +19,7 @@
 #include <tuple>
 #include <vector>
 
+#include "process_support.hpp"
 #include "run_support.hpp"
 
 namespace {
@@ -57,8 +57,10 @@ int throw_on_one(int i) {
     return i;
 }
 
-int sleep_on_zero(int i) {
-    if (i == 0) std::this_thread::sleep_for(60s);
+/// Sleeps for an hour: only a kill (a timeout, fail_fast) ends it in a test's time, and a
+/// kill that never comes hangs the test until ctest's timeout fails it.
+int sleep_for_an_hour(int i) {
+    std::this_thread::sleep_for(1h);
     return i;
 }
 
@@ -77,8 +79,7 @@ int always_crash(int) {
 
 int crash_zero_sleep_rest(int i) {
     if (i == 0) die_of(SIGSEGV);
-    std::this_thread::sleep_for(60s);
-    return i;
+    return sleep_for_an_hour(i);
 }
 
 /// An argument that refuses to be serialized: it cannot reach a worker.
@@ -93,23 +94,6 @@ struct refuses_to_travel {
 int take_it(refuses_to_travel r) {
     return r.x;
 }
-
-/// A fresh, empty folder for one test, removed afterwards.
-class scratch_dir {
-public:
-    scratch_dir()
-        : path_(std::filesystem::temp_directory_path() /
-                ("procpool-test-" + std::to_string(::getpid()) + "-" +
-                 ::testing::UnitTest::GetInstance()->current_test_info()->name())) {
-        std::filesystem::remove_all(path_);
-        std::filesystem::create_directories(path_);
-    }
-    ~scratch_dir() { std::filesystem::remove_all(path_); }
-    const std::filesystem::path& path() const { return path_; }
-
-private:
-    std::filesystem::path path_;
-};
 
 TEST(RunInProcesses, Results_AreInInputOrder_WhateverOrderTasksFinishIn) {
     std::mt19937 rng(11);
@@ -181,20 +165,26 @@ TEST(RunInProcesses, ArgumentThatCannotBeSerialized_FailsItsTask_AsSerialization
     }
 }
 
-TEST(RunInProcesses, TaskPastItsTimeout_IsKilled_AndReportsTimeout) {
-    auto out =
-        run_in_processes(sleep_on_zero, std::vector{0, 1, 2}, {.workers = 2, .timeout = 200ms});
+// A run's timeout applies to all its tasks, and a task that should succeed must not race
+// a short one on a slow machine: timed runs here hold only tasks that never finish.
 
-    ASSERT_FALSE(out[0]);
-    EXPECT_EQ(out[0].error().kind(), failure_kind::timeout);
-    EXPECT_NE(out[0].error().cause_as<procpool::task_timeout>(), nullptr);
-    EXPECT_EQ(out[1].value(), 1);
-    EXPECT_EQ(out[2].value(), 2);
+TEST(RunInProcesses, TasksPastTheirTimeout_AreKilled_AndReportTimeout) {
+    // One worker: task 1 waits while task 0 runs and, when that worker is killed, must
+    // not be lost with it but run on a fresh one, and be timed out there in turn.
+    auto out =
+        run_in_processes(sleep_for_an_hour, std::vector{0, 1}, {.workers = 1, .timeout = 200ms});
+
+    for (std::size_t i = 0; i < 2; ++i) {
+        ASSERT_FALSE(out[i]);
+        EXPECT_EQ(out[i].error().kind(), failure_kind::timeout) << out[i].error().what();
+        EXPECT_NE(out[i].error().cause_as<procpool::task_timeout>(), nullptr);
+        EXPECT_EQ(out[i].error().attempts(), 1);
+    }
 }
 
 TEST(RunInProcesses, TaskThatCrashesOnItsFirstAttemptOnly_SucceedsOnRetry) {
-    scratch_dir dir;
-    const std::string marker = (dir.path() / "crashed-once").string();
+    procpool_test::temp_dir dir;
+    const std::string marker = dir.path() + "/crashed-once";
 
     auto out = run_in_processes(crash_once, std::vector{marker}, {.workers = 1, .retries = 1});
 
@@ -204,8 +194,8 @@ TEST(RunInProcesses, TaskThatCrashesOnItsFirstAttemptOnly_SucceedsOnRetry) {
 }
 
 TEST(RunInProcesses, WithoutRetries_TheFirstCrashIsTheOutcome) {
-    scratch_dir dir;
-    const std::string marker = (dir.path() / "crashed-once").string();
+    procpool_test::temp_dir dir;
+    const std::string marker = dir.path() + "/crashed-once";
 
     auto out = run_in_processes(crash_once, std::vector{marker}, {.workers = 1});
 
@@ -242,15 +232,20 @@ TEST(RunInProcesses, FailFast_KillsRunningTasks_AndCancelsQueuedOnes) {
     }
 }
 
-TEST(RunIn, ProcessPool_StaysUsable_AndItsTimeoutsAreEnforcedPerTask) {
+TEST(RunIn, ProcessPool_KillsTasksPastTheRunsTimeout_AndStaysUsable) {
     procpool::process_pool_options opts;
     opts.workers = 2;
     procpool::process_pool pool(std::move(opts));
 
-    auto out = procpool::run_in(pool, sleep_on_zero, std::vector{0, 1}, {.timeout = 200ms});
+    auto timed = procpool::run_in(pool, sleep_for_an_hour, std::vector{0, 1}, {.timeout = 200ms});
+    auto untimed = procpool::run_in(pool, throw_on_one, std::vector{0, 2});
 
-    EXPECT_EQ(out[0].error().kind(), failure_kind::timeout);
-    EXPECT_EQ(out[1].value(), 1);
+    for (const auto& o : timed) {
+        ASSERT_FALSE(o);
+        EXPECT_EQ(o.error().kind(), failure_kind::timeout) << o.error().what();
+    }
+    EXPECT_EQ(untimed[0].value(), 0);
+    EXPECT_EQ(untimed[1].value(), 2);
     EXPECT_EQ(pool.submit(throw_on_one, 5).get(), 5);
 }
 
