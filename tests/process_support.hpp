@@ -17,7 +17,7 @@ namespace procpool_test {
 
 /// A fresh directory under $TMPDIR (or /tmp), removed with everything in it at the end.
 class temp_dir {
-public:
+  public:
     temp_dir() {
         const char* base = std::getenv("TMPDIR");
         std::string tmpl = std::string(base != nullptr ? base : "/tmp") + "/procpool-test-XXXXXX";
@@ -33,7 +33,7 @@ public:
     /// The directory.
     const std::string& path() const noexcept { return path_; }
 
-private:
+  private:
     std::string path_;
 };
 
@@ -42,7 +42,7 @@ private:
 /// Declare it after the pool: its destructor opens the gate, so a failing test cannot
 /// leave a task waiting forever while the pool's destructor waits for it.
 class file_gate {
-public:
+  public:
     file_gate() = default;
     file_gate(const file_gate&) = delete;
     file_gate& operator=(const file_gate&) = delete;
@@ -72,7 +72,7 @@ public:
         return value;
     }
 
-private:
+  private:
     temp_dir dir_;
 };
 

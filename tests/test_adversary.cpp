@@ -28,9 +28,9 @@
 #include <vector>
 
 #include "ipc/ring.hpp"
+#include "process_support.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/shared_array.hpp"
-#include "process_support.hpp"
 
 using namespace std::chrono_literals;
 using procpool::process_pool;
@@ -65,16 +65,22 @@ int my_fd(const std::string& kind) {
     return -1;
 }
 
-bool exists(const std::string& p) { return std::filesystem::exists(p); }
+bool exists(const std::string& p) {
+    return std::filesystem::exists(p);
+}
 
-int add(int a, int b) { return a + b; }
+int add(int a, int b) {
+    return a + b;
+}
 
 int sleep_then(int ms, int value) {
     std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     return value;
 }
 
-std::size_t consume(std::vector<char> v) { return v.size(); }
+std::size_t consume(std::vector<char> v) {
+    return v.size();
+}
 
 // Kills every worker of `pool` (SIGKILL): unsticks a pool a test found stalled, so that the
 // test fails with a message instead of hanging in the pool's destructor.
@@ -99,8 +105,8 @@ int swallow_wakeups(std::string stop) {
     return 1;
 }
 
-// Failed before the fix: the task on the other worker completes, but its wake-up is read by the hostile
-// worker before the supervisor's epoll_wait re-checks the eventfd; the supervisor sleeps on
+// Failed before the fix: the task on the other worker completes, but its wake-up is read by the
+// hostile worker before the supervisor's epoll_wait re-checks the eventfd; the supervisor sleeps on
 // (no deadline: timeout -1) and the victim's future never resolves (watchdog fires).
 TEST(AdversaryEventfd, WorkerSwallowingWakeups_DoesNotStallTasksOfOtherWorkers) {
     process_pool pool({.workers = 2});
@@ -145,8 +151,8 @@ int block_and_swallow_wakeups(std::string stop) {
     return 1;
 }
 
-// Failed before the fix (same cause as above; when the supervisor loses the race for the read it blocks
-// inside read(evfd) instead of in epoll_wait).
+// Failed before the fix (same cause as above; when the supervisor loses the race for the read it
+// blocks inside read(evfd) instead of in epoll_wait).
 TEST(AdversaryEventfd, WorkerMakingTheEventfdBlocking_DoesNotStallTheSupervisor) {
     process_pool pool({.workers = 2});
     temp_dir dir;
@@ -187,8 +193,8 @@ int fake_full_request_ring(std::string stop) {
     return 1;
 }
 
-// Failed before the fix: the hostile worker is idle (its task returned), so pick() keeps choosing it
-// (last worker used, idle); send() finds no room and dispatch_pending() returns at the first
+// Failed before the fix: the hostile worker is idle (its task returned), so pick() keeps choosing
+// it (last worker used, idle); send() finds no room and dispatch_pending() returns at the first
 // failure, so every later task of the pool stays pending forever while the other worker
 // idles, and the pool's destructor would wait for them forever.
 TEST(AdversaryRing, ForgedRequestTail_DoesNotStallThePool) {
@@ -228,10 +234,12 @@ procpool::mapped_file_array<int> make_file_array(std::string path, int n) {
     return a;
 }
 
-int truncate_file(std::string path) { return ::truncate(path.c_str(), 0); }
+int truncate_file(std::string path) {
+    return ::truncate(path.c_str(), 0);
+}
 
-// Failed before the fix: the parent dies with SIGBUS. check_mappable() accepts any regular file that
-// is large enough at the time of the check and demands seals of memfds only; the file the
+// Failed before the fix: the parent dies with SIGBUS. check_mappable() accepts any regular file
+// that is large enough at the time of the check and demands seals of memfds only; the file the
 // worker sent is mapped MAP_SHARED in the parent, and the next task on that worker (or a
 // child it left behind) truncates it: the parent's next read of the array faults.
 TEST(AdversaryShmDeathTest, FileBackedResultTruncatedByATask_DoesNotKillTheParent) {
@@ -258,7 +266,6 @@ TEST(AdversaryShmDeathTest, FileBackedResultTruncatedByATask_DoesNotKillTheParen
         },
         ::testing::ExitedWithCode(0), "");
 }
-
 
 // ---- 4. descriptors in flight are counted per user -------------------------------------
 
@@ -359,9 +366,9 @@ TEST(AdversaryShmDeathTest, DISABLED_DescriptorsInFlight_FloodedByOneWorker_DoNo
 
 // ---- 5. a pool destroyed while threads wait on its futures -------------------------------
 
-// Failed before the fix (under -DPROCPOOL_SANITIZE=address; in a release build it is a silent write to
-// freed memory): heap-use-after-free in process_pool::impl::help_wait. A waiting thread
-// leaves help_wait by `helpers.fetch_sub(1) == 1` and only then calls lock_draining(),
+// Failed before the fix (under -DPROCPOOL_SANITIZE=address; in a release build it is a silent write
+// to freed memory): heap-use-after-free in process_pool::impl::help_wait. A waiting thread leaves
+// help_wait by `helpers.fetch_sub(1) == 1` and only then calls lock_draining(),
 // ask_workers_to_wake_us(), completions_waiting() and maybe drain_all()/wake_supervisor()
 // on the pool; stop_workers() waits for `helpers == 0`, which that decrement already
 // satisfied, so ~process_pool frees the impl (and unmaps the regions) under the thread.

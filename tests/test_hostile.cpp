@@ -24,10 +24,10 @@
 
 #include "ipc/fd.hpp"
 #include "ipc/ring.hpp"
-#include "procpool/process_pool.hpp"
 #include "process/fork_server.hpp"
 #include "process/protocol.hpp"
 #include "process_support.hpp"
+#include "procpool/process_pool.hpp"
 
 using namespace std::chrono_literals;
 using procpool::process_pool;
@@ -35,7 +35,9 @@ using procpool_test::file_gate;
 
 namespace {
 
-int add(int a, int b) { return a + b; }
+int add(int a, int b) {
+    return a + b;
+}
 
 // ---- forging messages from inside a worker ----------------------------------------------
 
@@ -63,7 +65,9 @@ int my_fd(const std::string& kind) {
 }
 
 // The worker's control socket: its only socket.
-int my_control_socket() { return my_fd("socket:"); }
+int my_control_socket() {
+    return my_fd("socket:");
+}
 
 // Wakes the parent as a worker does after a completion (its wake-up pipe), so that the forged
 // frame is read now rather than whenever something else wakes the parent.
@@ -86,24 +90,24 @@ void publish(procpool::ipc::worker_region* r, std::uint32_t len, std::uint32_t t
 
 // A completion header for the task running now, with `nattach` attachments announced.
 procpool::process::completion_header header_for_current(procpool::ipc::worker_region* r,
-                                                         std::uint32_t nattach) {
+                                                        std::uint32_t nattach) {
     return {r->started_seq.load(), 0, nattach, 0};
 }
 
 enum class forgery {
-    short_frame,          // a completion shorter than its header
-    huge_pad,             // a pad frame whose length wraps the frame size to zero
-    missing_attachments,  // announces attachments it never sends (the reader would block)
-    wrong_sequence,       // a completion for a task it is not running
-    unknown_type,         // a completion type that does not exist
-    head_past_capacity,   // a published index more than a ring ahead
-    missing_large_result, // announces an out-of-band result and sends no descriptor
-    oversized_block,      // a shared block claiming more bytes than its file has
-    unsealed_block,       // a memfd that the worker could shrink under the parent
-    false_init_failure,   // reports a failed initializer after its start-up was over
-    second_ready,         // reports readiness again
-    too_many_attachments, // announces more attachments than the protocol allows
-    file_large_result,    // a large result in a file it could truncate under the parent
+    short_frame,           // a completion shorter than its header
+    huge_pad,              // a pad frame whose length wraps the frame size to zero
+    missing_attachments,   // announces attachments it never sends (the reader would block)
+    wrong_sequence,        // a completion for a task it is not running
+    unknown_type,          // a completion type that does not exist
+    head_past_capacity,    // a published index more than a ring ahead
+    missing_large_result,  // announces an out-of-band result and sends no descriptor
+    oversized_block,       // a shared block claiming more bytes than its file has
+    unsealed_block,        // a memfd that the worker could shrink under the parent
+    false_init_failure,    // reports a failed initializer after its start-up was over
+    second_ready,          // reports readiness again
+    too_many_attachments,  // announces more attachments than the protocol allows
+    file_large_result,     // a large result in a file it could truncate under the parent
 };
 
 // Sends one attach_msg for a fresh memfd of `size` bytes that claims `claimed` bytes.
@@ -172,8 +176,7 @@ int forge(int kind) {
         }
         case forgery::false_init_failure: {
             const procpool::process::completion_header h{0, 0, 0, 0};
-            publish(r, sizeof h, static_cast<std::uint32_t>(run_status::init_failed), &h,
-                    sizeof h);
+            publish(r, sizeof h, static_cast<std::uint32_t>(run_status::init_failed), &h, sizeof h);
             break;
         }
         case forgery::second_ready: {
@@ -212,15 +215,16 @@ int forge(int kind) {
 constexpr int forgery_count = 13;
 
 int initialized_value = 0;
-void harmless_init() { initialized_value = 1; }
+void harmless_init() {
+    initialized_value = 1;
+}
 
 class ForgedMessage : public ::testing::TestWithParam<int> {};
 
 TEST_P(ForgedMessage, FailsOnlyItsTask_WithProtocolError_AndPoolKeepsServing) {
     // With an initializer, so that a forged "initializer failed" is refused for coming
     // after the worker's start-up, not merely for the pool having none.
-    process_pool pool({.workers = 2,
-                       .initializer = procpool::worker_initializer(harmless_init)});
+    process_pool pool({.workers = 2, .initializer = procpool::worker_initializer(harmless_init)});
     auto hostile = pool.submit(forge, GetParam());
     std::vector<procpool::future<int>> others;
     for (int i = 0; i < 100; ++i) others.push_back(pool.submit(add, i, 1));
@@ -228,8 +232,7 @@ TEST_P(ForgedMessage, FailsOnlyItsTask_WithProtocolError_AndPoolKeepsServing) {
         hostile.get();
         FAIL() << "a forged message was accepted";
     } catch (const procpool::protocol_error& e) {
-        EXPECT_NE(std::string(e.what()).find("malformed message"), std::string::npos)
-            << e.what();
+        EXPECT_NE(std::string(e.what()).find("malformed message"), std::string::npos) << e.what();
     }
     for (int i = 0; i < 100; ++i) EXPECT_EQ(others[static_cast<std::size_t>(i)].get(), i + 1);
     EXPECT_EQ(pool.submit(add, 20, 22).get(), 42);
@@ -286,7 +289,9 @@ TEST(ProcessPoolDeadlines, NonPositiveTaskTimeout_IsRejectedWithAClearMessage) {
 
 // ---- start-up ------------------------------------------------------------------------------
 
-void dying_init() { _exit(9); }
+void dying_init() {
+    _exit(9);
+}
 
 // The start-up death of every worker fails the tasks with a message that says why, with
 // either start method, every time (a hang here fails through the ctest timeout).
@@ -360,9 +365,7 @@ int fork_child_then_crash(std::string pid_file) {
         std::this_thread::sleep_for(1h);
         _exit(0);
     }
-    {
-        std::ofstream(pid_file) << child;
-    }
+    { std::ofstream(pid_file) << child; }
     raise(SIGSEGV);
     return 0;
 }
@@ -391,8 +394,7 @@ TEST(ProcessPoolIsolation, ChildrenOfACrashedTask_DoNotOutliveItsWorker) {
         const std::string pid_file = dir.path() + "/child.pid";
         {
             process_pool pool({.workers = 1, .start = method});
-            EXPECT_THROW(pool.submit(fork_child_then_crash, pid_file).get(),
-                         procpool::worker_died);
+            EXPECT_THROW(pool.submit(fork_child_then_crash, pid_file).get(), procpool::worker_died);
             EXPECT_EQ(pool.submit(add, 1, 1).get(), 2);
         }
         int child = 0;
@@ -440,7 +442,9 @@ int depth_of(const Node& n) {
     return d;
 }
 
-Node deep_result(int depth) { return chain(depth); }
+Node deep_result(int depth) {
+    return chain(depth);
+}
 
 // A legitimate value nested deeper than the decoder allows is refused where it is made (in
 // the worker), so the parent never recurses that deep: it stays alive and the task fails.

@@ -8,16 +8,18 @@
 #include <thread>
 #include <vector>
 
-#include "procpool/process_pool.hpp"
 #include "process/fork_server.hpp"
 #include "process_support.hpp"
+#include "procpool/process_pool.hpp"
 
 using procpool::process_pool;
 using procpool_test::file_gate;
 
 namespace {
 
-int add(int a, int b) { return a + b; }
+int add(int a, int b) {
+    return a + b;
+}
 
 TEST(ThreadLifetime, InitOnAThreadThatExits_ForkServerKeepsServing) {
     std::thread([] { procpool::init(0, nullptr); }).join();

@@ -1,9 +1,9 @@
 #include "procpool/detail/state.hpp"
 
+#include <atomic>
 #include <climits>
 #include <cstdio>
 #include <exception>
-#include <atomic>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -43,7 +43,7 @@ struct thread_hazard {
 // Announces a call into `hook` for as long as it lives. Announce first, then look at the
 // state: if the task is done by then, the executor may already be gone (do not call).
 class hook_guard {
-public:
+  public:
     explicit hook_guard(const cancel_hook* hook) noexcept : slot_(slot()) {
         slot_.hook.store(hook, std::memory_order_seq_cst);
         std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -52,7 +52,7 @@ public:
     hook_guard(const hook_guard&) = delete;
     hook_guard& operator=(const hook_guard&) = delete;
 
-private:
+  private:
     static hazard_slot& slot() noexcept {
         thread_local thread_hazard mine;
         return mine.slot;
@@ -76,7 +76,6 @@ void cancel_hook::quiesce(const cancel_hook* hook) noexcept {
         std::this_thread::yield();
     }
 }
-
 
 state_base::~state_base() {
     // A state that never completed (its executor vanished) still owns its callbacks.

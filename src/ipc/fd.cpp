@@ -38,8 +38,8 @@ bool send_with_fds(int sock, const void* data, std::size_t len, std::span<const 
     }
 }
 
-long recv_with_fds(int sock, void* data, std::size_t cap, std::span<int> fds,
-                   std::size_t& nfds, bool nonblocking) noexcept {
+long recv_with_fds(int sock, void* data, std::size_t cap, std::span<int> fds, std::size_t& nfds,
+                   bool nonblocking) noexcept {
     nfds = 0;
     iovec iov{data, cap};
     alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * max_fds)] = {};

@@ -11,7 +11,7 @@ namespace procpool::ipc {
 
 /// Owns one file descriptor; closes it on destruction.
 class unique_fd {
-public:
+  public:
     unique_fd() = default;
     explicit unique_fd(int fd) noexcept : fd_(fd) {}
     unique_fd(unique_fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
@@ -31,7 +31,7 @@ public:
         fd_ = fd;
     }
 
-private:
+  private:
     int fd_ = -1;
 };
 
@@ -45,8 +45,8 @@ bool send_with_fds(int sock, const void* data, std::size_t len, std::span<const 
 /// Returns the byte count (0 on orderly shutdown, -1 on error); `nfds` gets the number of
 /// descriptors received, which the caller then owns. `nonblocking`: return -1 (EAGAIN)
 /// at once if nothing is queued. A datagram longer than `cap` is an error (-1, EMSGSIZE).
-long recv_with_fds(int sock, void* data, std::size_t cap, std::span<int> fds,
-                   std::size_t& nfds, bool nonblocking = false) noexcept;
+long recv_with_fds(int sock, void* data, std::size_t cap, std::span<int> fds, std::size_t& nfds,
+                   bool nonblocking = false) noexcept;
 
 /// Throws procpool::error naming `what` and errno's text.
 [[noreturn]] void throw_errno(const char* what);

@@ -44,7 +44,7 @@ enum class peek_result {
 /// side's index, frame headers) is checked before it is used, so a peer that scribbles on
 /// the mapping can make this side see `corrupt`, never read or write out of bounds or loop.
 class ring {
-public:
+  public:
     ring() = default;
     ring(ring_ctl* ctl, std::byte* data, std::uint32_t capacity) noexcept
         : ctl_(ctl), data_(data), cap_(capacity) {}
@@ -70,8 +70,8 @@ public:
         const std::uint32_t pad = to_end < need ? to_end : 0;
         if (head_ + pad + need - tail > cap_) return nullptr;
         if (pad != 0) {
-            header_at(pos) = frame_header{to_end - static_cast<std::uint32_t>(sizeof(frame_header)),
-                                          frame_pad};
+            header_at(pos) =
+                frame_header{to_end - static_cast<std::uint32_t>(sizeof(frame_header)), frame_pad};
         }
         reserved_at_ = head_ + pad;
         return data_ + (reserved_at_ % cap_) + sizeof(frame_header);
@@ -129,7 +129,7 @@ public:
 
     ring_ctl* ctl() const noexcept { return ctl_; }
 
-private:
+  private:
     frame_header& header_at(std::uint32_t pos) noexcept {
         return *reinterpret_cast<frame_header*>(data_ + pos);
     }
@@ -144,9 +144,9 @@ private:
 
 /// Start-up steps a worker records in `worker_region::phase`.
 enum worker_phase : std::uint32_t {
-    phase_mapped = 1,        ///< its region is mapped; configuring the process
-    phase_initializer = 2,   ///< running the pool's initializer
-    phase_serving = 3,       ///< ready: reading requests
+    phase_mapped = 1,       ///< its region is mapped; configuring the process
+    phase_initializer = 2,  ///< running the pool's initializer
+    phase_serving = 3,      ///< ready: reading requests
 };
 
 /// Everything a parent and one worker share: two rings and the words used to run,

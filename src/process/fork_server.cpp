@@ -16,8 +16,8 @@
 #include <mutex>
 #include <vector>
 
-#include "procpool/process_pool.hpp"
 #include "process/protocol.hpp"
+#include "procpool/process_pool.hpp"
 
 namespace procpool::process {
 
@@ -49,8 +49,8 @@ constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
     const int sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sigfd < 0) _exit(1);
 
-    std::vector<int> channels;          // open pool channels
-    std::map<pid_t, int> owner;          // worker pid -> channel fd (-1 once closed)
+    std::vector<int> channels;   // open pool channels
+    std::map<pid_t, int> owner;  // worker pid -> channel fd (-1 once closed)
     std::vector<std::byte> buf(max_request);
 
     // A worker leads its own process group: killing the group takes whatever its tasks
@@ -237,8 +237,9 @@ ipc::unique_fd open_fork_server_channel() {
                        "locked in its workers"
                      : "");
     if (!send_channel_locked(theirs.get())) {
-        throw error("procpool: the fork server was gone and a new one did not answer; "
-                    "use start_method::fork or restart the program");
+        throw error(
+            "procpool: the fork server was gone and a new one did not answer; "
+            "use start_method::fork or restart the program");
     }
     return mine;
 }

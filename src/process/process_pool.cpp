@@ -31,9 +31,9 @@
 
 #include "ipc/fd.hpp"
 #include "ipc/ring.hpp"
-#include "procpool/detail/sync.hpp"
 #include "process/fork_server.hpp"
 #include "process/protocol.hpp"
+#include "procpool/detail/sync.hpp"
 
 namespace procpool {
 
@@ -52,7 +52,7 @@ constexpr std::int64_t max_window = 4096;
 // Held for a few instructions by submitters and the supervisor; a sleeping mutex would
 // cost a cross-core wake-up whenever the two meet.
 class spin_mutex {
-public:
+  public:
     void lock() noexcept {
         while (flag_.exchange(true, std::memory_order_acquire)) {
             while (flag_.load(std::memory_order_relaxed)) detail::cpu_yield();
@@ -60,7 +60,7 @@ public:
     }
     void unlock() noexcept { flag_.store(false, std::memory_order_release); }
 
-private:
+  private:
     std::atomic<bool> flag_{false};
 };
 
@@ -153,8 +153,8 @@ struct worker_slot {
     bool exit_sent = false;
     std::uint32_t gen = 0;  ///< incremented at each spawn
     std::int64_t spawned_ns = 0;
-    std::unordered_set<std::uint64_t> cached;      ///< shared blocks the worker has mapped
-    std::vector<std::uint64_t> forget_backlog;     ///< forget notices the ring had no room for
+    std::unordered_set<std::uint64_t> cached;   ///< shared blocks the worker has mapped
+    std::vector<std::uint64_t> forget_backlog;  ///< forget notices the ring had no room for
 };
 
 // epoll user data: kind, the slot's generation (so that an event still queued for a
@@ -220,9 +220,9 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     bool closed = false;
     bool has_initializer = false;
     std::latch initial_spawn{1};  // counted down once the first workers are forked
-    std::exception_ptr broken;  // set (under mu) when the pool cannot run tasks any more
+    std::exception_ptr broken;    // set (under mu) when the pool cannot run tasks any more
     std::atomic<bool> is_broken{false};
-    int failed_starts = 0;      // workers in a row that died before running anything
+    int failed_starts = 0;  // workers in a row that died before running anything
     int last_worker = 0;
     std::int64_t avg_task_ns = 1'000'000;  // EWMA of task run time
     std::uint64_t next_token = 1;
@@ -272,8 +272,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
                     "process_pool: start_method::forkserver needs procpool::init(argc, argv) "
                     "at the top of main()");
             }
-        } else if (opts.start == start_method::automatic &&
-                   process::current_thread_count() > 1) {
+        } else if (opts.start == start_method::automatic && process::current_thread_count() > 1) {
             static std::once_flag warned;
             std::call_once(warned, [] {
                 std::fprintf(stderr,
@@ -311,7 +310,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         if (config.size() > process::max_config_bytes) {
             throw invalid_argument(
                 "process_pool: the workers' configuration (environment and initializer "
-                "arguments) takes " + std::to_string(config.size()) + " bytes; at most " +
+                "arguments) takes " +
+                std::to_string(config.size()) + " bytes; at most " +
                 std::to_string(process::max_config_bytes) +
                 " fit. Pass large data to tasks (or a shared_array) instead");
         }
@@ -475,8 +475,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     bool send(worker_slot& w, process_task_base& t, const std::byte* args, std::size_t n) {
         flush_forgets(w);
         const bool oob = sizeof(process::task_header) + n > w.req.max_payload();
-        const std::size_t len =
-            sizeof(process::task_header) + (oob ? sizeof(std::uint64_t) : n);
+        const std::size_t len = sizeof(process::task_header) + (oob ? sizeof(std::uint64_t) : n);
         std::vector<detail::shm_ref> fresh;
         for (const auto& b : t.attachments) {
             if (!w.cached.contains(b->id())) fresh.push_back(b);
@@ -627,8 +626,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
             std::lock_guard lock(mu);
             if (closed) {
                 t.shared().release();
-                throw pool_shut_down(
-                    "process_pool: submit after shutdown(); create a new pool");
+                throw pool_shut_down("process_pool: submit after shutdown(); create a new pool");
             }
             outstanding.fetch_add(1, std::memory_order_relaxed);
             if (t.timeout_ns < 0) t.timeout_ns = default_timeout_ns;
@@ -698,8 +696,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     // given work any more, so it is killed and replaced. Called with mu held.
     void send_failed(worker_slot& w, int err) noexcept {
         try {
-            w.violation = std::string("sending to its control socket failed: ") +
-                          std::strerror(err);
+            w.violation =
+                std::string("sending to its control socket failed: ") + std::strerror(err);
         } catch (...) {  // NOLINT(bugprone-empty-catch): the kind of error is enough
         }
         kill_worker(w, kill_reason::send_failed, 0);
@@ -782,7 +780,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
                 throw protocol_violation("a completion for a task it was not running");
             }
             t = pop_inflight(w);
-            avg_task_ns = (avg_task_ns * 7 + std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000)) / 8;
+            avg_task_ns =
+                (avg_task_ns * 7 + std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000)) / 8;
             // The next task's deadline now runs: the supervisor must not sleep through it.
             if (!w.inflight.empty() && w.inflight.head->timeout_ns > 0 &&
                 supervisor_asleep.load(std::memory_order_seq_cst)) {
@@ -944,9 +943,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
                     spawn(w);
                 } catch (const std::exception& e) {
                     release_slot(w);
-                    break_pool(std::make_exception_ptr(
-                        error(std::string("procpool: could not replace a dead worker: ") +
-                              e.what())));
+                    break_pool(std::make_exception_ptr(error(
+                        std::string("procpool: could not replace a dead worker: ") + e.what())));
                 }
             }
             dispatch_pending();
@@ -972,8 +970,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         const std::uint32_t phase = w.region->phase.load(std::memory_order_seq_cst);
         std::string why = describe_status(wstatus);
         process::startup_report r{};
-        if (w.ctl && recv(w.ctl.get(), &r, sizeof r, MSG_DONTWAIT) ==
-                         static_cast<ssize_t>(sizeof r) &&
+        if (w.ctl &&
+            recv(w.ctl.get(), &r, sizeof r, MSG_DONTWAIT) == static_cast<ssize_t>(sizeof r) &&
             r.tag == process::startup_report_tag) {
             why = process::describe_startup(r);
         } else if (phase == ipc::phase_initializer) {
@@ -991,15 +989,15 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         }
     }
 
-    std::exception_ptr death_error(const worker_slot& w, const process_task_base& t,
-                                   int wstatus) {
+    std::exception_ptr death_error(const worker_slot& w, const process_task_base& t, int wstatus) {
         if (w.reason_seq == t.seq) {
             if (w.reason == kill_reason::timeout) {
                 return std::make_exception_ptr(task_timeout(describe_timeout(t.timeout_ns)));
             }
             if (w.reason == kill_reason::cancel) {
-                return std::make_exception_ptr(task_cancelled("task cancelled while running; "
-                                                              "its worker was killed"));
+                return std::make_exception_ptr(
+                    task_cancelled("task cancelled while running; "
+                                   "its worker was killed"));
             }
             if (w.reason == kill_reason::malformed) {
                 return std::make_exception_ptr(protocol_error(
@@ -1121,8 +1119,9 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         // then this runs again, and the replacements are not counted as failed starts.
         for (auto* w : dead) finalize(*w, SIGKILL);
         if (!reconnect_error) return;
-        std::fprintf(stderr, "procpool: the fork server died and could not be restarted; "
-                             "this pool cannot run tasks\n");
+        std::fprintf(stderr,
+                     "procpool: the fork server died and could not be restarted; "
+                     "this pool cannot run tasks\n");
         std::vector<process_task_base*> left;
         {
             std::lock_guard lock(mu);
@@ -1130,8 +1129,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         }
         for (auto* t : left) {
             finish(*t, [&] {
-                resolve_error(*t, std::make_exception_ptr(pool_shut_down(
-                                      "process_pool: its fork server died")));
+                resolve_error(*t, std::make_exception_ptr(
+                                      pool_shut_down("process_pool: its fork server died")));
             });
         }
     }
@@ -1261,7 +1260,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     // waiting on a future drains the rings itself, so round trips cost no system call.
     void ask_workers_to_wake_us(std::uint32_t on) noexcept {
         for (auto& s : slots) {
-            if (s->region != nullptr) s->region->parent_sleeping.store(on, std::memory_order_seq_cst);
+            if (s->region != nullptr)
+                s->region->parent_sleeping.store(on, std::memory_order_seq_cst);
         }
     }
     bool completions_waiting() const noexcept {
@@ -1347,8 +1347,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
                     if (completions_waiting()) continue;
                 }
             }
-            const int n = epoll_wait(epfd.get(), events.data(), static_cast<int>(events.size()),
-                                     timeout_ms);
+            const int n =
+                epoll_wait(epfd.get(), events.data(), static_cast<int>(events.size()), timeout_ms);
             supervisor_asleep.store(false, std::memory_order_relaxed);
             if (timeout_ms != 0) idle_since = now_ns();
             for (int i = 0; i < n; ++i) handle_event(events[static_cast<std::size_t>(i)]);
@@ -1486,7 +1486,9 @@ void process_pool::shutdown(shutdown_options opts) {
     impl_->stop_workers();
 }
 
-int process_pool::workers() const noexcept { return impl_->opts.workers; }
+int process_pool::workers() const noexcept {
+    return impl_->opts.workers;
+}
 
 std::vector<int> process_pool::worker_pids() const {
     std::lock_guard lock(impl_->mu);

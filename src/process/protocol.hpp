@@ -63,17 +63,17 @@ struct completion_header {
 /// way a child reports a failed set-up step through a pipe), so that the parent's error
 /// names the step and errno rather than a bare exit code.
 enum class startup_step : std::uint32_t {
-    parent_gone = 1,     ///< the process that forked it died first
-    wrong_binary = 2,    ///< its code addresses differ from the parent's
-    map_region = 3,      ///< mapping its shared region failed
-    bad_region = 4,      ///< the region lacks the magic number
-    bad_config = 5,      ///< its configuration could not be decoded
-    memory_limit = 6,    ///< setrlimit(RLIMIT_AS) failed
+    parent_gone = 1,   ///< the process that forked it died first
+    wrong_binary = 2,  ///< its code addresses differ from the parent's
+    map_region = 3,    ///< mapping its shared region failed
+    bad_region = 4,    ///< the region lacks the magic number
+    bad_config = 5,    ///< its configuration could not be decoded
+    memory_limit = 6,  ///< setrlimit(RLIMIT_AS) failed
 };
 struct startup_report {
     std::uint32_t tag;  ///< startup_report_tag
     std::uint32_t step;
-    std::int32_t err;   ///< errno of the failing call, or 0
+    std::int32_t err;  ///< errno of the failing call, or 0
     std::uint32_t reserved;
 };
 inline constexpr std::uint32_t startup_report_tag = 0x53545550;  // "STUP"

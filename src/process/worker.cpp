@@ -17,9 +17,9 @@
 
 #include "ipc/fd.hpp"
 #include "ipc/ring.hpp"
+#include "process/protocol.hpp"
 #include "procpool/detail/remote_call.hpp"
 #include "procpool/detail/sync.hpp"
-#include "process/protocol.hpp"
 
 namespace procpool::process {
 
@@ -29,7 +29,7 @@ namespace {
 constexpr int corrupt_exit_code = 76;
 
 class worker {
-public:
+  public:
     worker(ipc::worker_region* r, int ctl, int evfd, std::size_t threshold)
         : threshold_(threshold),
           r_(r),
@@ -66,7 +66,7 @@ public:
         }
     }
 
-private:
+  private:
     bool run_initializer(const worker_config& cfg) {
         auto inv = reinterpret_cast<detail::invoker_fn>(
             const_cast<void*>(detail::code_address(cfg.init_invoker)));
@@ -173,8 +173,7 @@ private:
             return detail::run_status::serialization;
         }
         ipc::unique_fd owned(fd);
-        void* p = size == 0 ? nullptr
-                            : mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+        void* p = size == 0 ? nullptr : mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) {
             detail::encode_message(w, "worker could not map the task's arguments");
             return detail::run_status::serialization;
@@ -230,8 +229,8 @@ private:
         if (!fd || ftruncate(fd.get(), static_cast<off_t>(out_.size())) != 0) return false;
         std::size_t off = 0;
         while (off < out_.size()) {
-            ssize_t n = pwrite(fd.get(), out_.data() + off, out_.size() - off,
-                               static_cast<off_t>(off));
+            ssize_t n =
+                pwrite(fd.get(), out_.data() + off, out_.size() - off, static_cast<off_t>(off));
             if (n <= 0) return false;
             off += static_cast<std::size_t>(n);
         }
@@ -284,8 +283,7 @@ bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks,
     for (const auto& b : blocks) {
         const attach_msg m{b->id(), b->bytes(), b->writable() ? 1u : 0u, 0};
         const int fd = b->fd();
-        if (!ipc::send_with_fds(sock, &m, sizeof m, std::span<const int>(&fd, 1),
-                                nonblocking)) {
+        if (!ipc::send_with_fds(sock, &m, sizeof m, std::span<const int>(&fd, 1), nonblocking)) {
             return false;
         }
     }
@@ -330,8 +328,8 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
         attach_msg m{};
         int fd = -1;
         std::size_t nfds = 0;
-        const long len = ipc::recv_with_fds(sock, &m, sizeof m, std::span<int>(&fd, 1), nfds,
-                                            from_worker);
+        const long len =
+            ipc::recv_with_fds(sock, &m, sizeof m, std::span<int>(&fd, 1), nfds, from_worker);
         ipc::unique_fd owned(nfds == 1 ? fd : -1);
         if (len != static_cast<long>(sizeof m) || nfds != 1) {
             if (from_worker) throw protocol_violation("a shared block's descriptor was missing");
@@ -349,8 +347,7 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
             }
             check_mappable(fd.get(), m.bytes, true);
         }
-        table[m.id] = detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0,
-                                               from_worker);
+        table[m.id] = detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0, from_worker);
     }
 }
 
@@ -433,7 +430,8 @@ void reset_signals_for_child() noexcept {
     for (const auto& [k, v] : cfg.env) setenv(k.c_str(), v.c_str(), 1);
     if (cfg.memory_limit != 0) {
         rlimit rl{cfg.memory_limit, cfg.memory_limit};
-        if (setrlimit(RLIMIT_AS, &rl) != 0) startup_failed(ctl_fd, startup_step::memory_limit, errno);
+        if (setrlimit(RLIMIT_AS, &rl) != 0)
+            startup_failed(ctl_fd, startup_step::memory_limit, errno);
     }
     const std::size_t len = ipc::worker_region::mapping_size(cfg.ring_capacity);
     void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, region_fd, 0);
