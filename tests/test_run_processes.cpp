@@ -264,3 +264,14 @@ TEST(RunIn, ProcessPoolThatShutDown_GivesEveryTaskAShutDownOutcome) {
 }
 
 }  // namespace
+
+// As the library asks of every program with process pools: init first thing in main, so
+// workers come from the fork server (a clean copy of the program at this point) rather
+// than from a pool's thread. A worker forked from a pool's thread has no copy of the
+// other threads, so LeakSanitizer takes the memory only they referred to for leaks, and
+// a task that calls exit() then exits with LSan's status instead of its own.
+int main(int argc, char** argv) {
+    procpool::init(argc, argv);
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}
