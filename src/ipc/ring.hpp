@@ -102,7 +102,8 @@ class ring {
             if (h.type == frame_pad ? size != to_end : size > to_end) return peek_result::corrupt;
             if (size > head - tail_) return peek_result::corrupt;
             if (h.type == frame_pad) {
-                tail_ += size;
+                std::atomic_ref<std::uint64_t>(tail_).store(tail_ + size,
+                                                             std::memory_order_relaxed);
                 ctl_->tail.store(tail_, std::memory_order_release);
                 continue;
             }
@@ -112,11 +113,19 @@ class ring {
     }
     /// Consumer: releases the frame returned by the last `peek`.
     void pop(const frame_header& h) noexcept {
-        tail_ += frame_size(h.len);
-        ctl_->tail.store(tail_, std::memory_order_seq_cst);
+        const std::uint64_t tail = tail_ + frame_size(h.len);
+        // Atomic (relaxed) because empty() may be asked from another thread as a hint.
+        std::atomic_ref<std::uint64_t>(tail_).store(tail, std::memory_order_relaxed);
+        ctl_->tail.store(tail, std::memory_order_seq_cst);
     }
-    /// Consumer: true if nothing is published beyond what this side has consumed.
-    bool empty() const noexcept { return ctl_->head.load(std::memory_order_seq_cst) == tail_; }
+    /// Consumer: true if nothing is published beyond what this side has consumed. Any
+    /// thread may ask (a hint: the answer may be stale by the time it is used).
+    bool empty() const noexcept {
+        const std::uint64_t tail =
+            std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(tail_))
+                .load(std::memory_order_relaxed);
+        return ctl_->head.load(std::memory_order_seq_cst) == tail;
+    }
     /// Producer: bytes published and not yet released by the consumer (as it claims).
     std::uint64_t unconsumed() const noexcept {
         const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
@@ -138,7 +147,7 @@ class ring {
     std::uint32_t cap_ = 0;
     bool corrupt_ = false;
     std::uint64_t head_ = 0;  ///< producer's own index: what it has published
-    std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
+    alignas(8) std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
     std::uint64_t reserved_at_ = 0;
 };
 

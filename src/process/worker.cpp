@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -22,6 +24,24 @@
 #include "procpool/detail/sync.hpp"
 
 namespace procpool::process {
+
+// Sanitizer builds: a worker is a copy of its parent's heap, forked perhaps from a thread
+// other than main, where LeakSanitizer cannot find the forking thread's stack; its leak
+// check at exit (a task may call exit()) then reports the parent's live objects and turns
+// the exit status into its own. Workers opt out through LSan's documented hook.
+#if defined(__SANITIZE_ADDRESS__)
+#define PROCPOOL_LSAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PROCPOOL_LSAN 1
+#endif
+#endif
+#ifdef PROCPOOL_LSAN
+namespace {
+std::atomic<bool> leak_check_off{false};
+}  // namespace
+extern "C" int __lsan_is_turned_off() { return leak_check_off.load() ? 1 : 0; }
+#endif
 
 namespace {
 
@@ -416,6 +436,20 @@ void reset_signals_for_child() noexcept {
                              const worker_config& cfg) {
     // Die with whoever forked us (one thread that lives as long as the pool: the fork
     // server, or the pool's supervisor), and catch the race where it died before prctl.
+#ifdef PROCPOOL_LSAN
+    leak_check_off.store(true);
+#endif
+    // A task that calls exit() ends the worker with that status at once: the atexit
+    // handlers and static destructors belong to the parent's program (run in a copy of
+    // it, they may wait for threads or locks that do not exist here and hang the worker).
+    // Registered last, this handler runs first.
+    on_exit(
+        [](int status, void*) {
+            std::fflush(stdout);
+            std::fflush(stderr);
+            _exit(status);
+        },
+        nullptr);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) startup_failed(ctl_fd, startup_step::parent_gone, 0);
     // Its own process group: when it dies, the pool kills the group, so that processes a
