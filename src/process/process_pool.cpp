@@ -144,6 +144,9 @@ struct worker_slot {
     std::uint32_t ctl_msgs = 0;  // messages sent on `ctl` for tasks not yet completed
     bool ready = false;          // the worker reported the end of its start-up
     bool server_gone = false;    // it died with its fork server: not a start-up failure
+    // Its completion ring broke the protocol: not to be read again. Atomic, as drainers
+    // read it without holding mu.
+    std::atomic<bool> ring_bad{false};
     std::string violation;       // how the worker broke the protocol (kill_reason::malformed)
     std::uint64_t next_seq = 1;
     int sent = 0;
@@ -388,6 +391,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
         w.ctl_msgs = 0;
         w.ready = false;
         w.server_gone = false;
+        w.ring_bad.store(false, std::memory_order_relaxed);
         w.violation.clear();
         w.sent = 0;
         w.reason = kill_reason::none;
@@ -662,7 +666,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     // Everything read from the ring or the control socket is checked: a worker that
     // breaks the protocol is killed, and the task it was running fails (see violation).
     bool drain(worker_slot& w) {
-        if (w.reason == kill_reason::malformed) return false;  // not to be read again
+        if (w.ring_bad.load(std::memory_order_acquire)) return false;  // not to be read again
         bool any = false;
         ipc::frame_header h{};
         const std::byte* payload = nullptr;
@@ -711,6 +715,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     }
     void violation_locked(worker_slot& w, const std::string& what) noexcept {
         if (w.reason == kill_reason::malformed) return;
+        w.ring_bad.store(true, std::memory_order_release);
         try {
             w.violation = what;
         } catch (...) {  // NOLINT(bugprone-empty-catch): the kind of error is enough
@@ -1266,7 +1271,8 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
     }
     bool completions_waiting() const noexcept {
         for (auto& s : slots) {
-            if (s->region != nullptr && s->reason != kill_reason::malformed && !s->cmp.empty()) {
+            if (s->region != nullptr && !s->ring_bad.load(std::memory_order_relaxed) &&
+                !s->cmp.empty()) {
                 return true;
             }
         }
