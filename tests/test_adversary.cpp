@@ -31,6 +31,7 @@
 #include "process_support.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/shared_array.hpp"
+#include "worker_internals.hpp"
 
 using namespace std::chrono_literals;
 using procpool::process_pool;
@@ -41,28 +42,11 @@ namespace {
 
 // ---- helpers run inside workers ---------------------------------------------------------
 
-// The worker's shared region: the mapping of its "procpool-worker" memfd.
-procpool::ipc::worker_region* my_region() {
-    std::ifstream maps("/proc/self/maps");
-    std::string line;
-    while (std::getline(maps, line)) {
-        if (line.find("memfd:procpool-worker") == std::string::npos) continue;
-        return reinterpret_cast<procpool::ipc::worker_region*>(
-            std::stoull(line.substr(0, line.find('-')), nullptr, 16));
-    }
-    std::abort();
-}
+using procpool_test::my_region;
 
 // The worker's descriptor whose link target starts with `kind`, or -1.
 int my_fd(const std::string& kind) {
-    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
-        std::error_code ec;
-        const auto target = std::filesystem::read_symlink(e.path(), ec);
-        if (!ec && target.string().rfind(kind, 0) == 0) {
-            return std::stoi(e.path().filename().string());
-        }
-    }
-    return -1;
+    return procpool_test::find_fd(kind);
 }
 
 bool exists(const std::string& p) {

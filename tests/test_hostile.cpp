@@ -28,10 +28,12 @@
 #include "process/protocol.hpp"
 #include "process_support.hpp"
 #include "procpool/process_pool.hpp"
+#include "worker_internals.hpp"
 
 using namespace std::chrono_literals;
 using procpool::process_pool;
 using procpool_test::file_gate;
+using procpool_test::my_region;
 
 namespace {
 
@@ -41,27 +43,11 @@ int add(int a, int b) {
 
 // ---- forging messages from inside a worker ----------------------------------------------
 
-// The worker's shared region: the mapping of its "procpool-worker" memfd.
-procpool::ipc::worker_region* my_region() {
-    std::ifstream maps("/proc/self/maps");
-    std::string line;
-    while (std::getline(maps, line)) {
-        if (line.find("memfd:procpool-worker") == std::string::npos) continue;
-        return reinterpret_cast<procpool::ipc::worker_region*>(
-            std::stoull(line.substr(0, line.find('-')), nullptr, 16));
-    }
-    std::abort();
-}
-
-// The worker's descriptor (not stdin, stdout or stderr) whose link target starts with `kind`.
+// The worker's descriptor of that kind; it must exist.
 int my_fd(const std::string& kind) {
-    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
-        const int fd = std::stoi(e.path().filename().string());
-        std::error_code ec;
-        const auto target = std::filesystem::read_symlink(e.path(), ec);
-        if (fd > 2 && !ec && target.string().rfind(kind, 0) == 0) return fd;
-    }
-    std::abort();
+    const int fd = procpool_test::find_fd(kind);
+    if (fd < 0) std::abort();
+    return fd;
 }
 
 // The worker's control socket: its only socket.
