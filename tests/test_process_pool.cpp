@@ -72,7 +72,7 @@ std::size_t allocate_mb(int mb) {
 }
 int close_all_fds(int) {
     for (int fd = 3; fd < 1024; ++fd) close(fd);
-    std::this_thread::sleep_for(5s);
+    std::this_thread::sleep_for(1h);  // the parent must notice the closed channel and kill it
     return 0;
 }
 std::vector<int> open_fds() {
@@ -553,8 +553,8 @@ TEST(ProcessPoolStart, SigintToProcessGroup_ParentStopsCleanly_NoOrphans) {
         {
             process_pool pool({.workers = 2, .start = procpool::start_method::fork});
             std::vector<procpool::future<int>> fs;
-            for (int i = 0; i < 6; ++i) fs.push_back(pool.submit(sleep_ms, 20000));
-            std::this_thread::sleep_for(100ms);
+            // Tasks that never finish by themselves: only the cancel below resolves them.
+            for (int i = 0; i < 6; ++i) fs.push_back(pool.submit(sleep_ms, 3'600'000));
             auto pids = pool.worker_pids();
             for (int q : pids) [[maybe_unused]] auto n = write(pipefd[1], &q, sizeof q);
             close(pipefd[1]);
