@@ -2,7 +2,10 @@
 // callable-to-result mapping.
 #pragma once
 
+#include <chrono>
+#include <concepts>
 #include <functional>
+#include <optional>
 #include <tuple>
 #include <thread>
 #include <type_traits>
@@ -21,6 +24,13 @@ struct shutdown_options {
     bool cancel_pending = false;
 };
 
+/// Per-submit options of executors that enforce deadlines themselves (process pools):
+/// `pool.submit(procpool::task_options{.timeout = 2s}, fn, args...)`.
+struct task_options {
+    /// Deadline for this task once it starts; overrides the pool's `task_timeout`.
+    std::optional<std::chrono::milliseconds> timeout{};
+};
+
 /// The number of hardware threads, at least 1: the default worker count.
 inline int default_worker_count() noexcept {
     const unsigned n = std::thread::hardware_concurrency();
@@ -31,6 +41,31 @@ inline int default_worker_count() noexcept {
 /// cv-qualifiers removed, since results are stored by value.
 template <class F, class... Args>
 using task_result_t = std::remove_cvref_t<std::invoke_result_t<std::decay_t<F>, std::decay_t<Args>...>>;
+
+namespace detail {
+/// A task every executor can run: used only to state the `executor` concept (never
+/// defined, never called).
+int executor_probe() noexcept;
+}  // namespace detail
+
+/// What `run_in` and other generic algorithms need from a pool: `submit(f, args...)`
+/// returning a `procpool::future` of the call's result, and `workers()`, how many tasks it
+/// runs at once. `thread_pool` and `process_pool` model it (and also offer
+/// `shutdown(shutdown_options)` and `map`); so must any new executor. A wrapper around a
+/// pool models it by forwarding these two.
+template <class Ex>
+concept executor = requires(Ex& ex, const Ex& cex) {
+    { ex.submit(&detail::executor_probe) } -> std::same_as<future<int>>;
+    { cex.workers() } -> std::convertible_to<int>;
+};
+
+/// An executor that stops a task past its deadline itself (`submit(task_options, f,
+/// args...)`): a process pool kills the worker. Others (thread pools) cannot stop a running
+/// task; `run_in` then stops waiting for it instead.
+template <class Ex>
+concept timed_executor = executor<Ex> && requires(Ex& ex) {
+    { ex.submit(task_options{}, &detail::executor_probe) } -> std::same_as<future<int>>;
+};
 
 namespace detail {
 

@@ -13,7 +13,8 @@
 #include <vector>
 
 #include "procpool/detail/remote_call.hpp"
-#include "procpool/detail/validate.hpp"
+#include "procpool/detail/remote_executor.hpp"
+#include "procpool/detail/remote_task.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
 #include "procpool/shared_array.hpp"
@@ -22,15 +23,24 @@
 namespace procpool {
 
 namespace detail {
-/// True if a task result of type R can come back from a worker (void always can).
-template <class R>
-constexpr bool result_crosses() {
-    if constexpr (std::is_void_v<R>) {
-        return true;
-    } else {
-        return wire::is_serializable_v<R>;
-    }
-}
+
+/// process_pool's record of a task: the remote task plus where the pool's scheduler has
+/// put it (its worker, its place in that worker's ring, its queue link).
+class process_task_base : public remote_task_base {
+public:
+    std::uint64_t seq = 0;          ///< sequence number on its current worker
+    int worker = -1;                ///< index of the worker it was dispatched to; -1 if parked
+    std::uint64_t payload_pos = 0;  ///< where its arguments sit in the worker's request ring
+    std::uint32_t payload_len = 0;
+    std::vector<std::byte> parked;      ///< serialized arguments while it waits in the pool
+    process_task_base* link = nullptr;  ///< pool-internal queue link
+    std::uint32_t requeues = 0;  ///< times its worker died before it was seen to start
+    std::uint32_t ctl_msgs = 0;  ///< messages it sent on its worker's control socket
+
+protected:
+    ~process_task_base() = default;
+};
+
 }  // namespace detail
 
 /// Prepares procpool for process pools; call it first thing in `main`, while the program
@@ -114,18 +124,12 @@ struct process_pool_options {
     std::size_t shared_memory_threshold = std::size_t{1} << 20;
 };
 
-/// Per-submit options: `pool.submit(procpool::task_options{.timeout = 2s}, fn, args...)`.
-struct task_options {
-    /// Deadline for this task once it starts; overrides the pool's `task_timeout`.
-    std::optional<std::chrono::milliseconds> timeout{};
-};
-
 /// A pool of worker processes, the counterpart of Python's `ProcessPoolExecutor`, that
 /// keeps working when tasks crash: a task that segfaults, aborts, exits or times out fails
 /// only its own future (`worker_died`, `task_timeout`), its worker is replaced and every
 /// other task completes. Tasks are free functions or captureless lambdas of the same
 /// binary; arguments and results cross by value through shared memory (see wire.hpp).
-class process_pool {
+class process_pool : public detail::remote_executor<process_pool, detail::process_task_base> {
 public:
     /// Starts the workers. Throws `procpool::invalid_argument` for bad options and
     /// `procpool::error` if processes cannot be created.
@@ -137,88 +141,8 @@ public:
     process_pool(process_pool&&) = delete;
     process_pool& operator=(process_pool&&) = delete;
 
-    /// Runs `f(args...)` in a worker and returns its future. Arguments are serialized now;
-    /// one that cannot be resolves the future with `serialization_error`.
-    /// Throws `pool_shut_down` after `shutdown()`.
-    template <class F, class... A>
-    [[nodiscard]] auto submit(F&& f, A&&... args) {
-        return submit(task_options{}, std::forward<F>(f), std::forward<A>(args)...);
-    }
-
-    /// As `submit(f, args...)`, with per-task options (a timeout).
-    template <class F, class... A>
-    [[nodiscard]] auto submit(task_options topts, F&& f, A&&... args) {
-        using Fn = std::decay_t<F>;
-        static_assert(detail::remote_callable<F>,
-                      "process_pool tasks must be free functions or captureless lambdas: a "
-                      "capture cannot cross a process boundary; pass the data as arguments");
-        static_assert(std::is_invocable_v<Fn&, detail::wire_arg_t<A>...>,
-                      "process_pool::submit: the function cannot be called with these arguments");
-        using R = std::remove_cvref_t<std::invoke_result_t<Fn&, detail::wire_arg_t<A>...>>;
-        static_assert(detail::result_crosses<R>(),
-                      "process_pool::submit: the task's result type cannot cross a process "
-                      "boundary (see procpool/wire.hpp)");
-        return submit_encoded<R, Fn, detail::wire_arg_t<A>...>(
-            topts, detail::callable_offset(static_cast<const Fn&>(f)), [&](wire::writer& w) {
-                detail::save_call_args<Fn>(w, std::forward<A>(args)...);
-            });
-    }
-
-    /// Applies `f` to every element of `items` in the workers and returns the results in
-    /// input order, like Python's `ProcessPoolExecutor.map`. Elements travel in chunks of
-    /// `chunksize` (0 picks a size from the item and worker counts: large chunks make tiny
-    /// tasks cheap). If a call fails, the error of the first failing element (in input
-    /// order) is thrown after every chunk has finished.
-    template <class F, std::ranges::input_range Range>
-    auto map(F&& f, Range&& items, std::size_t chunksize = 0) {
-        using Fn = std::decay_t<F>;
-        using T = std::ranges::range_value_t<Range>;
-        static_assert(detail::remote_callable<F>,
-                      "process_pool tasks must be free functions or captureless lambdas");
-        using R = std::remove_cvref_t<std::invoke_result_t<Fn&, T>>;
-        static_assert(!std::is_void_v<R>,
-                      "process_pool::map needs a function that returns a value; use submit");
-        if constexpr (!std::ranges::contiguous_range<Range> || !std::ranges::sized_range<Range>) {
-            // Chunks are sent straight from contiguous memory: materialise other ranges.
-            std::vector<T> copy(std::ranges::begin(items), std::ranges::end(items));
-            return map(std::forward<F>(f), copy, chunksize);
-        } else {
-            const T* base = std::ranges::data(items);
-            const std::size_t n = std::ranges::size(items);
-            if (chunksize == 0) chunksize = auto_chunksize(n);
-            const std::uint64_t fn_off = detail::callable_offset(static_cast<const Fn&>(f));
-            using chunk_fn = std::vector<R> (*)(std::uint64_t, std::vector<T>);
-            const chunk_fn chunk = &detail::map_chunk<Fn, T, R>;
-            std::vector<future<std::vector<R>>> chunks;
-            chunks.reserve((n + chunksize - 1) / chunksize);
-            for (std::size_t lo = 0; lo < n; lo += chunksize) {
-                const std::size_t hi = std::min(n, lo + chunksize);
-                // Same bytes as submit(chunk, fn_off, std::vector<T>(base + lo, base + hi)),
-                // without building the vector.
-                chunks.push_back(submit_encoded<std::vector<R>, chunk_fn, std::uint64_t,
-                                                std::vector<T>>(
-                    task_options{}, detail::callable_offset(chunk), [&](wire::writer& w) {
-                        wire::save(w, fn_off);
-                        wire::detail::save_vector_of(w, base + lo, hi - lo);
-                    }));
-            }
-            std::vector<R> out;
-            out.reserve(n);
-            std::exception_ptr first;
-            for (auto& c : chunks) {
-                if (auto e = c.exception()) {
-                    if (!first) first = e;
-                    continue;
-                }
-                if (first) continue;
-                auto part = std::move(c).get();
-                out.insert(out.end(), std::make_move_iterator(part.begin()),
-                           std::make_move_iterator(part.end()));
-            }
-            if (first) std::rethrow_exception(first);
-            return out;
-        }
-    }
+    // submit(f, args...), submit(task_options, f, args...) and map(f, items, chunksize)
+    // come from remote_executor (see procpool/detail/remote_executor.hpp).
 
     /// Stops accepting work. With `wait`, blocks until every task resolved and the workers
     /// exited; with `cancel_pending`, tasks not yet started resolve as `task_cancelled`
@@ -232,46 +156,12 @@ public:
     std::vector<int> worker_pids() const;
 
 private:
-    // Creates the task for an invoker of `Fn(InvArgs...)`, lets `encode` write the
-    // arguments (as InvArgs would be written) and queues it.
-    template <class R, class Fn, class... InvArgs, class Encode>
-    future<R> submit_encoded(task_options topts, std::uint64_t fn_off, Encode&& encode) {
-        detail::check_timeout(topts.timeout, "task_options::timeout");
-        auto* t = new detail::process_task<R>();
-        t->try_claim();  // the pool owns it from here; cancel() goes through the pool
-        detail::state_ptr<detail::state<R>> owner(t);
-        t->invoker = detail::code_offset(
-            reinterpret_cast<const void*>(detail::invoker_for<Fn, InvArgs...>()));
-        t->fn = fn_off;
-        t->timeout_ns = topts.timeout ? timeout_ns(*topts.timeout) : -1;
-        std::vector<std::byte>& buf = scratch();
-        buf.clear();
-        try {
-            detail::attachment_scope scope(&t->attachments, nullptr, shared_threshold_);
-            wire::writer w(buf);
-            encode(w);
-        } catch (const std::exception& e) {
-            t->set_exception(std::make_exception_ptr(serialization_error(
-                std::string("could not serialize the task's arguments: ") + e.what())));
-            return detail::make_future(std::move(owner));
-        }
-        enqueue(*t, buf);
-        return detail::make_future(std::move(owner));
-    }
-
-    static std::int64_t timeout_ns(std::chrono::milliseconds d) noexcept {
-        return static_cast<std::int64_t>(d.count()) * 1'000'000;
-    }
-    static std::vector<std::byte>& scratch() noexcept {
-        thread_local std::vector<std::byte> buf;
-        return buf;
-    }
+    friend class detail::remote_executor<process_pool, detail::process_task_base>;
     std::size_t auto_chunksize(std::size_t n) const noexcept;
     void enqueue(detail::process_task_base& t, const std::vector<std::byte>& args);
 
     struct impl;
     std::unique_ptr<impl> impl_;
-    std::size_t shared_threshold_ = SIZE_MAX;
 };
 
 }  // namespace procpool

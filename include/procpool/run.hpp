@@ -106,23 +106,6 @@ using run_result_t =
 
 namespace detail {
 
-/// Whether executor `Ex` enforces a per-task timeout itself: it has
-/// `submit(task_options, fn, args...)` (process pools).
-template <class Ex, class F, class... A>
-concept enforces_timeouts = requires(Ex& ex, const F& f, const A&... a) {
-    ex.submit(task_options{}, f, a...);
-};
-
-/// `enforces_timeouts` for the arguments a task element `E` turns into.
-template <class Ex, class F, class E, bool = unpacks_v<F, E>>
-inline constexpr bool enforces_timeouts_for = enforces_timeouts<Ex, F, std::remove_cvref_t<E>>;
-template <class Ex, class F, class... A>
-inline constexpr bool enforces_timeouts_for<Ex, F, std::tuple<A...>, true> =
-    enforces_timeouts<Ex, F, A...>;
-template <class Ex, class F, class A, class B>
-inline constexpr bool enforces_timeouts_for<Ex, F, std::pair<A, B>, true> =
-    enforces_timeouts<Ex, F, A, B>;
-
 /// Calls `go(args...)` with the element's parts (tuple/pair) or with the element itself.
 template <class F, class E, class Go>
 decltype(auto) with_arguments(const E& elem, Go&& go) {
@@ -155,7 +138,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
 
     // Executors without their own timeouts (thread pools): each attempt notes when it
     // starts, and this thread stops waiting for it once the deadline has passed.
-    constexpr bool pool_timeouts = enforces_timeouts_for<Ex, F, std::remove_cvref_t<E>>;
+    constexpr bool pool_timeouts = timed_executor<Ex>;
     const bool watch_deadlines = opts.timeout.has_value() && !pool_timeouts;
     using started_at = std::atomic<clock::rep>;
 
@@ -341,14 +324,14 @@ int pool_size_for(int requested, std::size_t n) noexcept;
 
 }  // namespace detail
 
-/// Runs `fn` on every element of `tasks` in `executor` (any pool with `submit(fn,
-/// args...)`: `thread_pool`, `process_pool`...) and returns one `outcome` per task, in
+/// Runs `fn` on every element of `tasks` in `executor` (any `procpool::executor`:
+/// `thread_pool`, `process_pool`...) and returns one `outcome` per task, in
 /// input order. An element that is a `std::tuple` or `std::pair` is unpacked into `fn`'s
 /// arguments (as the seed's `executor.submit(func, *args)`); any other element is the
 /// single argument. Blocks until every task has its outcome; never throws for a task's
 /// failure (only for bad options, or when `on_result` throws). `options.workers` is
 /// ignored: the pool has its own. The pool stays usable afterwards.
-template <class Executor, class F, std::ranges::input_range Range>
+template <executor Executor, class F, std::ranges::input_range Range>
     requires detail::runs_element<F, std::ranges::range_reference_t<Range>>
 [[nodiscard]] std::vector<outcome<run_result_t<F, Range>>> run_in(
     Executor& executor, F&& fn, Range&& tasks, run_options<run_result_t<F, Range>> options = {}) {
@@ -357,10 +340,7 @@ template <class Executor, class F, std::ranges::input_range Range>
         return run_in(executor, std::forward<F>(fn), detail::materialize(tasks),
                       std::move(options));
     } else {
-        int workers = options.workers;
-        if constexpr (requires { executor.workers(); }) {
-            workers = static_cast<int>(executor.workers());
-        }
+        const int workers = static_cast<int>(executor.workers());
         const std::decay_t<F> f(std::forward<F>(fn));
         bool abandoned = false;
         return detail::drive<R>(executor, f, tasks, options, workers, "run_in", abandoned);

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "procpool/detail/validate.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
 
@@ -37,7 +38,7 @@ public:
     /// The most workers a pool accepts: the same bound as process_pool's, far past what
     /// helps even I/O-bound work, low enough to catch a garbage count before it exhausts
     /// the system's threads.
-    static constexpr int max_workers = 4096;
+    static constexpr int max_workers = detail::max_pool_workers;
 
     /// Starts the workers. Throws `procpool::invalid_argument` if `workers` is not in
     /// 1..max_workers, and `procpool::error` (after joining the threads it did start) if the

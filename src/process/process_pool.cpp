@@ -250,15 +250,7 @@ struct process_pool::impl final : detail::cancel_hook, detail::shm_listener {
 
     // ---- setup ---------------------------------------------------------------------
     explicit impl(process_pool_options o) : opts(std::move(o)) {
-        if (opts.workers <= 0) {
-            throw invalid_argument("process_pool needs at least one worker (got workers = " +
-                                   std::to_string(opts.workers) +
-                                   "); leave it unset for one per hardware thread");
-        }
-        if (opts.workers > 4096) {
-            throw invalid_argument("process_pool: workers = " + std::to_string(opts.workers) +
-                                   " is more processes than makes sense; use at most 4096");
-        }
+        detail::check_workers(opts.workers, "process_pool", "processes");
         if (opts.max_tasks_per_child < 0) {
             throw invalid_argument("process_pool: max_tasks_per_child must be >= 0 (0: never)");
         }
@@ -1465,7 +1457,7 @@ process_pool::process_pool(process_pool_options opts) {
     if (opts.shared_memory_threshold == 0) {
         throw invalid_argument("process_pool: shared_memory_threshold must be > 0 bytes");
     }
-    shared_threshold_ = opts.shared_memory_threshold;
+    bulk_threshold_ = opts.shared_memory_threshold;
     impl_ = std::make_unique<impl>(std::move(opts));
     if (init) impl_->set_initializer(init.invoker_, init.fn_, init.args_);
     impl_->start();

@@ -53,16 +53,7 @@ struct thread_pool::impl {
 };
 
 thread_pool::thread_pool(thread_pool_options opts) {
-    if (opts.workers <= 0) {
-        throw invalid_argument("thread_pool needs at least one worker (got workers = " +
-                               std::to_string(opts.workers) +
-                               "); leave it unset for one per hardware thread");
-    }
-    if (opts.workers > max_workers) {
-        throw invalid_argument("thread_pool: workers = " + std::to_string(opts.workers) +
-                               " is more threads than makes sense; use at most " +
-                               std::to_string(max_workers));
-    }
+    detail::check_workers(opts.workers, "thread_pool", "threads");
     impl_ = std::make_unique<impl>(opts.workers);
     impl_->threads.reserve(static_cast<std::size_t>(opts.workers));
     for (int i = 0; i < opts.workers; ++i) {

@@ -20,4 +20,24 @@ inline void check_timeout(const std::optional<std::chrono::milliseconds>& timeou
                            " ms); leave it unset for no timeout");
 }
 
+/// The most workers any pool accepts: far past what one machine runs usefully, low enough
+/// that a typo (a count of items passed as the worker count) fails at once.
+inline constexpr int max_pool_workers = 4096;
+
+/// Throws invalid_argument unless 1 <= `workers` <= max_pool_workers. `pool` names the
+/// executor ("process_pool"), `unit` what a worker is ("processes").
+inline void check_workers(int workers, std::string_view pool, std::string_view unit) {
+    if (workers <= 0) {
+        throw invalid_argument(std::string(pool) + " needs at least one worker (got workers = " +
+                               std::to_string(workers) +
+                               "); leave it unset for one per hardware thread");
+    }
+    if (workers > max_pool_workers) {
+        throw invalid_argument(std::string(pool) + ": workers = " + std::to_string(workers) +
+                               " is more " + std::string(unit) +
+                               " than makes sense; use at most " +
+                               std::to_string(max_pool_workers));
+    }
+}
+
 }  // namespace procpool::detail

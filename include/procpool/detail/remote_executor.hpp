@@ -1,0 +1,192 @@
+// The public template surface every executor that ships tasks to other processes shares:
+// submit, submit with task options, map, and the compile-time checks with their messages.
+// An executor derives from remote_executor<Self, Record> and provides the transport.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <iterator>
+#include <ranges>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "procpool/detail/remote_call.hpp"
+#include "procpool/detail/remote_task.hpp"
+#include "procpool/detail/validate.hpp"
+#include "procpool/executor.hpp"
+#include "procpool/future.hpp"
+#include "procpool/wire.hpp"
+
+namespace procpool::detail {
+
+/// True if a task result of type R can come back from a worker (void always can).
+template <class R>
+constexpr bool result_crosses() {
+    if constexpr (std::is_void_v<R>) {
+        return true;
+    } else {
+        return wire::is_serializable_v<R>;
+    }
+}
+
+/// Stands in for the result type of a call that is not possible, so that the declaration
+/// of `submit` stays valid and its body's static_assert gives the readable message.
+struct not_invocable {};
+
+/// The value a remote call of `F` with arguments `A...` produces (arguments as they
+/// travel: see wire_arg_t), or `not_invocable`.
+template <class F, class... A>
+struct remote_result {
+    using type = not_invocable;
+};
+template <class F, class... A>
+    requires std::is_invocable_v<std::decay_t<F>&, wire_arg_t<A>...>
+struct remote_result<F, A...> {
+    using type = std::remove_cvref_t<std::invoke_result_t<std::decay_t<F>&, wire_arg_t<A>...>>;
+};
+template <class F, class... A>
+using remote_result_t = typename remote_result<F, A...>::type;
+
+/// Base of executors whose tasks run in other processes (CRTP). `Self` provides, as
+/// members this class may call (befriend it):
+///   void enqueue(Record& t, const std::vector<std::byte>& args);  // take ownership of t
+///   std::size_t auto_chunksize(std::size_t items) const noexcept; // map's default chunk
+/// and sets `bulk_threshold_` (vectors of at least that many bytes travel out of band).
+/// `Record` is the executor's per-task record, derived from remote_task_base.
+template <class Self, class Record = remote_task_base>
+class remote_executor {
+public:
+    /// Runs `f(args...)` in a worker and returns its future. Arguments are serialized now;
+    /// one that cannot be resolves the future with `serialization_error`.
+    /// Throws `pool_shut_down` after `shutdown()`.
+    template <class F, class... A>
+    [[nodiscard]] future<remote_result_t<F, A...>> submit(F&& f, A&&... args) {
+        return submit(task_options{}, std::forward<F>(f), std::forward<A>(args)...);
+    }
+
+    /// As `submit(f, args...)`, with per-task options (a timeout).
+    template <class F, class... A>
+    [[nodiscard]] future<remote_result_t<F, A...>> submit(task_options topts, F&& f,
+                                                         A&&... args) {
+        using Fn = std::decay_t<F>;
+        static_assert(remote_callable<F>,
+                      "tasks run in worker processes must be free functions or captureless "
+                      "lambdas: a capture cannot cross a process boundary; pass the data as "
+                      "arguments");
+        static_assert(std::is_invocable_v<Fn&, wire_arg_t<A>...>,
+                      "submit: the function cannot be called with these arguments");
+        using R = remote_result_t<F, A...>;
+        static_assert(result_crosses<R>(),
+                      "submit: the task's result type cannot cross a process boundary (see "
+                      "procpool/wire.hpp)");
+        return submit_encoded<R, Fn, wire_arg_t<A>...>(
+            topts, callable_offset(static_cast<const Fn&>(f)),
+            [&](wire::writer& w) { save_call_args<Fn>(w, std::forward<A>(args)...); });
+    }
+
+    /// Applies `f` to every element of `items` in the workers and returns the results in
+    /// input order, like Python's `ProcessPoolExecutor.map`. Elements travel in chunks of
+    /// `chunksize` (0 picks a size from the item and worker counts: large chunks make tiny
+    /// tasks cheap). If a call fails, the error of the first failing element (in input
+    /// order) is thrown after every chunk has finished.
+    template <class F, std::ranges::input_range Range>
+    auto map(F&& f, Range&& items, std::size_t chunksize = 0) {
+        using Fn = std::decay_t<F>;
+        using T = std::ranges::range_value_t<Range>;
+        static_assert(remote_callable<F>,
+                      "tasks run in worker processes must be free functions or captureless "
+                      "lambdas");
+        using R = std::remove_cvref_t<std::invoke_result_t<Fn&, T>>;
+        static_assert(!std::is_void_v<R>, "map needs a function that returns a value; use submit");
+        if constexpr (!std::ranges::contiguous_range<Range> || !std::ranges::sized_range<Range>) {
+            // Chunks are sent straight from contiguous memory: materialise other ranges.
+            std::vector<T> copy(std::ranges::begin(items), std::ranges::end(items));
+            return map(std::forward<F>(f), copy, chunksize);
+        } else {
+            const T* base = std::ranges::data(items);
+            const std::size_t n = std::ranges::size(items);
+            if (chunksize == 0) chunksize = self().auto_chunksize(n);
+            const std::uint64_t fn_off = callable_offset(static_cast<const Fn&>(f));
+            using chunk_fn = std::vector<R> (*)(std::uint64_t, std::vector<T>);
+            const chunk_fn chunk = &map_chunk<Fn, T, R>;
+            std::vector<future<std::vector<R>>> chunks;
+            chunks.reserve((n + chunksize - 1) / chunksize);
+            for (std::size_t lo = 0; lo < n; lo += chunksize) {
+                const std::size_t hi = std::min(n, lo + chunksize);
+                // Same bytes as submit(chunk, fn_off, std::vector<T>(base + lo, base + hi)),
+                // without building the vector.
+                chunks.push_back(submit_encoded<std::vector<R>, chunk_fn, std::uint64_t,
+                                                std::vector<T>>(
+                    task_options{}, callable_offset(chunk), [&](wire::writer& w) {
+                        wire::save(w, fn_off);
+                        wire::detail::save_vector_of(w, base + lo, hi - lo);
+                    }));
+            }
+            std::vector<R> out;
+            out.reserve(n);
+            std::exception_ptr first;
+            for (auto& c : chunks) {
+                if (auto e = c.exception()) {
+                    if (!first) first = e;
+                    continue;
+                }
+                if (first) continue;
+                auto part = std::move(c).get();
+                out.insert(out.end(), std::make_move_iterator(part.begin()),
+                           std::make_move_iterator(part.end()));
+            }
+            if (first) std::rethrow_exception(first);
+            return out;
+        }
+    }
+
+protected:
+    remote_executor() = default;
+    ~remote_executor() = default;
+
+    /// Vectors of trivially copyable elements of at least this many bytes travel out of
+    /// band (the transport's shared blocks); SIZE_MAX: never.
+    std::size_t bulk_threshold_ = SIZE_MAX;
+
+private:
+    Self& self() noexcept { return static_cast<Self&>(*this); }
+    const Self& self() const noexcept { return static_cast<const Self&>(*this); }
+
+    // Creates the task for an invoker of `Fn(InvArgs...)`, lets `encode` write the
+    // arguments (as InvArgs would be written) and hands it to the executor.
+    template <class R, class Fn, class... InvArgs, class Encode>
+    future<R> submit_encoded(task_options topts, std::uint64_t fn_off, Encode&& encode) {
+        check_timeout(topts.timeout, "task_options::timeout");
+        auto* t = new remote_task<R, Record>();
+        t->try_claim();  // the executor owns it from here; cancel() goes through it
+        state_ptr<state<R>> owner(t);
+        t->invoker = code_offset(reinterpret_cast<const void*>(invoker_for<Fn, InvArgs...>()));
+        t->fn = fn_off;
+        t->timeout_ns = topts.timeout ? static_cast<std::int64_t>(topts.timeout->count()) * 1'000'000
+                                      : -1;
+        std::vector<std::byte>& buf = scratch();
+        buf.clear();
+        try {
+            attachment_scope scope(&t->attachments, nullptr, bulk_threshold_);
+            wire::writer w(buf);
+            encode(w);
+        } catch (const std::exception& e) {
+            t->set_exception(std::make_exception_ptr(serialization_error(
+                std::string("could not serialize the task's arguments: ") + e.what())));
+            return make_future(std::move(owner));
+        }
+        self().enqueue(*t, buf);
+        return make_future(std::move(owner));
+    }
+
+    static std::vector<std::byte>& scratch() noexcept {
+        thread_local std::vector<std::byte> buf;
+        return buf;
+    }
+};
+
+}  // namespace procpool::detail

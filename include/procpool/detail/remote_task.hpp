@@ -1,0 +1,103 @@
+// The parent-side record of a task that runs in another process, whatever carries it there
+// (shared-memory rings today; any later transport): what every transport needs, no more.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "procpool/detail/remote_call.hpp"
+#include "procpool/detail/shm.hpp"
+#include "procpool/detail/state.hpp"
+#include "procpool/error.hpp"
+#include "procpool/wire.hpp"
+
+namespace procpool::detail {
+
+/// The type-independent part of a remote task. An executor works through this interface;
+/// `remote_task<R, Base>` adds the result type, and an executor that needs scheduling
+/// fields of its own derives `Base` from this class (see process_pool's).
+class remote_task_base {
+public:
+    /// The future's shared state (reference counting, completion).
+    virtual state_base& shared() noexcept = 0;
+    /// Resolves the future from a worker's reply: its run status and payload.
+    virtual void decode(run_status status, wire::reader& in) noexcept = 0;
+
+    /// Takes the exclusive right to resolve this task (cancel and completion can race).
+    bool begin_resolve() noexcept { return !resolving_.exchange(true, std::memory_order_acq_rel); }
+
+    std::uint64_t invoker = 0;         ///< code offset of the invoker (see invoker_for)
+    std::uint64_t fn = 0;              ///< code offset of the function (0 for empty classes)
+    std::int64_t timeout_ns = -1;      ///< per-task deadline once started; -1: the pool's
+    std::vector<shm_ref> attachments;  ///< shared arrays among the arguments (kept alive)
+
+protected:
+    ~remote_task_base() = default;
+
+private:
+    std::atomic<bool> resolving_{false};
+};
+
+/// A remote task producing `R`: the future's state plus the executor's record `Base`.
+template <class R, class Base = remote_task_base>
+class remote_task final : public state<R>, public Base {
+    static_assert(std::is_base_of_v<remote_task_base, Base>,
+                  "an executor's task record must derive from detail::remote_task_base");
+
+public:
+    state_base& shared() noexcept override { return *this; }
+
+    void decode(run_status status, wire::reader& in) noexcept override {
+        try {
+            switch (status) {
+                case run_status::value:
+                    if constexpr (std::is_void_v<R>) {
+                        this->set_value();
+                    } else {
+                        decode_value(in);
+                    }
+                    return;
+                case run_status::cancelled:
+                    this->set_cancelled("task cancelled before it started");
+                    return;
+                case run_status::serialization:
+                    this->set_exception(
+                        std::make_exception_ptr(serialization_error(decode_message(in))));
+                    return;
+                case run_status::exception:
+                case run_status::init_failed:
+                    this->set_exception(decode_exception(in));
+                    return;
+                case run_status::ready:
+                    break;
+            }
+            this->set_exception(std::make_exception_ptr(
+                serialization_error("worker sent an unknown completion type")));
+        } catch (...) {
+            this->set_exception(std::current_exception());
+        }
+    }
+
+private:
+    void decode_value(wire::reader& in) {
+        if constexpr (!std::is_void_v<R>) {
+            std::exception_ptr err;
+            try {
+                R r = wire::load<R>(in);
+                this->set_value(std::move(r));
+                return;
+            } catch (const std::exception& e) {
+                err = std::make_exception_ptr(serialization_error(
+                    std::string("could not deserialize the task's result: ") + e.what()));
+            }
+            this->set_exception(err);
+        }
+    }
+};
+
+}  // namespace procpool::detail
