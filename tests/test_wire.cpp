@@ -5,6 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include "procpool/detail/attachments.hpp"
+#include "procpool/detail/shm.hpp"
+#include "procpool/shared_array.hpp"
+
 // Users who already include cereal's own std-type support must see no ambiguity.
 #include <cereal/types/memory.hpp>
 #include <cereal/types/string.hpp>
@@ -15,8 +19,8 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <cstddef>
 #include <complex>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -1202,6 +1206,197 @@ TEST(Wire, RandomCorruption_NeverCrashes_OnlySerializationErrors) {
         }
     }
     SUCCEED() << loaded << " of 3000 corruptions still decoded";
+}
+
+// ---- attachments: the out-of-band side a transport supplies ---------------------------
+
+namespace detail = procpool::detail;
+
+/// An in-process transport: bulk bytes and blocks kept in maps under its own ids, and
+/// every call counted, so tests see exactly what the codec asked of it.
+class fake_attachments final : public detail::attachments {
+public:
+    explicit fake_attachments(std::size_t threshold) : threshold_(threshold) {}
+
+    std::size_t bulk_threshold() const noexcept override { return threshold_; }
+    std::uint64_t put_bulk(const void* p, std::size_t n) override {
+        ++puts;
+        const std::uint64_t id = next_id_++;
+        const auto* b = static_cast<const std::byte*>(p);
+        bulk[id].assign(b, b + n);
+        return id;
+    }
+    const void* get_bulk(std::uint64_t id, std::size_t n) override {
+        ++gets;
+        auto it = bulk.find(id);
+        if (it == bulk.end() || it->second.size() < n) {
+            throw procpool::serialization_error("fake: no such bulk bytes");
+        }
+        return it->second.data();
+    }
+    std::uint64_t attach(const detail::shm_ref& b, bool read_only) override {
+        read_only_seen.push_back(read_only);
+        const std::uint64_t id = next_id_++;
+        blocks[id] = b;
+        return id;
+    }
+    detail::shm_ref resolve(std::uint64_t id) override {
+        ++resolves;
+        auto it = blocks.find(id);
+        if (it == blocks.end()) detail::throw_not_received(id);
+        return it->second;
+    }
+
+    int puts = 0;
+    int gets = 0;
+    int resolves = 0;
+    std::vector<bool> read_only_seen;  // one entry per attach() call
+    std::map<std::uint64_t, bytes> bulk;
+    std::map<std::uint64_t, detail::shm_ref> blocks;
+
+private:
+    std::size_t threshold_;
+    std::uint64_t next_id_ = 1000;  // not a block's own id: the message must carry ours
+};
+
+std::vector<double> iota_doubles(std::size_t n) {
+    std::vector<double> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<double>(i) * 0.5;
+    return v;
+}
+
+TEST(WireAttachments, BigVector_GoesOutOfBand_ThroughPutAndGetBulk) {
+    const std::vector<double> v = iota_doubles(1000);  // 8000 bytes
+    fake_attachments fake(4096);
+    bytes b;
+    {
+        detail::attachment_scope scope(&fake);
+        b = to_bytes(v);
+    }
+    EXPECT_EQ(fake.puts, 1);
+    ASSERT_EQ(fake.bulk.size(), 1u);
+    EXPECT_EQ(fake.bulk.begin()->second.size(), v.size() * sizeof(double));
+    EXPECT_EQ(b.size(), 2 * sizeof(std::uint64_t)) << "only the count and the id are in band";
+    {
+        detail::attachment_scope scope(&fake);
+        EXPECT_EQ(from_bytes<std::vector<double>>(b), v);
+    }
+    EXPECT_EQ(fake.gets, 1);
+    EXPECT_TRUE(fake.read_only_seen.empty());
+    EXPECT_EQ(fake.resolves, 0);
+}
+
+TEST(WireAttachments, VectorBelowTheThreshold_StaysInBand_AndCallsNothing) {
+    const std::vector<double> v = iota_doubles(511);  // 4088 bytes, just under
+    fake_attachments fake(4096);
+    bytes b;
+    {
+        detail::attachment_scope scope(&fake);
+        b = to_bytes(v);
+        EXPECT_EQ(from_bytes<std::vector<double>>(b), v);
+        // Elements that are not bulk never go out of band, however many bytes they make.
+        const std::vector<std::string> strings(1000, std::string(100, 'x'));
+        EXPECT_EQ(round_trip(strings), strings);
+    }
+    EXPECT_EQ(b, to_bytes(v)) << "encoded exactly as without a scope";
+    EXPECT_EQ(fake.puts, 0);
+    EXPECT_EQ(fake.gets, 0);
+    EXPECT_TRUE(fake.read_only_seen.empty());
+    EXPECT_EQ(fake.resolves, 0);
+}
+
+TEST(WireAttachments, SharedArray_TravelsThroughAttachAndResolve_ReadOnlyFlagPassed) {
+    procpool::shared_array<int> xs(64);
+    for (std::size_t i = 0; i < xs.size(); ++i) xs[i] = static_cast<int>(i * i);
+    fake_attachments fake(SIZE_MAX);
+    bytes plain;
+    bytes read_only;
+    {
+        detail::attachment_scope scope(&fake);
+        plain = to_bytes(xs);
+        {
+            detail::read_only_attachments ro;
+            read_only = to_bytes(xs);
+        }
+    }
+    EXPECT_EQ(fake.read_only_seen, (std::vector<bool>{false, true}));
+    ASSERT_EQ(fake.blocks.size(), 2u);
+    EXPECT_EQ(fake.puts, 0);
+
+    detail::attachment_scope scope(&fake);
+    for (const bytes* b : {&plain, &read_only}) {
+        const auto back = from_bytes<procpool::shared_array<int>>(*b);
+        ASSERT_EQ(back.size(), xs.size());
+        EXPECT_EQ(back.data(), xs.data()) << "the same block, not a copy";
+    }
+    EXPECT_EQ(fake.resolves, 2);
+    // An id the transport does not know fails as the transport says.
+    fake.blocks.clear();
+    EXPECT_THROW((void)from_bytes<procpool::shared_array<int>>(plain),
+                 procpool::serialization_error);
+}
+
+TEST(WireAttachments, SharedArray_OutsideAnyScope_IsASerializationError) {
+    procpool::shared_array<int> xs(8);
+    fake_attachments fake(SIZE_MAX);
+    bytes b;
+    {
+        detail::attachment_scope scope(&fake);
+        b = to_bytes(xs);
+    }
+    const auto expect_error = [&](const std::string& message, auto&& f) {
+        try {
+            f();
+            ADD_FAILURE() << "should have thrown: " << message;
+        } catch (const procpool::serialization_error& e) {
+            const std::string what = e.what();
+            EXPECT_NE(what.find(message), std::string::npos) << what;
+        }
+    };
+    for (int nested = 0; nested < 2; ++nested) {
+        // Outside any scope, and inside one that installs none.
+        std::optional<detail::attachment_scope> outer;
+        std::optional<detail::attachment_scope> none;
+        if (nested) {
+            outer.emplace(&fake);
+            none.emplace(nullptr);
+        }
+        EXPECT_EQ(detail::current_attachments(), nullptr);
+        expect_error("can only be serialized as a process_pool task argument or result",
+                     [&] { (void)to_bytes(xs); });
+        expect_error("was not received", [&] { (void)from_bytes<procpool::shared_array<int>>(b); });
+        // With none installed, big vectors stay in band.
+        const std::vector<double> v = iota_doubles(1000);
+        EXPECT_EQ(to_bytes(v).size(), sizeof(std::uint64_t) + v.size() * sizeof(double));
+    }
+    EXPECT_EQ(detail::current_attachments(), nullptr) << "each scope restores the previous";
+    EXPECT_EQ(fake.puts, 0);
+}
+
+TEST(WireAttachments, ShmAttachments_UsableDirectly_BigVectorInABlockOfItsOwn) {
+    const std::vector<double> v = iota_doubles(1000);
+    std::vector<detail::shm_ref> sink;
+    bytes b;
+    {
+        detail::shm_attachments a(&sink, nullptr, 4096);
+        detail::attachment_scope scope(&a);
+        EXPECT_EQ(detail::current_attachments(), &a);
+        b = to_bytes(v);
+        procpool::shared_array<int> xs(4);
+        (void)to_bytes(xs);
+        (void)to_bytes(xs);
+    }
+    ASSERT_EQ(sink.size(), 2u) << "the vector's block, then the array's, recorded once";
+    EXPECT_EQ(sink[0]->bytes(), v.size() * sizeof(double));
+    detail::shm_table source;
+    for (const auto& blk : sink) source[blk->id()] = blk;
+    {
+        detail::attachment_scope scope(nullptr, &source, 4096);  // the old form
+        EXPECT_EQ(from_bytes<std::vector<double>>(b), v);
+        EXPECT_THROW((void)to_bytes(procpool::shared_array<int>(4)), procpool::serialization_error)
+            << "no sink: nothing can be sent";
+    }
+    EXPECT_EQ(detail::current_attachments(), nullptr);
 }
 
 }  // namespace

@@ -59,7 +59,12 @@ public:
     /// beside the message; only its id and the element count go into the bytes.
     template <class Archive>
     void save(Archive& ar) const {
-        const std::uint64_t id = block_ ? attach(block_) : 0;
+        std::uint64_t id = 0;
+        if (block_) {
+            attachments* const a = current_attachments();
+            if (a == nullptr) throw_cannot_attach();
+            id = a->attach(block_, read_only_attachments::active());
+        }
         std::uint64_t n = size_;
         ar(id, n);
     }
@@ -73,7 +78,9 @@ public:
             size_ = 0;
             return;
         }
-        block_ = resolve_attachment(id);
+        attachments* const a = current_attachments();
+        if (a == nullptr) throw_not_received(id);
+        block_ = a->resolve(id);
         if (n > block_->bytes() / sizeof(T)) {
             throw serialization_error("shared array larger than the memory it names");
         }

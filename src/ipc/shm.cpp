@@ -20,9 +20,7 @@ namespace {
 
 std::atomic<std::uint64_t> next_id{1};
 std::atomic<bool> in_worker{false};
-thread_local std::vector<shm_ref>* current_sink = nullptr;
-thread_local const shm_table* current_source = nullptr;
-thread_local std::size_t current_threshold = SIZE_MAX;
+thread_local attachments* current = nullptr;
 thread_local bool current_read_only = false;
 
 std::mutex listeners_mutex;
@@ -46,19 +44,6 @@ void* map_fd(int fd, std::size_t bytes, bool writable) {
     // the only cost would be that inheritance.
     madvise(p, bytes, MADV_DONTFORK);
     return p;
-}
-
-// Records `b` itself (not a twin) as travelling with the current message.
-std::uint64_t attach_exactly(const shm_ref& b) {
-    if (current_sink == nullptr) {
-        throw serialization_error(
-            "a shared array can only be serialized as a process_pool task argument or result");
-    }
-    if (std::none_of(current_sink->begin(), current_sink->end(),
-                     [&](const shm_ref& x) { return x->id() == b->id(); })) {
-        current_sink->push_back(b);
-    }
-    return b->id();
 }
 
 }  // namespace
@@ -165,56 +150,84 @@ std::shared_ptr<shm_block> shm_block::read_only_twin() {
     return twin_;
 }
 
-attachment_scope::attachment_scope(std::vector<shm_ref>* sink, const shm_table* source,
-                                   std::size_t threshold) noexcept
-    : old_sink_(current_sink), old_source_(current_source), old_threshold_(current_threshold) {
-    current_sink = sink;
-    current_source = source;
-    current_threshold = threshold;
+attachments* current_attachments() noexcept {
+    return current;
 }
 
-attachment_scope::~attachment_scope() {
-    current_sink = old_sink_;
-    current_source = old_source_;
-    current_threshold = old_threshold_;
+void throw_cannot_attach() {
+    throw serialization_error(
+        "a shared array can only be serialized as a process_pool task argument or result");
 }
 
-std::size_t shared_threshold() noexcept { return current_threshold; }
-
-std::uint64_t share_copy(const void* p, std::size_t bytes) {
-    shm_ref b = shm_block::create(bytes);
-    if (bytes != 0) std::memcpy(b->data(), p, bytes);
-    // A private copy, read-only parameter or not: a twin would buy nothing.
-    return attach_exactly(b);
-}
-
-const void* shared_bytes(std::uint64_t id, std::size_t bytes) {
-    shm_ref b = resolve_attachment(id);
-    if (b->bytes() < bytes) {
-        throw serialization_error("a shared block is smaller than the vector that names it");
-    }
-    return b->data();
-}
-
-std::uint64_t attach(const shm_ref& b) {
-    // Outside a message attach_exactly throws: make no twin for nothing.
-    if (current_read_only && current_sink != nullptr) return attach_exactly(b->read_only_twin());
-    return attach_exactly(b);
+void throw_not_received(std::uint64_t id) {
+    throw serialization_error("a shared array in this message was not received (id " +
+                              std::to_string(id) + ")");
 }
 
 read_only_attachments::read_only_attachments() noexcept : old_(current_read_only) {
     current_read_only = true;
 }
 
-read_only_attachments::~read_only_attachments() { current_read_only = old_; }
+read_only_attachments::~read_only_attachments() {
+    current_read_only = old_;
+}
 
-shm_ref resolve_attachment(std::uint64_t id) {
-    if (current_source != nullptr) {
-        auto it = current_source->find(id);
-        if (it != current_source->end()) return it->second;
+bool read_only_attachments::active() noexcept {
+    return current_read_only;
+}
+
+attachment_scope::attachment_scope(attachments* a) noexcept
+    : own_(nullptr, nullptr), old_(current) {
+    current = a;
+}
+
+attachment_scope::attachment_scope(std::vector<shm_ref>* sink, const shm_table* source,
+                                   std::size_t threshold) noexcept
+    : own_(sink, source, threshold), old_(current) {
+    current = &own_;
+}
+
+attachment_scope::~attachment_scope() {
+    current = old_;
+}
+
+// Records `b` itself (not a twin) as travelling with the message.
+std::uint64_t shm_attachments::record(const shm_ref& b) {
+    if (sink_ == nullptr) throw_cannot_attach();
+    if (std::none_of(sink_->begin(), sink_->end(),
+                     [&](const shm_ref& x) { return x->id() == b->id(); })) {
+        sink_->push_back(b);
     }
-    throw serialization_error("a shared array in this message was not received (id " +
-                              std::to_string(id) + ")");
+    return b->id();
+}
+
+std::uint64_t shm_attachments::put_bulk(const void* p, std::size_t bytes) {
+    shm_ref b = shm_block::create(bytes);
+    if (bytes != 0) std::memcpy(b->data(), p, bytes);
+    // A private copy, read-only parameter or not: a twin would buy nothing.
+    return record(b);
+}
+
+const void* shm_attachments::get_bulk(std::uint64_t id, std::size_t bytes) {
+    shm_ref b = resolve(id);
+    if (b->bytes() < bytes) {
+        throw serialization_error("a shared block is smaller than the vector that names it");
+    }
+    return b->data();
+}
+
+std::uint64_t shm_attachments::attach(const shm_ref& b, bool read_only) {
+    // Without a sink record() throws: make no twin for nothing.
+    if (read_only && sink_ != nullptr) return record(b->read_only_twin());
+    return record(b);
+}
+
+shm_ref shm_attachments::resolve(std::uint64_t id) {
+    if (source_ != nullptr) {
+        auto it = source_->find(id);
+        if (it != source_->end()) return it->second;
+    }
+    throw_not_received(id);
 }
 
 void shm_reseed_ids(std::uint64_t base) noexcept {

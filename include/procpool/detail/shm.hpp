@@ -10,6 +10,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "procpool/detail/attachments.hpp"
+
 namespace procpool::detail {
 
 /// One mapping of a memfd or a file, shared with worker processes by passing its
@@ -63,17 +65,48 @@ private:
     std::shared_ptr<shm_block> twin_;
 };
 
-using shm_ref = std::shared_ptr<shm_block>;
 /// Blocks a message refers to, by the id written in the message.
 using shm_table = std::unordered_map<std::uint64_t, shm_ref>;
 
-/// While alive, shared arrays serialized on this thread are recorded in `sink`
-/// (so their descriptors can travel with the message) and shared arrays deserialized on
-/// this thread are looked up in `source`.
-/// `threshold`: trivially copyable vectors of at least this many bytes travel in a shared
-/// block of their own instead of the byte stream (both sides use the pool's setting).
+/// The process pool's attachments: blocks travel as memfd descriptors beside the message.
+/// Blocks a message being written sends are recorded in `sink` (each once); blocks a
+/// message being read names are looked up in `source`, the ones received with it. Big
+/// vectors get a block of their own.
+class shm_attachments final : public attachments {
+public:
+    /// `sink`: where blocks sent are recorded (null: writing a shared array throws);
+    /// `source`: the blocks received (null: none); `threshold`: see bulk_threshold (both
+    /// sides use the pool's setting).
+    shm_attachments(std::vector<shm_ref>* sink, const shm_table* source,
+                    std::size_t threshold = SIZE_MAX) noexcept
+        : sink_(sink), source_(source), threshold_(threshold) {}
+
+    /// The threshold given to the constructor.
+    std::size_t bulk_threshold() const noexcept override { return threshold_; }
+    /// Copies the bytes into a new block of their own, sent with the message.
+    std::uint64_t put_bulk(const void* p, std::size_t bytes) override;
+    /// The memory of received block `id`, checked to hold `bytes`.
+    const void* get_bulk(std::uint64_t id, std::size_t bytes) override;
+    /// Records `b` (or its read-only twin) in the sink; its id is the block's own.
+    std::uint64_t attach(const shm_ref& b, bool read_only) override;
+    /// Looks `id` up in the source table.
+    shm_ref resolve(std::uint64_t id) override;
+
+private:
+    std::uint64_t record(const shm_ref& b);
+    std::vector<shm_ref>* sink_;
+    const shm_table* source_;
+    std::size_t threshold_;
+};
+
+/// While alive, makes `a` (or the shm_attachments it owns) this thread's attachments
+/// (current_attachments()); the previous ones come back when it ends.
 class attachment_scope {
 public:
+    /// Installs `a`, which must outlive the scope; null: none (shared arrays cannot cross,
+    /// every vector goes in the byte stream).
+    explicit attachment_scope(attachments* a) noexcept;
+    /// Installs shm_attachments(sink, source, threshold), owned by the scope.
     attachment_scope(std::vector<shm_ref>* sink, const shm_table* source,
                      std::size_t threshold = SIZE_MAX) noexcept;
     ~attachment_scope();
@@ -81,41 +114,9 @@ public:
     attachment_scope& operator=(const attachment_scope&) = delete;
 
 private:
-    std::vector<shm_ref>* old_sink_;
-    const shm_table* old_source_;
-    std::size_t old_threshold_;
+    shm_attachments own_;
+    attachments* old_;
 };
-
-/// The vector size in bytes from which the current message uses shared blocks
-/// (SIZE_MAX outside a process-pool message).
-std::size_t shared_threshold() noexcept;
-/// Copies `bytes` from `p` into a new shared block attached to the current message;
-/// returns its id.
-std::uint64_t share_copy(const void* p, std::size_t bytes);
-/// The memory of block `id` in the current message, checked to hold `bytes`.
-const void* shared_bytes(std::uint64_t id, std::size_t bytes);
-
-/// Records `b` as travelling with the message being serialized and returns the id the
-/// message must name: `b`'s own, or its read-only twin's inside a read_only_attachments
-/// scope. Throws serialization_error if no process-pool message is being written.
-std::uint64_t attach(const shm_ref& b);
-
-/// While alive, shared arrays serialized on this thread travel as their read-only twins
-/// (see shm_block::read_only_twin). Set around a task argument whose parameter is a span
-/// of const elements, so the promise not to write is kept by the worker's mapping.
-class read_only_attachments {
-public:
-    read_only_attachments() noexcept;
-    ~read_only_attachments();
-    read_only_attachments(const read_only_attachments&) = delete;
-    read_only_attachments& operator=(const read_only_attachments&) = delete;
-
-private:
-    bool old_;
-};
-
-/// The block a message refers to by `id`; throws serialization_error if unknown.
-shm_ref resolve_attachment(std::uint64_t id);
 
 /// Pools register here so that freeing a block can drop workers' cached mappings.
 class shm_listener {

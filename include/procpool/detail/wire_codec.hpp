@@ -1,7 +1,7 @@
 // Part of procpool/wire.hpp (include that): how each kind of type is laid down and read back.
 #pragma once
 
-#include "procpool/detail/shm.hpp"
+#include "procpool/detail/attachments.hpp"
 #include "procpool/detail/wire_fields.hpp"
 
 #include <algorithm>
@@ -344,10 +344,11 @@ template <class T>
 void save_vector_of(writer& w, const T* p, std::size_t n) {
     write_size(w, n);
     if constexpr (bulk<T>()) {
-        // Inside a process-pool message, a big vector travels in a shared block of its
-        // own: one copy in, one copy out, nothing through the byte stream.
-        if (n * sizeof(T) >= ::procpool::detail::shared_threshold()) {
-            const std::uint64_t id = ::procpool::detail::share_copy(p, n * sizeof(T));
+        // Inside a message whose transport takes big vectors out of band (a process pool's:
+        // a shared block of their own), one copy in, one copy out, nothing in the stream.
+        if (::procpool::detail::attachments* a = ::procpool::detail::current_attachments();
+            a != nullptr && n * sizeof(T) >= a->bulk_threshold()) {
+            const std::uint64_t id = a->put_bulk(p, n * sizeof(T));
             w.write_bytes(&id, sizeof id);
             return;
         }
@@ -376,12 +377,13 @@ struct sequence_codec {
         if constexpr (bulk<T>() && std::is_same_v<C, std::vector<T, typename C::allocator_type>>) {
             size_prefix raw;
             r.read_bytes(&raw, sizeof raw);
-            if (raw <= SIZE_MAX / sizeof(T) &&
-                raw * sizeof(T) >= ::procpool::detail::shared_threshold()) {
+            ::procpool::detail::attachments* const a = ::procpool::detail::current_attachments();
+            if (a != nullptr && raw <= SIZE_MAX / sizeof(T) &&
+                raw * sizeof(T) >= a->bulk_threshold()) {
                 std::uint64_t id;
                 r.read_bytes(&id, sizeof id);
                 const auto n = static_cast<std::size_t>(raw);
-                const void* p = ::procpool::detail::shared_bytes(id, n * sizeof(T));
+                const void* p = a->get_bulk(id, n * sizeof(T));
                 if constexpr (holds_bool<T>()) {
                     C c(n);
                     if (n != 0) std::memcpy(c.data(), p, n * sizeof(T));
