@@ -24,7 +24,9 @@
 
 #include "ipc/fd.hpp"
 #include "ipc/ring.hpp"
+#include "process/region.hpp"
 #include "process/fork_server.hpp"
+#include "process/channel.hpp"
 #include "process/protocol.hpp"
 #include "process_support.hpp"
 #include "procpool/process_pool.hpp"
@@ -63,7 +65,7 @@ void wake_parent() {
 }
 
 // Publishes a raw frame in the worker's completion ring, as its own code would.
-void publish(procpool::ipc::worker_region* r, std::uint32_t len, std::uint32_t type,
+void publish(procpool::process::worker_region* r, std::uint32_t len, std::uint32_t type,
              const void* payload, std::size_t n) {
     auto& c = r->completions;
     const std::uint64_t head = c.head.load();
@@ -75,7 +77,7 @@ void publish(procpool::ipc::worker_region* r, std::uint32_t len, std::uint32_t t
 }
 
 // A completion header for the task running now, with `nattach` attachments announced.
-procpool::process::completion_header header_for_current(procpool::ipc::worker_region* r,
+procpool::process::completion_header header_for_current(procpool::process::worker_region* r,
                                                         std::uint32_t nattach) {
     return {r->started_seq.load(), 0, nattach, 0};
 }

@@ -8,16 +8,17 @@
 #include <string>
 
 #include "ipc/ring.hpp"
+#include "process/region.hpp"
 
 namespace procpool_test {
 
 /// The worker's shared region: the mapping of its "procpool-worker" memfd.
-inline procpool::ipc::worker_region* my_region() {
+inline procpool::process::worker_region* my_region() {
     std::ifstream maps("/proc/self/maps");
     std::string line;
     while (std::getline(maps, line)) {
         if (line.find("memfd:procpool-worker") == std::string::npos) continue;
-        return reinterpret_cast<procpool::ipc::worker_region*>(
+        return reinterpret_cast<procpool::process::worker_region*>(
             std::stoull(line.substr(0, line.find('-')), nullptr, 16));
     }
     std::abort();

@@ -1,10 +1,12 @@
-// Single-producer single-consumer byte ring in shared memory, and the per-worker region.
+// Single-producer single-consumer byte ring in shared memory.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+
+#include "procpool/detail/sync.hpp"
 
 namespace procpool::ipc {
 
@@ -13,12 +15,10 @@ namespace procpool::ipc {
 struct ring_ctl {
     alignas(64) std::atomic<std::uint64_t> head{0};  ///< bytes published (producer)
     alignas(64) std::atomic<std::uint64_t> tail{0};  ///< bytes consumed (consumer)
-    /// Consumer parked on `data_futex` (set by the consumer, cleared by the producer).
-    alignas(64) std::atomic<std::uint32_t> consumer_sleeping{0};
-    std::atomic<std::uint32_t> data_futex{0};
-    /// Producer parked on `space_futex`, waiting for the consumer to free space.
-    std::atomic<std::uint32_t> producer_sleeping{0};
-    std::atomic<std::uint32_t> space_futex{0};
+    /// The consumer sleeps here for data; the producer rings it after publishing.
+    alignas(64) detail::doorbell data;
+    /// The producer sleeps here for space; the consumer rings it after releasing a frame.
+    detail::doorbell space;
 };
 
 /// One message in a ring: an 8-byte header (payload length, type) then the payload,
@@ -149,57 +149,6 @@ class ring {
     std::uint64_t head_ = 0;  ///< producer's own index: what it has published
     alignas(8) std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
     std::uint64_t reserved_at_ = 0;
-};
-
-/// Start-up steps a worker records in `worker_region::phase`.
-enum worker_phase : std::uint32_t {
-    phase_mapped = 1,       ///< its region is mapped; configuring the process
-    phase_initializer = 2,  ///< running the pool's initializer
-    phase_serving = 3,      ///< ready: reading requests
-};
-
-/// Everything a parent and one worker share: two rings and the words used to run,
-/// watch and steer tasks. Lives at the start of a memfd mapping; ring data follows.
-struct worker_region {
-    static constexpr std::uint64_t magic_value = 0x6c6f6f70636f7270ull;  // "procpool"
-    std::uint64_t magic = magic_value;
-    std::uint32_t ring_capacity = 0;
-    std::uint32_t reserved = 0;
-    ring_ctl requests;     ///< parent -> worker
-    ring_ctl completions;  ///< worker -> parent
-    /// How far the worker got in starting (see `worker_phase`); the parent reads it when a
-    /// worker dies to tell a start-up failure from a task's.
-    alignas(64) std::atomic<std::uint32_t> phase{0};
-    /// The parent sleeps in epoll: after a completion the worker must write the eventfd.
-    alignas(64) std::atomic<std::uint32_t> parent_sleeping{0};
-    /// Sequence number of the task the worker started last, and when (CLOCK_MONOTONIC ns).
-    alignas(64) std::atomic<std::uint64_t> started_seq{0};
-    std::atomic<std::int64_t> started_ns{0};
-    /// Tasks with a sequence number below this are skipped (shutdown with cancel_pending).
-    alignas(64) std::atomic<std::uint64_t> skip_below{0};
-    /// Individually cancelled, not-yet-started tasks (future::cancel on a dispatched task).
-    static constexpr std::uint32_t max_cancels = 32;
-    std::atomic<std::uint32_t> ncancels{0};
-    std::atomic<std::uint64_t> cancels[max_cancels]{};
-
-    std::byte* request_data() noexcept {
-        return reinterpret_cast<std::byte*>(this) + data_offset();
-    }
-    std::byte* completion_data() noexcept { return request_data() + ring_capacity; }
-    static constexpr std::size_t data_offset() noexcept {
-        return (sizeof(worker_region) + 4095) & ~std::size_t{4095};
-    }
-    static std::size_t mapping_size(std::uint32_t cap) noexcept {
-        return data_offset() + 2 * static_cast<std::size_t>(cap);
-    }
-    bool is_skipped(std::uint64_t seq) const noexcept {
-        if (seq < skip_below.load(std::memory_order_seq_cst)) return true;
-        const std::uint32_t n = ncancels.load(std::memory_order_seq_cst);
-        for (std::uint32_t i = 0; i < n && i < max_cancels; ++i) {
-            if (cancels[i].load(std::memory_order_relaxed) == seq) return true;
-        }
-        return false;
-    }
 };
 
 }  // namespace procpool::ipc

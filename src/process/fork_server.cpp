@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "process/protocol.hpp"
+#include "process/spawn.hpp"
 #include "procpool/process_pool.hpp"
 
 namespace procpool::process {
@@ -136,18 +137,8 @@ constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
             }
             std::memcpy(&req, buf.data(), sizeof req);
             fs_record reply{fs_spawned, 0, req.token};
-            const pid_t me = getpid();
-            const pid_t child = fork();
-            if (child == 0) {
-                worker_config cfg;
-                try {
-                    cfg = decode_config(buf.data() + sizeof req,
-                                        static_cast<std::size_t>(n) - sizeof req);
-                } catch (...) {
-                    startup_failed(fds[1], startup_step::bad_config, 0);
-                }
-                run_worker(fds[0], fds[1], fds[2], me, cfg);
-            }
+            const pid_t child = fork_worker({fds[0], fds[1], fds[2]}, buf.data() + sizeof req,
+                                            static_cast<std::size_t>(n) - sizeof req);
             for (int f : fds) close(f);
             if (child < 0) {
                 reply = fs_record{fs_spawn_failed, errno, req.token};
@@ -188,7 +179,7 @@ void start_server_locked() {
     // Unflushed stdio buffers would otherwise be written again by every worker.
     std::fflush(nullptr);
     const pid_t parent = getpid();
-    const pid_t pid = fork();
+    const pid_t pid = fork_signals_blocked();
     if (pid < 0) {
         close(sv[0]);
         close(sv[1]);
@@ -244,33 +235,21 @@ ipc::unique_fd open_fork_server_channel() {
     return mine;
 }
 
+bool start_fork_server() {
+    std::lock_guard lock(server_mutex);
+    if (server_sock) return false;
+    start_server_locked();
+    return true;
+}
+
+bool fork_server_running() noexcept {
+    std::lock_guard lock(server_mutex);
+    return static_cast<bool>(server_sock);
+}
+
 pid_t fork_server_pid() noexcept {
     std::lock_guard lock(server_mutex);
     return server_pid;
 }
 
 }  // namespace procpool::process
-
-namespace procpool {
-
-void init(int /*argc*/, char** /*argv*/) {
-    std::lock_guard lock(process::server_mutex);
-    if (process::server_sock) return;
-    if (process::current_thread_count() > 1) {
-        std::fprintf(stderr,
-                     "procpool: init() called while the program already runs other threads; "
-                     "call it first thing in main() so workers start from a clean state\n");
-    }
-    process::start_server_locked();
-}
-
-bool initialized() noexcept {
-    std::lock_guard lock(process::server_mutex);
-    return static_cast<bool>(process::server_sock);
-}
-
-std::vector<std::pair<std::string, std::string>> default_worker_env() {
-    return {{"OMP_NUM_THREADS", "1"}, {"OPENBLAS_NUM_THREADS", "1"}, {"MKL_NUM_THREADS", "1"}};
-}
-
-}  // namespace procpool

@@ -11,6 +11,13 @@ namespace procpool::process {
 /// messages), or returns an empty fd if `init` has not run.
 ipc::unique_fd open_fork_server_channel();
 
+/// Starts the fork server unless it runs (procpool::init); true if this call started it.
+/// Throws procpool::error if it cannot be forked.
+bool start_fork_server();
+
+/// True once the fork server has been started.
+bool fork_server_running() noexcept;
+
 /// Process id of the fork server, or -1.
 pid_t fork_server_pid() noexcept;
 

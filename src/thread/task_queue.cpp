@@ -54,12 +54,6 @@ task_queue::pop_result task_queue::pop_locked(state_base*& out) noexcept {
     return pop_result::retry;
 }
 
-void task_queue::lock_consumers() noexcept {
-    while (consumer_lock_.exchange(true, std::memory_order_acquire)) {
-        while (consumer_lock_.load(std::memory_order_relaxed)) cpu_yield();
-    }
-}
-
 state_base* task_queue::try_pop() noexcept {
     if (looks_empty()) return nullptr;
     lock_consumers();

@@ -43,8 +43,8 @@ private:
 
     enum class pop_result { item, empty, retry };
     pop_result pop_locked(state_base*& out) noexcept;
-    void lock_consumers() noexcept;
-    void unlock_consumers() noexcept { consumer_lock_.store(false, std::memory_order_release); }
+    void lock_consumers() noexcept { consumer_lock_.lock(); }
+    void unlock_consumers() noexcept { consumer_lock_.unlock(); }
     // Empty means the stub is both ends of the list. Checking head_ alone is not enough:
     // when a consumer re-inserts the stub behind the last node while a producer's push is
     // half done, the stub becomes head_ with that producer's node still before it.
@@ -56,7 +56,7 @@ private:
 
     alignas(64) std::atomic<state_base*> head_;  // producers' end
     alignas(64) std::atomic<state_base*> tail_;  // consumers' end, written under consumer_lock_
-    std::atomic<bool> consumer_lock_{false};
+    spin_lock consumer_lock_;
     stub_node stub_;
     alignas(64) std::atomic<int> nsleepers_{0};
     std::atomic<bool> closed_{false};

@@ -44,8 +44,8 @@ struct remote_result {
     using type = not_invocable;
 };
 template <class F, class... A>
-    requires std::is_invocable_v<std::decay_t<F>&, wire_arg_t<A>...>
-struct remote_result<F, A...> {
+requires std::is_invocable_v < std::decay_t<F>
+&, wire_arg_t<A>... > struct remote_result<F, A...> {
     using type = std::remove_cvref_t<std::invoke_result_t<std::decay_t<F>&, wire_arg_t<A>...>>;
 };
 template <class F, class... A>
@@ -59,7 +59,7 @@ using remote_result_t = typename remote_result<F, A...>::type;
 /// `Record` is the executor's per-task record, derived from remote_task_base.
 template <class Self, class Record = remote_task_base>
 class remote_executor {
-public:
+  public:
     /// Runs `f(args...)` in a worker and returns its future. Arguments are serialized now;
     /// one that cannot be resolves the future with `serialization_error`.
     /// Throws `pool_shut_down` after `shutdown()`.
@@ -70,8 +70,7 @@ public:
 
     /// As `submit(f, args...)`, with per-task options (a timeout).
     template <class F, class... A>
-    [[nodiscard]] future<remote_result_t<F, A...>> submit(task_options topts, F&& f,
-                                                         A&&... args) {
+    [[nodiscard]] future<remote_result_t<F, A...>> submit(task_options topts, F&& f, A&&... args) {
         using Fn = std::decay_t<F>;
         static_assert(remote_callable<F>,
                       "tasks run in worker processes must be free functions or captureless "
@@ -119,12 +118,12 @@ public:
                 const std::size_t hi = std::min(n, lo + chunksize);
                 // Same bytes as submit(chunk, fn_off, std::vector<T>(base + lo, base + hi)),
                 // without building the vector.
-                chunks.push_back(submit_encoded<std::vector<R>, chunk_fn, std::uint64_t,
-                                                std::vector<T>>(
-                    task_options{}, callable_offset(chunk), [&](wire::writer& w) {
-                        wire::save(w, fn_off);
-                        wire::detail::save_vector_of(w, base + lo, hi - lo);
-                    }));
+                chunks.push_back(
+                    submit_encoded<std::vector<R>, chunk_fn, std::uint64_t, std::vector<T>>(
+                        task_options{}, callable_offset(chunk), [&](wire::writer& w) {
+                            wire::save(w, fn_off);
+                            wire::detail::save_vector_of(w, base + lo, hi - lo);
+                        }));
             }
             std::vector<R> out;
             out.reserve(n);
@@ -144,7 +143,7 @@ public:
         }
     }
 
-protected:
+  protected:
     remote_executor() = default;
     ~remote_executor() = default;
 
@@ -152,7 +151,7 @@ protected:
     /// band (the transport's shared blocks); SIZE_MAX: never.
     std::size_t bulk_threshold_ = SIZE_MAX;
 
-private:
+  private:
     Self& self() noexcept { return static_cast<Self&>(*this); }
     const Self& self() const noexcept { return static_cast<const Self&>(*this); }
 
@@ -166,8 +165,8 @@ private:
         state_ptr<state<R>> owner(t);
         t->invoker = code_offset(reinterpret_cast<const void*>(invoker_for<Fn, InvArgs...>()));
         t->fn = fn_off;
-        t->timeout_ns = topts.timeout ? static_cast<std::int64_t>(topts.timeout->count()) * 1'000'000
-                                      : -1;
+        t->timeout_ns =
+            topts.timeout ? static_cast<std::int64_t>(topts.timeout->count()) * 1'000'000 : -1;
         std::vector<std::byte>& buf = scratch();
         buf.clear();
         try {

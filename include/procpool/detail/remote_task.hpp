@@ -22,7 +22,7 @@ namespace procpool::detail {
 /// `remote_task<R, Base>` adds the result type, and an executor that needs scheduling
 /// fields of its own derives `Base` from this class (see process_pool's).
 class remote_task_base {
-public:
+  public:
     /// The future's shared state (reference counting, completion).
     virtual state_base& shared() noexcept = 0;
     /// Resolves the future from a worker's reply: its run status and payload.
@@ -36,10 +36,10 @@ public:
     std::int64_t timeout_ns = -1;      ///< per-task deadline once started; -1: the pool's
     std::vector<shm_ref> attachments;  ///< shared arrays among the arguments (kept alive)
 
-protected:
+  protected:
     ~remote_task_base() = default;
 
-private:
+  private:
     std::atomic<bool> resolving_{false};
 };
 
@@ -49,7 +49,7 @@ class remote_task final : public state<R>, public Base {
     static_assert(std::is_base_of_v<remote_task_base, Base>,
                   "an executor's task record must derive from detail::remote_task_base");
 
-public:
+  public:
     state_base& shared() noexcept override { return *this; }
 
     void decode(run_status status, wire::reader& in) noexcept override {
@@ -83,7 +83,7 @@ public:
         }
     }
 
-private:
+  private:
     void decode_value(wire::reader& in) {
         if constexpr (!std::is_void_v<R>) {
             std::exception_ptr err;

@@ -38,4 +38,69 @@ bool spin_until(Pred&& ready) {
     return ready();
 }
 
+/// A lock for sections of a few instructions shared by threads on different cores: a
+/// sleeping mutex would cost a cross-core wake-up whenever two of them meet. Waits by
+/// yielding (test and test-and-set).
+class spin_lock {
+public:
+    /// Takes the lock if it is free.
+    bool try_lock() noexcept { return !flag_.exchange(true, std::memory_order_acquire); }
+    /// Takes the lock, yielding the CPU while another thread holds it.
+    void lock() noexcept {
+        while (!try_lock()) {
+            while (flag_.load(std::memory_order_relaxed)) cpu_yield();
+        }
+    }
+    /// Releases the lock.
+    void unlock() noexcept { flag_.store(false, std::memory_order_release); }
+
+private:
+    std::atomic<bool> flag_{false};
+};
+
+/// The sleep/wake handshake of two sides (threads or processes) over shared memory,
+/// written once. The sleeper announces itself, looks again for what it waits for, then
+/// sleeps on `word`; the waker publishes, then takes the announcement and wakes it. Both
+/// the announcement and the publication are sequentially consistent, so either the sleeper
+/// sees the data or the waker sees the announcement (a Dekker pair): no wake-up is lost,
+/// and a waker whose peer is awake pays one load, no system call.
+struct doorbell {
+    /// The sleeper's announcement (1: about to sleep or asleep).
+    std::atomic<std::uint32_t> sleeping{0};
+    /// The futex word the sleeper waits on; each wake-up bumps it.
+    std::atomic<std::uint32_t> word{0};
+
+    /// Sleeper: returns once `ready()` is true, spinning for `spin_budget` first.
+    /// `before_sleep()` runs after each announcement, right before sleeping (e.g. to make
+    /// sure the peer is awake to make progress). `shared`: the word is in a shared mapping.
+    template <class Ready, class BeforeSleep>
+    void wait(Ready&& ready, BeforeSleep&& before_sleep, bool shared) {
+        if (spin_until(ready)) return;
+        for (;;) {
+            const std::uint32_t seen = word.load(std::memory_order_acquire);
+            sleeping.store(1, std::memory_order_seq_cst);
+            if (ready()) {
+                sleeping.store(0, std::memory_order_relaxed);
+                return;
+            }
+            before_sleep();
+            futex_wait(&word, seen, nullptr, shared);
+        }
+    }
+
+    /// Waker, after publishing: true if the sleeper announced itself. The announcement is
+    /// taken, so of several wakers exactly one sees true.
+    bool take_sleeper() noexcept {
+        return sleeping.load(std::memory_order_seq_cst) != 0 &&
+               sleeping.exchange(0, std::memory_order_acq_rel) != 0;
+    }
+
+    /// Waker, after publishing: wakes the sleeper if it announced itself.
+    void ring(bool shared) noexcept {
+        if (!take_sleeper()) return;
+        word.fetch_add(1, std::memory_order_release);
+        futex_wake(&word, 1, shared);
+    }
+};
+
 }  // namespace procpool::detail

@@ -6,8 +6,6 @@
 #include <memory>
 #include <typeinfo>
 
-#include "process/protocol.hpp"
-
 namespace procpool::detail {
 
 void code_anchor() noexcept {
@@ -22,9 +20,13 @@ std::string type_name_of(const std::type_info& t) {
     return status == 0 && name ? std::string(name.get()) : std::string(t.name());
 }
 
-void encode_message(wire::writer& out, const std::string& msg) { wire::save(out, msg); }
+void encode_message(wire::writer& out, const std::string& msg) {
+    wire::save(out, msg);
+}
 
-std::string decode_message(wire::reader& in) { return wire::load<std::string>(in); }
+std::string decode_message(wire::reader& in) {
+    return wire::load<std::string>(in);
+}
 
 void encode_current_exception(wire::writer& out) {
     std::string type = "unknown exception";
@@ -48,26 +50,3 @@ std::exception_ptr decode_exception(wire::reader& in) {
 }
 
 }  // namespace procpool::detail
-
-namespace procpool::process {
-
-std::vector<std::byte> encode_config(const worker_config& c) {
-    std::vector<std::byte> out;
-    wire::writer w(out);
-    wire::save_all(w, c.anchor, c.ring_capacity, c.max_tasks, c.memory_limit, c.shared_threshold,
-                   c.env, c.init_invoker, c.init_fn, c.init_args);
-    return out;
-}
-
-worker_config decode_config(const std::byte* p, std::size_t n) {
-    wire::reader r(p, n);
-    worker_config c;
-    std::tie(c.anchor, c.ring_capacity, c.max_tasks, c.memory_limit, c.shared_threshold, c.env,
-             c.init_invoker, c.init_fn, c.init_args) =
-        wire::load_all<std::uint64_t, std::uint32_t, std::int32_t, std::uint64_t, std::uint64_t,
-                       std::vector<std::pair<std::string, std::string>>, std::uint64_t,
-                       std::uint64_t, std::vector<std::byte>>(r);
-    return c;
-}
-
-}  // namespace procpool::process

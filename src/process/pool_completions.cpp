@@ -1,0 +1,291 @@
+// Completions: reading each worker's completion ring, checking every frame (a worker
+// is not trusted), resolving futures; threads waiting on a future drain the rings too.
+#include "process/channel.hpp"
+#include "process/pool_core.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "ipc/fd.hpp"
+#include "ipc/ring.hpp"
+#include "process/fork_server.hpp"
+#include "process/protocol.hpp"
+#include "procpool/detail/sync.hpp"
+
+namespace procpool::process {
+
+// Resolves every completion waiting in `w`'s ring. One drainer at a time (`draining`).
+// Everything read from the ring or the control socket is checked: a worker that
+// breaks the protocol is killed, and the task it was running fails (see violation).
+bool pool_core::drain(worker_slot& w) {
+    if (w.ring_bad.load(std::memory_order_acquire)) return false;  // not to be read again
+    bool any = false;
+    ipc::frame_header h{};
+    const std::byte* payload = nullptr;
+    for (;;) {
+        const ipc::peek_result r = w.cmp.peek(h, payload);
+        if (r == ipc::peek_result::empty) break;
+        if (r == ipc::peek_result::corrupt) {
+            violation(w, "its completion ring's index or a frame length is out of bounds");
+            break;
+        }
+        any = true;
+        try {
+            take_completion(w, h, payload);
+        } catch (const protocol_violation& e) {
+            violation(w, e.what());
+            break;
+        }
+        w.cmp.pop(h);
+        w.cmp.ctl()->space.ring(true);
+    }
+    return any;
+}
+
+// A send on `w`'s control socket failed (it would block: the worker stopped reading;
+// or the system refused, e.g. too many descriptors in flight): the worker cannot be
+// given work any more, so it is killed and replaced. Called with mu held.
+void pool_core::send_failed(worker_slot& w, int err) noexcept {
+    try {
+        w.violation = std::string("sending to its control socket failed: ") + std::strerror(err);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): the kind of error is enough
+    }
+    kill_worker(w, kill_reason::send_failed, 0);
+}
+
+// Marks `w` as having broken the protocol: it is killed, and the task at the head of
+// its queue (whose completion was due) fails with protocol_error.
+void pool_core::violation(worker_slot& w, const std::string& what) noexcept {
+    std::lock_guard lock(mu);
+    violation_locked(w, what);
+}
+
+void pool_core::violation_locked(worker_slot& w, const std::string& what) noexcept {
+    if (w.reason == kill_reason::malformed) return;
+    w.ring_bad.store(true, std::memory_order_release);
+    try {
+        w.violation = what;
+    } catch (...) {  // NOLINT(bugprone-empty-catch): the kind of error is enough
+    }
+    const std::uint64_t seq = w.inflight.empty() ? 0 : w.inflight.head->seq;
+    w.reason = kill_reason::none;  // malformed wins over any earlier reason
+    kill_worker(w, kill_reason::malformed, seq);
+}
+
+// Checks and resolves one completion frame. Throws protocol_violation if it is bad.
+void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
+                                const std::byte* payload) {
+    completion_header ch{};
+    if (h.len < sizeof ch) throw protocol_violation("a completion shorter than its header");
+    std::memcpy(&ch, payload, sizeof ch);
+    const std::uint32_t raw = h.type & ~oob_flag;
+    if (raw == static_cast<std::uint32_t>(run_status::init_failed)) {
+        // Frames arrive in order and the ready frame precedes every task's, so a report
+        // read after it comes from a task, not from the initializer.
+        if (!has_initializer || w.ready || ch.seq != 0 || ch.nattach != 0 ||
+            (h.type & oob_flag) != 0) {
+            throw protocol_violation("a false report of a failed initializer");
+        }
+        std::lock_guard lock(mu);
+        wire::reader in(payload + sizeof ch, h.len - sizeof ch);
+        mark_broken(in);
+        return;
+    }
+    if (raw == static_cast<std::uint32_t>(run_status::ready)) {
+        if (w.ready || ch.seq != 0 || ch.nattach != 0 || h.type != raw) {
+            throw protocol_violation("a second or malformed ready report");
+        }
+        std::lock_guard lock(mu);
+        w.ready = true;
+        failed_starts = 0;
+        // Tasks sent while it started could not run before now: their clock starts now.
+        w.head_since = now_ns();
+        if (!w.inflight.empty() && w.inflight.head->timeout_ns > 0 &&
+            supervisor_asleep.load(std::memory_order_seq_cst)) {
+            wake_supervisor();
+        }
+        return;
+    }
+    if (raw < static_cast<std::uint32_t>(run_status::value) ||
+        raw > static_cast<std::uint32_t>(run_status::cancelled)) {
+        throw protocol_violation("a completion of unknown type " + std::to_string(h.type));
+    }
+    // Shared arrays in the result: their descriptors wait on the control socket.
+    detail::shm_table received;
+    std::exception_ptr attach_error;
+    if (ch.nattach != 0) {
+        try {
+            receive_attachments(w.ctl.get(), ch.nattach, received, true);
+        } catch (const protocol_violation&) {
+            throw;
+        } catch (...) {  // e.g. out of address space mapping it: the task's own error
+            attach_error = std::current_exception();
+        }
+    }
+    // A result too large for the ring: its size is in the frame, its memfd (sent before
+    // the frame) on the control socket.
+    const std::byte* data = payload + sizeof ch;
+    std::size_t size = h.len - sizeof ch;
+    mapped_payload large;
+    if ((h.type & oob_flag) != 0) {
+        std::uint64_t n = 0;
+        if (size != sizeof n) throw protocol_violation("a bad large-result frame");
+        std::memcpy(&n, data, sizeof n);
+        receive_payload(w.ctl.get(), 'R', n, true, large);
+        data = large.data();
+        size = large.size();
+    }
+    process_task_base* t = nullptr;
+    {
+        std::lock_guard lock(mu);
+        if (w.inflight.empty() || w.inflight.head->seq != ch.seq) {
+            if (broken) return;  // fail_all_broken emptied the queue meanwhile
+            throw protocol_violation("a completion for a task it was not running");
+        }
+        t = pop_inflight(w);
+        avg_task_ns =
+            (avg_task_ns * 7 + std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000)) / 8;
+        // The next task's deadline now runs: the supervisor must not sleep through it.
+        if (!w.inflight.empty() && w.inflight.head->timeout_ns > 0 &&
+            supervisor_asleep.load(std::memory_order_seq_cst)) {
+            wake_supervisor();
+        }
+    }
+    finish(*t, [&] {
+        if (attach_error) {
+            resolve_error(*t, attach_error);
+            return;
+        }
+        detail::attachment_scope scope(nullptr, &received, opts.shared_memory_threshold);
+        wire::reader in(data, size);
+        t->decode(static_cast<run_status>(raw), in);
+    });
+}
+
+// The pool cannot run tasks any more: every task it holds or gets fails with `e`.
+// Called with mu held.
+void pool_core::break_pool(std::exception_ptr e) noexcept {
+    if (broken) return;
+    broken = std::move(e);
+    is_broken.store(true, std::memory_order_release);
+}
+
+// A worker initializer failed: the pool cannot run anything. Called with mu held.
+void pool_core::mark_broken(wire::reader& in) {
+    if (broken) return;
+    std::string type = "unknown";
+    std::string what;
+    try {
+        type = detail::decode_message(in);
+        what = detail::decode_message(in);
+    } catch (...) {
+    }
+    break_pool(std::make_exception_ptr(remote_exception(
+        type, "the pool's worker initializer failed, so the pool cannot run tasks: " + what)));
+}
+
+// Fails every task the pool holds with the initializer's error. Supervisor thread.
+void pool_core::fail_all_broken() {
+    std::vector<process_task_base*> victims;
+    std::exception_ptr err;
+    {
+        std::lock_guard lock(mu);
+        err = broken;
+        while (auto* t = pending.pop_front()) victims.push_back(t);
+        for (auto& s : slots) {
+            while (auto* t = s->inflight.pop_front()) victims.push_back(t);
+        }
+    }
+    for (auto* t : victims) finish(*t, [&] { resolve_error(*t, err); });
+}
+
+// Drains every completion ring if no one else is; then refills windows from the
+// pending queue, since completions are what make room.
+bool pool_core::drain_all() {
+    if (!draining.try_lock()) return false;
+    bool any = false;
+    for (auto& s : slots) {
+        if (s->region != nullptr && drain(*s)) any = true;
+    }
+    draining.unlock();
+    if (any) {
+        std::lock_guard lock(mu);
+        if (!pending.empty()) dispatch_pending();
+    }
+    return any;
+}
+
+void pool_core::lock_draining() noexcept {
+    draining.lock();
+}
+
+// Whether workers must write the eventfd after a completion. Cleared while some thread
+// waiting on a future drains the rings itself, so round trips cost no system call.
+void pool_core::ask_workers_to_wake_us(std::uint32_t on) noexcept {
+    for (auto& s : slots) {
+        if (s->region != nullptr) s->region->parent.sleeping.store(on, std::memory_order_seq_cst);
+    }
+}
+
+bool pool_core::completions_waiting() const noexcept {
+    for (auto& s : slots) {
+        if (s->region != nullptr && !s->ring_bad.load(std::memory_order_relaxed) &&
+            !s->cmp.empty()) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool pool_core::help_wait(const detail::state_base& s) noexcept {
+    if (helpers.fetch_add(1, std::memory_order_seq_cst) == 0) {
+        lock_draining();  // regions must not be unmapped under us
+        ask_workers_to_wake_us(0);
+        unlock_draining();
+    }
+    const bool done = detail::spin_until([&] {
+        drain_all();
+        return s.is_done();
+    });
+    if (helpers.fetch_sub(1, std::memory_order_seq_cst) == 1) {
+        // Hand the rings back to the supervisor: re-arm the workers' wake-ups, then
+        // take whatever completed before they were re-armed (Dekker with the worker).
+        lock_draining();
+        ask_workers_to_wake_us(1);
+        const bool left = completions_waiting();
+        unlock_draining();
+        if (left && !drain_all()) wake_supervisor();
+    }
+    return done;
+}
+
+void pool_core::wake_supervisor() noexcept {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto r = write(evfd.get(), &one, sizeof one);
+}
+
+}  // namespace procpool::process

@@ -1,0 +1,316 @@
+// The process pool's shared state: the record of each worker, the queues, and the
+// declaration of the engine whose parts live in pool_*.cpp, one file per responsibility:
+//   pool_setup.cpp        start-up, spawning and replacing worker processes
+//   pool_dispatch.cpp     placing tasks in workers' request rings
+//   pool_completions.cpp  reading and checking results; threads waiting on futures help
+//   pool_deaths.cpp       a worker's exit: settling its tasks, start-up failures
+//   pool_supervisor.cpp   the supervisor thread: events, deadlines, cancellation
+//   process_pool.cpp      the public front and shutdown
+#pragma once
+
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "ipc/fd.hpp"
+#include "ipc/ring.hpp"
+#include "process/protocol.hpp"
+#include "process/region.hpp"
+#include "procpool/detail/sync.hpp"
+#include "procpool/process_pool.hpp"
+
+namespace procpool::process {
+using detail::process_task_base;
+using detail::run_status;
+
+constexpr std::uint32_t ring_capacity = 1u << 20;
+// How much queued work (in expected run time) a worker may hold: deep enough that tiny
+// tasks never leave a worker idle, shallow enough that long tasks stay balanced.
+constexpr std::int64_t window_ns = 2'000'000;
+constexpr std::int64_t max_window = 4096;
+
+// Intrusive FIFO of tasks through process_task_base::link.
+struct task_list {
+    process_task_base* head = nullptr;
+    process_task_base* tail = nullptr;
+    std::size_t size = 0;
+
+    void push_back(process_task_base* t) noexcept {
+        t->link = nullptr;
+        if (tail != nullptr) {
+            tail->link = t;
+        } else {
+            head = t;
+        }
+        tail = t;
+        ++size;
+    }
+    void push_front(process_task_base* t) noexcept {
+        t->link = head;
+        head = t;
+        if (tail == nullptr) tail = t;
+        ++size;
+    }
+    process_task_base* pop_front() noexcept {
+        process_task_base* t = head;
+        if (t == nullptr) return nullptr;
+        head = t->link;
+        if (head == nullptr) tail = nullptr;
+        t->link = nullptr;
+        --size;
+        return t;
+    }
+    bool remove(process_task_base* t) noexcept {
+        process_task_base* prev = nullptr;
+        for (process_task_base* c = head; c != nullptr; prev = c, c = c->link) {
+            if (c != t) continue;
+            (prev != nullptr ? prev->link : head) = c->link;
+            if (tail == c) tail = prev;
+            c->link = nullptr;
+            --size;
+            return true;
+        }
+        return false;
+    }
+    bool empty() const noexcept { return head == nullptr; }
+};
+
+enum class kill_reason { none, timeout, cancel, channel_lost, malformed, send_failed };
+
+// A worker that dies this many times before the task at the head of its queue is seen to
+// start fails that task rather than requeueing it again (a task that crashes its worker
+// before announcing its start must not loop through replacements forever).
+constexpr std::uint32_t max_requeues = 3;
+
+enum class slot_state { idle, spawning, alive, retiring, exiting };
+
+struct worker_slot {
+    int index = 0;
+    slot_state state = slot_state::idle;
+    pid_t pid = -1;
+    std::uint64_t token = 0;
+    ipc::unique_fd pidfd;
+    ipc::unique_fd ctl;
+    // The read end of the worker's own wake-up pipe (it holds the write end). Not an eventfd
+    // shared by all workers: a task could read another worker's wake-ups from a shared one,
+    // or make it blocking (O_NONBLOCK belongs to the open file, which all would share).
+    ipc::unique_fd wake_rd;
+    bool no_room = false;  // its request ring had no room in this dispatch round
+    void* map = nullptr;
+    std::size_t map_len = 0;
+    worker_region* region = nullptr;
+    ipc::ring req;
+    ipc::ring cmp;
+    task_list inflight;
+    // When the task at the head of `inflight` became the head: the earliest it can have
+    // started. Deadlines run from here, on the parent's clock alone, so a worker cannot
+    // stretch its task's deadline and a timed task queued behind others is never missed.
+    std::int64_t head_since = 0;
+    std::uint32_t ctl_msgs = 0;  // messages sent on `ctl` for tasks not yet completed
+    bool ready = false;          // the worker reported the end of its start-up
+    bool server_gone = false;    // it died with its fork server: not a start-up failure
+    // Its completion ring broke the protocol: not to be read again. Atomic, as drainers
+    // read it without holding mu.
+    std::atomic<bool> ring_bad{false};
+    std::string violation;  // how the worker broke the protocol (kill_reason::malformed)
+    std::uint64_t next_seq = 1;
+    int sent = 0;
+    kill_reason reason = kill_reason::none;
+    std::uint64_t reason_seq = 0;
+    bool hup = false;
+    bool exit_sent = false;
+    std::uint32_t gen = 0;  ///< incremented at each spawn
+    std::int64_t spawned_ns = 0;
+    std::unordered_set<std::uint64_t> cached;   ///< shared blocks the worker has mapped
+    std::vector<std::uint64_t> forget_backlog;  ///< forget notices the ring had no room for
+};
+
+// epoll user data: kind, the slot's generation (so that an event still queued for a
+// replaced worker is recognised as stale) and the slot index.
+enum : std::uint64_t { ev_wake = 1, ev_server = 2, ev_ctl = 3, ev_pidfd = 4, ev_worker_wake = 5 };
+constexpr std::uint64_t ev(std::uint64_t kind, int index, std::uint32_t gen = 0) {
+    return (kind << 56) | (static_cast<std::uint64_t>(gen & 0xffffffu) << 32) |
+           static_cast<std::uint32_t>(index);
+}
+
+inline std::string describe_status(int wstatus) {
+    if (wstatus < 0) return "status unknown";
+    if (WIFSIGNALED(wstatus)) {
+        const char* name = sigabbrev_np(WTERMSIG(wstatus));
+        return name != nullptr ? std::string("killed by SIG") + name
+                               : "killed by signal " + std::to_string(WTERMSIG(wstatus));
+    }
+    return "exit code " + std::to_string(WEXITSTATUS(wstatus));
+}
+
+inline std::string describe_timeout(std::int64_t ns) {
+    return "task ran longer than its timeout of " + std::to_string(ns / 1'000'000) +
+           " ms; its worker was killed and replaced";
+}
+
+inline void resolve_error(process_task_base& t, std::exception_ptr e) noexcept {
+    t.shared().set_exception(std::move(e));
+}
+
+// Appends `t` to a worker's queue, noting when a task becomes the head.
+inline void push_inflight(worker_slot& w, process_task_base* t) noexcept {
+    if (w.inflight.empty()) w.head_since = now_ns();
+    w.inflight.push_back(t);
+}
+
+// Takes the head of a worker's queue; the next task becomes the head now.
+inline process_task_base* pop_inflight(worker_slot& w) noexcept {
+    process_task_base* t = w.inflight.pop_front();
+    if (t != nullptr) {
+        w.ctl_msgs -= std::min(w.ctl_msgs, t->ctl_msgs);
+        t->ctl_msgs = 0;
+    }
+    w.head_since = now_ns();
+    return t;
+}
+
+// Kills a worker's process group: whatever its tasks started must not outlive it.
+inline void kill_worker_group(pid_t pid) noexcept {
+    if (pid > 0) ::kill(-pid, SIGKILL);
+}
+
+/// The engine behind process_pool (see the file comment for where each part lives).
+/// `mu` guards the shared fields; what only the supervisor touches is marked.
+struct pool_core : detail::cancel_hook, detail::shm_listener {
+    process_pool_options opts;
+    start_method method = start_method::fork;
+    std::vector<std::byte> config;
+    std::int64_t default_timeout_ns = 0;
+
+    detail::spin_lock mu;  // guards everything below except what only the supervisor touches
+    std::vector<std::unique_ptr<worker_slot>> slots;
+    task_list pending;
+    bool closed = false;
+    bool has_initializer = false;
+    std::latch initial_spawn{1};  // counted down once the first workers are forked
+    std::exception_ptr broken;    // set (under mu) when the pool cannot run tasks any more
+    std::atomic<bool> is_broken{false};
+    int failed_starts = 0;  // workers in a row that died before running anything
+    int last_worker = 0;
+    std::int64_t avg_task_ns = 1'000'000;  // EWMA of task run time
+    std::uint64_t next_token = 1;
+
+    // Tasks not yet resolved by the pool; shutdown waits for zero.
+    std::atomic<std::uint64_t> outstanding{0};
+    std::mutex idle_mu;
+    std::condition_variable idle_cv;
+    ipc::unique_fd epfd;
+    ipc::unique_fd evfd;
+    ipc::unique_fd server;  // fork-server channel (forkserver method)
+    std::thread supervisor;
+    // Completion rings have one consumer at a time: the supervisor or a thread waiting on
+    // a future (help_wait), whoever holds `draining`.
+    detail::spin_lock draining;
+    std::atomic<int> helpers{0};  // threads inside help_wait
+    std::atomic<bool> supervisor_asleep{false};
+    std::atomic<bool> stopping{false};
+    std::atomic<bool> joined{false};
+    std::mutex join_mu;
+
+    // ---- setup ---------------------------------------------------------------------
+    explicit pool_core(process_pool_options o);
+    void set_initializer(std::uint64_t inv, std::uint64_t fn, const std::vector<std::byte>& args);
+    void start();
+    void spawn_initial();
+    void watch(int fd, std::uint64_t data, std::uint32_t events);
+    void unwatch(int fd) noexcept { epoll_ctl(epfd.get(), EPOLL_CTL_DEL, fd, nullptr); }
+
+    void spawn(worker_slot& w);
+    void adopt_pid(worker_slot& w, pid_t pid);
+
+    // ---- dispatch --------------------------------------------------------------------
+    std::int64_t window() const noexcept;
+    bool usable(const worker_slot& w) const noexcept;
+    worker_slot* pick() noexcept;
+    bool send(worker_slot& w, process_task_base& t, const std::byte* args, std::size_t n);
+    void flush_forgets(worker_slot& w) noexcept;
+    void forget_block(std::uint64_t id) noexcept override;
+    static void wake_worker(worker_slot& w) noexcept;
+    void place(process_task_base& t, const std::byte* args, std::size_t n);
+    void dispatch_pending();
+    void enqueue(process_task_base& t, const std::vector<std::byte>& args);
+
+    // Resolves `t` once (cancel and completion race) and drops the pool's reference.
+    template <class Fn>
+    void finish(process_task_base& t, Fn&& resolve) noexcept {
+        // The task lets go of its shared arrays first, so that when its future resolves
+        // the caller holds the last handle (and may count mappings, or free them).
+        t.attachments.clear();
+        if (t.begin_resolve()) resolve();
+        t.shared().release();
+        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            std::lock_guard lock(idle_mu);
+            idle_cv.notify_all();
+        }
+    }
+
+    // ---- completions -----------------------------------------------------------------
+    bool drain(worker_slot& w);
+    void send_failed(worker_slot& w, int err) noexcept;
+    void violation(worker_slot& w, const std::string& what) noexcept;
+    void violation_locked(worker_slot& w, const std::string& what) noexcept;
+    void take_completion(worker_slot& w, const ipc::frame_header& h, const std::byte* payload);
+
+    void break_pool(std::exception_ptr e) noexcept;
+    void mark_broken(wire::reader& in);
+    void fail_all_broken();
+
+    // ---- deaths ------------------------------------------------------------------------
+    void kill_worker(worker_slot& w, kill_reason why, std::uint64_t seq) noexcept;
+    void finalize(worker_slot& w, int wstatus);
+    void note_startup(worker_slot& w, int wstatus);
+    std::exception_ptr death_error(const worker_slot& w, const process_task_base& t, int wstatus);
+    void release_slot(worker_slot& w) noexcept;
+    worker_slot* slot_by_pid(pid_t pid) noexcept;
+    void on_server_message();
+    void server_lost();
+    void on_pidfd(int index);
+    void on_ctl_hangup(int index);
+
+    // ---- deadlines and cancellation ---------------------------------------------------
+    std::int64_t check_deadlines();
+    bool cancel_running(detail::state_base& s) noexcept override;
+
+    // ---- waiting threads help -------------------------------------------------------
+    bool drain_all();
+    void lock_draining() noexcept;
+    void unlock_draining() noexcept { draining.unlock(); }
+
+    void ask_workers_to_wake_us(std::uint32_t on) noexcept;
+    bool completions_waiting() const noexcept;
+    bool help_wait(const detail::state_base& s) noexcept override;
+    void wake_supervisor() noexcept;
+
+    // ---- supervisor loop -------------------------------------------------------------
+    void supervise();
+    void handle_event(const epoll_event& e);
+    bool all_exited();
+
+    // ---- shutdown ----------------------------------------------------------------------
+    void close_and_cancel(bool cancel_pending);
+    void wait_idle();
+
+    void stop_workers();
+};
+
+}  // namespace procpool::process

@@ -1,0 +1,216 @@
+// Dispatch: placing tasks in workers' request rings (or parking them), choosing a
+// worker by its window of queued work, out-of-band arguments, waking a sleeping worker.
+#include "process/channel.hpp"
+#include "process/pool_core.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "ipc/fd.hpp"
+#include "ipc/ring.hpp"
+#include "process/fork_server.hpp"
+#include "process/protocol.hpp"
+#include "procpool/detail/sync.hpp"
+
+namespace procpool::process {
+
+std::int64_t pool_core::window() const noexcept {
+    const std::int64_t n = window_ns / std::max<std::int64_t>(avg_task_ns, 1);
+    return std::clamp<std::int64_t>(n, 2, max_window);
+}
+
+bool pool_core::usable(const worker_slot& w) const noexcept {
+    return (w.state == slot_state::spawning || w.state == slot_state::alive) &&
+           w.reason == kill_reason::none && !w.no_room;
+}
+
+// Picks a worker with room: the last one used if it has room (so sequential calls
+// keep the others asleep), else the least loaded. Called with mu held.
+worker_slot* pool_core::pick() noexcept {
+    const auto cap = static_cast<std::size_t>(window());
+    worker_slot* last = slots[static_cast<std::size_t>(last_worker)].get();
+    if (usable(*last) && last->inflight.size < cap && last->inflight.empty()) return last;
+    worker_slot* best = nullptr;
+    for (auto& s : slots) {
+        if (!usable(*s) || s->inflight.size >= cap) continue;
+        if (best == nullptr || s->inflight.size < best->inflight.size) best = s.get();
+    }
+    return best;
+}
+
+// Writes a task into a worker's request ring. False if it does not fit now.
+bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args, std::size_t n) {
+    flush_forgets(w);
+    const bool oob = sizeof(task_header) + n > w.req.max_payload();
+    const std::size_t len = sizeof(task_header) + (oob ? sizeof(std::uint64_t) : n);
+    std::vector<detail::shm_ref> fresh;
+    for (const auto& b : t.attachments) {
+        if (!w.cached.contains(b->id())) fresh.push_back(b);
+    }
+    // Messages on the control socket wait there until the worker starts their task.
+    // Bounding them keeps the socket's buffer from filling, so that sends never block:
+    // a send that would block means a worker that stopped reading, and is killed.
+    const std::uint32_t msgs = static_cast<std::uint32_t>(fresh.size()) + (oob ? 1u : 0u);
+    if (w.ctl_msgs != 0 && w.ctl_msgs + msgs > max_attachments) return false;
+    std::byte* dst = w.req.try_reserve(static_cast<std::uint32_t>(len));
+    if (dst == nullptr) {
+        if (w.req.corrupt()) violation_locked(w, "it overwrote its request ring's read index");
+        // A worker with no task in flight has consumed every task frame; only forget
+        // notices (16 bytes each) can wait in its ring. Half a ring of them is not
+        // plausible: its read index was held back on purpose.
+        if (w.inflight.empty() && w.req.unconsumed() > ring_capacity / 2) {
+            violation_locked(w, "its request ring stays full while it runs nothing");
+        }
+        return false;
+    }
+    // Descriptors go on the control socket before the frame is published, so the
+    // worker finds them there when it reads the frame.
+    if (!fresh.empty() && !send_attachments(w.ctl.get(), fresh, true)) {
+        send_failed(w, errno);
+        return false;
+    }
+    for (const auto& b : fresh) w.cached.insert(b->id());
+    if (oob) {
+        if (t.parked.empty()) t.parked.assign(args, args + n);  // kept for requeue
+        if (!send_payload(w.ctl.get(), 'A', args, n, false, true)) {
+            send_failed(w, errno);
+            return false;
+        }
+        const std::uint64_t size = n;
+        std::memcpy(dst + sizeof(task_header), &size, sizeof size);
+    } else if (n != 0) {
+        std::memcpy(dst + sizeof(task_header), args, n);
+    }
+    const task_header th{w.next_seq, t.invoker, t.fn, static_cast<std::uint32_t>(fresh.size()), 0};
+    std::memcpy(dst, &th, sizeof th);
+    t.payload_pos = w.req.commit(static_cast<std::uint32_t>(len), oob ? msg_task_oob : msg_task);
+    t.payload_len = static_cast<std::uint32_t>(len);
+    t.seq = w.next_seq++;
+    t.worker = w.index;
+    t.ctl_msgs = msgs;
+    w.ctl_msgs += msgs;
+    if (!oob) {
+        std::vector<std::byte>().swap(t.parked);
+    }
+    push_inflight(w, &t);
+    // Its deadline runs from now if it is the head: the supervisor must not sleep
+    // through it (the Dekker pair with supervise's second look, as in drain).
+    if (t.timeout_ns > 0 && w.inflight.head == &t &&
+        supervisor_asleep.load(std::memory_order_seq_cst)) {
+        wake_supervisor();
+    }
+    ++w.sent;
+    if (opts.max_tasks_per_child > 0 && w.sent >= opts.max_tasks_per_child &&
+        w.state == slot_state::alive) {
+        w.state = slot_state::retiring;
+    }
+    last_worker = w.index;
+    wake_worker(w);
+    return true;
+}
+
+// Tells the worker it may unmap shared blocks the parent has freed. Called with mu held.
+void pool_core::flush_forgets(worker_slot& w) noexcept {
+    while (!w.forget_backlog.empty()) {
+        std::byte* p = w.req.try_reserve(sizeof(std::uint64_t));
+        if (p == nullptr) return;
+        std::memcpy(p, &w.forget_backlog.back(), sizeof(std::uint64_t));
+        w.req.commit(sizeof(std::uint64_t), msg_forget);
+        w.forget_backlog.pop_back();
+    }
+}
+
+void pool_core::forget_block(std::uint64_t id) noexcept {
+    std::lock_guard lock(mu);
+    for (auto& s : slots) {
+        if (s->region == nullptr || s->cached.erase(id) == 0) continue;
+        s->forget_backlog.push_back(id);
+        flush_forgets(*s);
+        wake_worker(*s);
+    }
+}
+
+void pool_core::wake_worker(worker_slot& w) noexcept {
+    w.req.ctl()->data.ring(true);
+}
+
+// Parks or sends a new task. Called with mu held.
+void pool_core::place(process_task_base& t, const std::byte* args, std::size_t n) {
+    if (pending.empty()) {
+        if (worker_slot* w = pick(); w != nullptr && send(*w, t, args, n)) return;
+    }
+    if (t.parked.empty() && n != 0) t.parked.assign(args, args + n);
+    t.worker = -1;
+    pending.push_back(&t);
+}
+
+// Moves parked tasks into workers with room. A worker whose ring has no room is
+// passed over for the rest of the round, so one slow (or hostile) worker does not
+// hold back the others. Called with mu held.
+void pool_core::dispatch_pending() {
+    while (!pending.empty()) {
+        worker_slot* w = pick();
+        if (w == nullptr) break;
+        // Off the pending list first: send() links the task into the worker's list.
+        process_task_base* t = pending.pop_front();
+        std::vector<std::byte> args = std::move(t->parked);
+        t->parked.clear();
+        if (!send(*w, *t, args.data(), args.size())) {
+            t->parked = std::move(args);
+            pending.push_front(t);
+            w->no_room = true;
+        }
+    }
+    for (auto& s : slots) s->no_room = false;
+}
+
+void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args) {
+    t.shared().set_cancel_hook(this);
+    t.shared().add_ref();  // the pool's reference, dropped when it resolves the task
+    std::exception_ptr fail;
+    {
+        std::lock_guard lock(mu);
+        if (closed) {
+            t.shared().release();
+            throw pool_shut_down("process_pool: submit after shutdown(); create a new pool");
+        }
+        outstanding.fetch_add(1, std::memory_order_relaxed);
+        if (t.timeout_ns < 0) t.timeout_ns = default_timeout_ns;
+        if (broken) {
+            fail = broken;
+        } else {
+            place(t, args.data(), args.size());
+        }
+    }
+    if (fail) finish(t, [&] { resolve_error(t, fail); });
+    // Only the supervisor enforces deadlines: it must not sleep through this one.
+    if (t.timeout_ns > 0 && supervisor_asleep.load(std::memory_order_seq_cst)) {
+        wake_supervisor();
+    }
+}
+
+}  // namespace procpool::process

@@ -1,0 +1,225 @@
+// Start-up of the pool and of each worker process: configuration, the shared region
+// and control socket, forking (directly or through the fork server).
+#include "process/pool_core.hpp"
+#include "process/spawn.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "ipc/fd.hpp"
+#include "ipc/ring.hpp"
+#include "process/fork_server.hpp"
+#include "process/protocol.hpp"
+#include "procpool/detail/sync.hpp"
+
+namespace procpool::process {
+
+pool_core::pool_core(process_pool_options o) : opts(std::move(o)) {
+    detail::check_workers(opts.workers, "process_pool", "processes");
+    if (opts.max_tasks_per_child < 0) {
+        throw invalid_argument("process_pool: max_tasks_per_child must be >= 0 (0: never)");
+    }
+    detail::check_timeout(opts.task_timeout, "process_pool_options::task_timeout");
+    if (opts.task_timeout) default_timeout_ns = opts.task_timeout->count() * 1'000'000;
+    method = opts.start;
+    if (method == start_method::automatic) {
+        method = initialized() ? start_method::forkserver : start_method::fork;
+    }
+    if (method == start_method::forkserver) {
+        server = open_fork_server_channel();
+        if (!server) {
+            throw invalid_argument(
+                "process_pool: start_method::forkserver needs procpool::init(argc, argv) "
+                "at the top of main()");
+        }
+    } else if (opts.start == start_method::automatic && current_thread_count() > 1) {
+        static std::once_flag warned;
+        std::call_once(warned, [] {
+            std::fprintf(stderr,
+                         "procpool: warning: forking workers from a multi-threaded program; "
+                         "a lock held by another thread stays locked in the workers. Call "
+                         "procpool::init(argc, argv) at the top of main() to avoid this.\n");
+        });
+    }
+    worker_config cfg;
+    cfg.build_id = remote::program_build_id();
+    cfg.anchor = reinterpret_cast<std::uintptr_t>(&detail::code_anchor);
+    cfg.ring_capacity = ring_capacity;
+    cfg.max_tasks = opts.max_tasks_per_child;
+    cfg.memory_limit = opts.memory_limit;
+    cfg.shared_threshold = opts.shared_memory_threshold;
+    cfg.env = opts.env;
+    config = encode_config(cfg);
+
+    epfd.reset(epoll_create1(EPOLL_CLOEXEC));
+    evfd.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!epfd || !evfd) ipc::throw_errno("epoll/eventfd for process_pool");
+    watch(evfd.get(), ev(ev_wake, 0), EPOLLIN);
+    if (server) watch(server.get(), ev(ev_server, 0), EPOLLIN);
+}
+
+void pool_core::set_initializer(std::uint64_t inv, std::uint64_t fn,
+                                const std::vector<std::byte>& args) {
+    worker_config cfg = decode_config(config.data(), config.size());
+    cfg.init_invoker = inv;
+    cfg.init_fn = fn;
+    cfg.init_args = args;
+    config = encode_config(cfg);
+    has_initializer = true;
+}
+
+void pool_core::start() {
+    if (config.size() > max_config_bytes) {
+        throw invalid_argument(
+            "process_pool: the workers' configuration (environment and initializer "
+            "arguments) takes " +
+            std::to_string(config.size()) + " bytes; at most " + std::to_string(max_config_bytes) +
+            " fit. Pass large data to tasks (or a shared_array) instead");
+    }
+    {
+        std::lock_guard lock(mu);
+        for (int i = 0; i < opts.workers; ++i) {
+            slots.push_back(std::make_unique<worker_slot>());
+            slots.back()->index = i;
+            // The fork method forks on the supervisor thread (see supervise): a child's
+            // PR_SET_PDEATHSIG follows the *thread* that forked it, and the supervisor
+            // lives exactly as long as the workers, unlike the thread making the pool.
+            if (method == start_method::forkserver) spawn(*slots.back());
+        }
+    }
+    supervisor = std::thread([this] { supervise(); });
+    detail::add_shm_listener(this);
+    // As with the fork server, the workers exist (have pids) once the pool is made.
+    initial_spawn.wait();
+}
+
+// The fork method's first workers, forked by the supervisor itself.
+void pool_core::spawn_initial() {
+    struct done {
+        std::latch& l;
+        ~done() { l.count_down(); }
+    } signal{initial_spawn};
+    std::lock_guard lock(mu);
+    for (auto& s : slots) {
+        if (s->state != slot_state::idle || broken) continue;
+        try {
+            spawn(*s);
+        } catch (const std::exception& e) {
+            release_slot(*s);
+            break_pool(std::make_exception_ptr(
+                error(std::string("procpool: could not start a worker: ") + e.what())));
+        }
+    }
+}
+
+void pool_core::watch(int fd, std::uint64_t data, std::uint32_t events) {
+    epoll_event e{};
+    e.events = events;
+    e.data.u64 = data;
+    if (epoll_ctl(epfd.get(), EPOLL_CTL_ADD, fd, &e) != 0) ipc::throw_errno("epoll_ctl");
+}
+
+// Creates the slot's region and asks for a process. Called with mu held.
+void pool_core::spawn(worker_slot& w) {
+    ipc::unique_fd mem(memfd_create("procpool-worker", MFD_CLOEXEC));
+    if (!mem) ipc::throw_errno("memfd_create");
+    const std::size_t len = worker_region::mapping_size(ring_capacity);
+    if (ftruncate(mem.get(), static_cast<off_t>(len)) != 0) ipc::throw_errno("ftruncate");
+    void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, mem.get(), 0);
+    if (p == MAP_FAILED) ipc::throw_errno("mmap of a worker region");
+    // Workers forked later (start_method::fork) must not inherit other workers' rings.
+    madvise(p, len, MADV_DONTFORK);
+    auto* region = ::new (p) worker_region();
+    region->ring_capacity = ring_capacity;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+        munmap(p, len);
+        ipc::throw_errno("socketpair for a worker");
+    }
+    ipc::unique_fd theirs(sv[1]);
+    w.ctl.reset(sv[0]);
+    w.map = p;
+    w.map_len = len;
+    w.region = region;
+    w.req = ipc::ring(&region->requests, region->request_data(), ring_capacity);
+    w.cmp = ipc::ring(&region->completions, region->completion_data(), ring_capacity);
+    w.next_seq = 1;
+    w.head_since = 0;
+    w.ctl_msgs = 0;
+    w.ready = false;
+    w.server_gone = false;
+    w.ring_bad.store(false, std::memory_order_relaxed);
+    w.violation.clear();
+    w.sent = 0;
+    w.reason = kill_reason::none;
+    w.reason_seq = 0;
+    w.hup = false;
+    w.exit_sent = false;
+    w.pid = -1;
+    w.pidfd.reset();
+    w.cached.clear();
+    w.forget_backlog.clear();
+    w.state = slot_state::spawning;
+    w.spawned_ns = now_ns();
+    ++w.gen;
+    watch(w.ctl.get(), ev(ev_ctl, w.index, w.gen), EPOLLRDHUP);
+    int wake[2];
+    if (pipe2(wake, O_CLOEXEC | O_NONBLOCK) != 0) ipc::throw_errno("pipe for a worker");
+    w.wake_rd.reset(wake[0]);
+    ipc::unique_fd wake_wr(wake[1]);
+    watch(w.wake_rd.get(), ev(ev_worker_wake, w.index, w.gen), EPOLLIN);
+
+    if (method == start_method::forkserver) {
+        w.token = next_token++;
+        std::vector<std::byte> msg(sizeof(fs_record) + config.size());
+        const fs_record r{fs_spawn, 0, w.token};
+        std::memcpy(msg.data(), &r, sizeof r);
+        std::memcpy(msg.data() + sizeof r, config.data(), config.size());
+        const int fds[3] = {mem.get(), theirs.get(), wake_wr.get()};
+        if (!ipc::send_with_fds(server.get(), msg.data(), msg.size(), fds)) {
+            // The server is gone: its channel reports the hang-up next, and
+            // server_lost replaces this slot's worker along with the others.
+            if (errno == EPIPE || errno == ECONNRESET) return;
+            ipc::throw_errno("spawn request to the procpool fork server");
+        }
+        return;
+    }
+    const pid_t pid =
+        fork_worker({mem.get(), theirs.get(), wake_wr.get()}, config.data(), config.size());
+    if (pid < 0) ipc::throw_errno("fork of a worker process");
+    adopt_pid(w, pid);
+    if (w.pidfd) watch(w.pidfd.get(), ev(ev_pidfd, w.index, w.gen), EPOLLIN);
+}
+
+void pool_core::adopt_pid(worker_slot& w, pid_t pid) {
+    w.pid = pid;
+    w.pidfd.reset(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
+    if (w.state == slot_state::spawning) w.state = slot_state::alive;
+    if (w.reason != kill_reason::none) kill_worker(w, w.reason, w.reason_seq);
+}
+
+}  // namespace procpool::process

@@ -1,0 +1,204 @@
+// The supervisor thread: its event loop, task deadlines, and cancelling running tasks.
+#include "process/pool_core.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/pidfd.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include "ipc/fd.hpp"
+#include "ipc/ring.hpp"
+#include "process/fork_server.hpp"
+#include "process/protocol.hpp"
+#include "procpool/detail/sync.hpp"
+
+namespace procpool::process {
+
+// Kills workers whose running task is past its deadline; returns the next deadline.
+// A task's clock starts when it becomes the head of its worker's queue (head_since),
+// the parent's own observation: nothing the worker writes can delay it.
+std::int64_t pool_core::check_deadlines() {
+    std::int64_t next = INT64_MAX;
+    const std::int64_t now = now_ns();
+    std::lock_guard lock(mu);
+    for (auto& s : slots) {
+        if (s->region == nullptr || !s->ready || s->inflight.empty() ||
+            s->reason != kill_reason::none) {
+            continue;
+        }
+        process_task_base* front = s->inflight.head;
+        if (front->timeout_ns <= 0) continue;
+        const std::int64_t deadline = s->head_since + front->timeout_ns;
+        if (now >= deadline) {
+            kill_worker(*s, kill_reason::timeout, front->seq);
+        } else {
+            next = std::min(next, deadline);
+        }
+    }
+    return next;
+}
+
+bool pool_core::cancel_running(detail::state_base& s) noexcept {
+    auto* t = dynamic_cast<process_task_base*>(&s);
+    if (t == nullptr) return false;
+    bool resolved_now = false;
+    {
+        std::lock_guard lock(mu);
+        if (s.is_done()) return false;
+        if (t->worker < 0) {
+            if (!pending.remove(t)) return false;
+            resolved_now = true;
+        } else {
+            worker_slot& w = *slots[static_cast<std::size_t>(t->worker)];
+            if (w.region == nullptr) return false;
+            auto* r = w.region;
+            const std::uint32_t n = r->ncancels.load(std::memory_order_relaxed);
+            if (n < worker_region::max_cancels) {
+                r->cancels[n].store(t->seq, std::memory_order_relaxed);
+                r->ncancels.store(n + 1, std::memory_order_seq_cst);
+            }
+            if (r->started_seq.load(std::memory_order_seq_cst) >= t->seq ||
+                n >= worker_region::max_cancels) {
+                // Running (or we could not mark it): stop it by killing its worker.
+                if (w.inflight.head != t) return false;
+                kill_worker(w, kill_reason::cancel, t->seq);
+            }
+        }
+    }
+    if (t->begin_resolve()) {
+        s.set_cancelled("task cancelled");
+    }
+    if (resolved_now) {
+        t->attachments.clear();
+        t->shared().release();
+        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            std::lock_guard lock(idle_mu);
+            idle_cv.notify_all();
+        }
+    }
+    return true;
+}
+
+void pool_core::supervise() {
+    if (method == start_method::fork) {
+        spawn_initial();
+    } else {
+        initial_spawn.count_down();
+    }
+    std::int64_t idle_since = now_ns();
+    unsigned spins = 0;
+    std::vector<epoll_event> events(16 + slots.size() * 2);
+    for (;;) {
+        bool progress = drain_all();
+        if (progress && helpers.load(std::memory_order_relaxed) == 0) ask_workers_to_wake_us(0);
+        if (is_broken.load(std::memory_order_acquire)) fail_all_broken();
+        {
+            std::lock_guard lock(mu);
+            if (!pending.empty()) dispatch_pending();
+        }
+        check_deadlines();
+        if (stopping.load(std::memory_order_acquire) && all_exited()) return;
+
+        int timeout_ms = 0;
+        const std::int64_t now = now_ns();
+        if (progress) {
+            idle_since = now;
+            if ((++spins & 63) != 0) continue;  // poll events now and then while busy
+        } else if (now - idle_since < detail::spin_budget.count() * 1000 &&
+                   helpers.load(std::memory_order_relaxed) == 0) {
+            detail::cpu_yield();
+            if ((++spins & 15) != 0) continue;
+        } else {
+            // A task with a deadline submitted from now on wakes us (see enqueue);
+            // one submitted before is seen by this second look (Dekker pair).
+            supervisor_asleep.store(true, std::memory_order_seq_cst);
+            const std::int64_t next_deadline = check_deadlines();
+            timeout_ms = -1;
+            if (next_deadline != INT64_MAX) {
+                timeout_ms = static_cast<int>(
+                    std::clamp<std::int64_t>((next_deadline - now) / 1'000'000 + 1, 1, 1000));
+            }
+            if (stopping.load(std::memory_order_acquire)) timeout_ms = 10;
+            // While threads waiting on futures drain the rings (help_wait), they own
+            // the wake-up flags; otherwise workers must wake us through the eventfd.
+            if (helpers.load(std::memory_order_seq_cst) == 0) {
+                ask_workers_to_wake_us(1);
+                if (completions_waiting()) continue;
+            }
+        }
+        const int n =
+            epoll_wait(epfd.get(), events.data(), static_cast<int>(events.size()), timeout_ms);
+        supervisor_asleep.store(false, std::memory_order_relaxed);
+        if (timeout_ms != 0) idle_since = now_ns();
+        for (int i = 0; i < n; ++i) handle_event(events[static_cast<std::size_t>(i)]);
+    }
+}
+
+void pool_core::handle_event(const epoll_event& e) {
+    const std::uint64_t kind = e.data.u64 >> 56;
+    const auto gen = static_cast<std::uint32_t>((e.data.u64 >> 32) & 0xffffffu);
+    const int index = static_cast<int>(e.data.u64 & 0xffffffffu);
+    if ((kind == ev_ctl || kind == ev_pidfd || kind == ev_worker_wake) &&
+        (slots[static_cast<std::size_t>(index)]->gen & 0xffffffu) != gen) {
+        return;  // for a worker already replaced
+    }
+    switch (kind) {
+        case ev_wake: {
+            std::uint64_t v = 0;
+            [[maybe_unused]] auto r = read(evfd.get(), &v, sizeof v);
+            break;
+        }
+        case ev_worker_wake: {
+            // Empty it (bounded: a worker writing without end cannot hold us here;
+            // the level-triggered epoll brings us back).
+            char buf[256];
+            const int fd = slots[static_cast<std::size_t>(index)]->wake_rd.get();
+            for (int k = 0; k < 16 && read(fd, buf, sizeof buf) == sizeof buf; ++k) {
+            }
+            break;
+        }
+        case ev_server:
+            on_server_message();
+            break;
+        case ev_ctl:
+            on_ctl_hangup(index);
+            break;
+        case ev_pidfd:
+            on_pidfd(index);
+            break;
+        default:
+            break;
+    }
+}
+
+bool pool_core::all_exited() {
+    std::lock_guard lock(mu);
+    for (auto& s : slots) {
+        if (s->state != slot_state::idle) return false;
+    }
+    return true;
+}
+
+}  // namespace procpool::process

@@ -1,0 +1,68 @@
+// The memory a pool and one of its workers share: the two rings and the words used to
+// watch and steer tasks (start, cancel, skip, start-up phase, wake-ups).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "ipc/ring.hpp"
+#include "procpool/detail/sync.hpp"
+
+namespace procpool::process {
+
+/// Start-up steps a worker records in `worker_region::phase`.
+/// (The last two are remote::serve_phase's values, which serve reports through the
+/// ring transport.)
+enum worker_phase : std::uint32_t {
+    phase_mapped = 1,       ///< its region is mapped; configuring the process
+    phase_initializer = 2,  ///< running the pool's initializer
+    phase_serving = 3,      ///< ready: reading requests
+};
+
+/// Everything a parent and one worker share: two rings and the words used to run,
+/// watch and steer tasks. Lives at the start of a memfd mapping; ring data follows.
+struct worker_region {
+    static constexpr std::uint64_t magic_value = 0x6c6f6f70636f7270ull;  // "procpool"
+    std::uint64_t magic = magic_value;
+    std::uint32_t ring_capacity = 0;
+    std::uint32_t reserved = 0;
+    ipc::ring_ctl requests;     ///< parent -> worker
+    ipc::ring_ctl completions;  ///< worker -> parent
+    /// How far the worker got in starting (see `worker_phase`); the parent reads it when a
+    /// worker dies to tell a start-up failure from a task's.
+    alignas(64) std::atomic<std::uint32_t> phase{0};
+    /// The parent sleeps in epoll: after a completion the worker must write its wake-up
+    /// pipe (`take_sleeper`; the parent's sleep is epoll, not this doorbell's futex word).
+    alignas(64) detail::doorbell parent;
+    /// Sequence number of the task the worker started last, and when (CLOCK_MONOTONIC ns).
+    alignas(64) std::atomic<std::uint64_t> started_seq{0};
+    std::atomic<std::int64_t> started_ns{0};
+    /// Tasks with a sequence number below this are skipped (shutdown with cancel_pending).
+    alignas(64) std::atomic<std::uint64_t> skip_below{0};
+    /// Individually cancelled, not-yet-started tasks (future::cancel on a dispatched task).
+    static constexpr std::uint32_t max_cancels = 32;
+    std::atomic<std::uint32_t> ncancels{0};
+    std::atomic<std::uint64_t> cancels[max_cancels]{};
+
+    std::byte* request_data() noexcept {
+        return reinterpret_cast<std::byte*>(this) + data_offset();
+    }
+    std::byte* completion_data() noexcept { return request_data() + ring_capacity; }
+    static constexpr std::size_t data_offset() noexcept {
+        return (sizeof(worker_region) + 4095) & ~std::size_t{4095};
+    }
+    static std::size_t mapping_size(std::uint32_t cap) noexcept {
+        return data_offset() + 2 * static_cast<std::size_t>(cap);
+    }
+    bool is_skipped(std::uint64_t seq) const noexcept {
+        if (seq < skip_below.load(std::memory_order_seq_cst)) return true;
+        const std::uint32_t n = ncancels.load(std::memory_order_seq_cst);
+        for (std::uint32_t i = 0; i < n && i < max_cancels; ++i) {
+            if (cancels[i].load(std::memory_order_relaxed) == seq) return true;
+        }
+        return false;
+    }
+};
+
+}  // namespace procpool::process

@@ -1,0 +1,185 @@
+// The worker's end of the ring transport: requests come from the shared region's request
+// ring (their shared arrays and large payloads as descriptors on the control socket),
+// replies go to its completion ring. The loop itself is remote::serve.
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "ipc/ring.hpp"
+#include "process/channel.hpp"
+#include "process/protocol.hpp"
+#include "process/region.hpp"
+#include "procpool/detail/shm.hpp"
+#include "procpool/wire.hpp"
+#include "remote/serve.hpp"
+
+namespace procpool::process {
+
+namespace {
+
+/// Exit code of a worker whose request ring was found damaged.
+constexpr int corrupt_exit_code = 76;
+
+class ring_worker final : public remote::worker_transport {
+  public:
+    ring_worker(worker_region* r, int ctl, int wake, std::size_t threshold)
+        : r_(r),
+          ctl_(ctl),
+          wake_(wake),
+          req_(&r->requests, r->request_data(), r->ring_capacity),
+          cmp_(&r->completions, r->completion_data(), r->ring_capacity),
+          attachments_(&outgoing_, &cache_, threshold) {}
+
+    remote::request next() override {
+        for (;;) {
+            req_.ctl()->data.wait([&] { return peek(); }, [] {}, true);
+            if (h_.type == msg_forget && h_.len == sizeof(std::uint64_t)) {
+                std::uint64_t id = 0;
+                std::memcpy(&id, payload_, sizeof id);
+                cache_.erase(id);
+                req_.pop(h_);
+                continue;
+            }
+            remote::request r;
+            r.kind = h_.type == msg_exit ? msg_exit : msg_task;
+            if (r.kind == msg_exit) return r;
+            if (h_.len < sizeof r.task) _exit(corrupt_exit_code);  // the parent never does this
+            std::memcpy(&r.task, payload_, sizeof r.task);
+            // Descriptors of shared arrays come first, in the order the parent sent them.
+            if (r.task.nattach != 0) {
+                try {
+                    receive_attachments(ctl_, r.task.nattach, cache_, false);
+                } catch (...) {  // NOLINT(bugprone-empty-catch)
+                    // Unknown ids then fail the task's deserialization with a clear message.
+                }
+            }
+            if (h_.type == msg_task_oob) {
+                std::uint64_t size = 0;
+                std::memcpy(&size, payload_ + sizeof r.task, sizeof size);
+                req_.pop(h_);  // the frame holds only the size: free it now
+                popped_ = true;
+                try {
+                    receive_payload(ctl_, 'A', size, false, large_);
+                    r.args = large_.data();
+                    r.args_len = large_.size();
+                } catch (const std::exception& e) {
+                    r.failure =
+                        std::string("worker could not receive the task's arguments: ") + e.what();
+                }
+            } else {
+                popped_ = false;
+                r.args = payload_ + sizeof r.task;
+                r.args_len = h_.len - sizeof r.task;
+            }
+            return r;
+        }
+    }
+
+    void release() noexcept override {
+        if (!popped_) req_.pop(h_);
+        popped_ = true;
+        large_.reset();
+    }
+
+    bool begin(std::uint64_t seq) noexcept override {
+        r_->started_ns.store(remote::now_ns(), std::memory_order_relaxed);
+        // seq_cst store then seq_cst reads of the cancel words: pairs with the parent,
+        // which writes a cancel word and then reads started_seq (see cancel_running).
+        r_->started_seq.store(seq, std::memory_order_seq_cst);
+        return !r_->is_skipped(seq);
+    }
+
+    detail::attachments* attachments() noexcept override { return &attachments_; }
+
+    // Publishes one completion and wakes the parent if it sleeps.
+    void reply(std::uint64_t seq, remote::run_status st, std::int64_t run_ns,
+               std::vector<std::byte>& out) override {
+        if (!outgoing_.empty() && !send_attachments(ctl_, outgoing_, false)) {
+            outgoing_.clear();
+            fail_with(out, st, "worker could not send a shared array back");
+        }
+        const completion_header ch{seq, run_ns, static_cast<std::uint32_t>(outgoing_.size()), 0};
+        outgoing_.clear();
+        auto type = static_cast<std::uint32_t>(st);
+        if (sizeof ch + out.size() > cmp_.max_payload()) {
+            if (!send_payload(ctl_, 'R', out.data(), out.size(), true, false)) {
+                fail_with(out, st, "worker could not send a large result");
+                type = static_cast<std::uint32_t>(st);
+            } else {
+                type |= oob_flag;
+                const std::uint64_t size = out.size();
+                out.resize(sizeof size);
+                std::memcpy(out.data(), &size, sizeof size);
+            }
+        }
+        const auto len = static_cast<std::uint32_t>(sizeof ch + out.size());
+        std::byte* dst = reserve(len);
+        std::memcpy(dst, &ch, sizeof ch);
+        if (!out.empty()) std::memcpy(dst + sizeof ch, out.data(), out.size());
+        cmp_.commit(len, type);
+        if (r_->parent.take_sleeper()) wake_parent();
+    }
+
+    void phase(remote::serve_phase p) noexcept override {
+        r_->phase.store(static_cast<std::uint32_t>(p), std::memory_order_seq_cst);
+    }
+
+  private:
+    static void fail_with(std::vector<std::byte>& out, remote::run_status& st, const char* why) {
+        out.clear();
+        wire::writer w(out);
+        detail::encode_message(w, why);
+        st = remote::run_status::serialization;
+    }
+
+    // True if a request is there; a corrupt request ring means the region was damaged (by
+    // a task of ours: the parent only writes well-formed frames), so the worker stops.
+    bool peek() {
+        const ipc::peek_result r = req_.peek(h_, payload_);
+        if (r == ipc::peek_result::corrupt) _exit(corrupt_exit_code);
+        return r == ipc::peek_result::frame;
+    }
+
+    void wake_parent() const noexcept {
+        const std::uint64_t one = 1;
+        [[maybe_unused]] auto n = ::write(wake_, &one, sizeof one);
+    }
+
+    std::byte* reserve(std::uint32_t len) {
+        std::byte* p = nullptr;
+        const auto room = [&] {
+            p = cmp_.try_reserve(len);
+            if (cmp_.corrupt()) _exit(corrupt_exit_code);
+            return p != nullptr;
+        };
+        // Before sleeping for space: the parent must drain, so make sure it is awake.
+        cmp_.ctl()->space.wait(
+            room, [&] { wake_parent(); }, true);
+        return p;
+    }
+
+    worker_region* r_;
+    int ctl_;
+    int wake_;
+    ipc::ring req_;
+    ipc::ring cmp_;
+    ipc::frame_header h_{};
+    const std::byte* payload_ = nullptr;
+    bool popped_ = true;
+    mapped_payload large_;
+    std::vector<detail::shm_ref> outgoing_;
+    detail::shm_table cache_;  // shared arrays this worker has mapped, by the parent's id
+    detail::shm_attachments attachments_;
+};
+
+}  // namespace
+
+void serve_ring(worker_region* region, int ctl, int wake, const worker_config& cfg) {
+    ring_worker w(region, ctl, wake, static_cast<std::size_t>(cfg.shared_threshold));
+    const remote::serve_end end = remote::serve(w, cfg);
+    _exit(end == remote::serve_end::initializer_failed ? startup_exit_code : 0);
+}
+
+}  // namespace procpool::process
