@@ -40,7 +40,8 @@ fi
 # ways TSan cannot see, so their own memory accesses would show up as races and, reported
 # by the hundred, slow those tests past their timeouts.
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
-export TSAN_OPTIONS=${TSAN_OPTIONS:-ignore_noninstrumented_modules=1:second_deadlock_stack=1}
+# tests/tsan.supp: reports that come from libstdc++'s uninstrumented atomics (see there).
+export TSAN_OPTIONS=${TSAN_OPTIONS:-ignore_noninstrumented_modules=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp}
 
 declare -a summary=()
 failures=0
