@@ -438,6 +438,26 @@ TEST(ProcessPoolCancel, CancelQueuedTask_NeverRuns) {
     EXPECT_EQ(blocker.get(), 300);
 }
 
+std::size_t length_of(std::string s) { return s.size(); }
+
+// Arguments too large for a ring frame (and not a vector) travel as a memfd beside the
+// frame; a task cancelled while queued in the worker's ring is skipped, and its memfd must
+// still be taken off the control socket so that the next task gets its own.
+TEST(ProcessPoolCancel, CancelQueuedTaskWithLargeArguments_NextTaskGetsItsOwn) {
+    process_pool pool({.workers = 1});
+    file_gate gate;
+    auto blocker = pool.submit(file_gate::wait_then_return, gate.path(), 300);
+    gate.wait_started();
+    const std::string big(600 * 1024, 'x');
+    auto skipped = pool.submit(length_of, big);
+    auto after = pool.submit(length_of, big + "yz");
+    EXPECT_TRUE(skipped.cancel());
+    gate.open();
+    EXPECT_THROW(skipped.get(), procpool::task_cancelled);
+    EXPECT_EQ(after.get(), big.size() + 2);
+    EXPECT_EQ(blocker.get(), 300);
+}
+
 TEST(ProcessPoolCancel, ShutdownCancelPending_ResolvesEveryQueuedFuture) {
     process_pool pool({.workers = 1});
     file_gate gate;

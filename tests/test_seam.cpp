@@ -28,6 +28,13 @@ static_assert(procpool::executor<procpool::thread_pool>);
 static_assert(procpool::timed_executor<procpool::process_pool>);
 static_assert(!procpool::timed_executor<procpool::thread_pool>);
 static_assert(!procpool::executor<int>);
+// A wrapper that only forwards submit (no workers(), no shutdown) is an executor too.
+struct submit_only {
+    template <class F, class... A>
+    procpool::future<procpool::task_result_t<F, A...>> submit(F&&, A&&...);
+};
+static_assert(procpool::executor<submit_only>);
+static_assert(!procpool::timed_executor<submit_only>);
 
 int add(int a, int b) {
     return a + b;

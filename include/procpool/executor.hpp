@@ -49,14 +49,14 @@ int executor_probe() noexcept;
 }  // namespace detail
 
 /// What `run_in` and other generic algorithms need from a pool: `submit(f, args...)`
-/// returning a `procpool::future` of the call's result, and `workers()`, how many tasks it
-/// runs at once. `thread_pool` and `process_pool` model it (and also offer
-/// `shutdown(shutdown_options)` and `map`); so must any new executor. A wrapper around a
-/// pool models it by forwarding these two.
+/// returning a `procpool::future` of the call's result (or something that converts to
+/// one). `thread_pool` and `process_pool` model it, and also offer `workers()` (how many
+/// tasks run at once; `run_in` uses it when present), `shutdown(shutdown_options)` and
+/// `map`; so should any new executor. A wrapper around a pool models it by forwarding
+/// `submit`.
 template <class Ex>
-concept executor = requires(Ex& ex, const Ex& cex) {
-    { ex.submit(&detail::executor_probe) } -> std::same_as<future<int>>;
-    { cex.workers() } -> std::convertible_to<int>;
+concept executor = requires(Ex& ex) {
+    { ex.submit(&detail::executor_probe) } -> std::convertible_to<future<int>>;
 };
 
 /// An executor that stops a task past its deadline itself (`submit(task_options, f,
@@ -64,7 +64,7 @@ concept executor = requires(Ex& ex, const Ex& cex) {
 /// task; `run_in` then stops waiting for it instead.
 template <class Ex>
 concept timed_executor = executor<Ex> && requires(Ex& ex) {
-    { ex.submit(task_options{}, &detail::executor_probe) } -> std::same_as<future<int>>;
+    { ex.submit(task_options{}, &detail::executor_probe) } -> std::convertible_to<future<int>>;
 };
 
 namespace detail {

@@ -340,7 +340,10 @@ template <executor Executor, class F, std::ranges::input_range Range>
         return run_in(executor, std::forward<F>(fn), detail::materialize(tasks),
                       std::move(options));
     } else {
-        const int workers = static_cast<int>(executor.workers());
+        int workers = options.workers;
+        if constexpr (requires { executor.workers(); }) {
+            workers = static_cast<int>(executor.workers());
+        }
         const std::decay_t<F> f(std::forward<F>(fn));
         bool abandoned = false;
         return detail::drive<R>(executor, f, tasks, options, workers, "run_in", abandoned);

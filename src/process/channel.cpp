@@ -121,6 +121,7 @@ void mapped_payload::reset() noexcept {
 
 void receive_payload(int sock, char tag, std::uint64_t size, bool from_worker,
                      mapped_payload& out) {
+    out.reset();
     int fd = -1;
     std::size_t nfds = 0;
     char got = 0;

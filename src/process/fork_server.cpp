@@ -178,6 +178,9 @@ void start_server_locked() {
     }
     // Unflushed stdio buffers would otherwise be written again by every worker.
     std::fflush(nullptr);
+    // Computed here, once, so that the server's workers inherit it: a worker forked from a
+    // server that copied a threaded program must not call into the dynamic loader.
+    static_cast<void>(remote::program_build_id());
     const pid_t parent = getpid();
     const pid_t pid = fork_signals_blocked();
     if (pid < 0) {

@@ -17,6 +17,10 @@
 
 namespace procpool::process {
 
+static_assert(static_cast<std::uint32_t>(remote::serve_phase::initializer) == phase_initializer &&
+                  static_cast<std::uint32_t>(remote::serve_phase::serving) == phase_serving,
+              "the parent reads serve()'s phases from worker_region::phase");
+
 namespace {
 
 /// Exit code of a worker whose request ring was found damaged.
@@ -56,18 +60,12 @@ class ring_worker final : public remote::worker_transport {
                 }
             }
             if (h_.type == msg_task_oob) {
-                std::uint64_t size = 0;
-                std::memcpy(&size, payload_ + sizeof r.task, sizeof size);
-                req_.pop(h_);  // the frame holds only the size: free it now
+                // The frame holds only the size; the bytes come as a memfd, taken in begin()
+                // once the task is known to run (a skipped task's is only closed).
+                std::memcpy(&large_size_, payload_ + sizeof r.task, sizeof large_size_);
+                req_.pop(h_);
                 popped_ = true;
-                try {
-                    receive_payload(ctl_, 'A', size, false, large_);
-                    r.args = large_.data();
-                    r.args_len = large_.size();
-                } catch (const std::exception& e) {
-                    r.failure =
-                        std::string("worker could not receive the task's arguments: ") + e.what();
-                }
+                large_pending_ = true;
             } else {
                 popped_ = false;
                 r.args = payload_ + sizeof r.task;
@@ -83,12 +81,33 @@ class ring_worker final : public remote::worker_transport {
         large_.reset();
     }
 
-    bool begin(std::uint64_t seq) noexcept override {
+    bool begin(remote::request& r) noexcept override {
         r_->started_ns.store(remote::now_ns(), std::memory_order_relaxed);
         // seq_cst store then seq_cst reads of the cancel words: pairs with the parent,
         // which writes a cancel word and then reads started_seq (see cancel_running).
-        r_->started_seq.store(seq, std::memory_order_seq_cst);
-        return !r_->is_skipped(seq);
+        r_->started_seq.store(r.task.seq, std::memory_order_seq_cst);
+        const bool run = !r_->is_skipped(r.task.seq);
+        if (large_pending_) {
+            large_pending_ = false;
+            if (!run) {
+                discard_payload(ctl_);
+            } else {
+                try {
+                    receive_payload(ctl_, 'A', large_size_, false, large_);
+                    r.args = large_.data();
+                    r.args_len = large_.size();
+                } catch (const std::exception& e) {
+                    // Without its arguments (args stays empty) the task fails to decode
+                    // them; the message says why, if there is memory to say it.
+                    try {
+                        r.failure = std::string("worker could not receive the task's arguments: ") +
+                                    e.what();
+                    } catch (...) {  // NOLINT(bugprone-empty-catch)
+                    }
+                }
+            }
+        }
+        return run;
     }
 
     detail::attachments* attachments() noexcept override { return &attachments_; }
@@ -168,6 +187,8 @@ class ring_worker final : public remote::worker_transport {
     ipc::frame_header h_{};
     const std::byte* payload_ = nullptr;
     bool popped_ = true;
+    bool large_pending_ = false;  // a msg_task_oob's memfd waits on the control socket
+    std::uint64_t large_size_ = 0;
     mapped_payload large_;
     std::vector<detail::shm_ref> outgoing_;
     detail::shm_table cache_;  // shared arrays this worker has mapped, by the parent's id

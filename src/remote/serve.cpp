@@ -38,11 +38,11 @@ bool run_initializer(worker_transport& t, const worker_config& cfg, std::vector<
 }
 
 // Runs one task request and replies.
-void run_task(worker_transport& t, const request& r, std::vector<std::byte>& out) {
+void run_task(worker_transport& t, request& r, std::vector<std::byte>& out) {
     const std::int64_t start = now_ns();
     out.clear();
     run_status st = run_status::cancelled;
-    if (t.begin(r.task.seq)) {
+    if (t.begin(r)) {
         detail::attachment_scope scope(t.attachments());
         wire::writer w(out);
         if (!r.failure.empty()) {
@@ -72,7 +72,7 @@ serve_end serve(worker_transport& t, const worker_config& cfg) {
     t.reply(0, run_status::ready, 0, out);
     std::int32_t done = 0;
     for (;;) {
-        const request r = t.next();
+        request r = t.next();
         if (r.kind != msg_task) {
             t.release();
             return serve_end::exit_requested;

@@ -35,9 +35,11 @@ class worker_transport {
     virtual request next() = 0;
     /// Done with the bytes of the request `next()` returned last.
     virtual void release() noexcept = 0;
-    /// The task of the current request is about to start; false: it was cancelled before
-    /// it started, and is to be skipped (replied to as cancelled).
-    virtual bool begin(std::uint64_t seq) noexcept = 0;
+    /// The task of request `r` is about to start (the transport may publish that, for the
+    /// parent's deadlines and cancellation). True: run it; a transport that delivers large
+    /// arguments lazily fills `r.args` (or `r.failure`) now. False: it was cancelled before
+    /// it started, and is skipped (replied to as cancelled).
+    virtual bool begin(request& r) noexcept = 0;
     /// The attachments the current request's arguments are read with and its reply is
     /// written with (shared arrays, out-of-band vectors).
     virtual detail::attachments* attachments() noexcept = 0;

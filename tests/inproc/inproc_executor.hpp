@@ -103,7 +103,7 @@ class inproc_executor
             return r;
         }
         void release() noexcept override {}
-        bool begin(std::uint64_t) noexcept override { return true; }
+        bool begin(procpool::remote::request&) noexcept override { return true; }
         procpool::detail::attachments* attachments() noexcept override {
             attachments_.emplace(&outgoing_, &current_.blocks, ex_.bulk_threshold_);
             return &*attachments_;

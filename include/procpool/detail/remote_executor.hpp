@@ -83,8 +83,8 @@ class remote_executor {
                       "submit: the task's result type cannot cross a process boundary (see "
                       "procpool/wire.hpp)");
         return submit_encoded<R, Fn, wire_arg_t<A>...>(
-            topts, callable_offset(static_cast<const Fn&>(f)),
-            [&](wire::writer& w) { save_call_args<Fn>(w, std::forward<A>(args)...); });
+            topts, detail::callable_offset(static_cast<const Fn&>(f)),
+            [&](wire::writer& w) { detail::save_call_args<Fn>(w, std::forward<A>(args)...); });
     }
 
     /// Applies `f` to every element of `items` in the workers and returns the results in
@@ -109,9 +109,9 @@ class remote_executor {
             const T* base = std::ranges::data(items);
             const std::size_t n = std::ranges::size(items);
             if (chunksize == 0) chunksize = self().auto_chunksize(n);
-            const std::uint64_t fn_off = callable_offset(static_cast<const Fn&>(f));
+            const std::uint64_t fn_off = detail::callable_offset(static_cast<const Fn&>(f));
             using chunk_fn = std::vector<R> (*)(std::uint64_t, std::vector<T>);
-            const chunk_fn chunk = &map_chunk<Fn, T, R>;
+            const chunk_fn chunk = &detail::map_chunk<Fn, T, R>;
             std::vector<future<std::vector<R>>> chunks;
             chunks.reserve((n + chunksize - 1) / chunksize);
             for (std::size_t lo = 0; lo < n; lo += chunksize) {
@@ -120,7 +120,7 @@ class remote_executor {
                 // without building the vector.
                 chunks.push_back(
                     submit_encoded<std::vector<R>, chunk_fn, std::uint64_t, std::vector<T>>(
-                        task_options{}, callable_offset(chunk), [&](wire::writer& w) {
+                        task_options{}, detail::callable_offset(chunk), [&](wire::writer& w) {
                             wire::save(w, fn_off);
                             wire::detail::save_vector_of(w, base + lo, hi - lo);
                         }));
@@ -159,11 +159,12 @@ class remote_executor {
     // arguments (as InvArgs would be written) and hands it to the executor.
     template <class R, class Fn, class... InvArgs, class Encode>
     future<R> submit_encoded(task_options topts, std::uint64_t fn_off, Encode&& encode) {
-        check_timeout(topts.timeout, "task_options::timeout");
+        detail::check_timeout(topts.timeout, "task_options::timeout");
         auto* t = new remote_task<R, Record>();
         t->try_claim();  // the executor owns it from here; cancel() goes through it
         state_ptr<state<R>> owner(t);
-        t->invoker = code_offset(reinterpret_cast<const void*>(invoker_for<Fn, InvArgs...>()));
+        t->invoker = detail::code_offset(
+            reinterpret_cast<const void*>(detail::invoker_for<Fn, InvArgs...>()));
         t->fn = fn_off;
         t->timeout_ns =
             topts.timeout ? static_cast<std::int64_t>(topts.timeout->count()) * 1'000'000 : -1;
@@ -176,10 +177,10 @@ class remote_executor {
         } catch (const std::exception& e) {
             t->set_exception(std::make_exception_ptr(serialization_error(
                 std::string("could not serialize the task's arguments: ") + e.what())));
-            return make_future(std::move(owner));
+            return detail::make_future(std::move(owner));
         }
         self().enqueue(*t, buf);
-        return make_future(std::move(owner));
+        return detail::make_future(std::move(owner));
     }
 
     static std::vector<std::byte>& scratch() noexcept {
