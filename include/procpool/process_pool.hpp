@@ -28,6 +28,8 @@ namespace detail {
 /// put it (its worker, its place in that worker's ring, its queue link).
 class process_task_base : public remote_task_base {
 public:
+    using remote_task_base::remote_task_base;
+
     std::uint64_t seq = 0;          ///< sequence number on its current worker
     int worker = -1;                ///< index of the worker it was dispatched to; -1 if parked
     std::uint64_t payload_pos = 0;  ///< where its arguments sit in the worker's request ring

@@ -21,12 +21,15 @@ namespace procpool::detail {
 /// The type-independent part of a remote task. An executor works through this interface;
 /// `remote_task<R, Base>` adds the result type, and an executor that needs scheduling
 /// fields of its own derives `Base` from this class (see process_pool's).
+/// The two type-specific operations are function pointers set by remote_task, not virtual
+/// functions: clang 14 can fail to emit the virtual members of a class template first
+/// instantiated inside a generic lambda (as run_in's are), see detail::task_state.
 class remote_task_base {
   public:
     /// The future's shared state (reference counting, completion).
-    virtual state_base& shared() noexcept = 0;
+    state_base& shared() noexcept { return *shared_; }
     /// Resolves the future from a worker's reply: its run status and payload.
-    virtual void decode(run_status status, wire::reader& in) noexcept = 0;
+    void decode(run_status status, wire::reader& in) noexcept { decode_(this, status, in); }
 
     /// Takes the exclusive right to resolve this task (cancel and completion can race).
     bool begin_resolve() noexcept { return !resolving_.exchange(true, std::memory_order_acq_rel); }
@@ -37,9 +40,17 @@ class remote_task_base {
     std::vector<shm_ref> attachments;  ///< shared arrays among the arguments (kept alive)
 
   protected:
+    /// How remote_task decodes a reply into its typed state.
+    using decode_fn = void (*)(remote_task_base*, run_status, wire::reader&) noexcept;
+    remote_task_base(state_base* shared, decode_fn decode) noexcept
+        : shared_(shared), decode_(decode) {}
     ~remote_task_base() = default;
+    remote_task_base(const remote_task_base&) = delete;
+    remote_task_base& operator=(const remote_task_base&) = delete;
 
   private:
+    state_base* shared_;
+    decode_fn decode_;
     std::atomic<bool> resolving_{false};
 };
 
@@ -50,9 +61,16 @@ class remote_task final : public state<R>, public Base {
                   "an executor's task record must derive from detail::remote_task_base");
 
   public:
-    state_base& shared() noexcept override { return *this; }
+    remote_task() noexcept
+        : Base(static_cast<state_base*>(this),
+               [](remote_task_base* b, run_status st, wire::reader& in) noexcept {
+                   static_cast<remote_task*>(b)->decode_reply(st, in);
+               }) {
+        static_cast<void>(&remote_task::destroy);  // likewise instantiates the destructor
+    }
 
-    void decode(run_status status, wire::reader& in) noexcept override {
+  private:
+    void decode_reply(run_status status, wire::reader& in) noexcept {
         try {
             switch (status) {
                 case run_status::value:
@@ -83,7 +101,8 @@ class remote_task final : public state<R>, public Base {
         }
     }
 
-  private:
+    static void destroy(remote_task* p) noexcept { delete p; }
+
     void decode_value(wire::reader& in) {
         if constexpr (!std::is_void_v<R>) {
             std::exception_ptr err;
