@@ -7,9 +7,11 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "inproc/inproc_executor.hpp"
@@ -80,8 +82,26 @@ int take_it(refuses_to_travel) {
     return 1;
 }
 
-TEST(Seam, Submit_ValuesCrossThroughTheEnvelope) {
-    inproc_executor ex(2);
+// The same tests run on process_pool (rings, worker processes) and on inproc_executor
+// (a queue, threads): both go through remote_executor, the envelope and remote::serve.
+template <class Ex>
+std::unique_ptr<Ex> make_executor(int workers, std::size_t bulk = std::size_t{1} << 20) {
+    if constexpr (std::is_same_v<Ex, procpool::process_pool>) {
+        return std::make_unique<Ex>(
+            procpool::process_pool_options{.workers = workers, .shared_memory_threshold = bulk});
+    } else {
+        return std::make_unique<Ex>(workers, bulk);
+    }
+}
+
+template <class Ex>
+class BothExecutors : public ::testing::Test {};
+using executors = ::testing::Types<inproc_executor, procpool::process_pool>;
+TYPED_TEST_SUITE(BothExecutors, executors);
+
+TYPED_TEST(BothExecutors, Submit_ValuesCrossThroughTheEnvelope) {
+    auto owner = make_executor<TypeParam>(2);
+    auto& ex = *owner;
     auto a = ex.submit(add, 2, 3);
     auto b = ex.submit(greet, "seam");  // a C string travels as std::string
     auto c = ex.submit(procpool::task_options{}, add, 40, 2);
@@ -90,15 +110,16 @@ TEST(Seam, Submit_ValuesCrossThroughTheEnvelope) {
     EXPECT_EQ(c.get(), 42);
 }
 
-TEST(Seam, VoidTask_Resolves) {
+TEST(InprocExecutor, VoidTask_Resolves) {
     inproc_executor ex(1);
     counter = 0;
     ex.submit(bump, 5).get();
     EXPECT_EQ(counter, 5);  // same process: the effect is visible
 }
 
-TEST(Seam, TaskException_ArrivesAsRemoteException_WithTypeAndMessage) {
-    inproc_executor ex(1);
+TYPED_TEST(BothExecutors, TaskException_ArrivesAsRemoteException_WithTypeAndMessage) {
+    auto owner = make_executor<TypeParam>(1);
+    auto& ex = *owner;
     auto f = ex.submit(fails, 1);
     try {
         f.get();
@@ -110,15 +131,17 @@ TEST(Seam, TaskException_ArrivesAsRemoteException_WithTypeAndMessage) {
     EXPECT_EQ(ex.submit(add, 1, 1).get(), 2);  // the worker keeps serving
 }
 
-TEST(Seam, UnserializableArgument_FailsItsFuture_NotTheExecutor) {
-    inproc_executor ex(1);
+TYPED_TEST(BothExecutors, UnserializableArgument_FailsItsFuture_NotTheExecutor) {
+    auto owner = make_executor<TypeParam>(1);
+    auto& ex = *owner;
     auto f = ex.submit(take_it, refuses_to_travel{});
     EXPECT_THROW(f.get(), procpool::serialization_error);
     EXPECT_EQ(ex.submit(add, 2, 2).get(), 4);
 }
 
-TEST(Seam, Map_ResultsInInputOrder_FirstErrorInInputOrder) {
-    inproc_executor ex(3);
+TYPED_TEST(BothExecutors, Map_ResultsInInputOrder_FirstErrorInInputOrder) {
+    auto owner = make_executor<TypeParam>(3);
+    auto& ex = *owner;
     std::vector<int> xs(100);
     std::iota(xs.begin(), xs.end(), 10);
     const auto out = ex.map(add_one_squared, xs, 7);
@@ -130,8 +153,9 @@ TEST(Seam, Map_ResultsInInputOrder_FirstErrorInInputOrder) {
     EXPECT_THROW(ex.map(fails_on_seven, ys, 3), procpool::remote_exception);
 }
 
-TEST(Seam, BigVectors_TravelAsAttachments_BothWays) {
-    inproc_executor ex(2, 4096);  // vectors of 4 KiB and more go out of band
+TYPED_TEST(BothExecutors, BigVectors_TravelAsAttachments_BothWays) {
+    auto owner = make_executor<TypeParam>(2, 4096);
+    auto& ex = *owner;  // vectors of 4 KiB and more go out of band
     std::vector<double> big(1 << 16, 0.5);
     EXPECT_DOUBLE_EQ(ex.submit(sum, big).get(), 0.5 * (1 << 16));
     const auto back = ex.submit(ramp, 100000).get();
@@ -139,8 +163,9 @@ TEST(Seam, BigVectors_TravelAsAttachments_BothWays) {
     EXPECT_DOUBLE_EQ(back[99999], 99999.0);
 }
 
-TEST(Seam, SharedArrays_AreAttachedNotCopied) {
-    inproc_executor ex(1);
+TYPED_TEST(BothExecutors, SharedArrays_AreAttachedNotCopied) {
+    auto owner = make_executor<TypeParam>(1);
+    auto& ex = *owner;
     procpool::shared_array<double> xs(1000);
     for (std::size_t i = 0; i < xs.size(); ++i) xs[i] = 1.0;
     ex.submit(scale, xs, 3.0).get();
@@ -148,8 +173,9 @@ TEST(Seam, SharedArrays_AreAttachedNotCopied) {
     EXPECT_DOUBLE_EQ(ex.submit(read_sum, xs).get(), 3000.0);
 }
 
-TEST(Seam, RunIn_CollectsOutcomesInOrder_FailuresAsValues) {
-    inproc_executor ex(2);
+TYPED_TEST(BothExecutors, RunIn_CollectsOutcomesInOrder_FailuresAsValues) {
+    auto owner = make_executor<TypeParam>(2);
+    auto& ex = *owner;
     const auto out = procpool::run_in(ex, fails_on_seven, std::vector{5, 6, 7, 8});
     ASSERT_EQ(out.size(), 4u);
     EXPECT_EQ(out[0].value(), 25);
@@ -159,7 +185,7 @@ TEST(Seam, RunIn_CollectsOutcomesInOrder_FailuresAsValues) {
     EXPECT_EQ(out[3].value(), 64);
 }
 
-TEST(Seam, EveryWorkerReportsReady_ThenOneReplyPerTask) {
+TEST(InprocExecutor, EveryWorkerReportsReady_ThenOneReplyPerTask) {
     inproc_executor ex(3);
     std::vector<procpool::future<int>> fs;
     for (int i = 0; i < 10; ++i) fs.push_back(ex.submit(add, i, i));
@@ -168,8 +194,9 @@ TEST(Seam, EveryWorkerReportsReady_ThenOneReplyPerTask) {
     EXPECT_EQ(ex.replies(), 3u + 10u);
 }
 
-TEST(Seam, SubmitAfterShutdown_Throws) {
-    inproc_executor ex(1);
+TYPED_TEST(BothExecutors, SubmitAfterShutdown_Throws) {
+    auto owner = make_executor<TypeParam>(1);
+    auto& ex = *owner;
     ex.shutdown();
     EXPECT_THROW(static_cast<void>(ex.submit(add, 1, 2)), procpool::pool_shut_down);
 }
