@@ -147,8 +147,18 @@ TEST(Then, ThreadResultContinuedInAProcess) {
     EXPECT_EQ(f.get(), 81);
 }
 
+TEST(Then, ProcessResultContinuedInTheSamePool) {
+    // The continuation is submitted from the thread that completes the source (the
+    // pool's own supervisor, or this thread while it waits): that must not deadlock.
+    process_pool proc({.workers = 2});
+    std::vector<future<int>> fs;
+    for (int i = 0; i < 50; ++i) {
+        fs.push_back(procpool::then(proc.submit(square, i), proc, square));
+    }
+    for (int i = 0; i < 50; ++i) EXPECT_EQ(fs[static_cast<std::size_t>(i)].get(), i * i * i * i);
+}
+
 TEST(Then, ShutDownExecutorFailsTheResult) {
-    thread_pool tp({.workers = 1});
     thread_pool gone({.workers = 1});
     gone.shutdown();
     promise<int> src;
