@@ -1,6 +1,7 @@
 // Umbrella header: everything a procpool user needs.
 #pragma once
 
+#include "procpool/continuation.hpp"
 #include "procpool/error.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
