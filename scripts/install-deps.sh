@@ -8,6 +8,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcereal-dev libcli11-dev libvips-dev
   libtbb-dev libboost-dev libomp-dev
+  libopenmpi-dev openmpi-bin python3-mpi4py
   python3 python3-joblib python3-pebble python3-numpy
 )
 

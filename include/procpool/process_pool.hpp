@@ -74,6 +74,20 @@ enum class start_method {
 /// since the pool itself provides the parallelism.
 std::vector<std::pair<std::string, std::string>> default_worker_env();
 
+class mpi_pool;
+class worker_initializer;
+
+namespace detail {
+/// Builds or reads a worker_initializer from its encoded parts (for relaying executors).
+struct initializer_access {
+    static worker_initializer make(std::uint64_t invoker, std::uint64_t fn,
+                                   std::vector<std::byte> args);
+    static std::uint64_t invoker(const worker_initializer& i) noexcept;
+    static std::uint64_t fn(const worker_initializer& i) noexcept;
+    static const std::vector<std::byte>& args(const worker_initializer& i) noexcept;
+};
+}  // namespace detail
+
 /// A function and arguments run once in each new worker before its first task.
 class worker_initializer {
 public:
@@ -96,10 +110,30 @@ public:
 
 private:
     friend class process_pool;
+    friend struct detail::initializer_access;
     std::uint64_t invoker_ = 0;
     std::uint64_t fn_ = 0;
     std::vector<std::byte> args_;
 };
+
+namespace detail {
+inline worker_initializer initializer_access::make(std::uint64_t invoker, std::uint64_t fn,
+                                                   std::vector<std::byte> args) {
+    worker_initializer i;
+    i.invoker_ = invoker;
+    i.fn_ = fn;
+    i.args_ = std::move(args);
+    return i;
+}
+inline std::uint64_t initializer_access::invoker(const worker_initializer& i) noexcept {
+    return i.invoker_;
+}
+inline std::uint64_t initializer_access::fn(const worker_initializer& i) noexcept { return i.fn_; }
+inline const std::vector<std::byte>& initializer_access::args(
+    const worker_initializer& i) noexcept {
+    return i.args_;
+}
+}  // namespace detail
 
 /// Options of a `process_pool`; designated initializers:
 /// `process_pool({.workers = 4, .task_timeout = 30s})`.

@@ -57,6 +57,17 @@ using remote_result_t = typename remote_result<F, A...>::type;
 ///   std::size_t auto_chunksize(std::size_t items) const noexcept; // map's default chunk
 /// and sets `bulk_threshold_` (vectors of at least that many bytes travel out of band).
 /// `Record` is the executor's per-task record, derived from remote_task_base.
+/// Lets a relaying executor (mpi_pool's serving ranks) hand a task encoded by another
+/// process of the same binary to a remote executor, and get the worker's reply undecoded.
+struct relay_access {
+    template <class Ex>
+    static future<raw_reply> submit(Ex& ex, std::uint64_t invoker, std::uint64_t fn,
+                                    std::int64_t timeout_ns, const std::byte* args,
+                                    std::size_t n, std::vector<shm_ref> attachments = {}) {
+        return ex.submit_raw(invoker, fn, timeout_ns, args, n, std::move(attachments));
+    }
+};
+
 template <class Self, class Record = remote_task_base>
 class remote_executor {
   public:
@@ -152,6 +163,26 @@ class remote_executor {
     std::size_t bulk_threshold_ = SIZE_MAX;
 
   private:
+    friend struct relay_access;
+
+    // A task encoded elsewhere (by the same binary), for relaying executors: the future
+    // holds the worker's reply undecoded.
+    future<raw_reply> submit_raw(std::uint64_t invoker, std::uint64_t fn, std::int64_t timeout_ns,
+                                 const std::byte* args, std::size_t n,
+                                 std::vector<shm_ref> attachments) {
+        auto* t = new remote_task<raw_reply, Record>();
+        t->try_claim();
+        state_ptr<state<raw_reply>> owner(t);
+        t->invoker = invoker;
+        t->fn = fn;
+        t->timeout_ns = timeout_ns;
+        t->attachments = std::move(attachments);
+        std::vector<std::byte>& buf = scratch();
+        buf.assign(args, args + n);
+        self().enqueue(*t, buf);
+        return detail::make_future(std::move(owner));
+    }
+
     Self& self() noexcept { return static_cast<Self&>(*this); }
     const Self& self() const noexcept { return static_cast<const Self&>(*this); }
 

@@ -54,6 +54,13 @@ class remote_task_base {
     std::atomic<bool> resolving_{false};
 };
 
+/// A worker's reply kept undecoded: what an executor that relays tasks for another
+/// process (mpi_pool's serving ranks) passes on, to be decoded where the task was submitted.
+struct raw_reply {
+    run_status status = run_status::value;
+    std::vector<std::byte> bytes;  ///< the reply's payload, as the worker wrote it
+};
+
 /// A remote task producing `R`: the future's state plus the executor's record `Base`.
 template <class R, class Base = remote_task_base>
 class remote_task final : public state<R>, public Base {
@@ -72,6 +79,12 @@ class remote_task final : public state<R>, public Base {
   private:
     void decode_reply(run_status status, wire::reader& in) noexcept {
         try {
+            if constexpr (std::is_same_v<R, raw_reply>) {
+                raw_reply r{status, {}};
+                r.bytes.assign(in.data(), in.data() + in.remaining());
+                this->set_value(std::move(r));
+                return;
+            }
             switch (status) {
                 case run_status::value:
                     if constexpr (std::is_void_v<R>) {
@@ -104,7 +117,7 @@ class remote_task final : public state<R>, public Base {
     static void destroy(remote_task* p) noexcept { delete p; }
 
     void decode_value(wire::reader& in) {
-        if constexpr (!std::is_void_v<R>) {
+        if constexpr (!std::is_void_v<R> && !std::is_same_v<R, raw_reply>) {
             std::exception_ptr err;
             try {
                 R r = wire::load<R>(in);

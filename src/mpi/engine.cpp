@@ -1,0 +1,366 @@
+#include "mpi/engine.hpp"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "mpi/backoff.hpp"
+#include "procpool/detail/shm.hpp"
+#include "procpool/error.hpp"
+#include "procpool/wire.hpp"
+
+namespace procpool::mpi_impl {
+
+namespace {
+
+pool_ref& owner(detail::mpi_task_base& t) noexcept { return *static_cast<pool_ref*>(t.pool); }
+
+// "worker died (SIGSEGV): detail" → "detail": the rank's own wording, without the prefix
+// worker_died's constructor writes again.
+std::string death_detail(const std::string& text) {
+    const auto close = text.find("): ");
+    if (text.rfind("worker died (", 0) == 0 && close != std::string::npos) {
+        return text.substr(close + 3);
+    }
+    return text;
+}
+
+}  // namespace
+
+std::string error_text(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        return x.what();
+    } catch (...) {
+        return "unknown error";
+    }
+}
+
+void resolve_from_reply(detail::mpi_task_base& t, const reply_msg& h, const std::byte* body,
+                        std::size_t n, const std::string& where) noexcept {
+    if (h.kind == outcome_kind::relayed) {
+        if (!t.begin_resolve()) return;
+        wire::reader in(body, n);
+        // Replies carry every vector in their own bytes: no shared blocks across ranks.
+        detail::attachment_scope none(nullptr);
+        t.decode(h.status, in);
+        return;
+    }
+    if (!t.begin_resolve()) return;
+    const std::string text(reinterpret_cast<const char*>(body), n);
+    detail::state_base& s = t.shared();
+    auto fail = [&](auto err) { s.set_exception(std::make_exception_ptr(std::move(err))); };
+    try {
+        switch (h.kind) {
+            case outcome_kind::worker_died: {
+                std::string d = death_detail(text);
+                fail(worker_died(h.signal, h.exit_code, d.empty() ? where : d + " " + where));
+                return;
+            }
+            case outcome_kind::timeout: fail(task_timeout(text + " " + where)); return;
+            case outcome_kind::cancelled: s.set_cancelled((text + " " + where).c_str()); return;
+            case outcome_kind::protocol: fail(protocol_error(text + " " + where)); return;
+            case outcome_kind::serialization: fail(serialization_error(text + " " + where)); return;
+            case outcome_kind::shut_down: fail(pool_shut_down(text + " " + where)); return;
+            case outcome_kind::relayed:
+            case outcome_kind::other: break;
+        }
+        fail(error(text + " " + where));
+    } catch (...) {
+        s.set_exception(std::current_exception());
+    }
+}
+
+engine::engine(comm& c, std::vector<rank_link> servers) : c_(c), servers_(std::move(servers)) {
+    thread_ = std::thread([this] { loop(); });
+}
+
+engine::~engine() { stop(); }
+
+std::uint64_t engine::next_id() noexcept { return ids_.fetch_add(1, std::memory_order_relaxed) + 1; }
+
+void engine::post(inbox& add) {
+    std::lock_guard lock(mu_);
+    for (auto& t : add.tasks) in_.tasks.push_back(t);
+    for (auto id : add.cancels) in_.cancels.push_back(id);
+    for (auto id : add.cancel_pools) in_.cancel_pools.push_back(id);
+    for (auto id : add.closes) in_.closes.push_back(id);
+    for (auto& o : add.opens) in_.opens.push_back(std::move(o));
+    in_.stop = in_.stop || add.stop;
+    if (sleeping_) cv_.notify_one();
+}
+
+std::vector<mpi_rank_info> engine::open_pool(open_msg m, int in_flight_per_worker) {
+    inbox add;
+    open_request r;
+    r.msg = std::move(m);
+    r.per_worker = in_flight_per_worker;
+    r.done = std::make_shared<promise<std::vector<mpi_rank_info>>>();
+    auto f = r.done->get_future();
+    add.opens.push_back(std::move(r));
+    post(add);
+    return f.get();
+}
+
+void engine::close_pool(std::uint32_t pool) {
+    inbox add;
+    add.closes.push_back(pool);
+    post(add);
+}
+
+void engine::cancel_pending(std::uint32_t pool) {
+    inbox add;
+    add.cancel_pools.push_back(pool);
+    post(add);
+}
+
+void engine::submit(detail::mpi_task_base& t, std::uint32_t pool) {
+    std::lock_guard lock(mu_);
+    in_.tasks.emplace_back(&t, pool);
+    if (sleeping_) cv_.notify_one();
+}
+
+void engine::cancel(std::uint64_t id) {
+    inbox add;
+    add.cancels.push_back(id);
+    post(add);
+}
+
+void engine::stop() {
+    if (!thread_.joinable()) return;
+    inbox add;
+    add.stop = true;
+    post(add);
+    thread_.join();
+}
+
+std::string engine::where(int rank) const {
+    const std::size_t i = server_index(rank);
+    const std::string host = i < servers_.size() ? servers_[i].host : std::string("?");
+    return "(on host " + host + ", MPI rank " + std::to_string(rank) + ")";
+}
+
+void engine::fail_task(detail::mpi_task_base& t, std::exception_ptr e) noexcept {
+    if (t.begin_resolve()) t.shared().set_exception(std::move(e));
+    owner(t).release_task(t);
+}
+
+// Moves what other threads posted into the engine's own inbox; false if there was nothing.
+bool engine::take_inbox() {
+    std::unique_lock lock(mu_);
+    if (in_.empty()) return false;
+    std::swap(in_, work_);
+    return true;
+}
+
+void engine::dispatch(pool_state& p) {
+    while (!p.pending.empty()) {
+        // The rank with the most free room: uneven task lengths keep every worker busy.
+        std::size_t best = servers_.size();
+        int best_free = 0;
+        for (std::size_t i = 0; i < servers_.size(); ++i) {
+            if (servers_[i].lost) continue;
+            const int free = p.window[i] - p.inflight[i];
+            if (free > best_free) {
+                best = i;
+                best_free = free;
+            }
+        }
+        if (best == servers_.size()) return;
+        detail::mpi_task_base* t = p.pending.front();
+        p.pending.pop_front();
+        const int rank = servers_[best].rank;
+        task_msg h{t->id, p.id, 0, t->invoker, t->fn, t->timeout_ns};
+        try {
+            c_.send(rank, tag_task, encode(h, t->args.data(), t->args.size()));
+        } catch (...) {
+            fail_task(*t, std::current_exception());
+            continue;
+        }
+        std::vector<std::byte>().swap(t->args);
+        t->rank = rank;
+        ++p.inflight[best];
+        inflight_.emplace(t->id, t);
+    }
+}
+
+void engine::on_reply(const message& m) {
+    reply_msg h;
+    try {
+        h = read_header<reply_msg>(m.body.data(), m.body.size());
+    } catch (...) {
+        return;  // a rank of the same binary never sends one; nothing to resolve
+    }
+    auto it = inflight_.find(h.id);
+    if (it == inflight_.end()) return;
+    detail::mpi_task_base& t = *it->second;
+    inflight_.erase(it);
+    if (auto p = pools_.find(t.pool_id); p != pools_.end()) --p->second.inflight[server_index(t.rank)];
+    resolve_from_reply(t, h, m.body.data() + sizeof h, m.body.size() - sizeof h, where(t.rank));
+    owner(t).release_task(t);
+}
+
+void engine::on_opened(const message& m) {
+    opened_msg o;
+    try {
+        o = decode_opened(m.body.data(), m.body.size());
+    } catch (...) {
+        return;
+    }
+    auto it = opening_.find(o.pool);
+    if (it == opening_.end()) return;
+    open_request& r = it->second;
+    if (o.error.empty()) {
+        r.infos.push_back({m.source, o.host, o.workers});
+    } else {
+        r.errors += "\n  MPI rank " + std::to_string(m.source) + " on host " + o.host + ": " + o.error;
+    }
+    if (--r.remaining != 0) return;
+    if (!r.errors.empty()) {
+        // Close it where it did open, then fail the constructor.
+        for (const auto& s : servers_) {
+            if (!s.lost) c_.send(s.rank, tag_close, encode_u64(r.msg.pool));
+        }
+        r.done->set_exception(std::make_exception_ptr(
+            error("mpi_pool: could not start workers on every rank:" + r.errors)));
+    } else {
+        std::sort(r.infos.begin(), r.infos.end(),
+                  [](const mpi_rank_info& a, const mpi_rank_info& b) { return a.rank < b.rank; });
+        pool_state p;
+        p.id = r.msg.pool;
+        p.per_worker = r.per_worker;
+        p.window.assign(servers_.size(), 0);
+        p.inflight.assign(servers_.size(), 0);
+        for (const auto& info : r.infos) {
+            p.window[server_index(info.rank)] = std::max(1, info.workers * r.per_worker);
+        }
+        pools_.emplace(p.id, std::move(p));
+        r.done->set_value(std::move(r.infos));
+    }
+    opening_.erase(it);
+}
+
+void engine::on_message(const message& m) {
+    switch (m.tag) {
+        case tag_reply: on_reply(m); break;
+        case tag_opened: on_opened(m); break;
+        default: break;
+    }
+}
+
+void engine::lose_rank(std::size_t server, const std::string& why) {
+    // Only reachable with an MPI that reports a lost rank instead of ending the job
+    // (ULFM); Open MPI 4 aborts every rank first. Fails what the rank held, keeps serving
+    // with the others.
+    rank_link& s = servers_[server];
+    if (s.lost) return;
+    s.lost = true;
+    for (auto it = inflight_.begin(); it != inflight_.end();) {
+        detail::mpi_task_base& t = *it->second;
+        if (t.rank != s.rank) {
+            ++it;
+            continue;
+        }
+        it = inflight_.erase(it);
+        if (auto p = pools_.find(t.pool_id); p != pools_.end()) --p->second.inflight[server];
+        fail_task(t, std::make_exception_ptr(worker_died(
+                         9, -1, "its MPI rank was lost (" + why + ") " + where(s.rank))));
+    }
+}
+
+void engine::loop() {
+    backoff idle;
+    message m;
+    for (;;) {
+        bool did = false;
+        if (take_inbox()) {
+            did = true;
+            for (auto& o : work_.opens) {
+                const std::uint32_t id = o.msg.pool;
+                o.remaining = 0;
+                for (const auto& s : servers_) {
+                    if (s.lost) continue;
+                    c_.send(s.rank, tag_open, encode(o.msg));
+                    ++o.remaining;
+                }
+                if (o.remaining == 0) {
+                    o.done->set_exception(std::make_exception_ptr(
+                        error("mpi_pool: no MPI rank is left to serve it")));
+                    continue;
+                }
+                opening_.emplace(id, std::move(o));
+            }
+            for (auto [t, pool] : work_.tasks) {
+                auto it = pools_.find(pool);
+                if (it == pools_.end()) {
+                    fail_task(*t, std::make_exception_ptr(pool_shut_down("mpi_pool: closed")));
+                    continue;
+                }
+                it->second.pending.push_back(t);
+            }
+            for (auto id : work_.cancels) {
+                if (auto it = inflight_.find(id); it != inflight_.end()) {
+                    c_.send(it->second->rank, tag_cancel, encode_u64(id));
+                    continue;
+                }
+                for (auto& [pid, p] : pools_) {
+                    auto q = std::find_if(p.pending.begin(), p.pending.end(),
+                                          [id](const auto* t) { return t->id == id; });
+                    if (q == p.pending.end()) continue;
+                    detail::mpi_task_base* t = *q;
+                    p.pending.erase(q);
+                    owner(*t).release_task(*t);  // resolved as cancelled by the canceller
+                    break;
+                }
+            }
+            for (auto pool : work_.cancel_pools) {
+                auto it = pools_.find(pool);
+                if (it == pools_.end()) continue;
+                auto pending = std::move(it->second.pending);
+                for (auto* t : pending) {
+                    if (t->begin_resolve()) {
+                        t->shared().set_cancelled("task cancelled: its pool shut down");
+                    }
+                    owner(*t).release_task(*t);
+                }
+            }
+            for (auto pool : work_.closes) {
+                pools_.erase(pool);
+                for (const auto& s : servers_) {
+                    if (!s.lost) c_.send(s.rank, tag_close, encode_u64(pool));
+                }
+            }
+            if (work_.stop) stopping_ = true;
+            work_ = inbox{};
+        }
+        for (auto& [id, p] : pools_) dispatch(p);
+        while (c_.try_receive(MPI_ANY_SOURCE, m)) {
+            did = true;
+            on_message(m);
+        }
+        for (auto& [id, p] : pools_) dispatch(p);
+        did = c_.progress_sends() || did;
+        if (stopping_ && inflight_.empty() && opening_.empty()) break;
+        if (did) {
+            idle.reset();
+            continue;
+        }
+        const bool expecting = !inflight_.empty() || !opening_.empty() || c_.sends_in_flight() != 0;
+        if (expecting) {
+            idle.pause(true);
+            continue;
+        }
+        // Nothing in flight anywhere: sleep until a thread posts work.
+        std::unique_lock lock(mu_);
+        sleeping_ = true;
+        cv_.wait(lock, [this] { return !in_.empty(); });
+        sleeping_ = false;
+    }
+    for (const auto& s : servers_) {
+        if (!s.lost) c_.send(s.rank, tag_stop, {});
+    }
+    c_.flush();
+}
+
+}  // namespace procpool::mpi_impl

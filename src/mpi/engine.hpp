@@ -1,0 +1,136 @@
+// Rank 0's side of every mpi_pool: one thread that owns all MPI traffic, queues tasks per
+// pool, keeps each serving rank's window of tasks full and resolves outcomes.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "mpi/comm.hpp"
+#include "mpi/messages.hpp"
+#include "procpool/mpi_pool.hpp"
+#include "procpool/future.hpp"
+
+namespace procpool::mpi_impl {
+
+/// What the engine needs from a pool: the hand-back of a task it has resolved (or that
+/// was resolved before it), dropping the pool's reference.
+class pool_ref {
+  public:
+    virtual void release_task(detail::mpi_task_base& t) noexcept = 0;
+
+  protected:
+    ~pool_ref() = default;
+};
+
+/// A serving rank as rank 0 knows it from the start-up handshake.
+struct rank_link {
+    int rank = 0;
+    std::string host;
+    bool lost = false;  ///< an MPI error involved it: no more tasks go there
+};
+
+class engine {
+  public:
+    /// Starts the thread; `servers` are ranks 1..size-1.
+    engine(comm& c, std::vector<rank_link> servers);
+    ~engine();
+    engine(const engine&) = delete;
+    engine& operator=(const engine&) = delete;
+
+    /// Opens a pool on every serving rank; returns where it runs once all are ready.
+    /// Throws procpool::error naming the ranks that could not start it.
+    std::vector<mpi_rank_info> open_pool(open_msg m, int in_flight_per_worker);
+    /// Closes a pool whose tasks have all been resolved.
+    void close_pool(std::uint32_t pool);
+    /// Cancels every task of `pool` not yet sent to a rank.
+    void cancel_pending(std::uint32_t pool);
+
+    /// Queues `t` (its id, args and pool set; the pool holds a reference).
+    void submit(detail::mpi_task_base& t, std::uint32_t pool);
+    /// Asks the task's rank to stop it (its future is already resolved as cancelled).
+    void cancel(std::uint64_t id);
+
+    /// A fresh id for a pool or task.
+    std::uint64_t next_id() noexcept;
+
+    /// Tells every serving rank to exit and stops the thread (all pools closed).
+    void stop();
+
+  private:
+    struct pool_state {
+        std::uint32_t id = 0;
+        int per_worker = 2;
+        std::vector<int> window;    ///< per server index: the most tasks in flight there
+        std::vector<int> inflight;  ///< per server index
+        std::deque<detail::mpi_task_base*> pending;
+    };
+    struct open_request {
+        open_msg msg;
+        int per_worker = 2;
+        std::shared_ptr<promise<std::vector<mpi_rank_info>>> done;
+        std::vector<mpi_rank_info> infos;
+        std::string errors;
+        std::size_t remaining = 0;
+    };
+    struct inbox {
+        std::vector<std::pair<detail::mpi_task_base*, std::uint32_t>> tasks;
+        std::vector<std::uint64_t> cancels;
+        std::vector<std::uint32_t> cancel_pools;
+        std::vector<std::uint32_t> closes;
+        std::vector<open_request> opens;
+        bool stop = false;
+        bool empty() const noexcept {
+            return tasks.empty() && cancels.empty() && cancel_pools.empty() && closes.empty() &&
+                   opens.empty() && !stop;
+        }
+    };
+
+    void loop();
+    bool take_inbox();
+    void dispatch(pool_state& p);
+    void on_message(const message& m);
+    void on_reply(const message& m);
+    void on_opened(const message& m);
+    void lose_rank(std::size_t server, const std::string& why);
+    void fail_task(detail::mpi_task_base& t, std::exception_ptr e) noexcept;
+    std::string where(int rank) const;
+    std::size_t server_index(int rank) const noexcept { return static_cast<std::size_t>(rank - 1); }
+    void post(inbox& add);
+
+    comm& c_;
+    std::vector<rank_link> servers_;
+    std::atomic<std::uint64_t> ids_{0};
+
+    // Shared with submitting threads.
+    std::mutex mu_;
+    std::condition_variable cv_;
+    inbox in_;
+    bool sleeping_ = false;
+
+    // The engine thread's own.
+    inbox work_;
+    std::unordered_map<std::uint32_t, pool_state> pools_;
+    std::unordered_map<std::uint64_t, detail::mpi_task_base*> inflight_;
+    std::unordered_map<std::uint32_t, open_request> opening_;
+    bool stopping_ = false;
+    std::thread thread_;
+};
+
+/// The what() of the exception in `e`.
+std::string error_text(const std::exception_ptr& e);
+
+/// Resolves `t` from a serving rank's reply (or does nothing if it was resolved first).
+void resolve_from_reply(detail::mpi_task_base& t, const reply_msg& h, const std::byte* body,
+                        std::size_t n, const std::string& where) noexcept;
+
+}  // namespace procpool::mpi_impl

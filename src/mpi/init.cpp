@@ -1,0 +1,229 @@
+// procpool::mpi_init: the fork server first, then MPI, the same-binary handshake, and on
+// every rank but 0 the serving loop that never returns.
+#include <mpi.h>
+#include <sched.h>
+#include <sys/sysinfo.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "mpi/comm.hpp"
+#include "mpi/engine.hpp"
+#include "mpi/runtime.hpp"
+#include "mpi/server.hpp"
+#include "procpool/mpi_pool.hpp"
+#include "procpool/process_pool.hpp"
+#include "remote/envelope.hpp"
+
+namespace procpool::mpi_impl {
+
+namespace {
+
+/// What each rank tells rank 0 at start-up. Fixed size, for one MPI_Gather.
+struct hello {
+    char build_id[160];
+    char host[96];
+};
+
+struct state {
+    bool mpi = false;  // MPI_Init was called by us
+    bool finalized = false;
+    int rank = 0;
+    int size = 1;
+    MPI_Comm world = MPI_COMM_NULL;
+    std::unique_ptr<comm> c;
+    std::vector<rank_link> servers;
+    std::mutex mu;  // engine creation, finalize
+    std::unique_ptr<engine> eng;
+    bool noticed = false;
+};
+
+state& g() {
+    static state s;
+    return s;
+}
+
+// True when a launcher started us as one rank of a job (mpirun, srun, hydra). Without
+// one, MPI_Init would make a singleton job (Open MPI starts a helper daemon for it):
+// nothing to gain, so MPI is left alone.
+bool launched_as_rank() {
+    for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE"}) {
+        if (std::getenv(v) != nullptr) return true;
+    }
+    return false;
+}
+
+void copy_field(char* dst, std::size_t cap, const std::string& s) {
+    std::memset(dst, 0, cap);
+    std::memcpy(dst, s.data(), std::min(cap - 1, s.size()));
+}
+
+// Worker processes for this rank by default: the cores it may run on, shared with the
+// other serving ranks of its node unless the launcher bound each rank to its own cores.
+int default_workers(MPI_Comm world, int rank) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    int cores = get_nprocs();
+    if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
+    MPI_Comm node = MPI_COMM_NULL;
+    check(MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node),
+          "MPI_Comm_split_type");
+    int node_size = 1;
+    MPI_Comm_size(node, &node_size);
+    int here0 = rank == 0 ? 1 : 0;
+    int rank0_here = 0;
+    check(MPI_Allreduce(&here0, &rank0_here, 1, MPI_INT, MPI_MAX, node), "MPI_Allreduce");
+    MPI_Comm_free(&node);
+    const int servers_here = std::max(1, node_size - rank0_here);
+    if (cores < get_nprocs()) return std::max(1, cores);  // bound: these cores are ours
+    return std::max(1, cores / servers_here);
+}
+
+[[noreturn]] void end_rank(int status) {
+    state& s = g();
+    if (s.world != MPI_COMM_NULL) MPI_Comm_free(&s.world);
+    MPI_Finalize();
+    s.finalized = true;
+    std::fflush(stdout);
+    std::fflush(stderr);
+    std::exit(status);
+}
+
+void at_exit() { procpool::mpi_finalize(); }
+
+}  // namespace
+
+bool runtime::serving() noexcept {
+    const state& s = g();
+    return s.mpi && s.rank != 0;
+}
+
+engine* runtime::engine_or_null() {
+    state& s = g();
+    std::lock_guard lock(s.mu);
+    if (!s.mpi || s.finalized || s.servers.empty()) return nullptr;
+    if (!s.eng) s.eng = std::make_unique<engine>(*s.c, s.servers);
+    return s.eng.get();
+}
+
+void runtime::notice_local(int workers) {
+    state& s = g();
+    std::lock_guard lock(s.mu);
+    if (s.noticed) return;
+    s.noticed = true;
+    std::fprintf(stderr,
+                 "procpool: mpi_pool: %s; running tasks on a local process pool of %d workers\n",
+                 s.mpi ? "this MPI job has no other rank" : "not started by mpirun or srun",
+                 workers);
+}
+
+}  // namespace procpool::mpi_impl
+
+namespace procpool {
+
+using mpi_impl::g;
+
+void mpi_init(int argc, char** argv) {
+    // Workers come from the fork server, started before MPI exists in this process:
+    // forking an MPI process is unsafe with several of its transports.
+    init(argc, argv);
+    mpi_impl::state& s = g();
+    if (s.mpi || !mpi_impl::launched_as_rank()) return;
+    int provided = 0;
+    mpi_impl::check(MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided),
+                    "MPI_Init_thread");
+    s.mpi = true;
+    if (provided < MPI_THREAD_SERIALIZED) {
+        std::fprintf(stderr,
+                     "procpool: this MPI library does not support MPI_THREAD_SERIALIZED (it gave "
+                     "level %d); procpool's MPI traffic runs on its own thread\n",
+                     provided);
+        mpi_impl::end_rank(2);
+    }
+    mpi_impl::check(MPI_Comm_dup(MPI_COMM_WORLD, &s.world), "MPI_Comm_dup");
+    MPI_Comm_rank(s.world, &s.rank);
+    MPI_Comm_size(s.world, &s.size);
+
+    // Same binary everywhere: task functions travel as code offsets.
+    mpi_impl::hello mine{};
+    mpi_impl::copy_field(mine.build_id, sizeof mine.build_id, remote::program_build_id());
+    mpi_impl::copy_field(mine.host, sizeof mine.host, mpi_impl::host_name());
+    std::vector<mpi_impl::hello> all(s.rank == 0 ? static_cast<std::size_t>(s.size) : 0);
+    mpi_impl::check(MPI_Gather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, 0,
+                               s.world),
+                    "MPI_Gather");
+    int ok = 1;
+    if (s.rank == 0) {
+        std::string bad;
+        for (int r = 1; r < s.size; ++r) {
+            const auto& h = all[static_cast<std::size_t>(r)];
+            if (std::strncmp(h.build_id, mine.build_id, sizeof mine.build_id) != 0) {
+                bad += "\n  rank " + std::to_string(r) + " on host " + h.host + ": build id " +
+                       h.build_id;
+            }
+        }
+        if (!bad.empty()) {
+            ok = 0;
+            std::fprintf(stderr,
+                         "procpool: the ranks of this MPI job run different programs; rank 0 on "
+                         "host %s has build id %s, but:%s\nLaunch the same executable on every "
+                         "rank (a task's function is found by its place in the binary).\n",
+                         mine.host, mine.build_id, bad.c_str());
+        }
+        for (int r = 1; r < s.size; ++r) {
+            s.servers.push_back({r, all[static_cast<std::size_t>(r)].host, false});
+        }
+    }
+    mpi_impl::check(MPI_Bcast(&ok, 1, MPI_INT, 0, s.world), "MPI_Bcast");
+    if (ok == 0) mpi_impl::end_rank(2);
+
+    const int workers = mpi_impl::default_workers(s.world, s.rank);
+    if (s.rank != 0) {
+        {
+            mpi_impl::comm c(s.world);
+            try {
+                mpi_impl::serve_rank(c, s.rank, workers);
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "procpool: MPI rank %d stopped serving: %s\n", s.rank,
+                             e.what());
+                MPI_Abort(MPI_COMM_WORLD, 3);
+            }
+        }
+        mpi_impl::end_rank(0);
+    }
+    s.c = std::make_unique<mpi_impl::comm>(s.world);
+    std::atexit(mpi_impl::at_exit);
+}
+
+void mpi_finalize() {
+    mpi_impl::state& s = g();
+    std::unique_ptr<mpi_impl::engine> eng;
+    {
+        std::lock_guard lock(s.mu);
+        if (!s.mpi || s.finalized) return;
+        s.finalized = true;
+        eng = std::move(s.eng);
+    }
+    if (eng) {
+        eng->stop();  // tells every serving rank to exit
+    } else if (s.rank == 0) {
+        for (const auto& r : s.servers) s.c->send(r.rank, mpi_impl::tag_stop, {});
+        s.c->flush();
+    }
+    eng.reset();
+    s.c.reset();
+    if (s.world != MPI_COMM_NULL) MPI_Comm_free(&s.world);
+    MPI_Finalize();
+}
+
+int mpi_rank() noexcept { return g().rank; }
+
+int mpi_size() noexcept { return g().size; }
+
+}  // namespace procpool

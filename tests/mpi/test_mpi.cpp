@@ -1,0 +1,257 @@
+// mpi_pool under mpirun: rank 0 runs these tests, every other rank serves them. Run as
+// `mpirun -np 3 test_mpi` (tests/CMakeLists.txt registers it with shared memory and with
+// TCP); started alone it tests the single-rank fallback instead.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <numeric>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../process_support.hpp"
+#include "procpool/mpi_pool.hpp"
+#include "procpool/procpool.hpp"
+
+using namespace std::chrono_literals;
+using procpool::mpi_pool;
+using procpool_test::file_gate;
+
+namespace {
+
+int square(int x) { return x * x; }
+int add(int a, int b) { return a + b; }
+int throws_domain_error(int) { throw std::domain_error("bad input"); }
+int segfaults(int) {
+    raise(SIGSEGV);
+    return 0;
+}
+int exits(int code) { std::_Exit(code); }
+int sleeps_an_hour(int) {
+    std::this_thread::sleep_for(1h);
+    return 0;
+}
+std::vector<double> big_vector(int n) {
+    std::vector<double> v(static_cast<std::size_t>(n));
+    std::iota(v.begin(), v.end(), 0.0);
+    return v;
+}
+double sum(std::vector<double> v) { return std::accumulate(v.begin(), v.end(), 0.0); }
+
+/// 5 % of the soak's tasks fail, in three ways.
+int soak_task(int i) {
+    switch (i % 60) {
+        case 7: throw std::runtime_error("soak " + std::to_string(i));
+        case 27: raise(SIGABRT); break;
+        case 47: std::_Exit(5); break;
+        default: break;
+    }
+    return 2 * i;
+}
+
+bool multi_rank() { return procpool::mpi_size() > 1; }
+
+TEST(MpiPool, RanksAndWorkers) {
+    mpi_pool pool;
+    if (multi_rank()) {
+        ASSERT_EQ(static_cast<int>(pool.ranks().size()), procpool::mpi_size() - 1);
+        for (const auto& r : pool.ranks()) {
+            EXPECT_GT(r.rank, 0);
+            EXPECT_FALSE(r.host.empty());
+            EXPECT_GE(r.workers, 1);
+        }
+    } else {
+        ASSERT_EQ(pool.ranks().size(), 1u);
+    }
+    EXPECT_GE(pool.workers(), 1);
+    EXPECT_EQ(pool.submit(add, 2, 3).get(), 5);
+}
+
+TEST(MpiPool, MapResultsInInputOrder) {
+    mpi_pool pool;
+    std::vector<int> in(20'000);
+    std::iota(in.begin(), in.end(), 0);
+    auto out = pool.map(square, in);
+    ASSERT_EQ(out.size(), in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) ASSERT_EQ(out[i], in[i] * in[i]);
+    // Chunks of one: every task goes separately, spread over the ranks.
+    auto small = pool.map(square, std::vector<int>{1, 2, 3, 4, 5, 6, 7, 8}, 1);
+    EXPECT_EQ(small, (std::vector<int>{1, 4, 9, 16, 25, 36, 49, 64}));
+}
+
+TEST(MpiPool, VectorsTravelByValue) {
+    mpi_pool pool;
+    auto v = pool.submit(big_vector, 300'000).get();  // 2.4 MB result
+    ASSERT_EQ(v.size(), 300'000u);
+    EXPECT_EQ(v[299'999], 299'999.0);
+    EXPECT_EQ(pool.submit(sum, v).get(), std::accumulate(v.begin(), v.end(), 0.0));
+}
+
+TEST(MpiPool, RemoteExceptionKeepsTypeAndMessage) {
+    mpi_pool pool;
+    auto f = pool.submit(throws_domain_error, 1);
+    try {
+        f.get();
+        FAIL() << "no exception";
+    } catch (const procpool::remote_exception& e) {
+        EXPECT_EQ(e.type_name(), "std::domain_error");
+        EXPECT_EQ(e.message(), "bad input");
+    }
+}
+
+TEST(MpiPool, CrashFailsOnlyItsTask_NamesHostAndRank_RankKeepsServing) {
+    mpi_pool pool;
+    auto f = pool.submit(segfaults, 0);
+    try {
+        f.get();
+        FAIL() << "no exception";
+    } catch (const procpool::worker_died& e) {
+        EXPECT_EQ(e.signal(), SIGSEGV);
+        if (multi_rank()) {
+            const std::string what = e.what();
+            EXPECT_NE(what.find("MPI rank"), std::string::npos) << what;
+            EXPECT_NE(what.find("on host"), std::string::npos) << what;
+        }
+    }
+    auto g = pool.submit(exits, 3);
+    try {
+        g.get();
+        FAIL() << "no exception";
+    } catch (const procpool::worker_died& e) {
+        EXPECT_EQ(e.signal(), 0);
+        EXPECT_EQ(e.exit_code(), 3);
+    }
+    std::vector<int> in(100, 7);
+    for (int v : pool.map(square, in, 1)) ASSERT_EQ(v, 49);
+}
+
+TEST(MpiPool, RemoteTimeoutKillsTheTask) {
+    mpi_pool pool;
+    auto f = pool.submit(procpool::task_options{.timeout = 100ms}, sleeps_an_hour, 0);
+    EXPECT_THROW(f.get(), procpool::task_timeout);
+    EXPECT_EQ(pool.submit(square, 5).get(), 25);
+}
+
+TEST(MpiPool, PoolTimeoutOption) {
+    mpi_pool pool({.task_timeout = 100ms});
+    EXPECT_THROW(pool.submit(sleeps_an_hour, 0).get(), procpool::task_timeout);
+    EXPECT_EQ(pool.submit(square, 6).get(), 36);
+}
+
+TEST(MpiPool, CancelRunningTaskKillsItsWorker) {
+    mpi_pool pool;
+    file_gate gate;
+    auto f = pool.submit(file_gate::wait_then_return, gate.path(), 1);
+    gate.wait_started();  // the ranks run on this machine in the test: files are shared
+    EXPECT_TRUE(f.cancel());
+    EXPECT_TRUE(f.cancelled());
+    EXPECT_THROW(f.get(), procpool::task_cancelled);
+    EXPECT_EQ(pool.submit(square, 4).get(), 16);
+}
+
+TEST(MpiPool, CancelQueuedTask) {
+    mpi_pool pool({.in_flight_per_worker = 1});
+    file_gate gate;
+    std::vector<procpool::future<int>> blockers;
+    for (int i = 0; i < pool.workers(); ++i) {
+        blockers.push_back(pool.submit(file_gate::wait_then_return, gate.path(), i));
+    }
+    auto queued = pool.submit(square, 9);  // every window is full: it waits on rank 0
+    EXPECT_TRUE(queued.cancel());
+    EXPECT_THROW(queued.get(), procpool::task_cancelled);
+    gate.open();
+    for (int i = 0; i < pool.workers(); ++i) EXPECT_EQ(blockers[static_cast<std::size_t>(i)].get(), i);
+}
+
+TEST(MpiPool, ShutdownWithPendingWork_EveryFutureResolves) {
+    std::vector<procpool::future<int>> fs;
+    file_gate gate;
+    {
+        mpi_pool pool({.in_flight_per_worker = 1});
+        for (int i = 0; i < 50; ++i) fs.push_back(pool.submit(file_gate::wait_then_return, gate.path(), i));
+        pool.shutdown({.wait = false, .cancel_pending = true});
+        EXPECT_THROW(pool.submit(square, 1), procpool::pool_shut_down);
+        gate.open();
+    }  // the destructor waits for what was running
+    int values = 0, cancelled = 0;
+    for (std::size_t i = 0; i < fs.size(); ++i) {
+        ASSERT_TRUE(fs[i].ready());
+        if (fs[i].cancelled()) {
+            ++cancelled;
+            EXPECT_THROW(fs[i].get(), procpool::task_cancelled);
+        } else {
+            EXPECT_EQ(fs[i].get(), static_cast<int>(i));
+            ++values;
+        }
+    }
+    EXPECT_EQ(values + cancelled, 50);
+    EXPECT_GT(cancelled, 0);
+}
+
+TEST(MpiPool, SharedArrayArgumentToAnotherRank_IsAClearError) {
+    if (!multi_rank()) GTEST_SKIP() << "single-rank mode shares arrays without copying";
+    mpi_pool pool;
+    procpool::shared_array<double> a(100);
+    auto f = pool.submit([](procpool::shared_span<const double> s) { return s.size(); }, a);
+    EXPECT_THROW(f.get(), procpool::serialization_error);
+}
+
+TEST(MpiPool, Soak_10000Tasks_5PercentFaults_EveryFutureResolvesWithItsKind) {
+    mpi_pool pool;
+    constexpr int n = 10'000;
+    std::vector<procpool::future<int>> fs;
+    fs.reserve(n);
+    for (int i = 0; i < n; ++i) fs.push_back(pool.submit(soak_task, i));
+    int ok = 0, thrown = 0, aborted = 0, exited = 0;
+    std::set<std::string> ranks_with_deaths;
+    for (int i = 0; i < n; ++i) {
+        auto& f = fs[static_cast<std::size_t>(i)];
+        try {
+            ASSERT_EQ(f.get(), 2 * i);
+            ++ok;
+        } catch (const procpool::remote_exception& e) {
+            EXPECT_EQ(i % 60, 7) << i;
+            EXPECT_EQ(e.message(), "soak " + std::to_string(i));
+            ++thrown;
+        } catch (const procpool::worker_died& e) {
+            const std::string what = e.what();
+            const auto at = what.find("MPI rank ");
+            if (at != std::string::npos) ranks_with_deaths.insert(what.substr(at, 10));
+            if (e.signal() == SIGABRT) {
+                EXPECT_EQ(i % 60, 27) << i;
+                ++aborted;
+            } else {
+                EXPECT_EQ(i % 60, 47) << i << " " << what;
+                EXPECT_EQ(e.exit_code(), 5);
+                ++exited;
+            }
+        }
+    }
+    const int per_kind = n / 60 + (n % 60 > 7 ? 1 : 0);
+    EXPECT_EQ(thrown, per_kind);
+    EXPECT_EQ(aborted, n / 60 + (n % 60 > 27 ? 1 : 0));
+    EXPECT_EQ(exited, n / 60 + (n % 60 > 47 ? 1 : 0));
+    EXPECT_EQ(ok + thrown + aborted + exited, n);
+    if (procpool::mpi_size() > 2) {
+        EXPECT_GE(ranks_with_deaths.size(), 2u) << "faults should be spread over the ranks";
+    }
+}
+
+TEST(MpiPool, BadOptionsAreClearErrors) {
+    EXPECT_THROW(mpi_pool({.workers_per_rank = -1}), procpool::invalid_argument);
+    EXPECT_THROW(mpi_pool({.in_flight_per_worker = 0}), procpool::invalid_argument);
+    EXPECT_THROW(mpi_pool({.task_timeout = 0ms}), procpool::invalid_argument);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    procpool::mpi_init(argc, argv);  // ranks other than 0 serve and never return
+    testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}
