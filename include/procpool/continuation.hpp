@@ -265,18 +265,17 @@ struct future_awaiter {
         // A local reference: the callback may resume (and finish, freeing the frame that
         // holds `fut`) on this very thread or another before on_done returns.
         future<T> keep = fut;
-        Ex* e = ex;
-        keep.on_done([h, e] {
-            if constexpr (std::is_void_v<Ex>) {
-                h.resume();
-            } else {
+        if constexpr (std::is_void_v<Ex>) {
+            keep.on_done([h] { h.resume(); });
+        } else {
+            keep.on_done([h, e = ex] {
                 try {
                     static_cast<void>(e->submit([h] { h.resume(); }));
                 } catch (...) {
                     h.resume();  // the executor refused (shut down): resume here
                 }
-            }
-        });
+            });
+        }
     }
 
     T await_resume() const {

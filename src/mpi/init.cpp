@@ -188,7 +188,7 @@ void mpi_init(int argc, char** argv) {
         {
             mpi_impl::comm c(s.world);
             try {
-                mpi_impl::serve_rank(c, s.rank, workers);
+                mpi_impl::serve_rank(c, workers);
             } catch (const std::exception& e) {
                 std::fprintf(stderr, "procpool: MPI rank %d stopped serving: %s\n", s.rank,
                              e.what());

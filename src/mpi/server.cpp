@@ -182,8 +182,8 @@ bool rank_server::busy() const {
     return !running_.empty();
 }
 
-void serve_rank(comm& c, int rank, int default_workers) {
-    rank_server srv(rank, default_workers);
+void serve_rank(comm& c, int default_workers) {
+    rank_server srv(default_workers);
     std::vector<std::pair<int, std::vector<std::byte>>> out;
     message m;
     backoff idle;

@@ -22,7 +22,7 @@ namespace procpool::mpi_impl {
 /// on the local pools' threads and wait in an outbox until the main thread sends them.
 class rank_server {
   public:
-    rank_server(int rank, int default_workers) : rank_(rank), default_workers_(default_workers) {}
+    explicit rank_server(int default_workers) : default_workers_(default_workers) {}
     rank_server(const rank_server&) = delete;
     rank_server& operator=(const rank_server&) = delete;
     ~rank_server();
@@ -48,7 +48,6 @@ class rank_server {
     void reply_error(std::uint64_t id, outcome_kind kind, const std::string& text);
     void post(int tag, std::vector<std::byte> body);
 
-    int rank_;
     int default_workers_;
     std::string host_ = host_name();
     std::unordered_map<std::uint32_t, std::unique_ptr<process_pool>> pools_;
@@ -59,6 +58,6 @@ class rank_server {
 };
 
 /// Serves rank 0 until it says stop: the loop of every rank but 0.
-void serve_rank(comm& c, int rank, int default_workers);
+void serve_rank(comm& c, int default_workers);
 
 }  // namespace procpool::mpi_impl

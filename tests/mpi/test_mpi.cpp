@@ -175,7 +175,7 @@ TEST(MpiPool, ShutdownWithPendingWork_EveryFutureResolves) {
         mpi_pool pool({.in_flight_per_worker = 1});
         for (int i = 0; i < 50; ++i) fs.push_back(pool.submit(file_gate::wait_then_return, gate.path(), i));
         pool.shutdown({.wait = false, .cancel_pending = true});
-        EXPECT_THROW(pool.submit(square, 1), procpool::pool_shut_down);
+        EXPECT_THROW(static_cast<void>(pool.submit(square, 1)), procpool::pool_shut_down);
         gate.open();
     }  // the destructor waits for what was running
     int values = 0, cancelled = 0;
