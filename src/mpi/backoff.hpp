@@ -20,6 +20,15 @@ class backoff {
         sleep_ns_ = min_sleep_ns;
     }
 
+    /// Spins one round (yielding the core) if still in the spinning phase; false once
+    /// it is over and the caller should sleep its own way.
+    bool spin_once() noexcept {
+        if (idle_rounds_ >= spin_rounds) return false;
+        ++idle_rounds_;
+        sched_yield();
+        return true;
+    }
+
     /// Nothing to do this round. `expecting` says a reply or a send completion is due (a
     /// task runs somewhere): sleeps then grow only to `max_busy_sleep_ns`, which bounds the
     /// latency added to a long task's result.

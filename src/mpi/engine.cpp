@@ -13,6 +13,9 @@ namespace procpool::mpi_impl {
 
 namespace {
 
+// Batches stay well below MPI's 2 GiB message limit (a task larger than this goes alone).
+constexpr std::size_t max_batch_bytes = std::size_t{64} << 20;
+
 pool_ref& owner(detail::mpi_task_base& t) noexcept { return *static_cast<pool_ref*>(t.pool); }
 
 // "worker died (SIGSEGV): detail" → "detail": the rank's own wording, without the prefix
@@ -155,6 +158,10 @@ bool engine::take_inbox() {
 }
 
 void engine::dispatch(pool_state& p) {
+    // Tasks that go to one rank in this round travel in one message.
+    std::vector<std::vector<std::byte>>& batch = batches_;
+    batch.resize(servers_.size());
+    bool any = false;
     while (!p.pending.empty()) {
         // The rank with the most free room: uneven task lengths keep every worker busy.
         std::size_t best = servers_.size();
@@ -167,38 +174,48 @@ void engine::dispatch(pool_state& p) {
                 best_free = free;
             }
         }
-        if (best == servers_.size()) return;
+        if (best == servers_.size()) break;
         detail::mpi_task_base* t = p.pending.front();
         p.pending.pop_front();
-        const int rank = servers_[best].rank;
-        task_msg h{t->id, p.id, 0, t->invoker, t->fn, t->timeout_ns};
-        try {
-            c_.send(rank, tag_task, encode(h, t->args.data(), t->args.size()));
-        } catch (...) {
-            fail_task(*t, std::current_exception());
-            continue;
+        task_msg h{t->id, p.id, 0, t->invoker, t->fn, t->timeout_ns, 0};
+        if (!batch[best].empty() && batch[best].size() + sizeof h + t->args.size() > max_batch_bytes) {
+            c_.send(servers_[best].rank, tag_task, std::move(batch[best]));
+            batch[best] = {};
         }
+        append(batch[best], h, t->args.data(), t->args.size());
         std::vector<std::byte>().swap(t->args);
-        t->rank = rank;
+        t->rank = servers_[best].rank;
         ++p.inflight[best];
         inflight_.emplace(t->id, t);
+        any = true;
+    }
+    if (!any) return;
+    for (std::size_t i = 0; i < servers_.size(); ++i) {
+        if (batch[i].empty()) continue;
+        // A failed send is an MPI error: with Open MPI 4 the job is already ending.
+        c_.send(servers_[i].rank, tag_task, std::move(batch[i]));
+        batch[i] = {};
     }
 }
 
 void engine::on_reply(const message& m) {
-    reply_msg h;
     try {
-        h = read_header<reply_msg>(m.body.data(), m.body.size());
-    } catch (...) {
-        return;  // a rank of the same binary never sends one; nothing to resolve
+        for_each_record<reply_msg>(
+            m.body.data(), m.body.size(),
+            [this](const reply_msg& h, const std::byte* body, std::size_t n) {
+                auto it = inflight_.find(h.id);
+                if (it == inflight_.end()) return;
+                detail::mpi_task_base& t = *it->second;
+                inflight_.erase(it);
+                if (auto p = pools_.find(t.pool_id); p != pools_.end()) {
+                    --p->second.inflight[server_index(t.rank)];
+                }
+                resolve_from_reply(t, h, body, n, where(t.rank));
+                owner(t).release_task(t);
+            });
+    } catch (const serialization_error&) {
+        // A rank of the same binary never sends a malformed batch; what was read is done.
     }
-    auto it = inflight_.find(h.id);
-    if (it == inflight_.end()) return;
-    detail::mpi_task_base& t = *it->second;
-    inflight_.erase(it);
-    if (auto p = pools_.find(t.pool_id); p != pools_.end()) --p->second.inflight[server_index(t.rank)];
-    resolve_from_reply(t, h, m.body.data() + sizeof h, m.body.size() - sizeof h, where(t.rank));
-    owner(t).release_task(t);
 }
 
 void engine::on_opened(const message& m) {
@@ -351,6 +368,9 @@ void engine::loop() {
             idle.pause(true);
             continue;
         }
+        // Nothing in flight: a program that waits for each result submits the next one
+        // right away, so spin a little before paying for a sleep and a wake-up.
+        if (idle.spin_once()) continue;
         // Nothing in flight anywhere: sleep until a thread posts work.
         std::unique_lock lock(mu_);
         sleeping_ = true;

@@ -123,6 +123,7 @@ class engine {
     std::unordered_map<std::uint64_t, detail::mpi_task_base*> inflight_;
     std::unordered_map<std::uint32_t, open_request> opening_;
     bool stopping_ = false;
+    std::vector<std::vector<std::byte>> batches_;  // per server, reused by dispatch
     std::thread thread_;
 };
 

@@ -44,20 +44,27 @@ opened_msg decode_opened(const std::byte* p, std::size_t n) {
 
 namespace {
 template <class H>
-std::vector<std::byte> with_body(const H& h, const std::byte* body, std::size_t n) {
-    std::vector<std::byte> out(sizeof h + n);
-    std::memcpy(out.data(), &h, sizeof h);
-    if (n != 0) std::memcpy(out.data() + sizeof h, body, n);
-    return out;
+void append_record(std::vector<std::byte>& out, const H& h, const std::byte* body, std::size_t n) {
+    const std::size_t at = out.size();
+    out.resize(at + sizeof h + n);
+    std::memcpy(out.data() + at, &h, sizeof h);
+    if (n != 0) std::memcpy(out.data() + at + sizeof h, body, n);
 }
 }  // namespace
 
-std::vector<std::byte> encode(const task_msg& h, const std::byte* args, std::size_t n) {
-    return with_body(h, args, n);
+void append(std::vector<std::byte>& out, task_msg h, const std::byte* body, std::size_t n) {
+    h.args_len = n;
+    append_record(out, h, body, n);
 }
 
-std::vector<std::byte> encode(const reply_msg& h, const std::byte* body, std::size_t n) {
-    return with_body(h, body, n);
+void append(std::vector<std::byte>& out, reply_msg h, const std::byte* body, std::size_t n) {
+    h.body_len = n;
+    append_record(out, h, body, n);
+}
+
+void throw_bad_batch(std::size_t at, std::size_t n) {
+    throw serialization_error("MPI batch message: a record at byte " + std::to_string(at) +
+                              " runs past its end (" + std::to_string(n) + " bytes)");
 }
 
 template <class H>

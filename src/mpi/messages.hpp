@@ -43,7 +43,9 @@ struct opened_msg {
     std::string error;  ///< why the pool could not start; empty on success
 };
 
-/// A task: everything the serving rank's worker needs (arguments follow the header).
+/// A task: everything the serving rank's worker needs. A tag_task message holds one or
+/// more records, each a header followed by its `args_len` bytes of arguments: tasks
+/// dispatched together to one rank travel in one MPI message.
 struct task_msg {
     std::uint64_t id = 0;
     std::uint32_t pool = 0;
@@ -51,6 +53,7 @@ struct task_msg {
     std::uint64_t invoker = 0;
     std::uint64_t fn = 0;
     std::int64_t timeout_ns = -1;  ///< -1: none
+    std::uint64_t args_len = 0;
 };
 
 /// How a task ended on its serving rank.
@@ -65,30 +68,56 @@ enum class outcome_kind : std::uint32_t {
     other = 8,          ///< any other error: `text`
 };
 
-/// A task's outcome (the payload or text follows the header).
+/// A task's outcome. A tag_reply message holds one or more records, each a header
+/// followed by its `body_len` bytes (the payload, or the error's text).
 struct reply_msg {
     std::uint64_t id = 0;
     outcome_kind kind = outcome_kind::relayed;
     detail::run_status status = detail::run_status::value;
     std::int32_t signal = 0;
     std::int32_t exit_code = 0;
+    std::uint64_t body_len = 0;
 };
+
+/// Appends one record (header, with its length field set to `n`, then `n` bytes).
+void append(std::vector<std::byte>& out, task_msg h, const std::byte* body, std::size_t n);
+void append(std::vector<std::byte>& out, reply_msg h, const std::byte* body, std::size_t n);
+
+/// Calls `f(header, body, body_len)` for each record of a batch message. Throws
+/// serialization_error if a record runs past the end.
+template <class H, class F>
+void for_each_record(const std::byte* p, std::size_t n, F&& f);
 
 std::vector<std::byte> encode(const open_msg& m);
 open_msg decode_open(const std::byte* p, std::size_t n);
 std::vector<std::byte> encode(const opened_msg& m);
 opened_msg decode_opened(const std::byte* p, std::size_t n);
 
-/// Header and body in one buffer.
-std::vector<std::byte> encode(const task_msg& h, const std::byte* args, std::size_t n);
-std::vector<std::byte> encode(const reply_msg& h, const std::byte* body, std::size_t n);
-
-/// Reads a header of type H from the front of a message; the body follows it. Throws
-/// serialization_error if the message is shorter than the header.
+/// Reads a header of type H from the front of `p`. Throws serialization_error if `n` is
+/// shorter than the header.
 template <class H>
 H read_header(const std::byte* p, std::size_t n);
 
 std::vector<std::byte> encode_u64(std::uint64_t v);
 std::uint64_t decode_u64(const std::byte* p, std::size_t n);
+
+/// The length field of a record header.
+inline std::uint64_t body_length(const task_msg& h) noexcept { return h.args_len; }
+inline std::uint64_t body_length(const reply_msg& h) noexcept { return h.body_len; }
+
+[[noreturn]] void throw_bad_batch(std::size_t at, std::size_t n);
+
+template <class H, class F>
+void for_each_record(const std::byte* p, std::size_t n, F&& f) {
+    std::size_t at = 0;
+    while (at < n) {
+        const H h = read_header<H>(p + at, n - at);
+        at += sizeof h;
+        const std::uint64_t len = body_length(h);
+        if (len > n - at) throw_bad_batch(at, n);
+        f(h, p + at, static_cast<std::size_t>(len));
+        at += static_cast<std::size_t>(len);
+    }
+}
 
 }  // namespace procpool::mpi_impl

@@ -3,6 +3,7 @@
 #include "procpool/mpi_pool.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -70,6 +71,9 @@ struct mpi_pool::impl final : detail::cancel_hook, mpi_impl::pool_ref {
 };
 
 namespace {
+
+// What fits in one MPI message (count is an int) with a task's header.
+constexpr std::size_t max_message_args = std::size_t{INT_MAX} - 4096;
 
 void check_options(const mpi_pool_options& o) {
     if (o.workers_per_rank < 0 || o.workers_per_rank > detail::max_pool_workers) {
@@ -183,6 +187,16 @@ void mpi_pool::enqueue(detail::mpi_task_base& t, const std::vector<std::byte>& a
             t.shared().set_exception(std::make_exception_ptr(serialization_error(
                 "mpi_pool: shared_array arguments cannot be sent to another MPI rank; pass the "
                 "data as a std::vector (it travels by value)")));
+        }
+        p.release_task(t);
+        return;
+    }
+    if (args.size() > max_message_args) {
+        if (t.begin_resolve()) {
+            t.shared().set_exception(std::make_exception_ptr(serialization_error(
+                "mpi_pool: the task's arguments take " + std::to_string(args.size()) +
+                " bytes; one MPI message carries at most 2 GiB. Split the work, or share the "
+                "data through a file every node can read")));
         }
         p.release_task(t);
         return;

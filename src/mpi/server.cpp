@@ -28,11 +28,10 @@ bool rank_server::handle(const message& m) {
             open(o);
             return true;
         }
-        case tag_task: {
-            const auto h = read_header<task_msg>(p, n);
-            run(h, p + sizeof h, n - sizeof h);
+        case tag_task:
+            for_each_record<task_msg>(p, n, [this](const task_msg& h, const std::byte* args,
+                                                   std::size_t len) { run(h, args, len); });
             return true;
-        }
         case tag_cancel:
             cancel(decode_u64(p, n));
             return true;
@@ -120,7 +119,7 @@ void rank_server::close_all() noexcept {
 }
 
 void rank_server::reply(std::uint64_t id, const future<detail::raw_reply>& f) {
-    reply_msg h{id, outcome_kind::relayed, detail::run_status::value, 0, 0};
+    reply_msg h{id, outcome_kind::relayed, detail::run_status::value, 0, 0, 0};
     if (auto e = f.exception()) {
         std::string text;
         try {
@@ -152,17 +151,23 @@ void rank_server::reply(std::uint64_t id, const future<detail::raw_reply>& f) {
             h.kind = outcome_kind::other;
             text = "unknown error";
         }
-        post(tag_reply, encode(h, reinterpret_cast<const std::byte*>(text.data()), text.size()));
+        post_reply(h, reinterpret_cast<const std::byte*>(text.data()), text.size());
         return;
     }
     const detail::raw_reply& r = f.get();
     h.status = r.status;
-    post(tag_reply, encode(h, r.bytes.data(), r.bytes.size()));
+    post_reply(h, r.bytes.data(), r.bytes.size());
 }
 
 void rank_server::reply_error(std::uint64_t id, outcome_kind kind, const std::string& text) {
-    reply_msg h{id, kind, detail::run_status::value, 0, 0};
-    post(tag_reply, encode(h, reinterpret_cast<const std::byte*>(text.data()), text.size()));
+    reply_msg h{id, kind, detail::run_status::value, 0, 0, 0};
+    post_reply(h, reinterpret_cast<const std::byte*>(text.data()), text.size());
+}
+
+void rank_server::post_reply(const reply_msg& h, const std::byte* body, std::size_t n) {
+    // Replies that finish while the main thread is busy leave together, in one message.
+    std::lock_guard lock(mu_);
+    append(replies_, h, body, n);
 }
 
 void rank_server::post(int tag, std::vector<std::byte> body) {
@@ -172,8 +177,12 @@ void rank_server::post(int tag, std::vector<std::byte> body) {
 
 bool rank_server::take_outbox(std::vector<std::pair<int, std::vector<std::byte>>>& out) {
     std::lock_guard lock(mu_);
-    if (outbox_.empty()) return false;
+    if (outbox_.empty() && replies_.empty()) return false;
     out.swap(outbox_);
+    if (!replies_.empty()) {
+        out.emplace_back(tag_reply, std::move(replies_));
+        replies_ = {};
+    }
     return true;
 }
 

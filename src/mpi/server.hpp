@@ -47,6 +47,7 @@ class rank_server {
     void reply(std::uint64_t id, const future<detail::raw_reply>& f);
     void reply_error(std::uint64_t id, outcome_kind kind, const std::string& text);
     void post(int tag, std::vector<std::byte> body);
+    void post_reply(const reply_msg& h, const std::byte* body, std::size_t n);
 
     int default_workers_;
     std::string host_ = host_name();
@@ -55,6 +56,7 @@ class rank_server {
     mutable std::mutex mu_;
     std::unordered_map<std::uint64_t, future<detail::raw_reply>> running_;
     std::vector<std::pair<int, std::vector<std::byte>>> outbox_;
+    std::vector<std::byte> replies_;  // reply records not sent yet, one batch
 };
 
 /// Serves rank 0 until it says stop: the loop of every rank but 0.
