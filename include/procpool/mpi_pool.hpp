@@ -54,8 +54,10 @@ struct mpi_pool_options {
     /// affinity, shared with the other ranks on its node).
     int workers_per_rank = 0;
     /// Tasks sent ahead to a rank, per worker, so a worker finishing one finds the next
-    /// one waiting (the rest wait on rank 0, where they can be cancelled cheaply). >= 1.
-    int in_flight_per_worker = 2;
+    /// one waiting; the rest wait on rank 0, where they can be cancelled cheaply and go to
+    /// whichever rank frees up first. 0: adaptive, about a millisecond of the rank's
+    /// throughput, between 2 and 64 per worker (many for tiny tasks, 2 for long ones).
+    int in_flight_per_worker = 0;
     /// Default per-task deadline, enforced on the serving rank (kills the worker).
     std::optional<std::chrono::milliseconds> task_timeout{};
     /// As process_pool_options: tasks per worker before it is replaced (0: unlimited).
@@ -99,7 +101,7 @@ class mpi_task_base : public remote_task_base {
 /// `submit`, `map`, futures, errors, timeouts and cancellation as `process_pool`.
 ///
 /// Tasks are queued on rank 0 and sent to the rank with the most free room (each rank
-/// holds at most `workers × in_flight_per_worker`), so uneven task lengths keep every
+/// holds a bounded window of them, see `in_flight_per_worker`), so uneven task lengths keep every
 /// remote worker busy. A task that crashes, exits or times out on a remote node fails only
 /// its own future (`worker_died`, `task_timeout`, naming the host and rank); that rank
 /// replaces the worker and keeps serving. Arguments and results travel by value over MPI

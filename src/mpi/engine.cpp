@@ -1,6 +1,7 @@
 #include "mpi/engine.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <string>
 #include <utility>
 
@@ -157,6 +158,20 @@ bool engine::take_inbox() {
     return true;
 }
 
+// How many of a pool's tasks a rank may hold. Fixed if the pool says so; otherwise about
+// a millisecond of the rank's recent throughput: tiny tasks need many in flight to cover
+// the round trip, long ones only two per worker so the rest stay on rank 0 and go to
+// whichever rank frees up first. The throughput it measures grows with the window, so
+// the window settles where the rank stops getting faster.
+int engine::window(const pool_state& p, std::size_t server) const noexcept {
+    const int workers = p.workers[server];
+    if (workers == 0) return 0;
+    if (p.per_worker > 0) return workers * p.per_worker;
+    const double per_ms = servers_[server].rate * 1e6;
+    const double lo = 2.0 * workers, hi = 64.0 * workers;
+    return static_cast<int>(std::clamp(per_ms, lo, hi));
+}
+
 void engine::dispatch(pool_state& p) {
     // Tasks that go to one rank in this round travel in one message.
     std::vector<std::vector<std::byte>>& batch = batches_;
@@ -168,7 +183,7 @@ void engine::dispatch(pool_state& p) {
         int best_free = 0;
         for (std::size_t i = 0; i < servers_.size(); ++i) {
             if (servers_[i].lost) continue;
-            const int free = p.window[i] - p.inflight[i];
+            const int free = window(p, i) - p.inflight[i];
             if (free > best_free) {
                 best = i;
                 best_free = free;
@@ -199,10 +214,11 @@ void engine::dispatch(pool_state& p) {
 }
 
 void engine::on_reply(const message& m) {
+    std::size_t records = 0;
     try {
         for_each_record<reply_msg>(
             m.body.data(), m.body.size(),
-            [this](const reply_msg& h, const std::byte* body, std::size_t n) {
+            [this, &records](const reply_msg& h, const std::byte* body, std::size_t n) {
                 auto it = inflight_.find(h.id);
                 if (it == inflight_.end()) return;
                 detail::mpi_task_base& t = *it->second;
@@ -212,10 +228,21 @@ void engine::on_reply(const message& m) {
                 }
                 resolve_from_reply(t, h, body, n, where(t.rank));
                 owner(t).release_task(t);
+                ++records;
             });
     } catch (const serialization_error&) {
         // A rank of the same binary never sends a malformed batch; what was read is done.
     }
+    if (m.source < 1 || static_cast<std::size_t>(m.source) > servers_.size()) return;
+    rank_link& r = servers_[server_index(m.source)];
+    const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::steady_clock::now().time_since_epoch())
+                                 .count();
+    if (r.last_reply_ns != 0 && now > r.last_reply_ns) {
+        const double inst = static_cast<double>(records) / static_cast<double>(now - r.last_reply_ns);
+        r.rate = r.rate == 0 ? inst : 0.8 * r.rate + 0.2 * inst;
+    }
+    r.last_reply_ns = now;
 }
 
 void engine::on_opened(const message& m) {
@@ -247,10 +274,10 @@ void engine::on_opened(const message& m) {
         pool_state p;
         p.id = r.msg.pool;
         p.per_worker = r.per_worker;
-        p.window.assign(servers_.size(), 0);
+        p.workers.assign(servers_.size(), 0);
         p.inflight.assign(servers_.size(), 0);
         for (const auto& info : r.infos) {
-            p.window[server_index(info.rank)] = std::max(1, info.workers * r.per_worker);
+            p.workers[server_index(info.rank)] = info.workers;
         }
         pools_.emplace(p.id, std::move(p));
         r.done->set_value(std::move(r.infos));

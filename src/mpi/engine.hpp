@@ -37,6 +37,8 @@ struct rank_link {
     int rank = 0;
     std::string host;
     bool lost = false;  ///< an MPI error involved it: no more tasks go there
+    double rate = 0;             ///< replies per ns, moving average (adaptive windows)
+    std::int64_t last_reply_ns = 0;
 };
 
 class engine {
@@ -69,14 +71,14 @@ class engine {
   private:
     struct pool_state {
         std::uint32_t id = 0;
-        int per_worker = 2;
-        std::vector<int> window;    ///< per server index: the most tasks in flight there
+        int per_worker = 0;         ///< 0: adaptive (see window())
+        std::vector<int> workers;   ///< per server index: the pool's workers there
         std::vector<int> inflight;  ///< per server index
         std::deque<detail::mpi_task_base*> pending;
     };
     struct open_request {
         open_msg msg;
-        int per_worker = 2;
+        int per_worker = 0;
         std::shared_ptr<promise<std::vector<mpi_rank_info>>> done;
         std::vector<mpi_rank_info> infos;
         std::string errors;
@@ -98,6 +100,7 @@ class engine {
     void loop();
     bool take_inbox();
     void dispatch(pool_state& p);
+    int window(const pool_state& p, std::size_t server) const noexcept;
     void on_message(const message& m);
     void on_reply(const message& m);
     void on_opened(const message& m);

@@ -81,8 +81,8 @@ void check_options(const mpi_pool_options& o) {
                                std::to_string(detail::max_pool_workers) + ", got " +
                                std::to_string(o.workers_per_rank));
     }
-    if (o.in_flight_per_worker < 1) {
-        throw invalid_argument("mpi_pool: in_flight_per_worker must be at least 1, got " +
+    if (o.in_flight_per_worker < 0) {
+        throw invalid_argument("mpi_pool: in_flight_per_worker must be 0 (adaptive) or more, got " +
                                std::to_string(o.in_flight_per_worker));
     }
     if (o.max_tasks_per_child < 0) {

@@ -244,7 +244,7 @@ TEST(MpiPool, Soak_10000Tasks_5PercentFaults_EveryFutureResolvesWithItsKind) {
 
 TEST(MpiPool, BadOptionsAreClearErrors) {
     EXPECT_THROW(mpi_pool({.workers_per_rank = -1}), procpool::invalid_argument);
-    EXPECT_THROW(mpi_pool({.in_flight_per_worker = 0}), procpool::invalid_argument);
+    EXPECT_THROW(mpi_pool({.in_flight_per_worker = -1}), procpool::invalid_argument);
     EXPECT_THROW(mpi_pool({.task_timeout = 0ms}), procpool::invalid_argument);
 }
 
