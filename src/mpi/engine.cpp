@@ -14,8 +14,10 @@ namespace procpool::mpi_impl {
 
 namespace {
 
-// Batches stay well below MPI's 2 GiB message limit (a task larger than this goes alone).
-constexpr std::size_t max_batch_bytes = std::size_t{64} << 20;
+// Small tasks share messages (one MPI send for many); a batch stops growing here.
+constexpr std::size_t max_batch_bytes = std::size_t{1} << 20;
+// Tasks with at least this many bytes of arguments travel alone.
+constexpr std::size_t alone_bytes = std::size_t{64} << 10;
 
 pool_ref& owner(detail::mpi_task_base& t) noexcept { return *static_cast<pool_ref*>(t.pool); }
 
@@ -193,11 +195,19 @@ void engine::dispatch(pool_state& p) {
         detail::mpi_task_base* t = p.pending.front();
         p.pending.pop_front();
         task_msg h{t->id, p.id, 0, t->invoker, t->fn, t->timeout_ns, 0};
-        if (!batch[best].empty() && batch[best].size() + sizeof h + t->args.size() > max_batch_bytes) {
-            c_.send(servers_[best].rank, tag_task, std::move(batch[best]));
-            batch[best] = {};
+        if (t->args.size() >= alone_bytes) {
+            // Large arguments go in a message of their own, at once: the rank starts on
+            // it while the next one is still on its way.
+            std::vector<std::byte> one;
+            append(one, h, t->args.data(), t->args.size());
+            c_.send(servers_[best].rank, tag_task, std::move(one));
+        } else {
+            if (batch[best].size() + sizeof h + t->args.size() > max_batch_bytes) {
+                c_.send(servers_[best].rank, tag_task, std::move(batch[best]));
+                batch[best] = {};
+            }
+            append(batch[best], h, t->args.data(), t->args.size());
         }
-        append(batch[best], h, t->args.data(), t->args.size());
         std::vector<std::byte>().swap(t->args);
         t->rank = servers_[best].rank;
         ++p.inflight[best];
