@@ -76,4 +76,20 @@ class file_gate {
     temp_dir dir_;
 };
 
+/// The thread count of this process, from /proc/self/status (-1 if unreadable).
+inline int thread_count() {
+    std::ifstream in("/proc/self/status");
+    std::string key;
+    while (in >> key) {
+        if (key == "Threads:") {
+            int n = 0;
+            in >> n;
+            return n;
+        }
+        std::string rest;
+        std::getline(in, rest);
+    }
+    return -1;
+}
+
 }  // namespace procpool_test

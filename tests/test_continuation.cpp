@@ -17,6 +17,7 @@ using procpool::process_pool;
 using procpool::promise;
 using procpool::thread_pool;
 using procpool_test::file_gate;
+using procpool_test::thread_count;
 
 namespace {
 
@@ -28,22 +29,6 @@ int add(int a, int b) { return a + b; }
 struct custom_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
-
-/// The thread count of this process, from /proc/self/status.
-int thread_count() {
-    std::ifstream in("/proc/self/status");
-    std::string key;
-    while (in >> key) {
-        if (key == "Threads:") {
-            int n = 0;
-            in >> n;
-            return n;
-        }
-        std::string rest;
-        std::getline(in, rest);
-    }
-    return -1;
-}
 
 // ---- then ------------------------------------------------------------------------------
 
