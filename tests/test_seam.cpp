@@ -4,6 +4,7 @@
 // run_in and error tests pass on it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -151,6 +152,31 @@ TYPED_TEST(BothExecutors, Map_ResultsInInputOrder_FirstErrorInInputOrder) {
     std::vector<int> ys(20);
     std::iota(ys.begin(), ys.end(), 0);
     EXPECT_THROW(ex.map(fails_on_seven, ys, 3), procpool::remote_exception);
+}
+
+TYPED_TEST(BothExecutors, Imap_StreamsInOrderOrAsCompleted_ErrorsEndTheStream) {
+    auto owner = make_executor<TypeParam>(2);
+    auto& ex = *owner;
+    std::vector<int> xs(100);
+    std::iota(xs.begin(), xs.end(), 0);
+    std::vector<int> in_order;
+    for (int v : ex.imap(add_one_squared, xs, {.chunksize = 7, .max_in_flight = 3})) {
+        in_order.push_back(v);
+    }
+    EXPECT_EQ(in_order, ex.map(add_one_squared, xs, 7));
+    std::vector<int> as_completed;
+    for (int v : ex.imap_unordered(add_one_squared, xs, {.chunksize = 3})) {
+        as_completed.push_back(v);
+    }
+    std::sort(as_completed.begin(), as_completed.end());
+    EXPECT_EQ(as_completed, in_order);
+    auto failing = ex.imap(fails_on_seven, xs, {.chunksize = 1});
+    EXPECT_THROW(
+        {
+            for (int v : failing) EXPECT_LT(v, 49);
+        },
+        procpool::remote_exception);
+    EXPECT_TRUE(failing.begin() == failing.end());
 }
 
 TYPED_TEST(BothExecutors, BigVectors_TravelAsAttachments_BothWays) {

@@ -101,6 +101,12 @@ public:
     /// success the future holds `task_cancelled` and this returns true.
     bool cancel() const noexcept { return s_->cancel(); }
 
+    /// Stops the task only if it has not started, as Python's `Future.cancel()`: unlike
+    /// `cancel()`, never kills a process pool's worker to stop a running task. Returns true
+    /// if the task was stopped (the future then holds `task_cancelled`); false if it runs,
+    /// has run, or could no longer be stopped for sure, in which case it resolves as usual.
+    bool cancel_pending() const noexcept { return s_->cancel_pending(); }
+
     /// Runs `fn` exactly once when the task is done: right away on this thread if it
     /// already is, otherwise on the thread that completes it. `fn` takes either no
     /// argument or this future. Exceptions thrown by `fn` are reported and dropped.

@@ -177,8 +177,9 @@ public:
     process_pool(process_pool&&) = delete;
     process_pool& operator=(process_pool&&) = delete;
 
-    // submit(f, args...), submit(task_options, f, args...) and map(f, items, chunksize)
-    // come from remote_executor (see procpool/detail/remote_executor.hpp).
+    // submit(f, args...), submit(task_options, f, args...), map(f, items, chunksize),
+    // imap(f, items, stream_options) and imap_unordered(...) come from remote_executor
+    // (see procpool/detail/remote_executor.hpp).
 
     /// Stops accepting work. With `wait`, blocks until every task resolved and the workers
     /// exited; with `cancel_pending`, tasks not yet started resolve as `task_cancelled`

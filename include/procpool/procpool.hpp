@@ -8,5 +8,6 @@
 #include "procpool/outcome.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/run.hpp"
+#include "procpool/stream.hpp"
 #include "procpool/thread_pool.hpp"
 #include "procpool/wire.hpp"

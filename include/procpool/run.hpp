@@ -56,6 +56,11 @@ struct run_options {
     /// arrives. If it throws, the unfinished tasks are cancelled and the exception
     /// propagates out of the `run_in_*` call.
     std::function<void(std::size_t index, const outcome<R>& result)> on_result{};
+    /// The most tasks submitted to the pool and not yet finished at any time (0: no bound,
+    /// every task is submitted at once). The rest wait in the call, not in the pool, so a
+    /// bound keeps the pool's queue (and the arguments it holds) small and leaves room
+    /// for other work. Results stay in input order; retries count as the same task.
+    std::size_t max_in_flight = 0;
 };
 
 namespace detail {
@@ -147,6 +152,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
         std::size_t attempt = 0;  // id of the current attempt
         int attempts = 0;
         std::shared_ptr<started_at> started;  // only when watching deadlines
+        bool launched = false;
         bool finished = false;
     };
     std::vector<slot> slots(n);
@@ -154,6 +160,9 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     std::vector<std::size_t> attempt_task;  // attempt id -> task index
     auto queue = std::make_shared<completion_queue>();
     std::size_t remaining = n;
+    std::size_t next = 0;       // the first task not launched yet
+    std::size_t in_flight = 0;  // tasks launched and not finished
+    const std::size_t max_in_flight = opts.max_in_flight == 0 ? n : opts.max_in_flight;
     bool stopping = false;  // fail_fast has fired
     std::string stop_reason;
 
@@ -172,6 +181,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
         slot& s = slots[i];
         s.finished = true;
         --remaining;
+        if (s.launched) --in_flight;
         const bool ok = o.has_value();
         results[i].emplace(std::move(o));
         if (progress) progress->task_finished(ok);
@@ -233,6 +243,21 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
         }
     };
 
+    // Launches tasks in input order while fewer than max_in_flight are unfinished; once
+    // fail_fast has fired, the rest are cancelled without being launched.
+    auto top_up = [&] {
+        while (next < n && (stopping || in_flight < max_in_flight)) {
+            const std::size_t i = next++;
+            if (stopping) {
+                fail(i, std::make_exception_ptr(task_cancelled(stop_reason)));
+            } else {
+                slots[i].launched = true;
+                ++in_flight;
+                launch(i);
+            }
+        }
+    };
+
     // A completion notice for attempt `id`; stale ones (a retried or abandoned attempt
     // finishing late) are ignored.
     auto complete = [&](std::size_t id) {
@@ -269,13 +294,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     };
 
     try {
-        for (std::size_t i = 0; i < n; ++i) {
-            if (stopping) {
-                fail(i, std::make_exception_ptr(task_cancelled(stop_reason)));
-            } else {
-                launch(i);
-            }
-        }
+        top_up();
         // Deadlines are checked by scanning, so a task overruns by at most one interval.
         const auto scan_every = std::clamp<clock::duration>(
             timeout / 10, std::chrono::milliseconds(1), std::chrono::milliseconds(50));
@@ -291,6 +310,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
                 next_scan = now + scan_every;
                 abandon_overdue(now);
             }
+            top_up();
             if (progress) progress->refresh();
         }
     } catch (...) {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <functional>
 #include <iterator>
 #include <memory>
 #include <optional>
@@ -15,6 +16,7 @@
 #include "procpool/detail/validate.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
+#include "procpool/stream.hpp"
 
 namespace procpool {
 
@@ -73,6 +75,31 @@ public:
         requires std::invocable<std::decay_t<F>&, std::ranges::range_reference_t<Range>>
     auto map(F&& f, Range&& items, std::size_t chunksize = 0);
 
+    /// Applies `f` to the elements of `items` as the caller reads the results, in input
+    /// order: a `stream` (an input range) with at most `opts.max_in_flight` chunks of
+    /// `opts.chunksize` elements submitted ahead of the reader, so `items` may be of any
+    /// length, an endless generator included. The counterpart of Python's
+    /// `Executor.map(..., buffersize=n)` and `multiprocessing.Pool.imap`. Elements are
+    /// copied into their chunk; `f` is copied into the stream and called on them as
+    /// lvalues. Reaching a failed element throws its exception and ends the stream;
+    /// destroying the stream cancels the chunks not started and waits for the running
+    /// ones (see `stream`). Throws `pool_shut_down` once `shutdown()` has been called.
+    template <class F, std::ranges::input_range Range>
+        requires std::invocable<std::decay_t<F>&, std::ranges::range_value_t<Range>&>
+    [[nodiscard]] stream<detail::stream_result_t<F, Range>> imap(F&& f, Range&& items,
+                                                                 stream_options opts = {}) {
+        return open_stream(std::forward<F>(f), std::forward<Range>(items), opts, true);
+    }
+
+    /// As `imap`, but yields the results as their chunks complete, like Python's
+    /// `multiprocessing.Pool.imap_unordered`: a slow chunk does not hold back the others.
+    template <class F, std::ranges::input_range Range>
+        requires std::invocable<std::decay_t<F>&, std::ranges::range_value_t<Range>&>
+    [[nodiscard]] stream<detail::stream_result_t<F, Range>> imap_unordered(
+        F&& f, Range&& items, stream_options opts = {}) {
+        return open_stream(std::forward<F>(f), std::forward<Range>(items), opts, false);
+    }
+
     /// Stops accepting work. With `wait`, blocks until queued tasks ran and workers exited;
     /// with `cancel_pending`, tasks not yet started resolve as `task_cancelled`.
     /// Calling it again is harmless.
@@ -85,6 +112,10 @@ private:
     void enqueue(detail::state_base* s);
     std::size_t auto_chunksize(std::size_t n) const noexcept;
 
+    template <class F, class Range>
+    stream<detail::stream_result_t<F, Range>> open_stream(F&& f, Range&& items,
+                                                          stream_options opts, bool ordered);
+
     struct impl;
     std::unique_ptr<impl> impl_;
 };
@@ -95,9 +126,10 @@ auto thread_pool::map(F&& f, Range&& items, std::size_t chunksize) {
     using R = std::remove_cvref_t<std::invoke_result_t<std::decay_t<F>&,
                                                          std::ranges::range_reference_t<Range>>>;
     if constexpr (!std::ranges::random_access_range<Range> || !std::ranges::sized_range<Range>) {
-        // Chunking needs indexable input: materialise other ranges once.
-        std::vector<std::ranges::range_value_t<Range>> copy(std::ranges::begin(items),
-                                                            std::ranges::end(items));
+        // Chunking needs indexable input: materialise other ranges once (element by
+        // element: the vector's iterator-pair constructor needs a common range).
+        std::vector<std::ranges::range_value_t<Range>> copy;
+        for (auto&& e : items) copy.emplace_back(std::forward<decltype(e)>(e));
         return map(std::forward<F>(f), copy, chunksize);
     } else {
         const std::size_t n = std::ranges::size(items);
@@ -166,6 +198,38 @@ auto thread_pool::map(F&& f, Range&& items, std::size_t chunksize) {
             return values;
         }
     }
+}
+
+template <class F, class Range>
+stream<detail::stream_result_t<F, Range>> thread_pool::open_stream(F&& f, Range&& items,
+                                                                   stream_options opts,
+                                                                   bool ordered) {
+    using R = detail::stream_result_t<F, Range>;
+    using T = std::ranges::range_value_t<Range>;
+    using Fn = std::decay_t<F>;
+    static_assert(!std::is_void_v<R>,
+                  "imap needs a function that returns a value; use submit or map");
+    // The stream keeps this (with the function) until it is closed, and closing waits for
+    // every chunk it submitted: a chunk can refer to the function in place.
+    struct submit_chunk {
+        thread_pool* pool;
+        Fn fn;
+        future<std::vector<R>> operator()(std::vector<T>&& chunk) {
+            return pool->submit([f = &fn, items = std::move(chunk)]() mutable {
+                std::vector<R> out;
+                out.reserve(items.size());
+                for (auto& x : items) out.push_back(std::invoke(*f, x));
+                return out;
+            });
+        }
+    };
+    const std::size_t chunksize = detail::stream_chunksize(
+        opts, items, [this](std::size_t n) { return auto_chunksize(n); });
+    const std::size_t max_in_flight =
+        opts.max_in_flight != 0 ? opts.max_in_flight : 2 * static_cast<std::size_t>(workers());
+    detail::chunk_source_ptr<R> source(new detail::range_chunk_source<R, Range, submit_chunk>(
+        std::forward<Range>(items), chunksize, submit_chunk{this, Fn(std::forward<F>(f))}));
+    return stream<R>(std::move(source), ordered, max_in_flight);
 }
 
 }  // namespace procpool

@@ -114,6 +114,17 @@ bool state_base::cancel() noexcept {
     return hook_->cancel_running(*this);
 }
 
+bool state_base::cancel_pending() noexcept {
+    if (try_claim()) {
+        set_cancelled("task cancelled before it started");
+        return true;
+    }
+    if (hook_ == nullptr) return false;
+    const hook_guard guard(hook_);
+    if (is_done()) return false;
+    return hook_->cancel_pending(*this);
+}
+
 void state_base::publish(std::uint32_t extra) noexcept {
     const std::uint32_t old = flags_.fetch_or(done | extra, std::memory_order_acq_rel);
     if ((old & waiters) != 0) futex_wake(&flags_, INT_MAX);

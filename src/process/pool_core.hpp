@@ -290,6 +290,8 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     // ---- deadlines and cancellation ---------------------------------------------------
     std::int64_t check_deadlines();
     bool cancel_running(detail::state_base& s) noexcept override;
+    bool cancel_pending(detail::state_base& s) noexcept override;
+    bool cancel_task(detail::state_base& s, bool stop_running) noexcept;
 
     // ---- waiting threads help -------------------------------------------------------
     bool drain_all();

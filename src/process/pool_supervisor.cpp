@@ -61,6 +61,17 @@ std::int64_t pool_core::check_deadlines() {
 }
 
 bool pool_core::cancel_running(detail::state_base& s) noexcept {
+    return cancel_task(s, true);
+}
+
+bool pool_core::cancel_pending(detail::state_base& s) noexcept {
+    return cancel_task(s, false);
+}
+
+// A parked task is taken out of the queue; a dispatched one that has not started gets a
+// cancel word, which its worker reads before it starts (it then skips the task). A
+// started one is stopped only with `stop_running`, by killing its worker.
+bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
     auto* t = dynamic_cast<process_task_base*>(&s);
     if (t == nullptr) return false;
     bool resolved_now = false;
@@ -74,6 +85,11 @@ bool pool_core::cancel_running(detail::state_base& s) noexcept {
             worker_slot& w = *slots[static_cast<std::size_t>(t->worker)];
             if (w.region == nullptr) return false;
             auto* r = w.region;
+            // Running already: without `stop_running`, leave it (and the worker's few
+            // cancel words) alone.
+            if (!stop_running && r->started_seq.load(std::memory_order_seq_cst) >= t->seq) {
+                return false;
+            }
             const std::uint32_t n = r->ncancels.load(std::memory_order_relaxed);
             if (n < worker_region::max_cancels) {
                 r->cancels[n].store(t->seq, std::memory_order_relaxed);
@@ -81,8 +97,10 @@ bool pool_core::cancel_running(detail::state_base& s) noexcept {
             }
             if (r->started_seq.load(std::memory_order_seq_cst) >= t->seq ||
                 n >= worker_region::max_cancels) {
-                // Running (or we could not mark it): stop it by killing its worker.
-                if (w.inflight.head != t) return false;
+                // Running (or we could not mark it): stop it by killing its worker. Without
+                // `stop_running`, a task that started meanwhile reads the word or not: its
+                // worker then skips it or runs it, and its reply resolves it either way.
+                if (!stop_running || w.inflight.head != t) return false;
                 kill_worker(w, kill_reason::cancel, t->seq);
             }
         }

@@ -19,6 +19,7 @@
 #include "procpool/detail/validate.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
+#include "procpool/stream.hpp"
 #include "procpool/wire.hpp"
 
 namespace procpool::detail {
@@ -55,6 +56,7 @@ using remote_result_t = typename remote_result<F, A...>::type;
 /// members this class may call (befriend it):
 ///   void enqueue(Record& t, const std::vector<std::byte>& args);  // take ownership of t
 ///   std::size_t auto_chunksize(std::size_t items) const noexcept; // map's default chunk
+///   int workers() const noexcept;  // imap's default bound: twice this many chunks
 /// and sets `bulk_threshold_` (vectors of at least that many bytes travel out of band).
 /// `Record` is the executor's per-task record, derived from remote_task_base.
 /// Lets a relaying executor (mpi_pool's serving ranks) hand a task encoded by another
@@ -113,8 +115,11 @@ class remote_executor {
         using R = std::remove_cvref_t<std::invoke_result_t<Fn&, T>>;
         static_assert(!std::is_void_v<R>, "map needs a function that returns a value; use submit");
         if constexpr (!std::ranges::contiguous_range<Range> || !std::ranges::sized_range<Range>) {
-            // Chunks are sent straight from contiguous memory: materialise other ranges.
-            std::vector<T> copy(std::ranges::begin(items), std::ranges::end(items));
+            // Chunks are sent straight from contiguous memory: materialise other ranges
+            // (element by element: the vector's iterator-pair constructor needs a common
+            // range, and an input of unknown length has an iterator and a sentinel).
+            std::vector<T> copy;
+            for (auto&& e : items) copy.emplace_back(std::forward<decltype(e)>(e));
             return map(std::forward<F>(f), copy, chunksize);
         } else {
             const T* base = std::ranges::data(items);
@@ -152,6 +157,27 @@ class remote_executor {
             if (first) std::rethrow_exception(first);
             return out;
         }
+    }
+
+    /// Applies `f` to the elements of `items` in the workers as the caller reads the
+    /// results, in input order: a `stream` (an input range) with at most
+    /// `opts.max_in_flight` chunks of `opts.chunksize` elements submitted ahead of the
+    /// reader, so `items` may be of any length, an endless generator included. The
+    /// counterpart of Python's `Executor.map(..., buffersize=n)` and
+    /// `multiprocessing.Pool.imap`. Chunks travel as `map`'s do. Reaching a failed
+    /// element throws its error and ends the stream; destroying the stream cancels the
+    /// chunks not started (never killing a worker) and waits for the running ones (see
+    /// `stream`). Throws `pool_shut_down` after `shutdown()`.
+    template <class F, std::ranges::input_range Range>
+    [[nodiscard]] auto imap(F&& f, Range&& items, stream_options opts = {}) {
+        return open_stream(std::forward<F>(f), std::forward<Range>(items), opts, true);
+    }
+
+    /// As `imap`, but yields the results as their chunks complete, like Python's
+    /// `multiprocessing.Pool.imap_unordered`: a slow chunk does not hold back the others.
+    template <class F, std::ranges::input_range Range>
+    [[nodiscard]] auto imap_unordered(F&& f, Range&& items, stream_options opts = {}) {
+        return open_stream(std::forward<F>(f), std::forward<Range>(items), opts, false);
     }
 
   protected:
@@ -212,6 +238,38 @@ class remote_executor {
         }
         self().enqueue(*t, buf);
         return detail::make_future(std::move(owner));
+    }
+
+    template <class F, class Range>
+    auto open_stream(F&& f, Range&& items, stream_options opts, bool ordered) {
+        using Fn = std::decay_t<F>;
+        using T = std::ranges::range_value_t<Range>;
+        static_assert(remote_callable<F>,
+                      "tasks run in worker processes must be free functions or captureless "
+                      "lambdas");
+        static_assert(std::is_invocable_v<Fn&, T&>,
+                      "imap: the function cannot be called with the range's elements");
+        using R = std::remove_cvref_t<std::invoke_result_t<Fn&, T&>>;
+        static_assert(!std::is_void_v<R>,
+                      "imap needs a function that returns a value; use submit");
+        // Each chunk is a call of map_chunk, as map sends it, with the elements in a
+        // vector filled from the input.
+        struct submit_chunk {
+            remote_executor* ex;
+            std::uint64_t fn_off;
+            future<std::vector<R>> operator()(std::vector<T>&& chunk) const {
+                return ex->submit(&detail::map_chunk<Fn, T, R>, fn_off, std::move(chunk));
+            }
+        };
+        const std::size_t chunksize = detail::stream_chunksize(
+            opts, items, [this](std::size_t n) { return self().auto_chunksize(n); });
+        const std::size_t max_in_flight =
+            opts.max_in_flight != 0 ? opts.max_in_flight
+                                    : 2 * static_cast<std::size_t>(self().workers());
+        const submit_chunk submit{this, detail::callable_offset(static_cast<const Fn&>(f))};
+        detail::chunk_source_ptr<R> source(new detail::range_chunk_source<R, Range, submit_chunk>(
+            std::forward<Range>(items), chunksize, submit));
+        return stream<R>(std::move(source), ordered, max_in_flight);
     }
 
     static std::vector<std::byte>& scratch() noexcept {

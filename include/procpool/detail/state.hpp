@@ -24,6 +24,12 @@ public:
     /// resolves `s` as cancelled and returns true.
     virtual bool cancel_running(state_base& s) noexcept = 0;
 
+    /// Try to stop `s`, which is claimed, only if it has not started running: never stops
+    /// a running task. On success the hook resolves `s` as cancelled and returns true. If
+    /// the hook cannot tell whether the task started, it returns false and leaves it to
+    /// resolve as usual (skipped or run).
+    virtual bool cancel_pending(state_base& s) noexcept = 0;
+
     /// Called by a thread about to wait for `s`: the executor may use the waiting thread
     /// to make progress itself for a short while (a process pool drains its completion
     /// rings, saving a hand-off through its supervisor). Returns `s.is_done()`.
@@ -96,6 +102,9 @@ public:
     /// Claim-and-cancel from any thread: succeeds only if no executor has claimed it.
     /// If it was claimed and a cancel hook is installed, asks the hook to stop it.
     bool cancel() noexcept;
+
+    /// Like cancel(), but never asks the hook to stop a task that is already running.
+    bool cancel_pending() noexcept;
 
     void set_cancel_hook(cancel_hook* h) noexcept { hook_ = h; }
 
