@@ -66,7 +66,9 @@ class file_gate {
     /// The task: marks that it started, waits for the gate, returns `value`.
     static int wait_then_return(std::string dir, int value) {
         std::ofstream(dir + "/started") << 1;
-        while (!std::filesystem::exists(dir + "/open")) {
+        // A gate destroyed (its directory removed) counts as open: a test that failed
+        // early must not leave the task waiting forever.
+        while (!std::filesystem::exists(dir + "/open") && std::filesystem::exists(dir)) {
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         }
         return value;

@@ -90,6 +90,7 @@ void engine::post(inbox& add) {
     std::lock_guard lock(mu_);
     for (auto& t : add.tasks) in_.tasks.push_back(t);
     for (auto id : add.cancels) in_.cancels.push_back(id);
+    for (auto id : add.cancels_pending) in_.cancels_pending.push_back(id);
     for (auto id : add.cancel_pools) in_.cancel_pools.push_back(id);
     for (auto id : add.closes) in_.closes.push_back(id);
     for (auto& o : add.opens) in_.opens.push_back(std::move(o));
@@ -130,6 +131,12 @@ void engine::submit(detail::mpi_task_base& t, std::uint32_t pool) {
 void engine::cancel(std::uint64_t id) {
     inbox add;
     add.cancels.push_back(id);
+    post(add);
+}
+
+void engine::cancel_if_pending(std::uint64_t id) {
+    inbox add;
+    add.cancels_pending.push_back(id);
     post(add);
 }
 
@@ -365,6 +372,22 @@ void engine::loop() {
                     detail::mpi_task_base* t = *q;
                     p.pending.erase(q);
                     owner(*t).release_task(*t);  // resolved as cancelled by the canceller
+                    break;
+                }
+            }
+            for (auto id : work_.cancels_pending) {
+                if (auto it = inflight_.find(id); it != inflight_.end()) {
+                    c_.send(it->second->rank, tag_cancel_pending, encode_u64(id));
+                    continue;
+                }
+                for (auto& [pid, p] : pools_) {
+                    auto q = std::find_if(p.pending.begin(), p.pending.end(),
+                                          [id](const auto* t) { return t->id == id; });
+                    if (q == p.pending.end()) continue;
+                    detail::mpi_task_base* t = *q;
+                    p.pending.erase(q);
+                    if (t->begin_resolve()) t->shared().set_cancelled("task cancelled before it started");
+                    owner(*t).release_task(*t);
                     break;
                 }
             }

@@ -61,6 +61,9 @@ class engine {
     void submit(detail::mpi_task_base& t, std::uint32_t pool);
     /// Asks the task's rank to stop it (its future is already resolved as cancelled).
     void cancel(std::uint64_t id);
+    /// Cancels the task only if it has not started: dropped if still on rank 0 (resolved
+    /// as cancelled here), skipped by its rank if not started there; otherwise it runs.
+    void cancel_if_pending(std::uint64_t id);
 
     /// A fresh id for a pool or task.
     std::uint64_t next_id() noexcept;
@@ -87,12 +90,13 @@ class engine {
     struct inbox {
         std::vector<std::pair<detail::mpi_task_base*, std::uint32_t>> tasks;
         std::vector<std::uint64_t> cancels;
+        std::vector<std::uint64_t> cancels_pending;
         std::vector<std::uint32_t> cancel_pools;
         std::vector<std::uint32_t> closes;
         std::vector<open_request> opens;
         bool stop = false;
         bool empty() const noexcept {
-            return tasks.empty() && cancels.empty() && cancel_pools.empty() && closes.empty() &&
+            return tasks.empty() && cancels.empty() && cancels_pending.empty() && cancel_pools.empty() && closes.empty() &&
                    opens.empty() && !stop;
         }
     };

@@ -62,6 +62,22 @@ struct mpi_pool::impl final : detail::cancel_hook, mpi_impl::pool_ref {
         return true;
     }
 
+    bool cancel_pending(detail::state_base& s) noexcept override {
+        auto* t = dynamic_cast<detail::mpi_task_base*>(&s);
+        if (t == nullptr || s.is_done()) return false;
+        if (eng == nullptr) {
+            auto* f = static_cast<future<detail::raw_reply>*>(t->local.get());
+            return f != nullptr && f->cancel_pending();
+        }
+        // Only the engine thread knows whether the task has left rank 0, and only its
+        // rank whether it started: ask, and let it resolve as usual.
+        try {
+            eng->cancel_if_pending(t->id);
+        } catch (...) {  // NOLINT(bugprone-empty-catch): it resolves by reply all the same
+        }
+        return false;
+    }
+
     bool help_wait(const detail::state_base& s) noexcept override { return s.is_done(); }
 
     void wait_idle() {

@@ -33,7 +33,10 @@ bool rank_server::handle(const message& m) {
                                                    std::size_t len) { run(h, args, len); });
             return true;
         case tag_cancel:
-            cancel(decode_u64(p, n));
+            cancel(decode_u64(p, n), true);
+            return true;
+        case tag_cancel_pending:
+            cancel(decode_u64(p, n), false);
             return true;
         case tag_close:
             close(static_cast<std::uint32_t>(decode_u64(p, n)));
@@ -93,7 +96,7 @@ void rank_server::run(const task_msg& h, const std::byte* args, std::size_t n) {
     });
 }
 
-void rank_server::cancel(std::uint64_t id) {
+void rank_server::cancel(std::uint64_t id, bool stop_running) {
     future<detail::raw_reply> f;
     {
         std::lock_guard lock(mu_);
@@ -101,7 +104,12 @@ void rank_server::cancel(std::uint64_t id) {
         if (it == running_.end()) return;  // finished already: its reply is on its way
         f = it->second;
     }
-    f.cancel();  // a running task's worker is killed; the outcome replies as cancelled
+    // Either way the outcome replies as usual: cancelled, or (not stopped) its result.
+    if (stop_running) {
+        f.cancel();  // a running task's worker is killed
+    } else {
+        f.cancel_pending();
+    }
 }
 
 void rank_server::close(std::uint32_t pool) noexcept {

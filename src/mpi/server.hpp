@@ -42,7 +42,7 @@ class rank_server {
   private:
     void open(const open_msg& m);
     void run(const task_msg& h, const std::byte* args, std::size_t n);
-    void cancel(std::uint64_t id);
+    void cancel(std::uint64_t id, bool stop_running);
     void close(std::uint32_t pool) noexcept;
     void reply(std::uint64_t id, const future<detail::raw_reply>& f);
     void reply_error(std::uint64_t id, outcome_kind kind, const std::string& text);

@@ -7,7 +7,10 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <algorithm>
 #include <numeric>
+#include <iterator>
+#include <ranges>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -55,6 +58,23 @@ int soak_task(int i) {
 }
 
 bool multi_rank() { return procpool::mpi_size() > 1; }
+
+/// 0, 1, 2, ... without end: an input of unknown length, as a generator gives.
+struct naturals {
+    struct iterator {
+        using value_type = int;
+        using difference_type = std::ptrdiff_t;
+        int i = 0;
+        int operator*() const { return i; }
+        iterator& operator++() {
+            ++i;
+            return *this;
+        }
+        void operator++(int) { ++i; }
+    };
+    iterator begin() const { return {}; }
+    std::unreachable_sentinel_t end() const { return {}; }
+};
 
 TEST(MpiPool, RanksAndWorkers) {
     mpi_pool pool;
@@ -246,6 +266,58 @@ TEST(MpiPool, BadOptionsAreClearErrors) {
     EXPECT_THROW(mpi_pool({.workers_per_rank = -1}), procpool::invalid_argument);
     EXPECT_THROW(mpi_pool({.in_flight_per_worker = -1}), procpool::invalid_argument);
     EXPECT_THROW(mpi_pool({.task_timeout = 0ms}), procpool::invalid_argument);
+}
+
+TEST(MpiPool, ImapOverAnEndlessInput_StopsEarly_AndThePoolGoesOn) {
+    mpi_pool pool;
+    std::vector<int> got;
+    {
+        auto s = pool.imap(square, naturals{}, {.chunksize = 10, .max_in_flight = 4});
+        for (int v : s) {
+            got.push_back(v);
+            if (got.size() == 1000) break;
+        }
+    }  // closing cancels the chunks that have not started and waits for the others
+    ASSERT_EQ(got.size(), 1000u);
+    for (int i = 0; i < 1000; ++i) ASSERT_EQ(got[static_cast<std::size_t>(i)], i * i);
+    std::vector<int> unordered;
+    for (int v : pool.imap_unordered(square, std::vector<int>{1, 2, 3, 4, 5}, {.chunksize = 1})) {
+        unordered.push_back(v);
+    }
+    std::sort(unordered.begin(), unordered.end());
+    EXPECT_EQ(unordered, (std::vector<int>{1, 4, 9, 16, 25}));
+    EXPECT_EQ(pool.submit(square, 3).get(), 9);
+}
+
+TEST(MpiPool, CancelPending_NeverStopsARunningTask) {
+    mpi_pool pool({.in_flight_per_worker = 1});
+    file_gate gate;
+    std::vector<procpool::future<int>> running;
+    for (int i = 0; i < pool.workers(); ++i) {
+        running.push_back(pool.submit(file_gate::wait_then_return, gate.path(), i));
+    }
+    gate.wait_started();  // at least one runs now
+    auto queued = pool.submit(square, 7);
+    // Requests only: each resolves as cancelled (not started) or with its value.
+    static_cast<void>(queued.cancel_pending());
+    std::size_t refused = 0;
+    for (auto& r : running) refused += r.cancel_pending() ? 0 : 1;
+    EXPECT_GE(refused, 1u) << "a task that started was cancelled";
+    gate.open();
+    int values = 0;
+    for (int i = 0; i < pool.workers(); ++i) {
+        auto& r = running[static_cast<std::size_t>(i)];
+        r.wait();
+        if (r.cancelled()) continue;
+        EXPECT_EQ(r.get(), i);
+        ++values;
+    }
+    EXPECT_GE(values, 1);  // the started one ran to its end
+    queued.wait();
+    if (!queued.cancelled()) {
+        EXPECT_EQ(queued.get(), 49);
+    }
+    EXPECT_EQ(pool.submit(square, 2).get(), 4);
 }
 
 }  // namespace
