@@ -173,6 +173,7 @@ images_result blur_images(const demo_options& o) {
 
 // ---- (d) the wind farm -----------------------------------------------------------------
 
+/// What the wind-farm section measured and computed.
 struct wind_farm_result {
     bool ran = false;                  // false: skipped (--wind-step 0)
     int turbines = 0;
@@ -288,6 +289,7 @@ bool as_intended(const std::vector<mode_result>& modes, const images_result& img
     return img.generation_failures == 0;
 }
 
+/// The wind-farm section as a JSON object ("null" if it was skipped).
 std::string wind_farm_json(const wind_farm_result& w) {
     if (!w.ran) return "null";
     const auto& e = w.energy;
