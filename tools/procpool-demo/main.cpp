@@ -39,8 +39,9 @@ constexpr long seed_sizes[] = {5'000'000, 6'000'000, 7'000'000, 8'000'000};
 /// The default --scale. C++ runs heavy_calc about a hundred times faster than the seed's
 /// Python, so at the seed's sizes each task takes milliseconds and the table mostly
 /// measures pool start-up. At 30x the serial run of the four tasks takes about 2 s on the
-/// project's 2-core VM (64 ms at 1x; docs/benchmarks.md, "procpool-demo"): long enough
-/// for the pools' speedups to show, short enough for a demo.
+/// project's 2-core VM (64 ms at 1x; 2.0-2.7 s at 30x as the VM's speed varies; see
+/// docs/benchmarks.md, "procpool-demo"): long enough for the pools' speedups to show,
+/// short enough for a demo.
 constexpr int default_scale = 30;
 
 /// The command line.
