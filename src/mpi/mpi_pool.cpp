@@ -38,10 +38,10 @@ struct mpi_pool::impl final : detail::cancel_hook, mpi_impl::pool_ref {
         // t.local stays: a thread may be cancelling through it; it goes with the task.
         t.attachments.clear();
         t.shared().release();
-        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            std::lock_guard lock(idle_mu);
-            idle_cv.notify_all();
-        }
+        // The count drops under the lock: a waiter in wait_idle that sees 0 may free this
+        // pool at once, so nothing of it may be touched after the lock is released.
+        std::lock_guard lock(idle_mu);
+        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) idle_cv.notify_all();
     }
 
     bool cancel_running(detail::state_base& s) noexcept override {

@@ -242,6 +242,16 @@ TEST(MpiPool, Soak_10000Tasks_5PercentFaults_EveryFutureResolvesWithItsKind) {
     }
 }
 
+// The thread that resolves a pool's last task (rank 0's engine) must not touch the pool
+// once the destructor can see it idle. A stress test only: the window is a few
+// instructions wide and no sanitizer runs under MPI here.
+TEST(MpiPool, PoolDestroyedAsItsLastTaskResolves_Stress) {
+    for (int i = 0; i < 40; ++i) {
+        mpi_pool pool({.workers_per_rank = 1});
+        static_cast<void>(pool.submit(square, i));  // the future is dropped at once
+    }
+}
+
 TEST(MpiPool, BadOptionsAreClearErrors) {
     EXPECT_THROW(mpi_pool({.workers_per_rank = -1}), procpool::invalid_argument);
     EXPECT_THROW(mpi_pool({.in_flight_per_worker = -1}), procpool::invalid_argument);
