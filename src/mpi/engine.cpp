@@ -86,15 +86,25 @@ engine::~engine() { stop(); }
 
 std::uint64_t engine::next_id() noexcept { return ids_.fetch_add(1, std::memory_order_relaxed) + 1; }
 
-void engine::post(inbox& add) {
+bool engine::post(inbox& add) {
     std::lock_guard lock(mu_);
+    if (!accepting_) return false;
     for (auto& t : add.tasks) in_.tasks.push_back(t);
     for (auto id : add.cancels) in_.cancels.push_back(id);
     for (auto id : add.cancel_pools) in_.cancel_pools.push_back(id);
     for (auto id : add.closes) in_.closes.push_back(id);
     for (auto& o : add.opens) in_.opens.push_back(std::move(o));
-    in_.stop = in_.stop || add.stop;
+    if (add.stop) {
+        in_.stop = true;
+        accepting_ = false;
+    }
     if (sleeping_) cv_.notify_one();
+    return true;
+}
+
+bool engine::stopped() const {
+    std::lock_guard lock(mu_);
+    return !accepting_;
 }
 
 std::vector<mpi_rank_info> engine::open_pool(open_msg m, int in_flight_per_worker) {
@@ -105,7 +115,7 @@ std::vector<mpi_rank_info> engine::open_pool(open_msg m, int in_flight_per_worke
     r.done = std::make_shared<promise<std::vector<mpi_rank_info>>>();
     auto f = r.done->get_future();
     add.opens.push_back(std::move(r));
-    post(add);
+    if (!post(add)) throw error("mpi_pool: created after mpi_finalize()");
     return f.get();
 }
 
@@ -121,10 +131,12 @@ void engine::cancel_pending(std::uint32_t pool) {
     post(add);
 }
 
-void engine::submit(detail::mpi_task_base& t, std::uint32_t pool) {
+bool engine::submit(detail::mpi_task_base& t, std::uint32_t pool) {
     std::lock_guard lock(mu_);
+    if (!accepting_) return false;
     in_.tasks.emplace_back(&t, pool);
     if (sleeping_) cv_.notify_one();
+    return true;
 }
 
 void engine::cancel(std::uint64_t id) {
@@ -134,6 +146,7 @@ void engine::cancel(std::uint64_t id) {
 }
 
 void engine::stop() {
+    // Called once, by mpi_finalize, or by the destructor after it (then a no-op).
     if (!thread_.joinable()) return;
     inbox add;
     add.stop = true;
@@ -303,6 +316,16 @@ void engine::on_message(const message& m) {
     }
 }
 
+// Tasks still queued on rank 0 when the engine stops: with no rank left to run them
+// (every window closed), they would never resolve.
+void engine::fail_pending(const char* why) noexcept {
+    for (auto& [id, p] : pools_) {
+        auto pending = std::move(p.pending);
+        p.pending.clear();
+        for (auto* t : pending) fail_task(*t, std::make_exception_ptr(pool_shut_down(why)));
+    }
+}
+
 void engine::lose_rank(std::size_t server, const std::string& why) {
     // Only reachable with an MPI that reports a lost rank instead of ending the job
     // (ULFM); Open MPI 4 aborts every rank first. Fails what the rank held, keeps serving
@@ -395,7 +418,11 @@ void engine::loop() {
         }
         for (auto& [id, p] : pools_) dispatch(p);
         did = c_.progress_sends() || did;
-        if (stopping_ && inflight_.empty() && opening_.empty()) break;
+        if (stopping_ && inflight_.empty() && opening_.empty()) {
+            fail_pending("mpi_pool: MPI was finalized (mpi_finalize) before this task could "
+                         "be sent to a rank");
+            break;
+        }
         if (did) {
             idle.reset();
             continue;

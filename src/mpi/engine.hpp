@@ -57,10 +57,14 @@ class engine {
     /// Cancels every task of `pool` not yet sent to a rank.
     void cancel_pending(std::uint32_t pool);
 
-    /// Queues `t` (its id, args and pool set; the pool holds a reference).
-    void submit(detail::mpi_task_base& t, std::uint32_t pool);
+    /// Queues `t` (its id, args and pool set; the pool holds a reference). False once
+    /// stop() was called (mpi_finalize): `t` is not taken, the caller resolves it.
+    bool submit(detail::mpi_task_base& t, std::uint32_t pool);
     /// Asks the task's rank to stop it (its future is already resolved as cancelled).
     void cancel(std::uint64_t id);
+    /// True once stop() was called: work posted from now on is refused (submit) or
+    /// dropped (cancel, close: there is no rank left to tell).
+    bool stopped() const;
 
     /// A fresh id for a pool or task.
     std::uint64_t next_id() noexcept;
@@ -108,17 +112,19 @@ class engine {
     void fail_task(detail::mpi_task_base& t, std::exception_ptr e) noexcept;
     std::string where(int rank) const;
     std::size_t server_index(int rank) const noexcept { return static_cast<std::size_t>(rank - 1); }
-    void post(inbox& add);
+    bool post(inbox& add);
+    void fail_pending(const char* why) noexcept;
 
     comm& c_;
     std::vector<rank_link> servers_;
     std::atomic<std::uint64_t> ids_{0};
 
     // Shared with submitting threads.
-    std::mutex mu_;
+    mutable std::mutex mu_;
     std::condition_variable cv_;
     inbox in_;
     bool sleeping_ = false;
+    bool accepting_ = true;  ///< false from stop() on
 
     // The engine thread's own.
     inbox work_;

@@ -40,7 +40,7 @@ struct state {
     std::unique_ptr<comm> c;
     std::vector<rank_link> servers;
     std::mutex mu;  // engine creation, finalize
-    std::unique_ptr<engine> eng;
+    std::shared_ptr<engine> eng;
     bool noticed = false;
 };
 
@@ -104,12 +104,18 @@ bool runtime::serving() noexcept {
     return s.mpi && s.rank != 0;
 }
 
-engine* runtime::engine_or_null() {
+bool runtime::finalized() {
+    state& s = g();
+    std::lock_guard lock(s.mu);
+    return s.mpi && s.finalized;
+}
+
+std::shared_ptr<engine> runtime::engine_or_null() {
     state& s = g();
     std::lock_guard lock(s.mu);
     if (!s.mpi || s.finalized || s.servers.empty()) return nullptr;
-    if (!s.eng) s.eng = std::make_unique<engine>(*s.c, s.servers);
-    return s.eng.get();
+    if (!s.eng) s.eng = std::make_shared<engine>(*s.c, s.servers);
+    return s.eng;
 }
 
 void runtime::notice_local(int workers) {
@@ -203,7 +209,7 @@ void mpi_init(int argc, char** argv) {
 
 void mpi_finalize() {
     mpi_impl::state& s = g();
-    std::unique_ptr<mpi_impl::engine> eng;
+    std::shared_ptr<mpi_impl::engine> eng;
     {
         std::lock_guard lock(s.mu);
         if (!s.mpi || s.finalized) return;
@@ -211,7 +217,9 @@ void mpi_finalize() {
         eng = std::move(s.eng);
     }
     if (eng) {
-        eng->stop();  // tells every serving rank to exit
+        // Tells every serving rank to exit. A pool still alive (misuse, or one that
+        // outlives main) keeps the stopped engine, which refuses its work from now on.
+        eng->stop();
     } else if (s.rank == 0) {
         for (const auto& r : s.servers) s.c->send(r.rank, mpi_impl::tag_stop, {});
         s.c->flush();

@@ -1,12 +1,14 @@
 // A second MPI program for the tests that need a whole job: the single-rank fallback
-// (run alone), the same-binary check (launched beside test_mpi, MPMD) and the loss of a
-// serving rank (--kill-a-rank).
+// (run alone), the same-binary check (launched beside test_mpi, MPMD), the loss of a
+// serving rank (--kill-a-rank), and mpi_init / mpi_finalize misuse: called twice
+// (--init-twice), a pool alive at exit (--global-pool) or at mpi_finalize (--finalize-early).
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 
 #include "procpool/mpi_pool.hpp"
@@ -27,10 +29,53 @@ int kill_my_rank(int) {
     return 0;
 }
 
+/// A pool that outlives main (--global-pool): destroyed after the at-exit mpi_finalize.
+std::unique_ptr<procpool::mpi_pool> global_pool;
+
 }  // namespace
 
 int main(int argc, char** argv) {
     procpool::mpi_init(argc, argv);
+    if (argc > 1 && std::strcmp(argv[1], "--init-twice") == 0) {
+        procpool::mpi_init(argc, argv);
+        {
+            procpool::mpi_pool pool;
+            std::printf("probe: init-twice %d\n", pool.submit(triple, 2).get());
+        }
+        procpool::mpi_finalize();
+        procpool::mpi_finalize();
+        std::printf("probe: finalized twice\n");
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--global-pool") == 0) {
+        global_pool = std::make_unique<procpool::mpi_pool>();
+        std::printf("probe: global %d\n", global_pool->submit(triple, 5).get());
+        std::fflush(stdout);
+        static_cast<void>(global_pool->submit(triple, 6));  // may still be running at exit
+        return 0;  // the pool is destroyed after procpool's at-exit mpi_finalize
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--finalize-early") == 0) {
+        procpool::mpi_pool pool;
+        std::printf("probe: before %d\n", pool.submit(triple, 1).get());
+        std::fflush(stdout);
+        procpool::mpi_finalize();  // misuse: a pool is alive
+        try {
+            auto f = pool.submit(triple, 2);
+            std::printf("probe: submit after finalize accepted\n");
+            std::fflush(stdout);
+            f.wait();  // must resolve, whatever it holds
+        } catch (const procpool::pool_shut_down& e) {
+            std::printf("probe: submit after finalize refused: %s\n", e.what());
+        }
+        try {
+            procpool::mpi_pool another;
+            std::printf("probe: pool created after finalize\n");
+        } catch (const procpool::error& e) {
+            std::printf("probe: new pool after finalize refused: %s\n", e.what());
+        }
+        std::fflush(stdout);
+        return 0;  // the pool's destructor runs after mpi_finalize
+    }
     const bool kill = argc > 1 && std::strcmp(argv[1], "--kill-a-rank") == 0;
     procpool::mpi_pool pool;
     if (kill) {
