@@ -1,5 +1,6 @@
 #include "mpi/server.hpp"
 
+#include <climits>
 #include <exception>
 #include <string>
 #include <utility>
@@ -9,6 +10,15 @@
 #include "procpool/error.hpp"
 
 namespace procpool::mpi_impl {
+
+namespace {
+
+// Replies that finish together share a message up to this size.
+constexpr std::size_t max_reply_batch = std::size_t{1} << 20;
+// The most one MPI message carries (its count is an int).
+constexpr std::size_t max_message = static_cast<std::size_t>(INT_MAX);
+
+}  // namespace
 
 rank_server::~rank_server() { close_all(); }
 
@@ -165,9 +175,22 @@ void rank_server::reply_error(std::uint64_t id, outcome_kind kind, const std::st
 }
 
 void rank_server::post_reply(const reply_msg& h, const std::byte* body, std::size_t n) {
-    // Replies that finish while the main thread is busy leave together, in one message.
+    if (sizeof h + n > max_message) {
+        // Too large for one MPI message: the task fails, the rank goes on serving.
+        const std::string text = "mpi_pool: the task's result takes " + std::to_string(n) +
+                                 " bytes; one MPI message carries at most 2 GiB. Return less, "
+                                 "or write the data to a file every node can read";
+        const reply_msg e{h.id, outcome_kind::serialization, detail::run_status::value, 0, 0, 0};
+        post_reply(e, reinterpret_cast<const std::byte*>(text.data()), text.size());
+        return;
+    }
+    // Replies that finish while the main thread is busy leave together, in few messages.
     std::lock_guard lock(mu_);
-    append(replies_, h, body, n);
+    if (replies_.empty() ||
+        (!replies_.back().empty() && replies_.back().size() + sizeof h + n > max_reply_batch)) {
+        replies_.emplace_back();
+    }
+    append(replies_.back(), h, body, n);
 }
 
 void rank_server::post(int tag, std::vector<std::byte> body) {
@@ -179,10 +202,8 @@ bool rank_server::take_outbox(std::vector<std::pair<int, std::vector<std::byte>>
     std::lock_guard lock(mu_);
     if (outbox_.empty() && replies_.empty()) return false;
     out.swap(outbox_);
-    if (!replies_.empty()) {
-        out.emplace_back(tag_reply, std::move(replies_));
-        replies_ = {};
-    }
+    for (auto& batch : replies_) out.emplace_back(tag_reply, std::move(batch));
+    replies_.clear();
     return true;
 }
 

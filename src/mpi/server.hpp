@@ -56,7 +56,10 @@ class rank_server {
     mutable std::mutex mu_;
     std::unordered_map<std::uint64_t, future<detail::raw_reply>> running_;
     std::vector<std::pair<int, std::vector<std::byte>>> outbox_;
-    std::vector<std::byte> replies_;  // reply records not sent yet, one batch
+    // Reply records not sent yet, in batches of at most max_reply_batch bytes (a larger
+    // record travels alone): no message may reach MPI's 2 GiB limit however many large
+    // results finish while the main thread is busy.
+    std::vector<std::vector<std::byte>> replies_;
 };
 
 /// Serves rank 0 until it says stop: the loop of every rank but 0.

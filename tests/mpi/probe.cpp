@@ -1,7 +1,8 @@
 // A second MPI program for the tests that need a whole job: the single-rank fallback
 // (run alone), the same-binary check (launched beside test_mpi, MPMD), the loss of a
 // serving rank (--kill-a-rank), and mpi_init / mpi_finalize misuse: called twice
-// (--init-twice), a pool alive at exit (--global-pool) or at mpi_finalize (--finalize-early).
+// (--init-twice), a pool alive at exit (--global-pool) or at mpi_finalize (--finalize-early),
+// and a result too large for one MPI message (--result-over-2gib: needs about 8 GiB).
 #include <signal.h>
 #include <unistd.h>
 
@@ -10,12 +11,15 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "procpool/mpi_pool.hpp"
 
 namespace {
 
 int triple(int x) { return 3 * x; }
+
+std::vector<char> bytes(std::size_t n) { return std::vector<char>(n, 'x'); }
 
 /// Runs in a worker, whose parent is its rank's fork server, whose parent is the serving
 /// rank itself: kills that rank as an outside kill -9 would.
@@ -75,6 +79,17 @@ int main(int argc, char** argv) {
         }
         std::fflush(stdout);
         return 0;  // the pool's destructor runs after mpi_finalize
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--result-over-2gib") == 0) {
+        procpool::mpi_pool pool({.workers_per_rank = 1});
+        try {
+            const auto v = pool.submit(bytes, std::size_t{1} << 31).get();
+            std::printf("probe: a result of %zu bytes arrived\n", v.size());
+        } catch (const procpool::serialization_error& e) {
+            std::printf("probe: too large: %s\n", e.what());
+        }
+        std::printf("probe: then %d\n", pool.submit(triple, 14).get());
+        return 0;
     }
     const bool kill = argc > 1 && std::strcmp(argv[1], "--kill-a-rank") == 0;
     procpool::mpi_pool pool;

@@ -42,6 +42,9 @@ std::vector<double> big_vector(int n) {
     return v;
 }
 double sum(std::vector<double> v) { return std::accumulate(v.begin(), v.end(), 0.0); }
+std::vector<int> filled(int n, int value) {
+    return std::vector<int>(static_cast<std::size_t>(n), value);
+}
 
 /// 5 % of the soak's tasks fail, in three ways.
 int soak_task(int i) {
@@ -90,6 +93,20 @@ TEST(MpiPool, VectorsTravelByValue) {
     ASSERT_EQ(v.size(), 300'000u);
     EXPECT_EQ(v[299'999], 299'999.0);
     EXPECT_EQ(pool.submit(sum, v).get(), std::accumulate(v.begin(), v.end(), 0.0));
+}
+
+// Results of a few hundred KiB that finish together on a rank leave in several reply
+// messages (batches stop at 1 MiB); each must come back whole, to its own future.
+TEST(MpiPool, ManyLargeResultsAtOnce) {
+    mpi_pool pool;
+    std::vector<procpool::future<std::vector<int>>> fs;
+    for (int i = 0; i < 64; ++i) fs.push_back(pool.submit(filled, 100'000 + 1000 * i, i));
+    for (int i = 0; i < 64; ++i) {
+        const auto v = fs[static_cast<std::size_t>(i)].get();
+        ASSERT_EQ(v.size(), static_cast<std::size_t>(100'000 + 1000 * i));
+        EXPECT_EQ(v.front(), i);
+        EXPECT_EQ(v.back(), i);
+    }
 }
 
 TEST(MpiPool, RemoteExceptionKeepsTypeAndMessage) {
