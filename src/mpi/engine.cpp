@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -91,7 +92,7 @@ bool engine::post(inbox& add) {
     if (!accepting_) return false;
     for (auto& t : add.tasks) in_.tasks.push_back(t);
     for (auto id : add.cancels) in_.cancels.push_back(id);
-    for (auto id : add.cancel_pools) in_.cancel_pools.push_back(id);
+    for (auto& r : add.cancel_pools) in_.cancel_pools.push_back(std::move(r));
     for (auto id : add.closes) in_.closes.push_back(id);
     for (auto& o : add.opens) in_.opens.push_back(std::move(o));
     if (add.stop) {
@@ -127,8 +128,18 @@ void engine::close_pool(std::uint32_t pool) {
 
 void engine::cancel_pending(std::uint32_t pool) {
     inbox add;
-    add.cancel_pools.push_back(pool);
-    post(add);
+    cancel_request r;
+    r.pool = pool;
+    // A done-callback runs on the engine's thread: waiting there would wait for itself.
+    const bool wait = std::this_thread::get_id() != thread_.get_id();
+    std::optional<future<void>> f;
+    if (wait) {
+        r.done = std::make_shared<promise<void>>();
+        f = r.done->get_future();
+    }
+    add.cancel_pools.push_back(std::move(r));
+    if (!post(add) || !f) return;  // stopped: no rank holds a task any more
+    f->wait();
 }
 
 bool engine::submit(detail::mpi_task_base& t, std::uint32_t pool) {
@@ -308,10 +319,31 @@ void engine::on_opened(const message& m) {
     opening_.erase(it);
 }
 
+void engine::on_pending_cancelled(const message& m) {
+    std::uint32_t pool = 0;
+    try {
+        pool = static_cast<std::uint32_t>(decode_u64(m.body.data(), m.body.size()));
+    } catch (...) {
+        return;
+    }
+    // A rank confirms in the order the requests reached it: the first request for this
+    // pool still waiting for that rank is the one confirmed.
+    auto it = std::find_if(cancelling_.begin(), cancelling_.end(), [&](const cancel_request& r) {
+        return r.pool == pool &&
+               std::find(r.waiting.begin(), r.waiting.end(), m.source) != r.waiting.end();
+    });
+    if (it == cancelling_.end()) return;
+    it->waiting.erase(std::find(it->waiting.begin(), it->waiting.end(), m.source));
+    if (!it->waiting.empty()) return;
+    if (it->done) it->done->set_value();
+    cancelling_.erase(it);
+}
+
 void engine::on_message(const message& m) {
     switch (m.tag) {
         case tag_reply: on_reply(m); break;
         case tag_opened: on_opened(m); break;
+        case tag_pending_cancelled: on_pending_cancelled(m); break;
         default: break;
     }
 }
@@ -391,16 +423,29 @@ void engine::loop() {
                     break;
                 }
             }
-            for (auto pool : work_.cancel_pools) {
-                auto it = pools_.find(pool);
-                if (it == pools_.end()) continue;
-                auto pending = std::move(it->second.pending);
-                for (auto* t : pending) {
-                    if (t->begin_resolve()) {
-                        t->shared().set_cancelled("task cancelled: its pool shut down");
+            for (auto& r : work_.cancel_pools) {
+                auto it = pools_.find(r.pool);
+                if (it != pools_.end()) {
+                    auto pending = std::move(it->second.pending);
+                    it->second.pending.clear();
+                    for (auto* t : pending) {
+                        if (t->begin_resolve()) {
+                            t->shared().set_cancelled("task cancelled: its pool shut down");
+                        }
+                        owner(*t).release_task(*t);
                     }
-                    owner(*t).release_task(*t);
+                    // The tasks sent ahead and not started yet: each rank cancels them.
+                    for (const auto& s : servers_) {
+                        if (s.lost) continue;
+                        c_.send(s.rank, tag_cancel_pending, encode_u64(r.pool));
+                        r.waiting.push_back(s.rank);
+                    }
                 }
+                if (r.waiting.empty()) {
+                    if (r.done) r.done->set_value();
+                    continue;
+                }
+                cancelling_.push_back(std::move(r));
             }
             for (auto pool : work_.closes) {
                 pools_.erase(pool);
@@ -418,7 +463,7 @@ void engine::loop() {
         }
         for (auto& [id, p] : pools_) dispatch(p);
         did = c_.progress_sends() || did;
-        if (stopping_ && inflight_.empty() && opening_.empty()) {
+        if (stopping_ && inflight_.empty() && opening_.empty() && cancelling_.empty()) {
             fail_pending("mpi_pool: MPI was finalized (mpi_finalize) before this task could "
                          "be sent to a rank");
             break;
@@ -427,7 +472,8 @@ void engine::loop() {
             idle.reset();
             continue;
         }
-        const bool expecting = !inflight_.empty() || !opening_.empty() || c_.sends_in_flight() != 0;
+        const bool expecting = !inflight_.empty() || !opening_.empty() || !cancelling_.empty() ||
+                               c_.sends_in_flight() != 0;
         if (expecting) {
             idle.pause(true);
             continue;

@@ -54,7 +54,9 @@ class engine {
     std::vector<mpi_rank_info> open_pool(open_msg m, int in_flight_per_worker);
     /// Closes a pool whose tasks have all been resolved.
     void close_pool(std::uint32_t pool);
-    /// Cancels every task of `pool` not yet sent to a rank.
+    /// Cancels every task of `pool` that has not started: those still on rank 0, and those
+    /// sent ahead to a rank (it cancels them in its local pool). Returns once every rank
+    /// has done so, or at once when called on the engine's thread (a done-callback).
     void cancel_pending(std::uint32_t pool);
 
     /// Queues `t` (its id, args and pool set; the pool holds a reference). False once
@@ -88,10 +90,15 @@ class engine {
         std::string errors;
         std::size_t remaining = 0;
     };
+    struct cancel_request {
+        std::uint32_t pool = 0;
+        std::shared_ptr<promise<void>> done;  ///< null: nobody waits
+        std::vector<int> waiting;             ///< the ranks yet to confirm
+    };
     struct inbox {
         std::vector<std::pair<detail::mpi_task_base*, std::uint32_t>> tasks;
         std::vector<std::uint64_t> cancels;
-        std::vector<std::uint32_t> cancel_pools;
+        std::vector<cancel_request> cancel_pools;
         std::vector<std::uint32_t> closes;
         std::vector<open_request> opens;
         bool stop = false;
@@ -108,6 +115,7 @@ class engine {
     void on_message(const message& m);
     void on_reply(const message& m);
     void on_opened(const message& m);
+    void on_pending_cancelled(const message& m);
     void lose_rank(std::size_t server, const std::string& why);
     void fail_task(detail::mpi_task_base& t, std::exception_ptr e) noexcept;
     std::string where(int rank) const;
@@ -131,6 +139,7 @@ class engine {
     std::unordered_map<std::uint32_t, pool_state> pools_;
     std::unordered_map<std::uint64_t, detail::mpi_task_base*> inflight_;
     std::unordered_map<std::uint32_t, open_request> opening_;
+    std::vector<cancel_request> cancelling_;  // waiting for the ranks' confirmations
     bool stopping_ = false;
     std::vector<std::vector<std::byte>> batches_;  // per server, reused by dispatch
     std::thread thread_;

@@ -21,6 +21,8 @@ enum tag : int {
     tag_cancel = 105,  ///< rank 0 → server: cancel a task (its id)
     tag_close = 106,   ///< rank 0 → servers: close a pool (its id)
     tag_stop = 107,    ///< rank 0 → servers: exit
+    tag_cancel_pending = 108,    ///< rank 0 → servers: cancel a pool's tasks not started (its id)
+    tag_pending_cancelled = 109, ///< server → rank 0: done (the pool's id)
 };
 
 /// The options a serving rank opens its local process pool with.

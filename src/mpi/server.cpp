@@ -45,6 +45,9 @@ bool rank_server::handle(const message& m) {
         case tag_cancel:
             cancel(decode_u64(p, n));
             return true;
+        case tag_cancel_pending:
+            cancel_pending(static_cast<std::uint32_t>(decode_u64(p, n)));
+            return true;
         case tag_close:
             close(static_cast<std::uint32_t>(decode_u64(p, n)));
             return true;
@@ -82,6 +85,11 @@ void rank_server::run(const task_msg& h, const std::byte* args, std::size_t n) {
         reply_error(h.id, outcome_kind::shut_down, "mpi_pool: its pool is closed on this rank");
         return;
     }
+    if (cancelled_.count(h.pool) != 0) {
+        // Sent before rank 0 learnt of the shutdown (a submit racing with it).
+        reply_error(h.id, outcome_kind::cancelled, "task cancelled: its pool shut down");
+        return;
+    }
     future<detail::raw_reply> f;
     try {
         f = detail::relay_access::submit(*it->second, h.invoker, h.fn, h.timeout_ns, args, n);
@@ -114,7 +122,21 @@ void rank_server::cancel(std::uint64_t id) {
     f.cancel();  // a running task's worker is killed; the outcome replies as cancelled
 }
 
+void rank_server::cancel_pending(std::uint32_t pool) {
+    // Rank 0 shut the pool down: the tasks it sent here that have not started resolve as
+    // cancelled (their replies follow); no more tasks of it will run here.
+    if (auto it = pools_.find(pool); it != pools_.end()) {
+        cancelled_.insert(pool);
+        try {
+            it->second->shutdown({.wait = false, .cancel_pending = true});
+        } catch (...) {  // NOLINT(bugprone-empty-catch): its tasks still resolve
+        }
+    }
+    post(tag_pending_cancelled, encode_u64(pool));
+}
+
 void rank_server::close(std::uint32_t pool) noexcept {
+    cancelled_.erase(pool);
     auto it = pools_.find(pool);
     if (it == pools_.end()) return;
     try {

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "mpi/comm.hpp"
@@ -43,6 +44,7 @@ class rank_server {
     void open(const open_msg& m);
     void run(const task_msg& h, const std::byte* args, std::size_t n);
     void cancel(std::uint64_t id);
+    void cancel_pending(std::uint32_t pool);
     void close(std::uint32_t pool) noexcept;
     void reply(std::uint64_t id, const future<detail::raw_reply>& f);
     void reply_error(std::uint64_t id, outcome_kind kind, const std::string& text);
@@ -52,6 +54,7 @@ class rank_server {
     int default_workers_;
     std::string host_ = host_name();
     std::unordered_map<std::uint32_t, std::unique_ptr<process_pool>> pools_;
+    std::unordered_set<std::uint32_t> cancelled_;  // pools shut down with cancel_pending
 
     mutable std::mutex mu_;
     std::unordered_map<std::uint64_t, future<detail::raw_reply>> running_;

@@ -7,6 +7,9 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
 #include <numeric>
 #include <set>
 #include <stdexcept>
@@ -58,6 +61,12 @@ int soak_task(int i) {
 }
 
 bool multi_rank() { return procpool::mpi_size() > 1; }
+
+/// Marks its own start in `dir` (started-<value>), then waits for the gate to open.
+int mark_then_wait(std::string dir, int value) {
+    std::ofstream(dir + "/started-" + std::to_string(value)) << 1;
+    return file_gate::wait_then_return(std::move(dir), value);
+}
 
 TEST(MpiPool, RanksAndWorkers) {
     mpi_pool pool;
@@ -208,6 +217,64 @@ TEST(MpiPool, ShutdownWithPendingWork_EveryFutureResolves) {
     }
     EXPECT_EQ(values + cancelled, 50);
     EXPECT_GT(cancelled, 0);
+}
+
+// shutdown(cancel_pending) resolves every task that has not started as cancelled: also
+// those already sent ahead to a rank (its window), not only those still on rank 0.
+TEST(MpiPool, ShutdownCancelPending_CancelsTasksQueuedOnTheRanks) {
+    constexpr int n = 40;
+    file_gate gate;  // outlives the pool: tasks that start late still find its directory
+    std::vector<procpool::future<int>> fs;
+    std::vector<bool> started_before(n);
+    {
+        mpi_pool pool({.workers_per_rank = 1, .in_flight_per_worker = 4});
+        const int workers = pool.workers();
+        for (int i = 0; i < n; ++i) fs.push_back(pool.submit(mark_then_wait, gate.path(), i));
+        auto started = [&](int i) {
+            return std::filesystem::exists(gate.path() + "/started-" + std::to_string(i));
+        };
+        // Every worker holds a gated task: nothing else can start until the gate opens.
+        const auto until = std::chrono::steady_clock::now() + 2min;
+        for (;;) {
+            int k = 0;
+            for (int i = 0; i < n; ++i) k += started(i) ? 1 : 0;
+            if (k == workers) break;
+            ASSERT_LT(std::chrono::steady_clock::now(), until) << k << " of " << workers;
+            std::this_thread::sleep_for(1ms);
+        }
+        pool.shutdown({.wait = false, .cancel_pending = true});
+        for (int i = 0; i < n; ++i) started_before[static_cast<std::size_t>(i)] = started(i);
+        gate.open();
+    }  // waits for every task
+    for (int i = 0; i < n; ++i) {
+        const auto& f = fs[static_cast<std::size_t>(i)];
+        ASSERT_TRUE(f.ready());
+        if (started_before[static_cast<std::size_t>(i)]) {
+            EXPECT_EQ(f.get(), i);
+        } else {
+            EXPECT_TRUE(f.cancelled()) << "task " << i << " had not started at shutdown, yet ran";
+        }
+    }
+}
+
+// "On the first failure, cancel the rest" from a done-callback: it runs on rank 0's MPI
+// thread, where shutdown(cancel_pending) must not wait for that thread's own work.
+TEST(MpiPool, ShutdownCancelPendingFromADoneCallback) {
+    file_gate gate;
+    mpi_pool pool({.in_flight_per_worker = 1});
+    auto first = pool.submit(file_gate::wait_then_return, gate.path(), 1);
+    std::vector<procpool::future<int>> rest;
+    for (int i = 0; i < 20; ++i) rest.push_back(pool.submit(square, i));
+    auto called = std::make_shared<procpool::promise<void>>();
+    auto done = called->get_future();
+    first.on_done([&pool, called] {
+        pool.shutdown({.wait = false, .cancel_pending = true});
+        called->set_value();
+    });
+    gate.open();
+    done.get();
+    EXPECT_EQ(first.get(), 1);
+    for (auto& f : rest) EXPECT_TRUE(f.wait_for(2min));  // a watchdog only
 }
 
 TEST(MpiPool, SharedArrayArgumentToAnotherRank_IsAClearError) {
