@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -19,6 +20,8 @@ namespace {
 constexpr std::size_t max_batch_bytes = std::size_t{1} << 20;
 // Tasks with at least this many bytes of arguments travel alone.
 constexpr std::size_t alone_bytes = std::size_t{64} << 10;
+// The most one MPI message carries (its count is an int).
+constexpr std::size_t max_message_bytes = static_cast<std::size_t>(INT_MAX);
 
 pool_ref& owner(detail::mpi_task_base& t) noexcept { return *static_cast<pool_ref*>(t.pool); }
 
@@ -388,9 +391,18 @@ void engine::loop() {
             for (auto& o : work_.opens) {
                 const std::uint32_t id = o.msg.pool;
                 o.remaining = 0;
+                const std::vector<std::byte> body = encode(o.msg);
+                if (body.size() > max_message_bytes) {
+                    // comm::send would throw here, on the MPI thread: fail the constructor.
+                    o.done->set_exception(std::make_exception_ptr(serialization_error(
+                        "mpi_pool: the pool's options (initializer arguments, environment) "
+                        "take " + std::to_string(body.size()) +
+                        " bytes; one MPI message carries at most 2 GiB")));
+                    continue;
+                }
                 for (const auto& s : servers_) {
                     if (s.lost) continue;
-                    c_.send(s.rank, tag_open, encode(o.msg));
+                    c_.send(s.rank, tag_open, body);
                     ++o.remaining;
                 }
                 if (o.remaining == 0) {

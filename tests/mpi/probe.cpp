@@ -2,7 +2,8 @@
 // (run alone), the same-binary check (launched beside test_mpi, MPMD), the loss of a
 // serving rank (--kill-a-rank), and mpi_init / mpi_finalize misuse: called twice
 // (--init-twice), a pool alive at exit (--global-pool) or at mpi_finalize (--finalize-early),
-// and a result too large for one MPI message (--result-over-2gib: needs about 8 GiB).
+// and a pool's initializer or a task's result too large for one MPI message
+// (--over-2gib: needs about 8 GiB).
 #include <signal.h>
 #include <unistd.h>
 
@@ -20,6 +21,8 @@ namespace {
 int triple(int x) { return 3 * x; }
 
 std::vector<char> bytes(std::size_t n) { return std::vector<char>(n, 'x'); }
+
+void init_with(std::vector<char> blob) { static_cast<void>(blob); }
 
 /// Runs in a worker, whose parent is its rank's fork server, whose parent is the serving
 /// rank itself: kills that rank as an outside kill -9 would.
@@ -80,7 +83,15 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
         return 0;  // the pool's destructor runs after mpi_finalize
     }
-    if (argc > 1 && std::strcmp(argv[1], "--result-over-2gib") == 0) {
+    if (argc > 1 && std::strcmp(argv[1], "--over-2gib") == 0) {
+        try {
+            procpool::mpi_pool big({.initializer = procpool::worker_initializer(
+                                        init_with, std::vector<char>(std::size_t{1} << 31))});
+            std::printf("probe: a pool with a 2 GiB initializer started\n");
+        } catch (const procpool::error& e) {
+            std::printf("probe: initializer too large: %s\n", e.what());
+        }
+        std::fflush(stdout);
         procpool::mpi_pool pool({.workers_per_rank = 1});
         try {
             const auto v = pool.submit(bytes, std::size_t{1} << 31).get();
