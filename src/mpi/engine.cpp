@@ -90,6 +90,10 @@ engine::~engine() { stop(); }
 
 std::uint64_t engine::next_id() noexcept { return ids_.fetch_add(1, std::memory_order_relaxed) + 1; }
 
+std::uint32_t engine::next_pool_id() noexcept {
+    return pool_ids_.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
 bool engine::post(inbox& add) {
     std::lock_guard lock(mu_);
     if (!accepting_) return false;

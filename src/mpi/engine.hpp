@@ -68,8 +68,12 @@ class engine {
     /// dropped (cancel, close: there is no rank left to tell).
     bool stopped() const;
 
-    /// A fresh id for a pool or task.
+    /// A fresh id for a task.
     std::uint64_t next_id() noexcept;
+    /// A fresh id for a pool. Pools count apart from tasks: a pool id is 32 bits on the
+    /// wire, and one taken from the task counter would repeat after 2^32 tasks, so a new
+    /// pool could take the id of one still open (on the ranks, replacing it).
+    std::uint32_t next_pool_id() noexcept;
 
     /// Tells every serving rank to exit and stops the thread (all pools closed).
     void stop();
@@ -126,6 +130,7 @@ class engine {
     comm& c_;
     std::vector<rank_link> servers_;
     std::atomic<std::uint64_t> ids_{0};
+    std::atomic<std::uint32_t> pool_ids_{0};
 
     // Shared with submitting threads.
     mutable std::mutex mu_;

@@ -123,7 +123,7 @@ mpi_pool::mpi_pool(mpi_pool_options opts) : impl_(std::make_unique<impl>()) {
         return;
     }
     mpi_impl::open_msg m;
-    m.pool = static_cast<std::uint32_t>(p.eng->next_id());
+    m.pool = p.eng->next_pool_id();
     m.workers = p.opts.workers_per_rank;
     m.max_tasks_per_child = p.opts.max_tasks_per_child;
     m.memory_limit = p.opts.memory_limit;
