@@ -84,6 +84,7 @@ void resolve_from_reply(detail::mpi_task_base& t, const reply_msg& h, const std:
 
 engine::engine(comm& c, std::vector<rank_link> servers) : c_(c), servers_(std::move(servers)) {
     thread_ = std::thread([this] { loop(); });
+    thread_id_ = thread_.get_id();
 }
 
 engine::~engine() { stop(); }
@@ -138,7 +139,7 @@ void engine::cancel_pending(std::uint32_t pool) {
     cancel_request r;
     r.pool = pool;
     // A done-callback runs on the engine's thread: waiting there would wait for itself.
-    const bool wait = std::this_thread::get_id() != thread_.get_id();
+    const bool wait = std::this_thread::get_id() != thread_id_;
     std::optional<future<void>> f;
     if (wait) {
         r.done = std::make_shared<promise<void>>();

@@ -148,6 +148,7 @@ class engine {
     bool stopping_ = false;
     std::vector<std::vector<std::byte>> batches_;  // per server, reused by dispatch
     std::thread thread_;
+    std::thread::id thread_id_;  // thread_'s, kept: join() in stop() clears thread_'s
 };
 
 /// The what() of the exception in `e`.
