@@ -136,10 +136,22 @@ namespace procpool {
 using mpi_impl::g;
 
 void mpi_init(int argc, char** argv) {
+    mpi_impl::state& s = g();
+    int already = 0;
+    if (!s.mpi && MPI_Initialized(&already) == MPI_SUCCESS && already != 0) {
+        // The program called MPI_Init itself: the fork server would start from an MPI
+        // process, and MPI_Init_thread below would be a second initialisation.
+        std::fprintf(stderr,
+                     "procpool: mpi_init: MPI is already initialised (the program called "
+                     "MPI_Init); call procpool::mpi_init instead of MPI_Init, first thing in "
+                     "main: it starts procpool's fork server before MPI exists, then "
+                     "initialises MPI itself\n");
+        std::fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
     // Workers come from the fork server, started before MPI exists in this process:
     // forking an MPI process is unsafe with several of its transports.
     init(argc, argv);
-    mpi_impl::state& s = g();
     if (s.mpi || !mpi_impl::launched_as_rank()) return;
     int provided = 0;
     mpi_impl::check(MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided),

@@ -1,9 +1,10 @@
 // A second MPI program for the tests that need a whole job: the single-rank fallback
 // (run alone), the same-binary check (launched beside test_mpi, MPMD), the loss of a
 // serving rank (--kill-a-rank), and mpi_init / mpi_finalize misuse: called twice
-// (--init-twice), a pool alive at exit (--global-pool) or at mpi_finalize (--finalize-early),
+// (--init-twice), after the program's own MPI_Init (--mpi-init-first), a pool alive at exit (--global-pool) or at mpi_finalize (--finalize-early),
 // and a pool's initializer or a task's result too large for one MPI message
 // (--over-2gib: needs about 8 GiB).
+#include <mpi.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -42,6 +43,9 @@ std::unique_ptr<procpool::mpi_pool> global_pool;
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc > 1 && std::strcmp(argv[1], "--mpi-init-first") == 0) {
+        MPI_Init(&argc, &argv);  // misuse: mpi_init must replace it
+    }
     procpool::mpi_init(argc, argv);
     if (argc > 1 && std::strcmp(argv[1], "--init-twice") == 0) {
         procpool::mpi_init(argc, argv);
