@@ -200,7 +200,12 @@ bool engine::take_inbox() {
 int engine::window(const pool_state& p, std::size_t server) const noexcept {
     const int workers = p.workers[server];
     if (workers == 0) return 0;
-    if (p.per_worker > 0) return workers * p.per_worker;
+    if (p.per_worker > 0) {
+        // In 64 bits: workers × a large in_flight_per_worker overflows an int, and a
+        // negative window would never send a task.
+        return static_cast<int>(
+            std::min<std::int64_t>(std::int64_t{workers} * p.per_worker, INT_MAX));
+    }
     const double per_ms = servers_[server].rate * 1e6;
     const double lo = 2.0 * workers, hi = 64.0 * workers;
     return static_cast<int>(std::clamp(per_ms, lo, hi));

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -178,6 +179,12 @@ TEST(MpiPool, CancelRunningTaskKillsItsWorker) {
     EXPECT_TRUE(f.cancelled());
     EXPECT_THROW(f.get(), procpool::task_cancelled);
     EXPECT_EQ(pool.submit(square, 4).get(), 16);
+}
+
+// workers × in_flight_per_worker beyond an int: every task still goes out and resolves.
+TEST(MpiPool, HugeInFlightPerWorker) {
+    mpi_pool pool({.workers_per_rank = 2, .in_flight_per_worker = INT_MAX});
+    EXPECT_EQ(pool.submit(square, 3).get(), 9);
 }
 
 TEST(MpiPool, CancelQueuedTask) {
