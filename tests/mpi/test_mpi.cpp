@@ -63,6 +63,16 @@ int soak_task(int i) {
 
 bool multi_rank() { return procpool::mpi_size() > 1; }
 
+void init_throws(int) { throw std::runtime_error("init failed on purpose"); }
+void init_exits(int code) { std::_Exit(code); }
+
+/// Kills the worker's parent, its rank's fork server, as an outside kill -9 would.
+int kill_fork_server(int) {
+    kill(getppid(), SIGKILL);
+    pause();
+    return 0;
+}
+
 /// Marks its own start in `dir` (started-<value>), then waits for the gate to open.
 int mark_then_wait(std::string dir, int value) {
     std::ofstream(dir + "/started-" + std::to_string(value)) << 1;
@@ -341,6 +351,113 @@ TEST(MpiPool, PoolDestroyedAsItsLastTaskResolves_Stress) {
         mpi_pool pool({.workers_per_rank = 1});
         static_cast<void>(pool.submit(square, i));  // the future is dropped at once
     }
+}
+
+// Several threads submit tasks that throw, abort or exit, and cancel some of them (some
+// twice, some after they resolved): every future resolves.
+TEST(MpiPool, ConcurrentSubmittersFaultsAndCancels_EveryFutureResolves) {
+    mpi_pool pool;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t) {
+        threads.emplace_back([&pool, t] {
+            std::vector<procpool::future<int>> fs;
+            for (int i = 0; i < 600; ++i) {
+                fs.push_back(pool.submit(soak_task, 600 * t + i));
+                if (i % 7 == 0) fs.back().cancel();
+                if (i % 11 == 0) fs[static_cast<std::size_t>(i / 2)].cancel();
+            }
+            for (std::size_t i = 0; i < fs.size(); ++i) {
+                fs[i].wait();
+                if (i % 5 == 0) fs[i].cancel();  // resolved already: nothing happens
+                if (!fs[i].cancelled() && fs[i].exception() == nullptr) {
+                    EXPECT_EQ(fs[i].get(), 2 * (600 * t + static_cast<int>(i)));
+                }
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+}
+
+// Pools opened and closed in a loop and from several threads at once: ids, CLOSE after
+// the last reply, the ranks' local pools.
+TEST(MpiPool, PoolsOpenedAndClosedFromSeveralThreads) {
+    for (int i = 0; i < 10; ++i) {
+        mpi_pool p({.workers_per_rank = 1});
+        auto f = p.submit(square, i);
+        if (i % 2 == 0) p.shutdown({.wait = false});
+        EXPECT_EQ(f.get(), i * i);
+    }
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t) {
+        threads.emplace_back([t] {
+            for (int k = 0; k < 4; ++k) {
+                mpi_pool p({.workers_per_rank = 1});
+                auto out = p.map(square, std::vector<int>(500, t + k), 7);
+                EXPECT_EQ(out.back(), (t + k) * (t + k));
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+}
+
+// A pool destroyed while other threads wait on its futures and cancel them.
+TEST(MpiPool, DestroyedWhileOtherThreadsWaitAndCancel) {
+    file_gate gate;
+    auto pool = std::make_unique<mpi_pool>();
+    for (int i = 0; i < 200; ++i) static_cast<void>(pool->submit(square, i));  // dropped
+    auto gated = pool->submit(file_gate::wait_then_return, gate.path(), 1);
+    auto plain = pool->submit(square, 3);
+    std::thread waiter([plain] { EXPECT_EQ(plain.get(), 9); });
+    std::thread canceller([gated] {
+        gated.cancel();
+        gated.cancel();
+    });
+    canceller.join();
+    gate.open();   // whether or not the cancel reached it first
+    pool.reset();  // waits for every task
+    waiter.join();
+    EXPECT_TRUE(gated.ready());
+    EXPECT_FALSE(gated.cancel());
+}
+
+// An initializer that throws or exits on the serving ranks fails the pool's tasks with
+// the reason and the rank; nothing hangs, the pool closes.
+TEST(MpiPool, InitializerThatThrowsOrExits_FailsTasksNamingTheRank) {
+    {
+        mpi_pool pool({.initializer = procpool::worker_initializer(init_throws, 1)});
+        try {
+            static_cast<void>(pool.submit(square, 2).get());
+            FAIL() << "no exception";
+        } catch (const procpool::error& e) {
+            const std::string what = e.what();
+            EXPECT_NE(what.find("init failed on purpose"), std::string::npos) << what;
+            if (multi_rank()) {
+                EXPECT_NE(what.find("MPI rank"), std::string::npos) << what;
+            }
+        }
+    }
+    mpi_pool pool({.initializer = procpool::worker_initializer(init_exits, 9)});
+    try {
+        static_cast<void>(pool.submit(square, 2).get());
+        FAIL() << "no exception";
+    } catch (const procpool::error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("exit code 9"), std::string::npos) << what;
+        if (multi_rank()) {
+            EXPECT_NE(what.find("MPI rank"), std::string::npos) << what;
+        }
+    }
+}
+
+// A serving rank's fork server killed from outside: the task on it fails, the rank
+// starts another and goes on serving, new pools included.
+TEST(MpiPool, ForkServerKilled_RankKeepsServing) {
+    mpi_pool pool({.workers_per_rank = 1});
+    EXPECT_THROW(static_cast<void>(pool.submit(kill_fork_server, 0).get()), procpool::worker_died);
+    auto out = pool.map(square, std::vector<int>(50, 4), 1);
+    EXPECT_EQ(out.back(), 16);
+    mpi_pool another({.workers_per_rank = 1});
+    EXPECT_EQ(another.submit(square, 5).get(), 25);
 }
 
 TEST(MpiPool, BadOptionsAreClearErrors) {
