@@ -5,6 +5,7 @@
 #include <climits>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <utility>
 
 #include "mpi/backoff.hpp"
@@ -361,6 +362,28 @@ void engine::on_message(const message& m) {
     }
 }
 
+// Takes the tasks with these ids out of the pools' queues and lets them go (their
+// cancellers resolved them). One pass per pool for the whole batch, stopping once all are
+// found: cancelling many queued tasks in any order costs linear time, not quadratic.
+void engine::drop_queued(std::unordered_set<std::uint64_t>& ids) noexcept {
+    for (auto& [pid, p] : pools_) {
+        if (ids.empty()) return;
+        auto& q = p.pending;
+        std::size_t w = 0, r = 0;
+        for (; r < q.size() && !ids.empty(); ++r) {
+            detail::mpi_task_base* t = q[r];
+            if (ids.erase(t->id) != 0) {
+                owner(*t).release_task(*t);
+                continue;
+            }
+            q[w++] = t;
+        }
+        if (w == r) continue;
+        for (; r < q.size(); ++r) q[w++] = q[r];
+        q.resize(w);
+    }
+}
+
 // Tasks still queued on rank 0 when the engine stops: with no rank left to run them
 // (every window closed), they would never resolve.
 void engine::fail_pending(const char* why) noexcept {
@@ -430,21 +453,15 @@ void engine::loop() {
                 }
                 it->second.pending.push_back(t);
             }
+            std::unordered_set<std::uint64_t> queued_cancels;
             for (auto id : work_.cancels) {
                 if (auto it = inflight_.find(id); it != inflight_.end()) {
                     c_.send(it->second->rank, tag_cancel, encode_u64(id));
                     continue;
                 }
-                for (auto& [pid, p] : pools_) {
-                    auto q = std::find_if(p.pending.begin(), p.pending.end(),
-                                          [id](const auto* t) { return t->id == id; });
-                    if (q == p.pending.end()) continue;
-                    detail::mpi_task_base* t = *q;
-                    p.pending.erase(q);
-                    owner(*t).release_task(*t);  // resolved as cancelled by the canceller
-                    break;
-                }
+                queued_cancels.insert(id);  // still on rank 0, or resolved and gone
             }
+            drop_queued(queued_cancels);
             for (auto& r : work_.cancel_pools) {
                 auto it = pools_.find(r.pool);
                 if (it != pools_.end()) {

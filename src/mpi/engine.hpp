@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "mpi/comm.hpp"
@@ -126,6 +127,7 @@ class engine {
     std::size_t server_index(int rank) const noexcept { return static_cast<std::size_t>(rank - 1); }
     bool post(inbox& add);
     void fail_pending(const char* why) noexcept;
+    void drop_queued(std::unordered_set<std::uint64_t>& ids) noexcept;
 
     comm& c_;
     std::vector<rank_link> servers_;

@@ -211,6 +211,33 @@ TEST(MpiPool, CancelQueuedTask) {
     for (int i = 0; i < pool.workers(); ++i) EXPECT_EQ(blockers[static_cast<std::size_t>(i)].get(), i);
 }
 
+// Many queued tasks cancelled in reverse order (the engine takes them out of its queue in
+// one pass per batch): the cancelled ones stay cancelled, the others run.
+TEST(MpiPool, CancelManyQueuedTasksInReverse_TheRestRun) {
+    file_gate gate;
+    mpi_pool pool({.in_flight_per_worker = 1});
+    std::vector<procpool::future<int>> blockers;
+    for (int i = 0; i < pool.workers(); ++i) {
+        blockers.push_back(pool.submit(file_gate::wait_then_return, gate.path(), i));
+    }
+    constexpr int n = 5000;
+    std::vector<procpool::future<int>> fs;
+    for (int i = 0; i < n; ++i) fs.push_back(pool.submit(square, i));
+    for (int i = n - 1; i >= 0; i -= 2) {
+        EXPECT_TRUE(fs[static_cast<std::size_t>(i)].cancel()) << i;
+    }
+    gate.open();
+    for (int i = 0; i < n; ++i) {
+        const auto& f = fs[static_cast<std::size_t>(i)];
+        if (i % 2 == 1) {
+            EXPECT_TRUE(f.cancelled()) << i;
+        } else {
+            EXPECT_EQ(f.get(), i * i);
+        }
+    }
+    for (auto& b : blockers) b.wait();
+}
+
 TEST(MpiPool, ShutdownWithPendingWork_EveryFutureResolves) {
     std::vector<procpool::future<int>> fs;
     file_gate gate;
