@@ -2,7 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
+#include <optional>
 #include <string>
+#include <unordered_set>
 #include <utility>
 
 #include "mpi/backoff.hpp"
@@ -18,6 +21,8 @@ namespace {
 constexpr std::size_t max_batch_bytes = std::size_t{1} << 20;
 // Tasks with at least this many bytes of arguments travel alone.
 constexpr std::size_t alone_bytes = std::size_t{64} << 10;
+// The most one MPI message carries (its count is an int).
+constexpr std::size_t max_message_bytes = static_cast<std::size_t>(INT_MAX);
 
 pool_ref& owner(detail::mpi_task_base& t) noexcept { return *static_cast<pool_ref*>(t.pool); }
 
@@ -80,22 +85,37 @@ void resolve_from_reply(detail::mpi_task_base& t, const reply_msg& h, const std:
 
 engine::engine(comm& c, std::vector<rank_link> servers) : c_(c), servers_(std::move(servers)) {
     thread_ = std::thread([this] { loop(); });
+    thread_id_ = thread_.get_id();
 }
 
 engine::~engine() { stop(); }
 
 std::uint64_t engine::next_id() noexcept { return ids_.fetch_add(1, std::memory_order_relaxed) + 1; }
 
-void engine::post(inbox& add) {
+std::uint32_t engine::next_pool_id() noexcept {
+    return pool_ids_.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+bool engine::post(inbox& add) {
     std::lock_guard lock(mu_);
+    if (!accepting_) return false;
     for (auto& t : add.tasks) in_.tasks.push_back(t);
     for (auto id : add.cancels) in_.cancels.push_back(id);
     for (auto id : add.cancels_pending) in_.cancels_pending.push_back(id);
-    for (auto id : add.cancel_pools) in_.cancel_pools.push_back(id);
+    for (auto& r : add.cancel_pools) in_.cancel_pools.push_back(std::move(r));
     for (auto id : add.closes) in_.closes.push_back(id);
     for (auto& o : add.opens) in_.opens.push_back(std::move(o));
-    in_.stop = in_.stop || add.stop;
+    if (add.stop) {
+        in_.stop = true;
+        accepting_ = false;
+    }
     if (sleeping_) cv_.notify_one();
+    return true;
+}
+
+bool engine::stopped() const {
+    std::lock_guard lock(mu_);
+    return !accepting_;
 }
 
 std::vector<mpi_rank_info> engine::open_pool(open_msg m, int in_flight_per_worker) {
@@ -106,7 +126,7 @@ std::vector<mpi_rank_info> engine::open_pool(open_msg m, int in_flight_per_worke
     r.done = std::make_shared<promise<std::vector<mpi_rank_info>>>();
     auto f = r.done->get_future();
     add.opens.push_back(std::move(r));
-    post(add);
+    if (!post(add)) throw error("mpi_pool: created after mpi_finalize()");
     return f.get();
 }
 
@@ -118,14 +138,26 @@ void engine::close_pool(std::uint32_t pool) {
 
 void engine::cancel_pending(std::uint32_t pool) {
     inbox add;
-    add.cancel_pools.push_back(pool);
-    post(add);
+    cancel_request r;
+    r.pool = pool;
+    // A done-callback runs on the engine's thread: waiting there would wait for itself.
+    const bool wait = std::this_thread::get_id() != thread_id_;
+    std::optional<future<void>> f;
+    if (wait) {
+        r.done = std::make_shared<promise<void>>();
+        f = r.done->get_future();
+    }
+    add.cancel_pools.push_back(std::move(r));
+    if (!post(add) || !f) return;  // stopped: no rank holds a task any more
+    f->wait();
 }
 
-void engine::submit(detail::mpi_task_base& t, std::uint32_t pool) {
+bool engine::submit(detail::mpi_task_base& t, std::uint32_t pool) {
     std::lock_guard lock(mu_);
+    if (!accepting_) return false;
     in_.tasks.emplace_back(&t, pool);
     if (sleeping_) cv_.notify_one();
+    return true;
 }
 
 void engine::cancel(std::uint64_t id) {
@@ -141,6 +173,7 @@ void engine::cancel_if_pending(std::uint64_t id) {
 }
 
 void engine::stop() {
+    // Called once, by mpi_finalize, or by the destructor after it (then a no-op).
     if (!thread_.joinable()) return;
     inbox add;
     add.stop = true;
@@ -175,7 +208,12 @@ bool engine::take_inbox() {
 int engine::window(const pool_state& p, std::size_t server) const noexcept {
     const int workers = p.workers[server];
     if (workers == 0) return 0;
-    if (p.per_worker > 0) return workers * p.per_worker;
+    if (p.per_worker > 0) {
+        // In 64 bits: workers × a large in_flight_per_worker overflows an int, and a
+        // negative window would never send a task.
+        return static_cast<int>(
+            std::min<std::int64_t>(std::int64_t{workers} * p.per_worker, INT_MAX));
+    }
     const double per_ms = servers_[server].rate * 1e6;
     const double lo = 2.0 * workers, hi = 64.0 * workers;
     return static_cast<int>(std::clamp(per_ms, lo, hi));
@@ -302,11 +340,69 @@ void engine::on_opened(const message& m) {
     opening_.erase(it);
 }
 
+void engine::on_pending_cancelled(const message& m) {
+    std::uint32_t pool = 0;
+    try {
+        pool = static_cast<std::uint32_t>(decode_u64(m.body.data(), m.body.size()));
+    } catch (...) {
+        return;
+    }
+    // A rank confirms in the order the requests reached it: the first request for this
+    // pool still waiting for that rank is the one confirmed.
+    auto it = std::find_if(cancelling_.begin(), cancelling_.end(), [&](const cancel_request& r) {
+        return r.pool == pool &&
+               std::find(r.waiting.begin(), r.waiting.end(), m.source) != r.waiting.end();
+    });
+    if (it == cancelling_.end()) return;
+    it->waiting.erase(std::find(it->waiting.begin(), it->waiting.end(), m.source));
+    if (!it->waiting.empty()) return;
+    if (it->done) it->done->set_value();
+    cancelling_.erase(it);
+}
+
 void engine::on_message(const message& m) {
     switch (m.tag) {
         case tag_reply: on_reply(m); break;
         case tag_opened: on_opened(m); break;
+        case tag_pending_cancelled: on_pending_cancelled(m); break;
         default: break;
+    }
+}
+
+// Takes the tasks with these ids out of the pools' queues and lets them go (their
+// cancellers resolved them). One pass per pool for the whole batch, stopping once all are
+// found: cancelling many queued tasks in any order costs linear time, not quadratic.
+// Takes the tasks in `ids` out of the queues on rank 0. `resolve`: they are resolved here
+// as cancelled (cancel_pending); otherwise their canceller already resolved them.
+void engine::drop_queued(std::unordered_set<std::uint64_t>& ids, bool resolve) noexcept {
+    for (auto& [pid, p] : pools_) {
+        if (ids.empty()) return;
+        auto& q = p.pending;
+        std::size_t w = 0, r = 0;
+        for (; r < q.size() && !ids.empty(); ++r) {
+            detail::mpi_task_base* t = q[r];
+            if (ids.erase(t->id) != 0) {
+                if (resolve && t->begin_resolve()) {
+                    t->shared().set_cancelled("task cancelled before it started");
+                }
+                owner(*t).release_task(*t);
+                continue;
+            }
+            q[w++] = t;
+        }
+        if (w == r) continue;
+        for (; r < q.size(); ++r) q[w++] = q[r];
+        q.resize(w);
+    }
+}
+
+// Tasks still queued on rank 0 when the engine stops: with no rank left to run them
+// (every window closed), they would never resolve.
+void engine::fail_pending(const char* why) noexcept {
+    for (auto& [id, p] : pools_) {
+        auto pending = std::move(p.pending);
+        p.pending.clear();
+        for (auto* t : pending) fail_task(*t, std::make_exception_ptr(pool_shut_down(why)));
     }
 }
 
@@ -340,9 +436,18 @@ void engine::loop() {
             for (auto& o : work_.opens) {
                 const std::uint32_t id = o.msg.pool;
                 o.remaining = 0;
+                const std::vector<std::byte> body = encode(o.msg);
+                if (body.size() > max_message_bytes) {
+                    // comm::send would throw here, on the MPI thread: fail the constructor.
+                    o.done->set_exception(std::make_exception_ptr(serialization_error(
+                        "mpi_pool: the pool's options (initializer arguments, environment) "
+                        "take " + std::to_string(body.size()) +
+                        " bytes; one MPI message carries at most 2 GiB")));
+                    continue;
+                }
                 for (const auto& s : servers_) {
                     if (s.lost) continue;
-                    c_.send(s.rank, tag_open, encode(o.msg));
+                    c_.send(s.rank, tag_open, body);
                     ++o.remaining;
                 }
                 if (o.remaining == 0) {
@@ -360,47 +465,47 @@ void engine::loop() {
                 }
                 it->second.pending.push_back(t);
             }
+            std::unordered_set<std::uint64_t> queued_cancels;
             for (auto id : work_.cancels) {
                 if (auto it = inflight_.find(id); it != inflight_.end()) {
                     c_.send(it->second->rank, tag_cancel, encode_u64(id));
                     continue;
                 }
-                for (auto& [pid, p] : pools_) {
-                    auto q = std::find_if(p.pending.begin(), p.pending.end(),
-                                          [id](const auto* t) { return t->id == id; });
-                    if (q == p.pending.end()) continue;
-                    detail::mpi_task_base* t = *q;
-                    p.pending.erase(q);
-                    owner(*t).release_task(*t);  // resolved as cancelled by the canceller
-                    break;
-                }
+                queued_cancels.insert(id);  // still on rank 0, or resolved and gone
             }
+            std::unordered_set<std::uint64_t> queued_pending_cancels;
             for (auto id : work_.cancels_pending) {
                 if (auto it = inflight_.find(id); it != inflight_.end()) {
-                    c_.send(it->second->rank, tag_cancel_pending, encode_u64(id));
+                    c_.send(it->second->rank, tag_cancel_task_pending, encode_u64(id));
                     continue;
                 }
-                for (auto& [pid, p] : pools_) {
-                    auto q = std::find_if(p.pending.begin(), p.pending.end(),
-                                          [id](const auto* t) { return t->id == id; });
-                    if (q == p.pending.end()) continue;
-                    detail::mpi_task_base* t = *q;
-                    p.pending.erase(q);
-                    if (t->begin_resolve()) t->shared().set_cancelled("task cancelled before it started");
-                    owner(*t).release_task(*t);
-                    break;
-                }
+                queued_pending_cancels.insert(id);
             }
-            for (auto pool : work_.cancel_pools) {
-                auto it = pools_.find(pool);
-                if (it == pools_.end()) continue;
-                auto pending = std::move(it->second.pending);
-                for (auto* t : pending) {
-                    if (t->begin_resolve()) {
-                        t->shared().set_cancelled("task cancelled: its pool shut down");
+            drop_queued(queued_cancels, false);
+            drop_queued(queued_pending_cancels, true);
+            for (auto& r : work_.cancel_pools) {
+                auto it = pools_.find(r.pool);
+                if (it != pools_.end()) {
+                    auto pending = std::move(it->second.pending);
+                    it->second.pending.clear();
+                    for (auto* t : pending) {
+                        if (t->begin_resolve()) {
+                            t->shared().set_cancelled("task cancelled: its pool shut down");
+                        }
+                        owner(*t).release_task(*t);
                     }
-                    owner(*t).release_task(*t);
+                    // The tasks sent ahead and not started yet: each rank cancels them.
+                    for (const auto& s : servers_) {
+                        if (s.lost) continue;
+                        c_.send(s.rank, tag_cancel_pending, encode_u64(r.pool));
+                        r.waiting.push_back(s.rank);
+                    }
                 }
+                if (r.waiting.empty()) {
+                    if (r.done) r.done->set_value();
+                    continue;
+                }
+                cancelling_.push_back(std::move(r));
             }
             for (auto pool : work_.closes) {
                 pools_.erase(pool);
@@ -418,12 +523,17 @@ void engine::loop() {
         }
         for (auto& [id, p] : pools_) dispatch(p);
         did = c_.progress_sends() || did;
-        if (stopping_ && inflight_.empty() && opening_.empty()) break;
+        if (stopping_ && inflight_.empty() && opening_.empty() && cancelling_.empty()) {
+            fail_pending("mpi_pool: MPI was finalized (mpi_finalize) before this task could "
+                         "be sent to a rank");
+            break;
+        }
         if (did) {
             idle.reset();
             continue;
         }
-        const bool expecting = !inflight_.empty() || !opening_.empty() || c_.sends_in_flight() != 0;
+        const bool expecting = !inflight_.empty() || !opening_.empty() || !cancelling_.empty() ||
+                               c_.sends_in_flight() != 0;
         if (expecting) {
             idle.pause(true);
             continue;

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "mpi/comm.hpp"
@@ -54,19 +55,29 @@ class engine {
     std::vector<mpi_rank_info> open_pool(open_msg m, int in_flight_per_worker);
     /// Closes a pool whose tasks have all been resolved.
     void close_pool(std::uint32_t pool);
-    /// Cancels every task of `pool` not yet sent to a rank.
+    /// Cancels every task of `pool` that has not started: those still on rank 0, and those
+    /// sent ahead to a rank (it cancels them in its local pool). Returns once every rank
+    /// has done so, or at once when called on the engine's thread (a done-callback).
     void cancel_pending(std::uint32_t pool);
 
-    /// Queues `t` (its id, args and pool set; the pool holds a reference).
-    void submit(detail::mpi_task_base& t, std::uint32_t pool);
+    /// Queues `t` (its id, args and pool set; the pool holds a reference). False once
+    /// stop() was called (mpi_finalize): `t` is not taken, the caller resolves it.
+    bool submit(detail::mpi_task_base& t, std::uint32_t pool);
     /// Asks the task's rank to stop it (its future is already resolved as cancelled).
     void cancel(std::uint64_t id);
     /// Cancels the task only if it has not started: dropped if still on rank 0 (resolved
     /// as cancelled here), skipped by its rank if not started there; otherwise it runs.
     void cancel_if_pending(std::uint64_t id);
+    /// True once stop() was called: work posted from now on is refused (submit) or
+    /// dropped (cancel, close: there is no rank left to tell).
+    bool stopped() const;
 
-    /// A fresh id for a pool or task.
+    /// A fresh id for a task.
     std::uint64_t next_id() noexcept;
+    /// A fresh id for a pool. Pools count apart from tasks: a pool id is 32 bits on the
+    /// wire, and one taken from the task counter would repeat after 2^32 tasks, so a new
+    /// pool could take the id of one still open (on the ranks, replacing it).
+    std::uint32_t next_pool_id() noexcept;
 
     /// Tells every serving rank to exit and stops the thread (all pools closed).
     void stop();
@@ -87,11 +98,16 @@ class engine {
         std::string errors;
         std::size_t remaining = 0;
     };
+    struct cancel_request {
+        std::uint32_t pool = 0;
+        std::shared_ptr<promise<void>> done;  ///< null: nobody waits
+        std::vector<int> waiting;             ///< the ranks yet to confirm
+    };
     struct inbox {
         std::vector<std::pair<detail::mpi_task_base*, std::uint32_t>> tasks;
         std::vector<std::uint64_t> cancels;
         std::vector<std::uint64_t> cancels_pending;
-        std::vector<std::uint32_t> cancel_pools;
+        std::vector<cancel_request> cancel_pools;
         std::vector<std::uint32_t> closes;
         std::vector<open_request> opens;
         bool stop = false;
@@ -108,30 +124,37 @@ class engine {
     void on_message(const message& m);
     void on_reply(const message& m);
     void on_opened(const message& m);
+    void on_pending_cancelled(const message& m);
     void lose_rank(std::size_t server, const std::string& why);
     void fail_task(detail::mpi_task_base& t, std::exception_ptr e) noexcept;
     std::string where(int rank) const;
     std::size_t server_index(int rank) const noexcept { return static_cast<std::size_t>(rank - 1); }
-    void post(inbox& add);
+    bool post(inbox& add);
+    void fail_pending(const char* why) noexcept;
+    void drop_queued(std::unordered_set<std::uint64_t>& ids, bool resolve) noexcept;
 
     comm& c_;
     std::vector<rank_link> servers_;
     std::atomic<std::uint64_t> ids_{0};
+    std::atomic<std::uint32_t> pool_ids_{0};
 
     // Shared with submitting threads.
-    std::mutex mu_;
+    mutable std::mutex mu_;
     std::condition_variable cv_;
     inbox in_;
     bool sleeping_ = false;
+    bool accepting_ = true;  ///< false from stop() on
 
     // The engine thread's own.
     inbox work_;
     std::unordered_map<std::uint32_t, pool_state> pools_;
     std::unordered_map<std::uint64_t, detail::mpi_task_base*> inflight_;
     std::unordered_map<std::uint32_t, open_request> opening_;
+    std::vector<cancel_request> cancelling_;  // waiting for the ranks' confirmations
     bool stopping_ = false;
     std::vector<std::vector<std::byte>> batches_;  // per server, reused by dispatch
     std::thread thread_;
+    std::thread::id thread_id_;  // thread_'s, kept: join() in stop() clears thread_'s
 };
 
 /// The what() of the exception in `e`.

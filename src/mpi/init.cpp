@@ -40,7 +40,7 @@ struct state {
     std::unique_ptr<comm> c;
     std::vector<rank_link> servers;
     std::mutex mu;  // engine creation, finalize
-    std::unique_ptr<engine> eng;
+    std::shared_ptr<engine> eng;
     bool noticed = false;
 };
 
@@ -104,12 +104,18 @@ bool runtime::serving() noexcept {
     return s.mpi && s.rank != 0;
 }
 
-engine* runtime::engine_or_null() {
+bool runtime::finalized() {
+    state& s = g();
+    std::lock_guard lock(s.mu);
+    return s.mpi && s.finalized;
+}
+
+std::shared_ptr<engine> runtime::engine_or_null() {
     state& s = g();
     std::lock_guard lock(s.mu);
     if (!s.mpi || s.finalized || s.servers.empty()) return nullptr;
-    if (!s.eng) s.eng = std::make_unique<engine>(*s.c, s.servers);
-    return s.eng.get();
+    if (!s.eng) s.eng = std::make_shared<engine>(*s.c, s.servers);
+    return s.eng;
 }
 
 void runtime::notice_local(int workers) {
@@ -130,10 +136,22 @@ namespace procpool {
 using mpi_impl::g;
 
 void mpi_init(int argc, char** argv) {
+    mpi_impl::state& s = g();
+    int already = 0;
+    if (!s.mpi && MPI_Initialized(&already) == MPI_SUCCESS && already != 0) {
+        // The program called MPI_Init itself: the fork server would start from an MPI
+        // process, and MPI_Init_thread below would be a second initialisation.
+        std::fprintf(stderr,
+                     "procpool: mpi_init: MPI is already initialised (the program called "
+                     "MPI_Init); call procpool::mpi_init instead of MPI_Init, first thing in "
+                     "main: it starts procpool's fork server before MPI exists, then "
+                     "initialises MPI itself\n");
+        std::fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
     // Workers come from the fork server, started before MPI exists in this process:
     // forking an MPI process is unsafe with several of its transports.
     init(argc, argv);
-    mpi_impl::state& s = g();
     if (s.mpi || !mpi_impl::launched_as_rank()) return;
     int provided = 0;
     mpi_impl::check(MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided),
@@ -203,7 +221,7 @@ void mpi_init(int argc, char** argv) {
 
 void mpi_finalize() {
     mpi_impl::state& s = g();
-    std::unique_ptr<mpi_impl::engine> eng;
+    std::shared_ptr<mpi_impl::engine> eng;
     {
         std::lock_guard lock(s.mu);
         if (!s.mpi || s.finalized) return;
@@ -211,7 +229,9 @@ void mpi_finalize() {
         eng = std::move(s.eng);
     }
     if (eng) {
-        eng->stop();  // tells every serving rank to exit
+        // Tells every serving rank to exit. A pool still alive (misuse, or one that
+        // outlives main) keeps the stopped engine, which refuses its work from now on.
+        eng->stop();
     } else if (s.rank == 0) {
         for (const auto& r : s.servers) s.c->send(r.rank, mpi_impl::tag_stop, {});
         s.c->flush();

@@ -21,7 +21,9 @@ enum tag : int {
     tag_cancel = 105,  ///< rank 0 → server: cancel a task (its id)
     tag_close = 106,   ///< rank 0 → servers: close a pool (its id)
     tag_stop = 107,    ///< rank 0 → servers: exit
-    tag_cancel_pending = 108,  ///< rank 0 → server: cancel a task if it has not started
+    tag_cancel_pending = 108,    ///< rank 0 → servers: cancel a pool's tasks not started (its id)
+    tag_pending_cancelled = 109, ///< server → rank 0: done (the pool's id)
+    tag_cancel_task_pending = 110,  ///< rank 0 → server: cancel a task if it has not started
 };
 
 /// The options a serving rank opens its local process pool with.

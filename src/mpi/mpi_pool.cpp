@@ -21,7 +21,7 @@ namespace procpool {
 
 struct mpi_pool::impl final : detail::cancel_hook, mpi_impl::pool_ref {
     mpi_pool_options opts;
-    mpi_impl::engine* eng = nullptr;  // null: single-rank mode
+    std::shared_ptr<mpi_impl::engine> eng;  // null: single-rank mode
     std::unique_ptr<process_pool> local;
     std::uint32_t id = 0;
     std::vector<mpi_rank_info> ranks;
@@ -38,10 +38,10 @@ struct mpi_pool::impl final : detail::cancel_hook, mpi_impl::pool_ref {
         // t.local stays: a thread may be cancelling through it; it goes with the task.
         t.attachments.clear();
         t.shared().release();
-        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            std::lock_guard lock(idle_mu);
-            idle_cv.notify_all();
-        }
+        // The count drops under the lock: a waiter in wait_idle that sees 0 may free this
+        // pool at once, so nothing of it may be touched after the lock is released.
+        std::lock_guard lock(idle_mu);
+        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) idle_cv.notify_all();
     }
 
     bool cancel_running(detail::state_base& s) noexcept override {
@@ -117,6 +117,9 @@ mpi_pool::mpi_pool(mpi_pool_options opts) : impl_(std::make_unique<impl>()) {
         throw error("mpi_pool: created on a serving rank; only rank 0 runs the program's logic "
                     "(call procpool::mpi_init at the top of main)");
     }
+    if (mpi_impl::runtime::finalized()) {
+        throw error("mpi_pool: created after mpi_finalize(); the serving ranks have exited");
+    }
     p.eng = mpi_impl::runtime::engine_or_null();
     if (p.eng == nullptr) {
         process_pool_options lo;
@@ -136,7 +139,7 @@ mpi_pool::mpi_pool(mpi_pool_options opts) : impl_(std::make_unique<impl>()) {
         return;
     }
     mpi_impl::open_msg m;
-    m.pool = static_cast<std::uint32_t>(p.eng->next_id());
+    m.pool = p.eng->next_pool_id();
     m.workers = p.opts.workers_per_rank;
     m.max_tasks_per_child = p.opts.max_tasks_per_child;
     m.memory_limit = p.opts.memory_limit;
@@ -162,6 +165,10 @@ void mpi_pool::enqueue(detail::mpi_task_base& t, const std::vector<std::byte>& a
     {
         std::lock_guard lock(p.mu);
         if (p.closed) throw pool_shut_down("mpi_pool: submit after shutdown(); create a new pool");
+        if (p.eng && p.eng->stopped()) {
+            throw pool_shut_down("mpi_pool: submit after mpi_finalize(); the serving ranks have "
+                                 "exited");
+        }
         p.outstanding.fetch_add(1, std::memory_order_relaxed);
     }
     t.shared().set_cancel_hook(impl_.get());
@@ -222,7 +229,13 @@ void mpi_pool::enqueue(detail::mpi_task_base& t, const std::vector<std::byte>& a
     }
     t.id = p.eng->next_id();
     t.args = args;
-    p.eng->submit(t, p.id);
+    if (!p.eng->submit(t, p.id)) {  // mpi_finalize ran since the check above
+        if (t.begin_resolve()) {
+            t.shared().set_exception(std::make_exception_ptr(pool_shut_down(
+                "mpi_pool: submit after mpi_finalize(); the serving ranks have exited")));
+        }
+        p.release_task(t);
+    }
 }
 
 void mpi_pool::shutdown(shutdown_options opts) {

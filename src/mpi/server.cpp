@@ -1,5 +1,6 @@
 #include "mpi/server.hpp"
 
+#include <climits>
 #include <exception>
 #include <string>
 #include <utility>
@@ -9,6 +10,15 @@
 #include "procpool/error.hpp"
 
 namespace procpool::mpi_impl {
+
+namespace {
+
+// Replies that finish together share a message up to this size.
+constexpr std::size_t max_reply_batch = std::size_t{1} << 20;
+// The most one MPI message carries (its count is an int).
+constexpr std::size_t max_message = static_cast<std::size_t>(INT_MAX);
+
+}  // namespace
 
 rank_server::~rank_server() { close_all(); }
 
@@ -35,8 +45,11 @@ bool rank_server::handle(const message& m) {
         case tag_cancel:
             cancel(decode_u64(p, n), true);
             return true;
-        case tag_cancel_pending:
+        case tag_cancel_task_pending:
             cancel(decode_u64(p, n), false);
+            return true;
+        case tag_cancel_pending:
+            cancel_pending(static_cast<std::uint32_t>(decode_u64(p, n)));
             return true;
         case tag_close:
             close(static_cast<std::uint32_t>(decode_u64(p, n)));
@@ -75,6 +88,11 @@ void rank_server::run(const task_msg& h, const std::byte* args, std::size_t n) {
         reply_error(h.id, outcome_kind::shut_down, "mpi_pool: its pool is closed on this rank");
         return;
     }
+    if (cancelled_.count(h.pool) != 0) {
+        // Sent before rank 0 learnt of the shutdown (a submit racing with it).
+        reply_error(h.id, outcome_kind::cancelled, "task cancelled: its pool shut down");
+        return;
+    }
     future<detail::raw_reply> f;
     try {
         f = detail::relay_access::submit(*it->second, h.invoker, h.fn, h.timeout_ns, args, n);
@@ -108,11 +126,25 @@ void rank_server::cancel(std::uint64_t id, bool stop_running) {
     if (stop_running) {
         f.cancel();  // a running task's worker is killed
     } else {
-        f.cancel_pending();
+        static_cast<void>(f.cancel_pending());
     }
 }
 
+void rank_server::cancel_pending(std::uint32_t pool) {
+    // Rank 0 shut the pool down: the tasks it sent here that have not started resolve as
+    // cancelled (their replies follow); no more tasks of it will run here.
+    if (auto it = pools_.find(pool); it != pools_.end()) {
+        cancelled_.insert(pool);
+        try {
+            it->second->shutdown({.wait = false, .cancel_pending = true});
+        } catch (...) {  // NOLINT(bugprone-empty-catch): its tasks still resolve
+        }
+    }
+    post(tag_pending_cancelled, encode_u64(pool));
+}
+
 void rank_server::close(std::uint32_t pool) noexcept {
+    cancelled_.erase(pool);
     auto it = pools_.find(pool);
     if (it == pools_.end()) return;
     try {
@@ -173,9 +205,22 @@ void rank_server::reply_error(std::uint64_t id, outcome_kind kind, const std::st
 }
 
 void rank_server::post_reply(const reply_msg& h, const std::byte* body, std::size_t n) {
-    // Replies that finish while the main thread is busy leave together, in one message.
+    if (sizeof h + n > max_message) {
+        // Too large for one MPI message: the task fails, the rank goes on serving.
+        const std::string text = "mpi_pool: the task's result takes " + std::to_string(n) +
+                                 " bytes; one MPI message carries at most 2 GiB. Return less, "
+                                 "or write the data to a file every node can read";
+        const reply_msg e{h.id, outcome_kind::serialization, detail::run_status::value, 0, 0, 0};
+        post_reply(e, reinterpret_cast<const std::byte*>(text.data()), text.size());
+        return;
+    }
+    // Replies that finish while the main thread is busy leave together, in few messages.
     std::lock_guard lock(mu_);
-    append(replies_, h, body, n);
+    if (replies_.empty() ||
+        (!replies_.back().empty() && replies_.back().size() + sizeof h + n > max_reply_batch)) {
+        replies_.emplace_back();
+    }
+    append(replies_.back(), h, body, n);
 }
 
 void rank_server::post(int tag, std::vector<std::byte> body) {
@@ -187,10 +232,8 @@ bool rank_server::take_outbox(std::vector<std::pair<int, std::vector<std::byte>>
     std::lock_guard lock(mu_);
     if (outbox_.empty() && replies_.empty()) return false;
     out.swap(outbox_);
-    if (!replies_.empty()) {
-        out.emplace_back(tag_reply, std::move(replies_));
-        replies_ = {};
-    }
+    for (auto& batch : replies_) out.emplace_back(tag_reply, std::move(batch));
+    replies_.clear();
     return true;
 }
 

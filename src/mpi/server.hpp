@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "mpi/comm.hpp"
@@ -43,6 +44,7 @@ class rank_server {
     void open(const open_msg& m);
     void run(const task_msg& h, const std::byte* args, std::size_t n);
     void cancel(std::uint64_t id, bool stop_running);
+    void cancel_pending(std::uint32_t pool);
     void close(std::uint32_t pool) noexcept;
     void reply(std::uint64_t id, const future<detail::raw_reply>& f);
     void reply_error(std::uint64_t id, outcome_kind kind, const std::string& text);
@@ -52,11 +54,15 @@ class rank_server {
     int default_workers_;
     std::string host_ = host_name();
     std::unordered_map<std::uint32_t, std::unique_ptr<process_pool>> pools_;
+    std::unordered_set<std::uint32_t> cancelled_;  // pools shut down with cancel_pending
 
     mutable std::mutex mu_;
     std::unordered_map<std::uint64_t, future<detail::raw_reply>> running_;
     std::vector<std::pair<int, std::vector<std::byte>>> outbox_;
-    std::vector<std::byte> replies_;  // reply records not sent yet, one batch
+    // Reply records not sent yet, in batches of at most max_reply_batch bytes (a larger
+    // record travels alone): no message may reach MPI's 2 GiB limit however many large
+    // results finish while the main thread is busy.
+    std::vector<std::vector<std::byte>> replies_;
 };
 
 /// Serves rank 0 until it says stop: the loop of every rank but 0.

@@ -6,8 +6,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <memory>
 #include <numeric>
 #include <iterator>
 #include <ranges>
@@ -45,6 +49,9 @@ std::vector<double> big_vector(int n) {
     return v;
 }
 double sum(std::vector<double> v) { return std::accumulate(v.begin(), v.end(), 0.0); }
+std::vector<int> filled(int n, int value) {
+    return std::vector<int>(static_cast<std::size_t>(n), value);
+}
 
 /// 5 % of the soak's tasks fail, in three ways.
 int soak_task(int i) {
@@ -75,6 +82,42 @@ struct naturals {
     iterator begin() const { return {}; }
     std::unreachable_sentinel_t end() const { return {}; }
 };
+
+void init_throws(int) { throw std::runtime_error("init failed on purpose"); }
+void init_exits(int code) { std::_Exit(code); }
+
+/// The serving rank a worker belongs to: its parent is the rank's fork server, whose
+/// parent is the rank.
+long my_rank_pid() {
+    std::ifstream stat("/proc/" + std::to_string(getppid()) + "/stat");
+    std::string pid, comm, state;
+    long rank_pid = 0;
+    stat >> pid >> comm >> state >> rank_pid;
+    return rank_pid;
+}
+
+/// Freezes the serving rank it runs on (SIGSTOP), after writing the rank's pid to
+/// `dir`/rank-pid so that the test can let it go on.
+int stop_my_rank(std::string dir) {
+    const long rank_pid = my_rank_pid();
+    std::ofstream(dir + "/rank-pid.tmp") << rank_pid;
+    std::filesystem::rename(dir + "/rank-pid.tmp", dir + "/rank-pid");
+    kill(static_cast<pid_t>(rank_pid), SIGSTOP);
+    return 1;
+}
+
+/// Kills the worker's parent, its rank's fork server, as an outside kill -9 would.
+int kill_fork_server(int) {
+    kill(getppid(), SIGKILL);
+    pause();
+    return 0;
+}
+
+/// Marks its own start in `dir` (started-<value>), then waits for the gate to open.
+int mark_then_wait(std::string dir, int value) {
+    std::ofstream(dir + "/started-" + std::to_string(value)) << 1;
+    return file_gate::wait_then_return(std::move(dir), value);
+}
 
 TEST(MpiPool, RanksAndWorkers) {
     mpi_pool pool;
@@ -110,6 +153,20 @@ TEST(MpiPool, VectorsTravelByValue) {
     ASSERT_EQ(v.size(), 300'000u);
     EXPECT_EQ(v[299'999], 299'999.0);
     EXPECT_EQ(pool.submit(sum, v).get(), std::accumulate(v.begin(), v.end(), 0.0));
+}
+
+// Results of a few hundred KiB that finish together on a rank leave in several reply
+// messages (batches stop at 1 MiB); each must come back whole, to its own future.
+TEST(MpiPool, ManyLargeResultsAtOnce) {
+    mpi_pool pool;
+    std::vector<procpool::future<std::vector<int>>> fs;
+    for (int i = 0; i < 64; ++i) fs.push_back(pool.submit(filled, 100'000 + 1000 * i, i));
+    for (int i = 0; i < 64; ++i) {
+        const auto v = fs[static_cast<std::size_t>(i)].get();
+        ASSERT_EQ(v.size(), static_cast<std::size_t>(100'000 + 1000 * i));
+        EXPECT_EQ(v.front(), i);
+        EXPECT_EQ(v.back(), i);
+    }
 }
 
 TEST(MpiPool, RemoteExceptionKeepsTypeAndMessage) {
@@ -174,6 +231,12 @@ TEST(MpiPool, CancelRunningTaskKillsItsWorker) {
     EXPECT_EQ(pool.submit(square, 4).get(), 16);
 }
 
+// workers × in_flight_per_worker beyond an int: every task still goes out and resolves.
+TEST(MpiPool, HugeInFlightPerWorker) {
+    mpi_pool pool({.workers_per_rank = 2, .in_flight_per_worker = INT_MAX});
+    EXPECT_EQ(pool.submit(square, 3).get(), 9);
+}
+
 TEST(MpiPool, CancelQueuedTask) {
     mpi_pool pool({.in_flight_per_worker = 1});
     file_gate gate;
@@ -186,6 +249,33 @@ TEST(MpiPool, CancelQueuedTask) {
     EXPECT_THROW(queued.get(), procpool::task_cancelled);
     gate.open();
     for (int i = 0; i < pool.workers(); ++i) EXPECT_EQ(blockers[static_cast<std::size_t>(i)].get(), i);
+}
+
+// Many queued tasks cancelled in reverse order (the engine takes them out of its queue in
+// one pass per batch): the cancelled ones stay cancelled, the others run.
+TEST(MpiPool, CancelManyQueuedTasksInReverse_TheRestRun) {
+    file_gate gate;
+    mpi_pool pool({.in_flight_per_worker = 1});
+    std::vector<procpool::future<int>> blockers;
+    for (int i = 0; i < pool.workers(); ++i) {
+        blockers.push_back(pool.submit(file_gate::wait_then_return, gate.path(), i));
+    }
+    constexpr int n = 5000;
+    std::vector<procpool::future<int>> fs;
+    for (int i = 0; i < n; ++i) fs.push_back(pool.submit(square, i));
+    for (int i = n - 1; i >= 0; i -= 2) {
+        EXPECT_TRUE(fs[static_cast<std::size_t>(i)].cancel()) << i;
+    }
+    gate.open();
+    for (int i = 0; i < n; ++i) {
+        const auto& f = fs[static_cast<std::size_t>(i)];
+        if (i % 2 == 1) {
+            EXPECT_TRUE(f.cancelled()) << i;
+        } else {
+            EXPECT_EQ(f.get(), i * i);
+        }
+    }
+    for (auto& b : blockers) b.wait();
 }
 
 TEST(MpiPool, ShutdownWithPendingWork_EveryFutureResolves) {
@@ -211,6 +301,64 @@ TEST(MpiPool, ShutdownWithPendingWork_EveryFutureResolves) {
     }
     EXPECT_EQ(values + cancelled, 50);
     EXPECT_GT(cancelled, 0);
+}
+
+// shutdown(cancel_pending) resolves every task that has not started as cancelled: also
+// those already sent ahead to a rank (its window), not only those still on rank 0.
+TEST(MpiPool, ShutdownCancelPending_CancelsTasksQueuedOnTheRanks) {
+    constexpr int n = 40;
+    file_gate gate;  // outlives the pool: tasks that start late still find its directory
+    std::vector<procpool::future<int>> fs;
+    std::vector<bool> started_before(n);
+    {
+        mpi_pool pool({.workers_per_rank = 1, .in_flight_per_worker = 4});
+        const int workers = pool.workers();
+        for (int i = 0; i < n; ++i) fs.push_back(pool.submit(mark_then_wait, gate.path(), i));
+        auto started = [&](int i) {
+            return std::filesystem::exists(gate.path() + "/started-" + std::to_string(i));
+        };
+        // Every worker holds a gated task: nothing else can start until the gate opens.
+        const auto until = std::chrono::steady_clock::now() + 2min;
+        for (;;) {
+            int k = 0;
+            for (int i = 0; i < n; ++i) k += started(i) ? 1 : 0;
+            if (k == workers) break;
+            ASSERT_LT(std::chrono::steady_clock::now(), until) << k << " of " << workers;
+            std::this_thread::sleep_for(1ms);
+        }
+        pool.shutdown({.wait = false, .cancel_pending = true});
+        for (int i = 0; i < n; ++i) started_before[static_cast<std::size_t>(i)] = started(i);
+        gate.open();
+    }  // waits for every task
+    for (int i = 0; i < n; ++i) {
+        const auto& f = fs[static_cast<std::size_t>(i)];
+        ASSERT_TRUE(f.ready());
+        if (started_before[static_cast<std::size_t>(i)]) {
+            EXPECT_EQ(f.get(), i);
+        } else {
+            EXPECT_TRUE(f.cancelled()) << "task " << i << " had not started at shutdown, yet ran";
+        }
+    }
+}
+
+// "On the first failure, cancel the rest" from a done-callback: it runs on rank 0's MPI
+// thread, where shutdown(cancel_pending) must not wait for that thread's own work.
+TEST(MpiPool, ShutdownCancelPendingFromADoneCallback) {
+    file_gate gate;
+    mpi_pool pool({.in_flight_per_worker = 1});
+    auto first = pool.submit(file_gate::wait_then_return, gate.path(), 1);
+    std::vector<procpool::future<int>> rest;
+    for (int i = 0; i < 20; ++i) rest.push_back(pool.submit(square, i));
+    auto called = std::make_shared<procpool::promise<void>>();
+    auto done = called->get_future();
+    first.on_done([&pool, called] {
+        pool.shutdown({.wait = false, .cancel_pending = true});
+        called->set_value();
+    });
+    gate.open();
+    done.get();
+    EXPECT_EQ(first.get(), 1);
+    for (auto& f : rest) EXPECT_TRUE(f.wait_for(2min));  // a watchdog only
 }
 
 TEST(MpiPool, SharedArrayArgumentToAnotherRank_IsAClearError) {
@@ -260,6 +408,145 @@ TEST(MpiPool, Soak_10000Tasks_5PercentFaults_EveryFutureResolvesWithItsKind) {
     if (procpool::mpi_size() > 2) {
         EXPECT_GE(ranks_with_deaths.size(), 2u) << "faults should be spread over the ranks";
     }
+}
+
+// The thread that resolves a pool's last task (rank 0's engine) must not touch the pool
+// once the destructor can see it idle. A stress test only: the window is a few
+// instructions wide and no sanitizer runs under MPI here.
+TEST(MpiPool, PoolDestroyedAsItsLastTaskResolves_Stress) {
+    for (int i = 0; i < 40; ++i) {
+        mpi_pool pool({.workers_per_rank = 1});
+        static_cast<void>(pool.submit(square, i));  // the future is dropped at once
+    }
+}
+
+// Several threads submit tasks that throw, abort or exit, and cancel some of them (some
+// twice, some after they resolved): every future resolves.
+TEST(MpiPool, ConcurrentSubmittersFaultsAndCancels_EveryFutureResolves) {
+    mpi_pool pool;
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t) {
+        threads.emplace_back([&pool, t] {
+            std::vector<procpool::future<int>> fs;
+            for (int i = 0; i < 600; ++i) {
+                fs.push_back(pool.submit(soak_task, 600 * t + i));
+                if (i % 7 == 0) fs.back().cancel();
+                if (i % 11 == 0) fs[static_cast<std::size_t>(i / 2)].cancel();
+            }
+            for (std::size_t i = 0; i < fs.size(); ++i) {
+                fs[i].wait();
+                if (i % 5 == 0) fs[i].cancel();  // resolved already: nothing happens
+                if (!fs[i].cancelled() && fs[i].exception() == nullptr) {
+                    EXPECT_EQ(fs[i].get(), 2 * (600 * t + static_cast<int>(i)));
+                }
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+}
+
+// Pools opened and closed in a loop and from several threads at once: ids, CLOSE after
+// the last reply, the ranks' local pools.
+TEST(MpiPool, PoolsOpenedAndClosedFromSeveralThreads) {
+    for (int i = 0; i < 10; ++i) {
+        mpi_pool p({.workers_per_rank = 1});
+        auto f = p.submit(square, i);
+        if (i % 2 == 0) p.shutdown({.wait = false});
+        EXPECT_EQ(f.get(), i * i);
+    }
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t) {
+        threads.emplace_back([t] {
+            for (int k = 0; k < 4; ++k) {
+                mpi_pool p({.workers_per_rank = 1});
+                auto out = p.map(square, std::vector<int>(500, t + k), 7);
+                EXPECT_EQ(out.back(), (t + k) * (t + k));
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+}
+
+// A pool destroyed while other threads wait on its futures and cancel them.
+TEST(MpiPool, DestroyedWhileOtherThreadsWaitAndCancel) {
+    file_gate gate;
+    auto pool = std::make_unique<mpi_pool>();
+    for (int i = 0; i < 200; ++i) static_cast<void>(pool->submit(square, i));  // dropped
+    auto gated = pool->submit(file_gate::wait_then_return, gate.path(), 1);
+    auto plain = pool->submit(square, 3);
+    std::thread waiter([plain] { EXPECT_EQ(plain.get(), 9); });
+    std::thread canceller([gated] {
+        gated.cancel();
+        gated.cancel();
+    });
+    canceller.join();
+    gate.open();   // whether or not the cancel reached it first
+    pool.reset();  // waits for every task
+    waiter.join();
+    EXPECT_TRUE(gated.ready());
+    EXPECT_FALSE(gated.cancel());
+}
+
+// An initializer that throws or exits on the serving ranks fails the pool's tasks with
+// the reason and the rank; nothing hangs, the pool closes.
+TEST(MpiPool, InitializerThatThrowsOrExits_FailsTasksNamingTheRank) {
+    {
+        mpi_pool pool({.initializer = procpool::worker_initializer(init_throws, 1)});
+        try {
+            static_cast<void>(pool.submit(square, 2).get());
+            FAIL() << "no exception";
+        } catch (const procpool::error& e) {
+            const std::string what = e.what();
+            EXPECT_NE(what.find("init failed on purpose"), std::string::npos) << what;
+            if (multi_rank()) {
+                EXPECT_NE(what.find("MPI rank"), std::string::npos) << what;
+            }
+        }
+    }
+    mpi_pool pool({.initializer = procpool::worker_initializer(init_exits, 9)});
+    try {
+        static_cast<void>(pool.submit(square, 2).get());
+        FAIL() << "no exception";
+    } catch (const procpool::error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("exit code 9"), std::string::npos) << what;
+        if (multi_rank()) {
+            EXPECT_NE(what.find("MPI rank"), std::string::npos) << what;
+        }
+    }
+}
+
+// A serving rank's fork server killed from outside: the task on it fails, the rank
+// starts another and goes on serving, new pools included.
+TEST(MpiPool, ForkServerKilled_RankKeepsServing) {
+    mpi_pool pool({.workers_per_rank = 1});
+    EXPECT_THROW(static_cast<void>(pool.submit(kill_fork_server, 0).get()), procpool::worker_died);
+    auto out = pool.map(square, std::vector<int>(50, 4), 1);
+    EXPECT_EQ(out.back(), 16);
+    mpi_pool another({.workers_per_rank = 1});
+    EXPECT_EQ(another.submit(square, 5).get(), 25);
+}
+
+// DISABLED: fails (after a 2-minute watchdog). A serving rank that stops responding
+// (SIGSTOP here; a stalled node or a hung file system in real life) holds its tasks
+// forever: task_timeout is enforced only by the serving rank itself, and rank 0 has no
+// deadline or liveness check of its own, so the future never resolves and the pool's
+// destructor would wait forever (the test continues the rank at the end so it can close).
+// Fix (not small): rank 0 also enforces deadlines (a task's timeout plus a grace period,
+// counted from when the rank reports that it started), or serving ranks send heartbeats
+// while they hold tasks and rank 0 fails a silent rank's tasks (engine::lose_rank, today
+// unreachable) and sends it nothing more.
+TEST(MpiPool, DISABLED_SilentRank_TimedTaskStillResolves) {
+    if (!multi_rank()) GTEST_SKIP() << "the task would stop this program itself";
+    procpool_test::temp_dir dir;
+    mpi_pool pool({.workers_per_rank = 1, .task_timeout = 1s});
+    auto f = pool.submit(stop_my_rank, dir.path());
+    const bool resolved = f.wait_for(2min);  // a watchdog, not a timing assertion
+    while (!std::filesystem::exists(dir.path() + "/rank-pid")) std::this_thread::sleep_for(1ms);
+    long rank_pid = 0;
+    std::ifstream(dir.path() + "/rank-pid") >> rank_pid;
+    kill(static_cast<pid_t>(rank_pid), SIGCONT);
+    EXPECT_TRUE(resolved) << "a task with a 1 s timeout on a frozen rank never resolved";
 }
 
 TEST(MpiPool, BadOptionsAreClearErrors) {
