@@ -275,6 +275,21 @@ TEST(ProcessPoolDeadlines, NonPositiveTaskTimeout_IsRejectedWithAClearMessage) {
     }
 }
 
+TEST(ProcessPoolDeadlines, TimeoutTooLongToCount_IsRejected_NotWrappedIntoAShortOne) {
+    // In nanoseconds, milliseconds::max() would wrap to a negative deadline (none) and
+    // ~584 years to a fraction of a millisecond.
+    process_pool pool({.workers = 1});
+    for (auto bad : {std::chrono::milliseconds::max(), std::chrono::milliseconds(18'446'744'073'710LL)}) {
+        EXPECT_THROW((void)pool.submit(procpool::task_options{.timeout = bad}, add, 1, 2),
+                     procpool::invalid_argument);
+    }
+    EXPECT_THROW(process_pool({.workers = 1, .task_timeout = std::chrono::milliseconds::max()}),
+                 procpool::invalid_argument);
+    EXPECT_EQ(pool.submit(procpool::task_options{.timeout = std::chrono::hours(24 * 365)}, add, 1, 2)
+                  .get(),
+              3);
+}
+
 // ---- start-up ------------------------------------------------------------------------------
 
 void dying_init() {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -14,7 +15,16 @@ namespace procpool::detail {
 /// as the user wrote it, e.g. "task_options::timeout".
 inline void check_timeout(const std::optional<std::chrono::milliseconds>& timeout,
                           std::string_view what) {
-    if (!timeout || timeout->count() > 0) return;
+    if (!timeout) return;
+    // Deadlines are kept in nanoseconds: a longer timeout would overflow into a short
+    // (or negative) one.
+    constexpr std::int64_t max_ms = INT64_MAX / 1'000'000 / 2;
+    if (timeout->count() > 0 && timeout->count() <= max_ms) return;
+    if (timeout->count() > 0) {
+        throw invalid_argument(std::string(what) + " of " + std::to_string(timeout->count()) +
+                               " ms is longer than procpool can count (about 146 years); "
+                               "leave it unset for no timeout");
+    }
     throw invalid_argument(std::string(what) + " must be positive (got " +
                            std::to_string(timeout->count()) +
                            " ms); leave it unset for no timeout");
