@@ -33,27 +33,7 @@ using procpool::outcome;
 using procpool::run_in;
 using procpool::run_in_threads;
 
-/// A one-shot gate that tasks wait on. `wait` gives up after a minute so that a broken
-/// implementation fails the test instead of hanging it.
-class gate {
-public:
-    void open() {
-        {
-            std::lock_guard lock(m_);
-            open_ = true;
-        }
-        cv_.notify_all();
-    }
-    bool wait() {
-        std::unique_lock lock(m_);
-        return cv_.wait_for(lock, 60s, [this] { return open_; });
-    }
-
-private:
-    std::mutex m_;
-    std::condition_variable cv_;
-    bool open_ = false;
-};
+using procpool_test::gate;
 
 int add(int a, int b) {
     return a + b;

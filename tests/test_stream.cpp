@@ -42,27 +42,7 @@ using namespace std::chrono_literals;
 using procpool::stream_options;
 using procpool_test::numbers;
 
-/// A one-shot gate; `wait` gives up after a minute so that a broken implementation fails
-/// the test instead of hanging it.
-class gate {
-public:
-    void open() {
-        {
-            std::lock_guard lock(m_);
-            open_ = true;
-        }
-        cv_.notify_all();
-    }
-    bool wait() {
-        std::unique_lock lock(m_);
-        return cv_.wait_for(lock, 60s, [this] { return open_; });
-    }
-
-private:
-    std::mutex m_;
-    std::condition_variable cv_;
-    bool open_ = false;
-};
+using procpool_test::gate;
 
 /// 0, 1, 2, ... without end, like a generator: no size, a sentinel that is never reached.
 /// Counts the elements read (on the reading thread only).
