@@ -103,18 +103,13 @@ void state_base::set_cancelled(const char* why) noexcept {
     publish(cancelled);
 }
 
-bool state_base::cancel() noexcept {
-    if (try_claim()) {
-        set_cancelled("task cancelled before it started");
-        return true;
-    }
-    if (hook_ == nullptr) return false;
-    const hook_guard guard(hook_);
-    if (is_done()) return false;
-    return hook_->cancel_running(*this);
-}
+bool state_base::cancel() noexcept { return cancel_claimed_or_ask(true); }
 
-bool state_base::cancel_pending() noexcept {
+bool state_base::cancel_pending() noexcept { return cancel_claimed_or_ask(false); }
+
+// Unclaimed: cancelled here. Claimed: the executor's hook decides, stopping a running task
+// only if `stop_running`.
+bool state_base::cancel_claimed_or_ask(bool stop_running) noexcept {
     if (try_claim()) {
         set_cancelled("task cancelled before it started");
         return true;
@@ -122,7 +117,7 @@ bool state_base::cancel_pending() noexcept {
     if (hook_ == nullptr) return false;
     const hook_guard guard(hook_);
     if (is_done()) return false;
-    return hook_->cancel_pending(*this);
+    return stop_running ? hook_->cancel_running(*this) : hook_->cancel_pending(*this);
 }
 
 void state_base::publish(std::uint32_t extra) noexcept {

@@ -136,6 +136,7 @@ protected:
 
 private:
     void run_callbacks() noexcept;
+    bool cancel_claimed_or_ask(bool stop_running) noexcept;
 
     mutable std::atomic<std::uint32_t> flags_{0};
     std::atomic<std::uint32_t> refs_{1};
