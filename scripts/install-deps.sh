@@ -9,6 +9,7 @@ packages=(
   libcereal-dev libcli11-dev libvips-dev
   libtbb-dev libboost-dev libomp-dev
   libopenmpi-dev openmpi-bin python3-mpi4py
+  nlohmann-json3-dev librsvg2-bin
   python3 python3-joblib python3-pebble python3-numpy
 )
 
