@@ -18,6 +18,7 @@
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
 #include "procpool/shared_array.hpp"
+#include "procpool/trace.hpp"
 #include "procpool/wire.hpp"
 
 namespace procpool {
@@ -38,6 +39,15 @@ public:
     process_task_base* link = nullptr;  ///< pool-internal queue link
     std::uint32_t requeues = 0;  ///< times its worker died before it was seen to start
     std::uint32_t ctl_msgs = 0;  ///< messages it sent on its worker's control socket
+    // For statistics and traces (steady_clock ns; 0: unknown).
+    std::int64_t submit_ns = 0;
+    std::int64_t start_ns = 0;
+    std::int64_t end_ns = 0;
+    std::uint64_t trace_id = 0;
+    std::uint32_t attempt = 1;
+    int pid = 0;  ///< the worker process that ran it
+    std::uint64_t bytes_in = 0;
+    std::uint64_t bytes_out = 0;
 
 protected:
     ~process_task_base() = default;
@@ -158,6 +168,9 @@ struct process_pool_options {
     /// many bytes travels through a shared-memory block instead of the byte stream: one
     /// copy on each side, whatever its size.
     std::size_t shared_memory_threshold = std::size_t{1} << 20;
+    /// Record every task and worker start/exit in this trace (see trace_recorder); null:
+    /// no trace. Statistics (`stats()`) are kept either way.
+    std::shared_ptr<trace_recorder> trace{};
 };
 
 /// A pool of worker processes, the counterpart of Python's `ProcessPoolExecutor`, that
@@ -191,6 +204,11 @@ public:
 
     /// Process ids of the live workers (for diagnostics and tests).
     std::vector<int> worker_pids() const;
+
+    /// What the pool has done so far: tasks by outcome, worker restarts, busy fraction per
+    /// worker, queue wait and run time percentiles (see pool_stats). A task counts by the
+    /// time its future is ready.
+    pool_stats stats() const;
 
 private:
     friend class detail::remote_executor<process_pool, detail::process_task_base>;

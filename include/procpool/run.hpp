@@ -28,6 +28,7 @@
 #include "procpool/process_pool.hpp"
 #include "procpool/progress.hpp"
 #include "procpool/thread_pool.hpp"
+#include "procpool/trace.hpp"
 
 namespace procpool {
 
@@ -61,6 +62,11 @@ struct run_options {
     /// bound keeps the pool's queue (and the arguments it holds) small and leaves room
     /// for other work. Results stay in input order; retries count as the same task.
     std::size_t max_in_flight = 0;
+    /// Record every task (each attempt, named by its input index) in this trace; see
+    /// trace_recorder. `run_in_threads` / `run_in_processes` give it to the pool they
+    /// create; `run_in` labels the tasks it submits to the given pool, which records them
+    /// in the pool's own trace (if it has one) and ignores this field.
+    std::shared_ptr<trace_recorder> trace{};
 };
 
 namespace detail {
@@ -231,9 +237,12 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
             s.attempt = id;
             ++s.attempts;
             try {
+                detail::set_trace_label(i, static_cast<std::uint32_t>(s.attempts));
                 s.f = with_arguments<F, E>(first[static_cast<std::ptrdiff_t>(i)],
                                            [&](const auto&... a) { return submit(s, a...); });
+                detail::clear_trace_label();
             } catch (...) {
+                detail::clear_trace_label();
                 s.f = {};
                 if (fail(i, std::current_exception())) continue;
                 return;
@@ -386,8 +395,8 @@ template <class F, std::ranges::input_range Range>
         return run_in_threads(std::forward<F>(fn), detail::materialize(tasks), std::move(options));
     } else {
         const int workers = detail::pool_size_for(options.workers, std::ranges::size(tasks));
-        auto pool = std::make_unique<thread_pool>(
-            thread_pool_options{.workers = workers, .name = "run_in_threads"});
+        auto pool = std::make_unique<thread_pool>(thread_pool_options{
+            .workers = workers, .name = "run_in_threads", .trace = options.trace});
         const std::decay_t<F> f(std::forward<F>(fn));
         bool abandoned = false;
         // Joining would wait for abandoned tasks: then a detached thread does it.
@@ -422,6 +431,7 @@ template <class F, std::ranges::input_range Range>
         const int workers = detail::pool_size_for(options.workers, std::ranges::size(tasks));
         process_pool_options pool_opts;
         pool_opts.workers = workers;
+        pool_opts.trace = options.trace;
         process_pool pool(std::move(pool_opts));
         const std::decay_t<F> f(std::forward<F>(fn));
         bool abandoned = false;  // never: a process pool kills what runs past its timeout

@@ -17,6 +17,7 @@
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
 #include "procpool/stream.hpp"
+#include "procpool/trace.hpp"
 
 namespace procpool {
 
@@ -27,6 +28,8 @@ struct thread_pool_options {
     int workers = default_worker_count();
     /// Prefix of the worker threads' names (as shown by `top -H`, at most 15 characters).
     std::string name = "procpool";
+    /// Record every task in this trace (see trace_recorder); null: no trace.
+    std::shared_ptr<trace_recorder> trace{};
 };
 
 /// A pool of worker threads, the counterpart of Python's `ThreadPoolExecutor`.
@@ -107,6 +110,11 @@ public:
 
     /// The number of worker threads.
     int workers() const noexcept;
+
+    /// What the pool has done so far: tasks by outcome, busy fraction per worker, queue
+    /// wait and run time percentiles (see pool_stats). A task counts once its future is
+    /// ready; one cancelled while queued counts when its worker takes it off the queue.
+    pool_stats stats() const;
 
 private:
     void enqueue(detail::state_base* s);

@@ -177,4 +177,12 @@ struct pool_stats {
     std::uint64_t failed() const noexcept { return resolved() - completed; }
 };
 
+namespace detail {
+/// Names the next task this thread submits to a procpool pool in traces: `id` instead of
+/// the pool's own number, and `attempt`. run_in_* labels each task with its input index.
+void set_trace_label(std::uint64_t id, std::uint32_t attempt) noexcept;
+/// Drops a label `set_trace_label` left unused (the executor was not a procpool pool).
+void clear_trace_label() noexcept;
+}  // namespace detail
+
 }  // namespace procpool

@@ -120,7 +120,26 @@ bool state_base::cancel_claimed_or_ask(bool stop_running) noexcept {
     return stop_running ? hook_->cancel_running(*this) : hook_->cancel_pending(*this);
 }
 
+namespace {
+thread_local publish_observer tl_observer;
+}  // namespace
+
+observe_publish::observe_publish(const state_base* target,
+                                 void (*fn)(void*, state_base&) noexcept, void* ctx) noexcept
+    : saved_(tl_observer) {
+    tl_observer = publish_observer{target, fn, ctx};
+}
+
+observe_publish::~observe_publish() { tl_observer = saved_; }
+
+bool observe_publish::fired() const noexcept { return tl_observer.target == nullptr; }
+
 void state_base::publish(std::uint32_t extra) noexcept {
+    if (tl_observer.target == this) {
+        const publish_observer o = tl_observer;
+        tl_observer.target = nullptr;  // once; also what fired() reports
+        o.fn(o.ctx, *this);
+    }
     const std::uint32_t old = flags_.fetch_or(done | extra, std::memory_order_acq_rel);
     if ((old & waiters) != 0) futex_wake(&flags_, INT_MAX);
     if ((old & callbacks) != 0) run_callbacks();

@@ -167,6 +167,13 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
             throw protocol_violation("a completion for a task it was not running");
         }
         t = pop_inflight(w);
+        // The worker's clock is this machine's; a worker that lies only moves its own bar.
+        const std::int64_t now = trace::clock_ns();
+        t->end_ns = std::clamp(ch.end_ns, t->submit_ns, now);
+        t->start_ns = std::clamp(t->end_ns - std::max<std::int64_t>(ch.run_ns, 0), t->submit_ns,
+                                 t->end_ns);
+        t->pid = static_cast<int>(w.pid);
+        t->bytes_out = h.len;
         avg_task_ns =
             (avg_task_ns * 7 + std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000)) / 8;
         // The next task's deadline now runs: the supervisor must not sleep through it.
@@ -184,6 +191,22 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         wire::reader in(data, size);
         t->decode(static_cast<run_status>(raw), in);
     });
+}
+
+void pool_core::on_resolved(void* ctx, detail::state_base& s) noexcept {
+    auto* r = static_cast<resolving*>(ctx);
+    process_task_base& t = *r->task;
+    if (t.end_ns == 0) t.end_ns = trace::clock_ns();
+    r->pool->monitor->finished(trace::task_done{.worker = t.worker,
+                                                .pid = t.pid,
+                                                .id = t.trace_id,
+                                                .attempt = t.attempt,
+                                                .submit_ns = t.submit_ns,
+                                                .start_ns = t.start_ns,
+                                                .end_ns = t.end_ns,
+                                                .bytes_in = t.bytes_in,
+                                                .bytes_out = t.bytes_out},
+                               s.error());
 }
 
 // The pool cannot run tasks any more: every task it holds or gets fails with `e`.

@@ -33,6 +33,7 @@
 #include "process/region.hpp"
 #include "procpool/detail/sync.hpp"
 #include "procpool/process_pool.hpp"
+#include "trace/monitor.hpp"
 
 namespace procpool::process {
 using detail::process_task_base;
@@ -226,6 +227,7 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::atomic<bool> stopping{false};
     std::atomic<bool> joined{false};
     std::mutex join_mu;
+    std::unique_ptr<trace::pool_monitor> monitor;  // statistics and the opt-in trace
 
     // ---- setup ---------------------------------------------------------------------
     explicit pool_core(process_pool_options o);
@@ -250,13 +252,24 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     void dispatch_pending();
     void enqueue(process_task_base& t, const std::vector<std::byte>& args);
 
+    // Records `t` in the statistics and trace as it resolves, before its waiters wake.
+    struct resolving {
+        pool_core* pool;
+        process_task_base* task;
+    };
+    static void on_resolved(void* ctx, detail::state_base& s) noexcept;
+
     // Resolves `t` once (cancel and completion race) and drops the pool's reference.
     template <class Fn>
     void finish(process_task_base& t, Fn&& resolve) noexcept {
         // The task lets go of its shared arrays first, so that when its future resolves
         // the caller holds the last handle (and may count mappings, or free them).
         t.attachments.clear();
-        if (t.begin_resolve()) resolve();
+        if (t.begin_resolve()) {
+            resolving r{this, &t};
+            const detail::observe_publish observe(&t.shared(), &on_resolved, &r);
+            resolve();
+        }
         t.shared().release();
         if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
             std::lock_guard lock(idle_mu);

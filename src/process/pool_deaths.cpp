@@ -64,6 +64,19 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
     {
         std::lock_guard lock(mu);
         note_startup(w, wstatus);
+        if (monitor->tracing()) {
+            static constexpr const char* why[] = {"",
+                                                  "killed: its task timed out; ",
+                                                  "killed: its task was cancelled; ",
+                                                  "killed: its control channel was lost; ",
+                                                  "killed: it broke the protocol; ",
+                                                  "killed: a send to it failed; "};
+            try {
+                monitor->worker_exited(w.index, static_cast<int>(w.pid),
+                                       why[static_cast<int>(w.reason)] + describe_status(wstatus));
+            } catch (...) {  // NOLINT(bugprone-empty-catch): the trace loses one mark
+            }
+        }
         if (!w.inflight.empty()) {
             process_task_base* front = w.inflight.head;
             // Started if the worker said so, or if it was killed for this very task; a
@@ -73,6 +86,15 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
                 (w.reason != kill_reason::none && w.reason_seq == front->seq) ||
                 (w.ready && ++front->requeues >= max_requeues);
             if (started) {
+                // It ran from when the worker said it started (or became the head) to now.
+                const std::int64_t said = w.region->started_seq.load(std::memory_order_relaxed) ==
+                                                  front->seq
+                                              ? w.region->started_ns.load(std::memory_order_relaxed)
+                                              : 0;
+                front->end_ns = trace::clock_ns();
+                front->start_ns = std::clamp(said != 0 ? said : w.head_since, front->submit_ns,
+                                             front->end_ns);
+                front->pid = static_cast<int>(w.pid);
                 failed = pop_inflight(w);
                 why = death_error(w, *failed, wstatus);
             }

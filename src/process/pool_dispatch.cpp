@@ -189,6 +189,10 @@ void pool_core::dispatch_pending() {
 }
 
 void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args) {
+    const trace::submission_label label = trace::take_label();
+    t.submit_ns = trace::clock_ns();
+    t.attempt = label.attempt;
+    t.bytes_in = args.size();
     t.shared().set_cancel_hook(this);
     t.shared().add_ref();  // the pool's reference, dropped when it resolves the task
     std::exception_ptr fail;
@@ -199,6 +203,8 @@ void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args
             throw pool_shut_down("process_pool: submit after shutdown(); create a new pool");
         }
         outstanding.fetch_add(1, std::memory_order_relaxed);
+        const std::uint64_t id = monitor->submitted();
+        t.trace_id = label.set ? label.id : id;
         if (t.timeout_ns < 0) t.timeout_ns = default_timeout_ns;
         if (broken) {
             fail = broken;

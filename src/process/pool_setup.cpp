@@ -44,6 +44,7 @@ pool_core::pool_core(process_pool_options o) : opts(std::move(o)) {
         throw invalid_argument("process_pool: max_tasks_per_child must be >= 0 (0: never)");
     }
     detail::check_timeout(opts.task_timeout, "process_pool_options::task_timeout");
+    monitor = std::make_unique<trace::pool_monitor>("process_pool", opts.workers, opts.trace);
     if (opts.task_timeout) default_timeout_ns = opts.task_timeout->count() * 1'000'000;
     method = opts.start;
     if (method == start_method::automatic) {
@@ -217,6 +218,7 @@ void pool_core::spawn(worker_slot& w) {
 
 void pool_core::adopt_pid(worker_slot& w, pid_t pid) {
     w.pid = pid;
+    monitor->worker_started(w.index, static_cast<int>(pid), w.gen > 1);
     w.pidfd.reset(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
     if (w.state == slot_state::spawning) w.state = slot_state::alive;
     if (w.reason != kill_reason::none) kill_worker(w, w.reason, w.reason_seq);

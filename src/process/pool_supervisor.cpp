@@ -102,10 +102,14 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
                 // worker then skips it or runs it, and its reply resolves it either way.
                 if (!stop_running || w.inflight.head != t) return false;
                 kill_worker(w, kill_reason::cancel, t->seq);
+                t->start_ns = std::max(w.head_since, t->submit_ns);
+                t->pid = static_cast<int>(w.pid);
             }
         }
     }
     if (t->begin_resolve()) {
+        resolving r{this, t};
+        const detail::observe_publish observe(&s, &on_resolved, &r);
         s.set_cancelled("task cancelled");
     }
     if (resolved_now) {

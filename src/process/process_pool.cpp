@@ -134,6 +134,8 @@ int process_pool::workers() const noexcept {
     return impl_->opts.workers;
 }
 
+pool_stats process_pool::stats() const { return impl_->monitor->stats(); }
+
 std::vector<int> process_pool::worker_pids() const {
     std::lock_guard lock(impl_->mu);
     std::vector<int> pids;

@@ -119,7 +119,8 @@ class ring_worker final : public remote::worker_transport {
             outgoing_.clear();
             fail_with(out, st, "worker could not send a shared array back");
         }
-        const completion_header ch{seq, run_ns, static_cast<std::uint32_t>(outgoing_.size()), 0};
+        const completion_header ch{seq, run_ns, static_cast<std::uint32_t>(outgoing_.size()), 0,
+                                   seq != 0 ? remote::now_ns() : 0};
         outgoing_.clear();
         auto type = static_cast<std::uint32_t>(st);
         if (sizeof ch + out.size() > cmp_.max_payload()) {

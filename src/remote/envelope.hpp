@@ -49,6 +49,7 @@ struct completion_header {
     std::int64_t run_ns;    ///< how long the task ran, for the pool's window sizing
     std::uint32_t nattach;  ///< attachments sent with it, ahead of the reply
     std::uint32_t reserved;
+    std::int64_t end_ns;    ///< when it ended, on the worker's CLOCK_MONOTONIC (traces)
 };
 
 /// Why a worker could not start, sent to the parent just before it exits (the way a

@@ -1,6 +1,7 @@
 #include "procpool/thread_pool.hpp"
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "thread/task_queue.hpp"
+#include "trace/monitor.hpp"
 
 namespace procpool {
 
@@ -19,7 +21,7 @@ thread_local const void* current_pool = nullptr;
 }  // namespace
 
 struct thread_pool::impl {
-    explicit impl(int n) : nworkers(n) {}
+    impl(int n, const thread_pool_options& o) : nworkers(n), monitor(o.name, n, o.trace) {}
 
     // Submitters in progress, times two, plus bit 0 once shutdown began. shutdown() waits
     // for in-progress submits so that no task can be queued after the workers exit.
@@ -28,11 +30,42 @@ struct thread_pool::impl {
     int nworkers;
     std::vector<std::thread> threads;
     std::mutex join_mutex;
+    trace::pool_monitor monitor;
 
-    void worker_loop(const void* owner) {
+    // What a worker knows of the task it runs, for the moment it resolves.
+    struct running {
+        impl* self;
+        int worker;
+        std::int64_t start;
+    };
+
+    // Called on the worker's thread as the task it runs resolves, before its waiters wake.
+    static void on_publish(void* ctx, detail::state_base& s) noexcept {
+        auto* r = static_cast<running*>(ctx);
+        r->self->record(s, r->worker, r->start, trace::clock_ns());
+    }
+
+    void record(const detail::state_base& s, int worker, std::int64_t start,
+                std::int64_t end) noexcept {
+        static const int pid = static_cast<int>(::getpid());
+        monitor.finished(trace::task_done{.worker = worker,
+                                          .pid = pid,
+                                          .id = s.trace_id,
+                                          .attempt = s.attempt,
+                                          .submit_ns = s.queued_ns,
+                                          .start_ns = start,
+                                          .end_ns = end},
+                         s.error());
+    }
+
+    void worker_loop(const void* owner, int index) {
         current_pool = owner;
         while (detail::state_base* s = queue.pop_wait()) {
+            running r{this, index, trace::clock_ns()};
+            const detail::observe_publish observe(s, &on_publish, &r);
             s->execute();
+            // Not resolved here: it was cancelled while queued (and counts now).
+            if (!observe.fired() && s->is_cancelled()) record(*s, -1, 0, trace::clock_ns());
             s->release();
         }
     }
@@ -46,7 +79,13 @@ struct thread_pool::impl {
 
     void cancel_queued() {
         while (detail::state_base* s = queue.try_pop()) {
-            if (s->try_claim()) s->set_cancelled("task cancelled: its pool shut down");
+            if (s->try_claim()) {
+                running r{this, -1, 0};
+                const detail::observe_publish observe(s, &on_publish, &r);
+                s->set_cancelled("task cancelled: its pool shut down");
+            } else if (s->is_cancelled()) {
+                record(*s, -1, 0, trace::clock_ns());
+            }
             s->release();
         }
     }
@@ -54,11 +93,11 @@ struct thread_pool::impl {
 
 thread_pool::thread_pool(thread_pool_options opts) {
     detail::check_workers(opts.workers, "thread_pool", "threads");
-    impl_ = std::make_unique<impl>(opts.workers);
+    impl_ = std::make_unique<impl>(opts.workers, opts);
     impl_->threads.reserve(static_cast<std::size_t>(opts.workers));
     for (int i = 0; i < opts.workers; ++i) {
         try {
-            impl_->threads.emplace_back([this] { impl_->worker_loop(this); });
+            impl_->threads.emplace_back([this, i] { impl_->worker_loop(this, i); });
         } catch (const std::system_error& e) {
             // Leaving with joinable threads would call std::terminate: stop the ones that
             // run (nothing is queued yet) and report how far we got.
@@ -81,6 +120,7 @@ thread_pool::thread_pool(thread_pool_options opts) {
 thread_pool::~thread_pool() { shutdown({.wait = true}); }
 
 void thread_pool::enqueue(detail::state_base* s) {
+    const trace::submission_label label = trace::take_label();
     const std::uint64_t g = impl_->gate.fetch_add(2, std::memory_order_acq_rel);
     if ((g & 1) != 0) {
         impl_->gate.fetch_sub(2, std::memory_order_acq_rel);
@@ -89,6 +129,10 @@ void thread_pool::enqueue(detail::state_base* s) {
         s->release();
         throw pool_shut_down("thread_pool: submit after shutdown(); create a new pool");
     }
+    const std::uint64_t id = impl_->monitor.submitted();
+    s->trace_id = label.set ? label.id : id;
+    s->attempt = label.attempt;
+    s->queued_ns = trace::clock_ns();
     impl_->queue.push(s);
     impl_->gate.fetch_sub(2, std::memory_order_release);
 }
@@ -112,6 +156,8 @@ void thread_pool::shutdown(shutdown_options opts) {
 }
 
 int thread_pool::workers() const noexcept { return impl_->nworkers; }
+
+pool_stats thread_pool::stats() const { return impl_->monitor.stats(); }
 
 std::size_t thread_pool::auto_chunksize(std::size_t n) const noexcept {
     // About eight chunks a worker balances uneven items; a cap keeps the results of one

@@ -45,6 +45,31 @@ protected:
     ~cancel_hook() = default;
 };
 
+/// Lets an executor see one task resolve, on the resolving thread, just before its waiters
+/// and callbacks can (how pools keep statistics and traces that are complete the moment a
+/// future is ready). Set per thread; see `observe_publish`.
+struct publish_observer {
+    const state_base* target = nullptr;  ///< the only state observed
+    void (*fn)(void* ctx, state_base& s) noexcept = nullptr;
+    void* ctx = nullptr;
+};
+
+/// While alive, a `publish` of `target` on this thread first calls `fn(ctx, target)`
+/// (with the result or error already stored). Restores the previous observer on exit.
+class observe_publish {
+public:
+    observe_publish(const state_base* target, void (*fn)(void*, state_base&) noexcept,
+                    void* ctx) noexcept;
+    ~observe_publish();
+    observe_publish(const observe_publish&) = delete;
+    observe_publish& operator=(const observe_publish&) = delete;
+    /// True once the observer ran (the target was published on this thread).
+    bool fired() const noexcept;
+
+private:
+    publish_observer saved_;
+};
+
 /// A node in a state's callback list; run exactly once when the state completes.
 struct callback_node {
     callback_node* next = nullptr;
@@ -125,6 +150,11 @@ public:
 
     /// Intrusive link for executor queues.
     std::atomic<state_base*> next{nullptr};
+    /// Executor bookkeeping for statistics and traces: when it was queued (steady_clock
+    /// ns), its number in traces and its attempt (see thread_pool).
+    std::int64_t queued_ns = 0;
+    std::uint64_t trace_id = 0;
+    std::uint32_t attempt = 1;
 
 protected:
     using exec_fn = void (*)(state_base*) noexcept;
