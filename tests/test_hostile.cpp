@@ -79,7 +79,7 @@ void publish(procpool::process::worker_region* r, std::uint32_t len, std::uint32
 // A completion header for the task running now, with `nattach` attachments announced.
 procpool::process::completion_header header_for_current(procpool::process::worker_region* r,
                                                         std::uint32_t nattach) {
-    return {r->started_seq.load(), 0, nattach, 0};
+    return {r->started_seq.load(), 0, nattach, 0, 0};
 }
 
 enum class forgery {
@@ -163,12 +163,12 @@ int forge(int kind) {
             break;
         }
         case forgery::false_init_failure: {
-            const procpool::process::completion_header h{0, 0, 0, 0};
+            const procpool::process::completion_header h{0, 0, 0, 0, 0};
             publish(r, sizeof h, static_cast<std::uint32_t>(run_status::init_failed), &h, sizeof h);
             break;
         }
         case forgery::second_ready: {
-            const procpool::process::completion_header h{0, 0, 0, 0};
+            const procpool::process::completion_header h{0, 0, 0, 0, 0};
             publish(r, sizeof h, static_cast<std::uint32_t>(run_status::ready), &h, sizeof h);
             break;
         }
