@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <map>
+#include <sstream>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -300,6 +301,49 @@ TEST(Stats, HistogramPercentilesAreClose) {
     EXPECT_LE(st.run_time.p99, st.run_time.max);
     EXPECT_LE(st.queue_wait.p50, st.queue_wait.p99);
     EXPECT_LE(st.queue_wait.p99, st.queue_wait.max);
+}
+
+int square(int x) { return x * x; }
+
+TEST(MapProgress, ProcessPoolMapCountsElementsNotChunks) {
+    procpool::process_pool pool({.workers = 2});
+    std::vector<int> xs(1000);
+    for (int i = 0; i < 1000; ++i) xs[static_cast<std::size_t>(i)] = i;
+    std::ostringstream log;
+    auto out = pool.map(square, xs,
+                        procpool::map_options{
+                            .chunksize = 250,
+                            .show_progress = true,
+                            .progress = {.label = "squares", .out = &log, .terminal = false}});
+    ASSERT_EQ(out.size(), 1000u);
+    EXPECT_EQ(out[999], 999 * 999);
+    const std::string text = log.str();
+    EXPECT_NE(text.find("starting squares"), std::string::npos) << text;
+    EXPECT_NE(text.find("1000 tasks, 1000 ok, 0 failed"), std::string::npos) << text;
+}
+
+TEST(MapProgress, ThreadPoolMapDrawsTheBarInItems) {
+    procpool::thread_pool pool({.workers = 2});
+    std::vector<int> xs(600, 3);
+    std::ostringstream bar;
+    auto out = pool.map([](int x) { return x + 1; }, xs,
+                        procpool::map_options{
+                            .chunksize = 100,
+                            .show_progress = true,
+                            .progress = {.label = "plus", .out = &bar, .terminal = true, .columns = 100}});
+    ASSERT_EQ(out.size(), 600u);
+    EXPECT_NE(bar.str().find("600/600"), std::string::npos) << bar.str();
+}
+
+TEST(MapProgress, TasksFinishedCountsManyAtOnce) {
+    std::ostringstream sink;
+    procpool::progress_reporter p(1000, 2, {.label = "m", .out = &sink, .terminal = true, .columns = 120});
+    p.start();
+    p.tasks_finished(250);
+    EXPECT_NE(p.bar_line().find("250/1000"), std::string::npos) << p.bar_line();
+    p.tasks_finished(250, 250);
+    EXPECT_NE(p.bar_line().find("500/1000"), std::string::npos) << p.bar_line();
+    EXPECT_NE(p.bar_line().find("250 failed"), std::string::npos) << p.bar_line();
 }
 
 TEST(Trace, StatusOfClassifiesErrors) {

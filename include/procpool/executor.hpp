@@ -6,6 +6,7 @@
 #include <concepts>
 #include <functional>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <thread>
 #include <type_traits>
@@ -13,6 +14,7 @@
 
 #include "procpool/detail/state.hpp"
 #include "procpool/future.hpp"
+#include "procpool/progress.hpp"
 
 namespace procpool {
 
@@ -29,6 +31,18 @@ struct shutdown_options {
 struct task_options {
     /// Deadline for this task once it starts; overrides the pool's `task_timeout`.
     std::optional<std::chrono::milliseconds> timeout{};
+};
+
+/// Options of a pool's `map`: `pool.map(f, items, {.chunksize = 1000, .show_progress = true})`.
+struct map_options {
+    /// Elements per task (0: a size picked from the item and worker counts).
+    std::size_t chunksize = 0;
+    /// Report progress on stderr as `run_in_*` does (see progress_reporter), counting
+    /// elements, not chunks: a map of 1M items in 8 chunks moves as the chunks finish
+    /// rather than jumping from 0 to 100 %, with rate and ETA in items per second.
+    bool show_progress = false;
+    /// Where and how the progress line is written (label, stream, terminal or log).
+    progress_options progress{.label = "map"};
 };
 
 /// The number of hardware threads, at least 1: the default worker count.

@@ -54,6 +54,9 @@ public:
     void start();
     /// Counts one task as finished (`ok` false: failed) and redraws if it is time to.
     void task_finished(bool ok);
+    /// Counts `n` tasks (or items) as finished, `failed` of them failed, without drawing:
+    /// for counting from threads that must not block on the terminal. `refresh()` draws.
+    void tasks_finished(std::size_t n, std::size_t failed = 0);
     /// Counts one retry (a task started again); shown when non-zero.
     void task_retried();
     /// Redraws the bar if `interval` has passed since the last draw (terminal only), so

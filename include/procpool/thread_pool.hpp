@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "procpool/detail/map_progress.hpp"
 #include "procpool/detail/validate.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
@@ -76,7 +77,16 @@ public:
     /// chunks have finished. Blocks until done.
     template <class F, std::ranges::input_range Range>
         requires std::invocable<std::decay_t<F>&, std::ranges::range_reference_t<Range>>
-    auto map(F&& f, Range&& items, std::size_t chunksize = 0);
+    auto map(F&& f, Range&& items, std::size_t chunksize = 0) {
+        return map_impl(std::forward<F>(f), std::forward<Range>(items), chunksize, nullptr);
+    }
+
+    /// `map` with options: chunk size and a progress line counting elements.
+    template <class F, std::ranges::input_range Range>
+        requires std::invocable<std::decay_t<F>&, std::ranges::range_reference_t<Range>>
+    auto map(F&& f, Range&& items, const map_options& opts) {
+        return map_impl(std::forward<F>(f), std::forward<Range>(items), opts.chunksize, &opts);
+    }
 
     /// Applies `f` to the elements of `items` as the caller reads the results, in input
     /// order: a `stream` (an input range) with at most `opts.max_in_flight` chunks of
@@ -117,6 +127,8 @@ public:
     pool_stats stats() const;
 
 private:
+    template <class F, class Range>
+    auto map_impl(F&& f, Range&& items, std::size_t chunksize, const map_options* mopts);
     void enqueue(detail::state_base* s);
     std::size_t auto_chunksize(std::size_t n) const noexcept;
 
@@ -128,9 +140,9 @@ private:
     std::unique_ptr<impl> impl_;
 };
 
-template <class F, std::ranges::input_range Range>
-    requires std::invocable<std::decay_t<F>&, std::ranges::range_reference_t<Range>>
-auto thread_pool::map(F&& f, Range&& items, std::size_t chunksize) {
+template <class F, class Range>
+auto thread_pool::map_impl(F&& f, Range&& items, std::size_t chunksize,
+                           const map_options* mopts) {
     using R = std::remove_cvref_t<std::invoke_result_t<std::decay_t<F>&,
                                                          std::ranges::range_reference_t<Range>>>;
     if constexpr (!std::ranges::random_access_range<Range> || !std::ranges::sized_range<Range>) {
@@ -138,7 +150,7 @@ auto thread_pool::map(F&& f, Range&& items, std::size_t chunksize) {
         // element: the vector's iterator-pair constructor needs a common range).
         std::vector<std::ranges::range_value_t<Range>> copy;
         for (auto&& e : items) copy.emplace_back(std::forward<decltype(e)>(e));
-        return map(std::forward<F>(f), copy, chunksize);
+        return map_impl(std::forward<F>(f), copy, chunksize, mopts);
     } else {
         const std::size_t n = std::ranges::size(items);
         if (chunksize == 0) chunksize = auto_chunksize(n);
@@ -189,6 +201,13 @@ auto thread_pool::map(F&& f, Range&& items, std::size_t chunksize) {
                     failures[c] = failure{i, std::current_exception()};
                 }
             }));
+        }
+        if (mopts != nullptr && mopts->show_progress) {
+            std::vector<std::size_t> sizes(nchunks, chunksize);
+            if (nchunks != 0) sizes.back() = n - (nchunks - 1) * chunksize;
+            progress_reporter progress(n, workers(), mopts->progress);
+            progress.start();
+            detail::wait_counting(chunks, sizes, progress);
         }
         for (std::size_t c = 0; c < nchunks; ++c) {
             // A chunk cancelled by shutdown({.cancel_pending = true}) produced nothing.

@@ -83,6 +83,13 @@ void progress_reporter::task_finished(bool ok) {
     if (t - last_draw_ >= opts_.interval) draw_locked(t);
 }
 
+void progress_reporter::tasks_finished(std::size_t n, std::size_t failed) {
+    start();
+    std::lock_guard lock(m_);
+    done_ += n;
+    failed_ += std::min(failed, n);
+}
+
 void progress_reporter::task_retried() {
     std::lock_guard lock(m_);
     ++retried_;

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "procpool/detail/map_progress.hpp"
 #include "procpool/detail/remote_call.hpp"
 #include "procpool/detail/remote_task.hpp"
 #include "procpool/detail/validate.hpp"
@@ -107,6 +108,18 @@ class remote_executor {
     /// order) is thrown after every chunk has finished.
     template <class F, std::ranges::input_range Range>
     auto map(F&& f, Range&& items, std::size_t chunksize = 0) {
+        return map_impl(std::forward<F>(f), std::forward<Range>(items), chunksize, nullptr);
+    }
+
+    /// `map` with options: chunk size and a progress line counting elements.
+    template <class F, std::ranges::input_range Range>
+    auto map(F&& f, Range&& items, const map_options& opts) {
+        return map_impl(std::forward<F>(f), std::forward<Range>(items), opts.chunksize, &opts);
+    }
+
+private:
+    template <class F, std::ranges::input_range Range>
+    auto map_impl(F&& f, Range&& items, std::size_t chunksize, const map_options* mopts) {
         using Fn = std::decay_t<F>;
         using T = std::ranges::range_value_t<Range>;
         static_assert(remote_callable<F>,
@@ -120,7 +133,7 @@ class remote_executor {
             // range, and an input of unknown length has an iterator and a sentinel).
             std::vector<T> copy;
             for (auto&& e : items) copy.emplace_back(std::forward<decltype(e)>(e));
-            return map(std::forward<F>(f), copy, chunksize);
+            return map_impl(std::forward<F>(f), copy, chunksize, mopts);
         } else {
             const T* base = std::ranges::data(items);
             const std::size_t n = std::ranges::size(items);
@@ -141,6 +154,17 @@ class remote_executor {
                             wire::detail::save_vector_of(w, base + lo, hi - lo);
                         }));
             }
+            if (mopts != nullptr && mopts->show_progress) {
+                std::vector<std::size_t> sizes;
+                sizes.reserve(chunks.size());
+                for (std::size_t lo = 0; lo < n; lo += chunksize) {
+                    sizes.push_back(std::min(n, lo + chunksize) - lo);
+                }
+                progress_reporter progress(n, self().workers(),
+                                           mopts->progress);
+                progress.start();
+                detail::wait_counting(chunks, sizes, progress);
+            }
             std::vector<R> out;
             out.reserve(n);
             std::exception_ptr first;
@@ -159,6 +183,7 @@ class remote_executor {
         }
     }
 
+public:
     /// Applies `f` to the elements of `items` in the workers as the caller reads the
     /// results, in input order: a `stream` (an input range) with at most
     /// `opts.max_in_flight` chunks of `opts.chunksize` elements submitted ahead of the
