@@ -34,6 +34,7 @@
 #include <boost/asio/thread_pool.hpp>
 
 #include <procpool/process_pool.hpp>
+#include <procpool/trace.hpp>
 #include <procpool/thread_pool.hpp>
 
 namespace {
@@ -412,6 +413,27 @@ void busy_procpool_vs_threads(benchmark::State& st) {
     st.counters["parent_cpu_us"] = percentile(parent_us, 0.5);
 }
 
+// 2b. The same with a trace recorder attached: what recording every task costs (the
+// recorder is emptied between iterations, outside the timed region's bulk).
+void submit_get_procpool_traced(benchmark::State& st) {
+    auto trace = std::make_shared<procpool::trace_recorder>();
+    procpool::process_pool_options o = pool_opts();
+    o.trace = trace;
+    procpool::process_pool pool(std::move(o));
+    warm_up(pool);
+    std::vector<procpool::future<void>> fs;
+    fs.reserve(kSubmitTasks);
+    for (auto _ : st) {
+        for (std::int64_t i = 0; i < kSubmitTasks; ++i) fs.push_back(pool.submit(noop));
+        for (auto& f : fs) f.get();
+        fs.clear();
+        st.PauseTiming();
+        trace->clear();
+        st.ResumeTiming();
+    }
+    set_rate(st, kSubmitTasks);
+}
+
 // Registers `fn` as "group/variant", timed by the wall clock. Runs go in this order.
 benchmark::internal::Benchmark* add(const char* name, void (*fn)(benchmark::State&)) {
     return benchmark::RegisterBenchmark(name, fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -427,6 +449,7 @@ int main(int argc, char** argv) {
     add("latency/procpool_process_pool", latency_procpool)->Iterations(1);
 
     add("submit_get/procpool_process_pool", submit_get_procpool);
+    add("submit_get/procpool_process_pool_traced", submit_get_procpool_traced);
     add("submit_get/asio_thread_pool_promise", submit_get_asio_promise);
 
     add("map/procpool_process_pool", map_procpool_process);

@@ -58,6 +58,19 @@ def check_images(report, proc):
                 fail(f"image {r['index']} reports {r}", proc)
             if os.path.getsize(r["output"]) == 0:
                 fail(f"empty output {r['output']}", proc)
+    # The batch's timeline and Chrome trace: one task event per image, the crash among them.
+    import xml.etree.ElementTree as ET
+    svg = ET.parse(images["timeline_svg"]).getroot()
+    titles = [t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}title")]
+    if not any("worker_died" in t for t in titles):
+        fail(f"the timeline shows no crashed task: {titles}", proc)
+    with open(images["trace_json"]) as f:
+        trace = json.load(f)
+    tasks = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    if len(tasks) != 3 or sorted(e["args"]["id"] for e in tasks) != [0, 1, 2]:
+        fail(f"trace.json has task events {tasks}", proc)
+    if [e["args"]["status"] for e in tasks if e["args"]["id"] == 1] != ["worker_died"]:
+        fail(f"trace.json does not show image 1's crash: {tasks}", proc)
     if "\x1b" in proc.stderr or "\r" in proc.stderr:
         fail("control characters in stderr, which is not a terminal", proc)
     if "procpool: starting run_in_processes: workers = 2, tasks = 3" not in proc.stderr:

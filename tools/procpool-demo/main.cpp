@@ -3,9 +3,11 @@
 // example: blur test images with libvips in a process pool; (c) one image task crashes
 // on purpose and only that task fails; (d) the sequel the seed announces: a wind-farm
 // sweep computed in processes while threads write the files (examples/wind_farm).
+#include <nlohmann/json.hpp>
 #include <procpool/process_pool.hpp>
 #include <procpool/run.hpp>
 #include <procpool/thread_pool.hpp>
+#include <procpool/trace.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -16,6 +18,7 @@
 #include <filesystem>
 #include <iostream>
 #include <iterator>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -137,6 +140,8 @@ struct images_result {
     std::vector<image_report> images;
     double seconds = 0;
     std::size_t generation_failures = 0;
+    std::string timeline_svg;  // where the blur batch's timeline and trace were written
+    std::string trace_json;
 };
 
 images_result blur_images(const demo_options& o) {
@@ -162,13 +167,22 @@ images_result blur_images(const demo_options& o) {
         }
     }
     std::vector<procpool::outcome<demo::blur_stats>> results;
+    // The batch's trace: one bar per image on its worker's lane, the planted crash in red.
+    auto trace = std::make_shared<procpool::trace_recorder>();
     r.seconds = seconds_of([&] {
-        results = procpool::run_in_processes(demo::blur_image, blur,
-                                             {.workers = o.workers, .show_progress = true});
+        results = procpool::run_in_processes(
+            demo::blur_image, blur, {.workers = o.workers, .show_progress = true, .trace = trace});
     });
     for (std::size_t i = 0; i < results.size(); ++i) {
         r.images.push_back({std::get<0>(blur[i]), std::get<1>(blur[i]), std::move(results[i])});
     }
+    r.timeline_svg = (fs::path(o.out) / "timeline.svg").string();
+    r.trace_json = (fs::path(o.out) / "trace.json").string();
+    trace->save_svg(r.timeline_svg,
+                    {.title = "procpool-demo: blurring " + std::to_string(o.images) +
+                              " images with run_in_processes (" + std::to_string(o.workers) +
+                              " workers)"});
+    trace->save_chrome_json(r.trace_json);
     return r;
 }
 
@@ -250,29 +264,11 @@ bool wind_farm_ok(const wind_farm_result& w, const demo_options& o) {
 
 // ---- reports -----------------------------------------------------------------------------
 
-std::string json_string(std::string_view s) {
-    std::string q = "\"";
-    for (unsigned char c : s) {
-        if (c == '"' || c == '\\') {
-            q += '\\';
-            q += static_cast<char>(c);
-        } else if (c < 0x20) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\u%04x", c);
-            q += buf;
-        } else {
-            q += static_cast<char>(c);
-        }
-    }
-    return q + '"';
-}
+/// A number for the JSON report: NaN and infinities (a mode that failed) become null.
+nlohmann::json json_number(double x) { return std::isfinite(x) ? nlohmann::json(x) : nullptr; }
 
-std::string json_number(double x) {
-    if (!std::isfinite(x)) return "null";
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.6g", x);
-    return buf;
-}
+/// An error message, or null when there was none.
+nlohmann::json json_error(const std::string& e) { return e.empty() ? nullptr : nlohmann::json(e); }
 
 /// True if everything went as the demo intends: every mode matched the serial results,
 /// every image but the one crashed on purpose was blurred, and the wind-farm sweep wrote
@@ -290,77 +286,79 @@ bool as_intended(const std::vector<mode_result>& modes, const images_result& img
     return img.generation_failures == 0;
 }
 
-/// The wind-farm section as a JSON object ("null" if it was skipped).
-std::string wind_farm_json(const wind_farm_result& w) {
-    if (!w.ran) return "null";
+/// The wind-farm section as a JSON object (null if it was skipped).
+nlohmann::json wind_farm_json(const wind_farm_result& w) {
+    if (!w.ran) return nullptr;
     const auto& e = w.energy;
-    std::string j = "{\n    \"turbines\": " + std::to_string(w.turbines) +
-                    ",\n    \"directions\": " + std::to_string(w.directions) +
-                    ",\n    \"speeds\": " + std::to_string(w.speeds) +
-                    ",\n    \"out\": " + json_string(w.folder.string()) +
-                    ",\n    \"pipelined_seconds\": " + json_number(w.pipelined.seconds) +
-                    ",\n    \"compute_then_write_seconds\": " +
-                    json_number(w.compute_then_write.seconds) +
-                    ",\n    \"files\": " + std::to_string(w.pipelined.files) +
-                    ",\n    \"bytes\": " + std::to_string(w.pipelined.bytes) +
-                    ",\n    \"same_files\": " + (w.difference.empty() ? "true" : "false") +
-                    ",\n    \"aep_gwh\": " + json_number(e.farm_gwh) +
-                    ",\n    \"wake_free_aep_gwh\": " + json_number(e.free_farm_gwh) +
-                    ",\n    \"wake_loss\": " + json_number(e.farm_wake_loss) +
-                    ",\n    \"capacity_factor\": " + json_number(e.capacity_factor) +
-                    ",\n    \"turbine_wake_loss\": [";
-    for (std::size_t i = 0; i < e.turbine_wake_loss.size(); ++i) {
-        j += (i ? ", " : "") + json_number(e.turbine_wake_loss[i]);
-    }
-    j += "],\n    \"power_rose_svg\": " + json_string((w.folder / "power_rose.svg").string()) +
-         ",\n    \"error\": " + (w.error.empty() ? "null" : json_string(w.error)) + "\n  }";
-    return j;
+    nlohmann::json losses = nlohmann::json::array();
+    for (double l : e.turbine_wake_loss) losses.push_back(json_number(l));
+    return {{"turbines", w.turbines},
+            {"directions", w.directions},
+            {"speeds", w.speeds},
+            {"out", w.folder.string()},
+            {"pipelined_seconds", json_number(w.pipelined.seconds)},
+            {"compute_then_write_seconds", json_number(w.compute_then_write.seconds)},
+            {"files", w.pipelined.files},
+            {"bytes", w.pipelined.bytes},
+            {"same_files", w.difference.empty()},
+            {"aep_gwh", json_number(e.farm_gwh)},
+            {"wake_free_aep_gwh", json_number(e.free_farm_gwh)},
+            {"wake_loss", json_number(e.farm_wake_loss)},
+            {"capacity_factor", json_number(e.capacity_factor)},
+            {"turbine_wake_loss", std::move(losses)},
+            {"power_rose_svg", (w.folder / "power_rose.svg").string()},
+            {"error", json_error(w.error)}};
 }
 
 void print_json(const demo_options& o, const std::vector<long>& sizes,
                 const std::vector<mode_result>& modes, const images_result& img,
                 const wind_farm_result& wind, bool ok) {
-    std::string j = "{\n  \"workers\": " + std::to_string(o.workers) + ",\n";
-    j += "  \"heavy_calc\": {\n    \"scale\": " + std::to_string(o.scale) +
-         ",\n    \"seed_sizes\": [";
-    for (std::size_t i = 0; i < std::size(seed_sizes); ++i) {
-        j += (i ? ", " : "") + std::to_string(seed_sizes[i]);
+    nlohmann::json mode_list = nlohmann::json::array();
+    for (const auto& m : modes) {
+        mode_list.push_back({{"mode", m.mode},
+                             {"seconds", json_number(m.seconds)},
+                             {"speedup", json_number(modes[0].seconds / m.seconds)},
+                             {"matches_serial", m.matches},
+                             {"error", json_error(m.error)}});
     }
-    j += "],\n    \"sizes\": [";
-    for (std::size_t i = 0; i < sizes.size(); ++i) j += (i ? ", " : "") + std::to_string(sizes[i]);
-    j += "],\n    \"modes\": [\n";
-    for (std::size_t i = 0; i < modes.size(); ++i) {
-        const auto& m = modes[i];
-        j += "      {\"mode\": " + json_string(m.mode) +
-             ", \"seconds\": " + json_number(m.seconds) +
-             ", \"speedup\": " + json_number(modes[0].seconds / m.seconds) +
-             ", \"matches_serial\": " + (m.matches ? "true" : "false") +
-             ", \"error\": " + (m.error.empty() ? "null" : json_string(m.error)) + "}" +
-             (i + 1 < modes.size() ? ",\n" : "\n");
-    }
-    j += "    ]\n  },\n  \"images\": {\n    \"count\": " + std::to_string(o.images) +
-         ",\n    \"out\": " + json_string(o.out) +
-         ",\n    \"crash_index\": " + std::to_string(o.crash) +
-         ",\n    \"seconds\": " + json_number(img.seconds) + ",\n    \"results\": [\n";
+    nlohmann::json results = nlohmann::json::array();
     for (std::size_t i = 0; i < img.images.size(); ++i) {
         const auto& im = img.images[i];
-        j += "      {\"index\": " + std::to_string(i) +
-             ", \"input\": " + json_string(im.input.string()) +
-             ", \"output\": " + json_string(im.output.string());
+        nlohmann::json r = {{"index", i},
+                            {"input", im.input.string()},
+                            {"output", im.output.string()},
+                            {"ok", static_cast<bool>(im.result)}};
         if (im.result) {
-            j += ", \"ok\": true, \"width\": " + std::to_string(im.result->width) +
-                 ", \"height\": " + std::to_string(im.result->height) +
-                 ", \"milliseconds\": " + json_number(im.result->milliseconds);
+            r["width"] = im.result->width;
+            r["height"] = im.result->height;
+            r["milliseconds"] = json_number(im.result->milliseconds);
         } else {
-            j += std::string(", \"ok\": false, \"kind\": ") +
-                 json_string(procpool::to_string(im.result.error().kind())) +
-                 ", \"error\": " + json_string(im.result.error().what());
+            r["kind"] = procpool::to_string(im.result.error().kind());
+            r["error"] = im.result.error().what();
         }
-        j += std::string("}") + (i + 1 < img.images.size() ? ",\n" : "\n");
+        results.push_back(std::move(r));
     }
-    j += "    ]\n  },\n  \"wind_farm\": " + wind_farm_json(wind) +
-         ",\n  \"as_intended\": " + std::string(ok ? "true" : "false") + "\n}\n";
-    std::cout << j;
+    const nlohmann::json report = {
+        {"workers", o.workers},
+        {"heavy_calc",
+         {{"scale", o.scale},
+          {"seed_sizes", std::vector<long>(std::begin(seed_sizes), std::end(seed_sizes))},
+          {"sizes", sizes},
+          {"modes", std::move(mode_list)}}},
+        {"images",
+         {{"count", o.images},
+          {"out", o.out},
+          {"crash_index", o.crash},
+          {"seconds", json_number(img.seconds)},
+          {"timeline_svg", img.timeline_svg.empty() ? nlohmann::json(nullptr)
+                                                    : nlohmann::json(img.timeline_svg)},
+          {"trace_json", img.trace_json.empty() ? nlohmann::json(nullptr)
+                                                : nlohmann::json(img.trace_json)},
+          {"results", std::move(results)}}},
+        {"wind_farm", wind_farm_json(wind)},
+        {"as_intended", ok}};
+    // Invalid UTF-8 in a message (a task may write anything) is replaced, never fatal.
+    std::cout << report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
 }
 
 void print_heavy_calc(const demo_options& o, const std::vector<long>& sizes,
@@ -408,7 +406,9 @@ void print_images(const demo_options& o, const images_result& img) {
         std::printf(" (image %d by design: its worker was replaced and the others finished)",
                     o.crash);
     }
-    std::printf("\n");
+    std::printf("\n    timeline of the batch (one lane per worker, the crash in red): %s\n"
+                "    the same as a Chrome trace (open in https://ui.perfetto.dev):   %s\n",
+                img.timeline_svg.c_str(), img.trace_json.c_str());
 }
 
 void print_wind_farm_header(const demo_options& o) {
