@@ -144,8 +144,8 @@ std::string dump(const ojson& j) {
     return j.dump(-1, ' ', false, ojson::error_handler_t::replace);
 }
 
-/// The earliest timestamp of the trace (0 if it holds none): the zero of "ts".
-std::int64_t json_origin(const snapshot& s) {
+/// The earliest timestamp of the trace (0 if it holds none): the zero of both exports' time.
+std::int64_t origin_of(const snapshot& s) {
     bool any = false;
     std::int64_t o = 0;
     const auto see = [&](std::int64_t t) {
@@ -162,7 +162,7 @@ std::int64_t json_origin(const snapshot& s) {
 }
 
 std::string render_chrome_json(const snapshot& s) {
-    const std::int64_t origin = json_origin(s);
+    const std::int64_t origin = origin_of(s);
     const auto us = [origin](std::int64_t ns) {
         return static_cast<double>(diff_ns(ns, origin)) / 1000.0;
     };
@@ -382,6 +382,8 @@ std::string tick_label(std::int64_t value_ns, std::int64_t step_ns) {
 
 /// Longest error text a tooltip shows (the JSON export keeps all of it).
 constexpr std::size_t max_error_chars = 300;
+/// Merged bars are at most this wide, so a failure colours only its neighbourhood.
+constexpr double max_merge_px = 8;
 /// Estimated advance of one character of the 11 px sans-serif text.
 constexpr double char_w = 6.2;
 
@@ -463,23 +465,13 @@ private:
             pool_labels_.push_back(std::move(n));
         }
 
-        // The time span: task starts and ends (a task that never started: its end), worker
-        // events.
-        bool any = false;
-        std::int64_t lo = 0, hi = 0;
-        const auto see = [&](std::int64_t t) {
-            if (!any) lo = hi = t;
-            lo = std::min(lo, t);
-            hi = std::max(hi, t);
-            any = true;
-        };
-        for (const task_trace& t : s_.tasks) {
-            if (t.start_ns != 0) see(t.start_ns);
-            see(end_of(t));
-        }
-        for (const worker_trace& w : s_.workers) see(w.time_ns);
-        t0_ = lo;
-        span_ = std::max<std::int64_t>(diff_ns(hi, lo), 10'000);
+        // The time span: from the trace's earliest timestamp (as in the JSON export) to its
+        // latest.
+        std::int64_t hi = origin_of(s_);
+        for (const task_trace& t : s_.tasks) hi = std::max(hi, end_of(t));
+        for (const worker_trace& w : s_.workers) hi = std::max(hi, w.time_ns);
+        t0_ = origin_of(s_);
+        span_ = std::max<std::int64_t>(diff_ns(hi, t0_), 10'000);
 
         std::size_t longest = 0;
         for (const auto& [k, info] : lanes) longest = std::max(longest, chars_in(label_of(k, info)));
@@ -584,8 +576,9 @@ private:
             return std::tie(a.at, a.end, a.index) < std::tie(b.at, b.end, b.index);
         });
 
-        // Bars narrower than a pixel are merged while they follow each other within a pixel;
-        // a failed task's bar is drawn on top of its group, at least a pixel wide.
+        // Bars narrower than a pixel are merged while they follow each other within a pixel,
+        // into blocks of at most max_merge_px; a failed task's bar is drawn on top of its
+        // block, at least a pixel wide.
         std::vector<std::size_t> group;
         double gx0 = 0, gx1 = 0;
         const auto single = [&](std::size_t i, double x0, double x1) {
@@ -639,7 +632,8 @@ private:
                 single(it.index, x0, x1);
                 continue;
             }
-            if (!group.empty() && x0 > gx1 + 1.0) flush();
+            if (!group.empty() && (x0 > gx1 + 1.0 || std::max(gx1, x1) - gx0 > max_merge_px))
+                flush();
             if (group.empty()) {
                 gx0 = x0;
                 gx1 = x1;
