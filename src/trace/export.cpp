@@ -370,12 +370,12 @@ std::int64_t tick_step(std::int64_t span_ns) {
     }
 }
 
-/// A tick label: seconds from a step of 100 ms up, milliseconds below, with as many
-/// decimals as the step needs.
-std::string tick_label(std::int64_t value_ns, std::int64_t step_ns) {
+/// A tick label: seconds if the axis spans a second or more, milliseconds below, with as
+/// many decimals as the step needs.
+std::string tick_label(std::int64_t value_ns, std::int64_t step_ns, std::int64_t span_ns) {
     int digits = 0;  // step_ns = m * 10^digits
     for (std::int64_t p = step_ns; p >= 10 && p % 10 == 0; p /= 10) ++digits;
-    if (step_ns >= 100'000'000)
+    if (span_ns >= 1'000'000'000)
         return fixed(static_cast<double>(value_ns) / 1e9, std::max(0, 9 - digits)) + " s";
     return fixed(static_cast<double>(value_ns) / 1e6, std::max(0, 6 - digits)) + " ms";
 }
@@ -677,7 +677,7 @@ private:
         out_ += "</g>\n<g class=\"axis-labels\" text-anchor=\"middle\" fill=\"#333333\">\n";
         for (std::int64_t v = 0; v <= span_; v += step)
             out_ += "<text class=\"tick\" x=\"" + num(x_of(t0_ + v)) + "\" y=\"" +
-                    num(lanes_bottom_ + 15) + "\">" + xml_text(tick_label(v, step)) + "</text>\n";
+                    num(lanes_bottom_ + 15) + "\">" + xml_text(tick_label(v, step, span_)) + "</text>\n";
         out_ += "</g>\n";
     }
 
