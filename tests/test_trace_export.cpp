@@ -216,8 +216,9 @@ TEST(TraceJson, Metadata_NamesPoolsWithHostAndWorkersWithTheirLatestPid) {
     const json doc = json::parse(chrome_json(r));
     std::vector<std::string> names;
     for (const json& e : events(doc, "M"))
-        names.push_back(e.at("name").get<std::string>() + " " + std::to_string(e.at("pid").get<int>()) +
-                        "/" + std::to_string(e.at("tid").get<int>()) + " " +
+        names.push_back(e.at("name").get<std::string>() + " " +
+                        std::to_string(e.at("pid").get<int>()) + "/" +
+                        std::to_string(e.at("tid").get<int>()) + " " +
                         e.at("args").at("name").get<std::string>());
     const std::vector<std::string> expected = {
         "process_name 1/0 process_pool on node-a",
@@ -389,7 +390,8 @@ TEST(TraceSvg, ThousandsOfTinyTasks_AreMergedButEveryFailedTaskStays) {
 
     // Each failed task keeps its own bar and tooltip, at least a pixel wide.
     for (std::size_t id = 500; id <= many_counts::tasks; id += 500) {
-        const std::string line = line_with(s, "<title>task " + std::to_string(id) + dot + "exception");
+        const std::string line =
+            line_with(s, "<title>task " + std::to_string(id) + dot + "exception");
         ASSERT_FALSE(line.empty()) << id;
         EXPECT_EQ(line.rfind("<rect class=\"task\"", 0), 0u) << line;
         EXPECT_GE(attribute(line, "width"), 1.0) << line;

@@ -155,7 +155,7 @@ std::int64_t origin_of(const snapshot& s) {
     for (const task_trace& t : s.tasks) {
         if (t.submit_ns != 0) see(t.submit_ns);
         if (t.start_ns != 0) see(t.start_ns);
-        see(t.end_ns);
+        see(end_of(t));
     }
     for (const worker_trace& w : s.workers) see(w.time_ns);
     return o;
@@ -168,8 +168,8 @@ std::string render_chrome_json(const snapshot& s) {
     };
     const auto lanes = lanes_of(s);
 
-    // Streamed one event per line (memory stays proportional to one event); every value,
-    // and so all escaping, is nlohmann-json's.
+    // Built one event at a time (no document of the whole trace in memory), one event per
+    // line; every value, and so all escaping, is nlohmann-json's.
     std::string out = "{\"traceEvents\":[\n";
     bool first = true;
     const auto emit = [&](const ojson& ev) {
@@ -474,7 +474,8 @@ private:
         span_ = std::max<std::int64_t>(diff_ns(hi, t0_), 10'000);
 
         std::size_t longest = 0;
-        for (const auto& [k, info] : lanes) longest = std::max(longest, chars_in(label_of(k, info)));
+        for (const auto& [k, info] : lanes)
+            longest = std::max(longest, chars_in(label_of(k, info)));
         label_w_ = std::clamp(static_cast<double>(longest) * char_w + 12, 80.0, width_ * 0.35);
         title_h_ = o_.title.empty() ? 0 : 24;
         lanes_top_ = pad + title_h_;
@@ -677,7 +678,8 @@ private:
         out_ += "</g>\n<g class=\"axis-labels\" text-anchor=\"middle\" fill=\"#333333\">\n";
         for (std::int64_t v = 0; v <= span_; v += step)
             out_ += "<text class=\"tick\" x=\"" + num(x_of(t0_ + v)) + "\" y=\"" +
-                    num(lanes_bottom_ + 15) + "\">" + xml_text(tick_label(v, step, span_)) + "</text>\n";
+                    num(lanes_bottom_ + 15) + "\">" + xml_text(tick_label(v, step, span_)) +
+                    "</text>\n";
         out_ += "</g>\n";
     }
 
