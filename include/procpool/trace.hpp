@@ -81,9 +81,10 @@ struct pool_trace_info {
 
 /// Options of `trace_recorder::write_svg`.
 struct svg_options {
-    /// Width of the drawing in pixels (the time axis spans it, less the lane labels).
+    /// Width of the drawing in pixels (the time axis spans it, less the lane labels); at
+    /// least 320 is used.
     int width = 1200;
-    /// Height of one worker's lane in pixels.
+    /// Height of one worker's lane in pixels; at least 8 is used.
     int lane_height = 18;
     /// Title drawn above the lanes; empty: none.
     std::string title{};
@@ -124,14 +125,38 @@ public:
     /// event ("ph":"X") per task that started, on a track per worker, with its id, status,
     /// attempt, bytes and error in "args"; instant events for worker starts and exits.
     /// Opens in Perfetto (ui.perfetto.dev) and chrome://tracing.
+    ///
+    /// The events, so that their number is known in advance: a "process_name" metadata
+    /// event ("M") per pool (pid = pool index + 1, named "<name> on <host>") and a
+    /// "thread_name" one per lane (tid = worker index + 1, "worker N (pid P)" with the
+    /// worker's latest pid; tid 0, "queue", for tasks without a worker); then, in recording
+    /// order, per task either an "X" event (it started: start_ns != 0) or, if it never
+    /// started (e.g. cancelled while queued), a thread instant ("i") at its end time on its
+    /// pool's queue lane (tid 0); then an "i" event per worker event ("worker started",
+    /// "worker exited[: reason]"). "ts" and "dur" are microseconds from the earliest
+    /// timestamp in the trace (given as "origin_ns" in "otherData"); "args" holds id,
+    /// status, attempt, bytes_in, bytes_out, error (if any) and queue_wait_us (time from
+    /// submit to start, or to the end for a task that never started). Invalid UTF-8 in
+    /// strings is replaced by U+FFFD. Same recorded input, same bytes.
     void write_chrome_json(std::ostream& out) const;
     /// Writes a self-contained SVG timeline: one lane per worker, one bar per task coloured
     /// by status (with a `<title>` tooltip: id, duration, error), worker exits marked, a
     /// time axis and a legend. Bars narrower than a pixel are merged into one, so thousands
     /// of tasks stay readable.
+    ///
+    /// Details: lanes are sorted by pool, then worker; tasks that never started are drawn
+    /// at their end on their pool's "queue" lane. Consecutive bars under a pixel wide are
+    /// merged into blocks at most 8 px wide, coloured by their worst status (worker_died,
+    /// failed, timeout, exception, cancelled, ok) with a "N tasks, k failed (...)" tooltip;
+    /// a task that did not end `ok` keeps its own bar (at least a pixel wide) on top of its
+    /// block. Error texts are cut to 300 characters in tooltips; all text is XML-escaped,
+    /// control characters are dropped and invalid UTF-8 replaced. The time axis starts at
+    /// the same origin as `write_chrome_json`'s. An empty trace gives a small SVG saying
+    /// "no tasks recorded". Same recorded input, same bytes.
     void write_svg(std::ostream& out, const svg_options& opts = {}) const;
     /// `write_chrome_json` / `write_svg` to a file; throws `procpool::error` naming the
-    /// path if it cannot be written.
+    /// path if it cannot be written. The file is written under a temporary name next to
+    /// `path` and renamed over it, so a reader sees the old file or the whole new one.
     void save_chrome_json(const std::string& path) const;
     void save_svg(const std::string& path, const svg_options& opts = {}) const;
 
