@@ -258,6 +258,8 @@ TEST(Trace, RunInProcessesNamesTasksByIndexAndCountsAttempts) {
     EXPECT_FALSE(out[4]);
     const auto ts = trace->tasks();
     ASSERT_EQ(ts.size(), 7u);  // task 4 ran twice
+    ASSERT_EQ(trace->pools().size(), 1u);
+    EXPECT_EQ(trace->pools()[0].name, "run_in_processes");
     std::map<std::uint64_t, std::vector<std::uint32_t>> attempts;
     for (const auto& t : ts) attempts[t.id].push_back(t.attempt);
     ASSERT_EQ(attempts.size(), 6u);

@@ -171,6 +171,8 @@ struct process_pool_options {
     /// Record every task and worker start/exit in this trace (see trace_recorder); null:
     /// no trace. Statistics (`stats()`) are kept either way.
     std::shared_ptr<trace_recorder> trace{};
+    /// Names the pool in traces.
+    std::string name = "process_pool";
 };
 
 /// A pool of worker processes, the counterpart of Python's `ProcessPoolExecutor`, that

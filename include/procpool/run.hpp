@@ -432,6 +432,7 @@ template <class F, std::ranges::input_range Range>
         process_pool_options pool_opts;
         pool_opts.workers = workers;
         pool_opts.trace = options.trace;
+        pool_opts.name = "run_in_processes";
         process_pool pool(std::move(pool_opts));
         const std::decay_t<F> f(std::forward<F>(fn));
         bool abandoned = false;  // never: a process pool kills what runs past its timeout

@@ -44,7 +44,7 @@ pool_core::pool_core(process_pool_options o) : opts(std::move(o)) {
         throw invalid_argument("process_pool: max_tasks_per_child must be >= 0 (0: never)");
     }
     detail::check_timeout(opts.task_timeout, "process_pool_options::task_timeout");
-    monitor = std::make_unique<trace::pool_monitor>("process_pool", opts.workers, opts.trace);
+    monitor = std::make_unique<trace::pool_monitor>(opts.name, opts.workers, opts.trace);
     if (opts.task_timeout) default_timeout_ns = opts.task_timeout->count() * 1'000'000;
     method = opts.start;
     if (method == start_method::automatic) {
