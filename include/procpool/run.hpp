@@ -24,6 +24,7 @@
 #include "procpool/error.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
+#include "procpool/journal.hpp"
 #include "procpool/outcome.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/progress.hpp"
@@ -61,6 +62,22 @@ struct run_options {
     /// bound keeps the pool's queue (and the arguments it holds) small and leaves room
     /// for other work. Results stay in input order; retries count as the same task.
     std::size_t max_in_flight = 0;
+    /// A journal file (empty: none): each task's final outcome is appended to it as it
+    /// arrives (before `on_result`), and a later call over the same inputs reuses what it
+    /// holds, per `journal_mode`, without running those tasks again; `on_result` and
+    /// progress still see them. Task arguments and results must be serializable
+    /// (procpool/wire.hpp), else the call throws `procpool::invalid_argument`; so does a
+    /// journal written for other inputs, task count or result type, or in use by another
+    /// call. A failed write throws `procpool::error` as a throwing `on_result` would.
+    /// Read one with `read_journal` or the `procpool-journal` tool.
+    std::string journal{};
+    /// What to do with the records `journal` already holds: `resume` (reuse successes,
+    /// run failed tasks again), `resume_keep_failures` (reuse failures too) or `restart`.
+    procpool::journal_mode journal_mode = procpool::journal_mode::resume;
+    /// fdatasync the journal after each record, so records survive a power loss or an OS
+    /// crash. Without it a record survives the program being killed (even by SIGKILL),
+    /// since its one write() has reached the OS.
+    bool journal_sync = false;
 };
 
 namespace detail {
@@ -166,6 +183,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     bool stopping = false;  // fail_fast has fired
     std::string stop_reason;
 
+    run_journal<R> journal(opts.journal, opts.journal_mode, opts.journal_sync, elems);
     std::optional<progress_reporter> progress;
     if (opts.show_progress) {
         progress.emplace(n, workers, progress_options{.label = label});
@@ -184,6 +202,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
         if (s.launched) --in_flight;
         const bool ok = o.has_value();
         results[i].emplace(std::move(o));
+        journal.finished(i, *results[i], s.attempts);
         if (progress) progress->task_finished(ok);
         if (opts.on_result) opts.on_result(i, *results[i]);
     };
@@ -248,11 +267,14 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     auto top_up = [&] {
         while (next < n && (stopping || in_flight < max_in_flight)) {
             const std::size_t i = next++;
-            if (stopping) {
+            if (auto stored = journal.restore(i)) {
+                record(i, std::move(*stored));
+            } else if (stopping) {
                 fail(i, std::make_exception_ptr(task_cancelled(stop_reason)));
             } else {
                 slots[i].launched = true;
                 ++in_flight;
+                journal.launched(i);
                 launch(i);
             }
         }
