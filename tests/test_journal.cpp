@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "procpool/run.hpp"
+#include "procpool/shared_array.hpp"
 #include "process_support.hpp"
 #include "run_support.hpp"
 
@@ -515,6 +516,22 @@ TEST(Journal, NotSerializable_ThrowsWithJournal_RunsWithout) {
         EXPECT_NE(std::string(e.what()).find("opaque_result"), std::string::npos) << e.what();
     }
     EXPECT_EQ(run_in_threads(make, numbers(2))[1]->f(), 1);
+}
+
+TEST(Journal, ArgumentsThatCannotBeStored_Throw) {
+    temp_dir dir;
+    const std::string path = dir.path() + "/run.journal";
+    std::vector<procpool::shared_array<int>> arrays(2, procpool::shared_array<int>(4));
+    auto size = [](const procpool::shared_array<int>& a) { return a.size(); };
+    try {
+        (void)run_in_threads(size, arrays, {.journal = path});
+        ADD_FAILURE() << "no exception";
+    } catch (const procpool::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("cannot store task 0's arguments"),
+                  std::string::npos)
+            << e.what();
+    }
+    EXPECT_EQ(*run_in_threads(size, arrays)[1], 4U);
 }
 
 TEST(Journal, InUseByAnotherRun_Throws) {

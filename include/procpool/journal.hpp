@@ -123,6 +123,10 @@ std::uint64_t journal_inputs_hash(std::span<const std::uint64_t> input_hashes) n
 /// serializable.
 [[noreturn]] void journal_needs_serializable(const char* mangled);
 
+/// Throws `invalid_argument` saying that task `index`'s arguments failed to serialize
+/// (`why`), so a journal cannot tell them apart (a `shared_array` cannot be stored).
+[[noreturn]] void journal_cannot_save(std::size_t index, const char* why);
+
 /// A journal opened for appending, locked against other runs for as long as it is open.
 /// Opening checks the existing header against this run's (throwing `invalid_argument`
 /// naming what differs), or writes a new one; a torn tail is cut off.
@@ -188,7 +192,11 @@ public:
                 const V& v = e;
                 buf_.clear();
                 wire::writer w(buf_);
-                wire::save(w, v);
+                try {
+                    wire::save(w, v);
+                } catch (const serialization_error& x) {
+                    journal_cannot_save(hashes_.size(), x.what());
+                }
                 hashes_.push_back(journal_hash(buf_));
             }
             file_ = std::make_unique<journal_file>(path, mode, sync, n,

@@ -258,6 +258,11 @@ void journal_needs_serializable(const char* mangled) {
         demangle(mangled) + " is not");
 }
 
+void journal_cannot_save(std::size_t index, const char* why) {
+    throw invalid_argument("procpool: run_options::journal cannot store task " +
+                           std::to_string(index) + "'s arguments: " + why);
+}
+
 journal_file::journal_file(const std::string& path, journal_mode mode, bool sync,
                            std::uint64_t task_count, std::uint64_t inputs_hash,
                            const char* result_mangled)
