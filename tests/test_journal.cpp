@@ -29,6 +29,7 @@
 
 #include "procpool/run.hpp"
 #include "procpool/shared_array.hpp"
+#include "procpool/thread_pool.hpp"
 #include "process_support.hpp"
 #include "run_support.hpp"
 
@@ -130,6 +131,41 @@ TEST(Journal, Rerun_ReturnsStoredValues_WithoutRunning_AndReportsThem) {
     }
     EXPECT_EQ(reported.size(), 10U) << "on_result is called for restored tasks too";
     EXPECT_EQ(read_journal(path).records.size(), 10U) << "restored tasks are not appended again";
+}
+
+TEST(Journal, RunInOwnPool_WithMaxInFlightAndSync_ResumesOnlyTheFailed) {
+    temp_dir dir;
+    const std::string path = dir.path() + "/run.journal";
+    procpool::thread_pool pool({.workers = 2});
+    std::mutex m;
+    std::map<int, int> runs;
+    std::atomic<bool> odd_fail{true};
+    auto fn = [&](int i) {
+        {
+            std::lock_guard lock(m);
+            ++runs[i];
+        }
+        if (i % 2 == 1 && odd_fail.load()) throw std::runtime_error("odd");
+        return -i;
+    };
+    const auto first = procpool::run_in(pool, fn, numbers(10),
+                                        {.max_in_flight = 2, .journal = path, .journal_sync = true});
+    for (std::size_t i = 0; i < 10; ++i) EXPECT_EQ(static_cast<bool>(first[i]), i % 2 == 0);
+    odd_fail = false;
+    std::vector<std::size_t> order;
+    const auto second = procpool::run_in(
+        pool, fn, numbers(10),
+        {.on_result = [&](std::size_t i, const procpool::outcome<int>&) { order.push_back(i); },
+         .max_in_flight = 2,
+         .journal = path,
+         .journal_sync = true});
+    for (int i = 0; i < 10; ++i) EXPECT_EQ(runs[i], i % 2 == 1 ? 2 : 1) << "task " << i;
+    for (std::size_t i = 0; i < 10; ++i) {
+        ASSERT_TRUE(second[i]) << second[i].error().what();
+        EXPECT_EQ(*second[i], -static_cast<int>(i));
+    }
+    EXPECT_EQ(order.size(), 10U);
+    EXPECT_EQ(read_journal(path).records.size(), 15U);
 }
 
 /// A process task with a side effect per run: a new file in `dir` each time it runs.

@@ -263,7 +263,8 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     };
 
     // Launches tasks in input order while fewer than max_in_flight are unfinished; once
-    // fail_fast has fired, the rest are cancelled without being launched.
+    // fail_fast has fired, the rest are cancelled without being launched. A task whose
+    // outcome the journal holds is recorded from it instead, whatever the state.
     auto top_up = [&] {
         while (next < n && (stopping || in_flight < max_in_flight)) {
             const std::size_t i = next++;
