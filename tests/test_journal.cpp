@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <set>
@@ -397,6 +398,42 @@ TEST(Journal, EmptyFile_IsStarted) {
     std::atomic<int> calls{0};
     (void)run_in_threads(counting_square{&calls}, numbers(3), {.journal = path});
     EXPECT_EQ(read_journal(path).records.size(), 3U);
+}
+
+TEST(Journal, TornHeader_IsStartedAgain_DamagedHeader_Throws) {
+    temp_dir dir;
+    const std::string path = dir.path() + "/run.journal";
+    std::atomic<int> calls{0};
+    (void)run_in_threads(counting_square{&calls}, numbers(3), {.journal = path});
+    const std::string whole = [&] {
+        std::ifstream in(path, std::ios::binary);
+        return std::string(std::istreambuf_iterator<char>(in), {});
+    }();
+    auto write = [&](const std::string& bytes) {
+        std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+    };
+
+    // The run was killed while writing the header: nothing to keep, start again.
+    write(whole.substr(0, 13));
+    (void)run_in_threads(counting_square{&calls}, numbers(3), {.journal = path});
+    EXPECT_EQ(calls.load(), 6);
+    EXPECT_EQ(read_journal(path).records.size(), 3U);
+
+    // A whole header that fails its check is damage: refuse rather than discard the records.
+    std::string damaged = whole;
+    damaged[20] = static_cast<char>(damaged[20] ^ 0x40);  // inside the header's task count
+    write(damaged);
+    try {
+        (void)run_in_threads(counting_square{&calls}, numbers(3), {.journal = path});
+        ADD_FAILURE() << "no exception";
+    } catch (const procpool::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find("damaged header"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW((void)read_journal(path), procpool::invalid_argument);
+    EXPECT_EQ(calls.load(), 6);
+    (void)run_in_threads(counting_square{&calls}, numbers(3),
+                         {.journal = path, .journal_mode = journal_mode::restart});
+    EXPECT_EQ(calls.load(), 9);
 }
 
 TEST(Journal, TornLastRecord_IsIgnored_AndItsTaskRunsAgain) {

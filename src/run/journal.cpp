@@ -82,7 +82,7 @@ std::uint64_t frame_check(std::span<const std::byte> size_and_payload) {
 
 /// What a scan of a file found.
 struct scan_result {
-    enum class state { ok, not_journal, no_header } what = state::ok;
+    enum class state { ok, not_journal, no_header, bad_header } what = state::ok;
     journal_contents contents;
 };
 
@@ -145,21 +145,16 @@ scan_result scan(int fd, const std::string& path) {
         const std::uint64_t left = c.file_bytes - offset;
         if (left == 0) break;
         std::string problem;
+        bool cut_short = false;  // as a write cut short leaves it (or a garbled size)
         std::uint64_t size = 0;
-        if (left < size_field + check_field) {
-            problem = "a record cut short";
+        if (left < size_field + check_field || !read_at(fd, offset, &size, size_field, path) ||
+            size > left - size_field - check_field) {
+            cut_short = true;
         } else {
-            read_at(fd, offset, &size, size_field, path);
-            if (size > left - size_field - check_field) {
-                problem = "a record cut short (or a garbled size)";
-            }
-        }
-        if (problem.empty()) {
             frame.resize(size_field + static_cast<std::size_t>(size) + check_field);
-            if (!read_at(fd, offset, frame.data(), frame.size(), path)) {
-                problem = "a record cut short";
-            }
+            cut_short = !read_at(fd, offset, frame.data(), frame.size(), path);
         }
+        if (cut_short) problem = "a record cut short (or a garbled size field)";
         if (problem.empty()) {
             std::uint64_t check = 0;
             std::memcpy(&check, frame.data() + frame.size() - check_field, check_field);
@@ -183,7 +178,10 @@ scan_result scan(int fd, const std::string& path) {
         }
         if (!problem.empty()) {
             if (header) {
-                res.what = scan_result::state::no_header;
+                // Cut short: its run was killed while starting the journal. Anything else
+                // is damage, and guessing could throw away a whole journal.
+                res.what = cut_short ? scan_result::state::no_header
+                                     : scan_result::state::bad_header;
                 return res;
             }
             c.tail_note = "the last " + std::to_string(left) + " bytes (from offset " +
@@ -220,6 +218,9 @@ journal_contents read_journal(const std::string& path) {
     scan_result res = scan(fd, path);
     if (res.what == scan_result::state::not_journal) {
         throw invalid_argument("procpool: " + path + " is not a procpool journal");
+    }
+    if (res.what == scan_result::state::bad_header) {
+        throw invalid_argument("procpool: journal " + path + " has a damaged header");
     }
     if (res.what == scan_result::state::no_header) {
         throw invalid_argument("procpool: journal " + path +
@@ -290,6 +291,10 @@ journal_file::journal_file(const std::string& path, journal_mode mode, bool sync
         if (mode != journal_mode::restart) {
             scan_result res = scan(fd_, path);
             journal_contents& c = res.contents;
+            if (res.what == scan_result::state::bad_header) {
+                throw invalid_argument("procpool: journal " + path + " has a damaged header: " +
+                                       restart_hint(path));
+            }
             if (res.what == scan_result::state::not_journal) {
                 throw invalid_argument("procpool: " + path + " exists and is not a procpool journal: " +
                                        restart_hint(path) + " to overwrite it");
