@@ -40,6 +40,11 @@ public:
     /// `index` is the task's position in the input, `cause` what it failed with (not
     /// null), `attempts` how many times it was started (more than 1 after retries).
     task_error(std::size_t index, std::exception_ptr cause, int attempts = 1);
+    /// A failure rebuilt from its parts, as a run's journal stored it (see
+    /// `run_options::journal`): `kind()` is `kind` and `cause_message()` is `message`.
+    /// `cause()` is a procpool error of the kind's type carrying `message`
+    /// (`remote_exception` for `failure_kind::exception`, as from a worker process).
+    task_error(std::size_t index, failure_kind kind, std::string message, int attempts);
 
     /// The task's position in the input range.
     std::size_t index() const noexcept { return index_; }
@@ -75,6 +80,7 @@ private:
         std::string message;
     };
     static described describe(const std::exception_ptr& cause);
+    static std::exception_ptr rebuild(failure_kind kind, const std::string& message);
     task_error(std::size_t index, std::exception_ptr cause, int attempts, described d);
 
     std::size_t index_;

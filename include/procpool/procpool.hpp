@@ -5,6 +5,7 @@
 #include "procpool/error.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
+#include "procpool/journal.hpp"
 #include "procpool/outcome.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/run.hpp"

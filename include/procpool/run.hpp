@@ -24,6 +24,7 @@
 #include "procpool/error.hpp"
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
+#include "procpool/journal.hpp"
 #include "procpool/outcome.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/progress.hpp"
@@ -67,6 +68,22 @@ struct run_options {
     /// create; `run_in` labels the tasks it submits to the given pool, which records them
     /// in the pool's own trace (if it has one) and ignores this field.
     std::shared_ptr<trace_recorder> trace{};
+    /// A journal file (empty: none): each task's final outcome is appended to it as it
+    /// arrives (before `on_result`), and a later call over the same inputs reuses what it
+    /// holds, per `journal_mode`, without running those tasks again; `on_result` and
+    /// progress still see them. Task arguments and results must be serializable
+    /// (procpool/wire.hpp), else the call throws `procpool::invalid_argument`; so does a
+    /// journal written for other inputs, task count or result type, or in use by another
+    /// call. A failed write throws `procpool::error` as a throwing `on_result` would.
+    /// Read one with `read_journal` or the `procpool-journal` tool.
+    std::string journal{};
+    /// What to do with the records `journal` already holds: `resume` (reuse successes,
+    /// run failed tasks again), `resume_keep_failures` (reuse failures too) or `restart`.
+    procpool::journal_mode journal_mode = procpool::journal_mode::resume;
+    /// fdatasync the journal after each record, so records survive a power loss or an OS
+    /// crash. Without it a record survives the program being killed (even by SIGKILL),
+    /// since its one write() has reached the OS.
+    bool journal_sync = false;
 };
 
 namespace detail {
@@ -172,6 +189,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     bool stopping = false;  // fail_fast has fired
     std::string stop_reason;
 
+    run_journal<R> journal(opts.journal, opts.journal_mode, opts.journal_sync, elems);
     std::optional<progress_reporter> progress;
     if (opts.show_progress) {
         progress.emplace(n, workers, progress_options{.label = label});
@@ -190,6 +208,7 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
         if (s.launched) --in_flight;
         const bool ok = o.has_value();
         results[i].emplace(std::move(o));
+        journal.finished(i, *results[i], s.attempts);
         if (progress) progress->task_finished(ok);
         if (opts.on_result) opts.on_result(i, *results[i]);
     };
@@ -253,15 +272,19 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     };
 
     // Launches tasks in input order while fewer than max_in_flight are unfinished; once
-    // fail_fast has fired, the rest are cancelled without being launched.
+    // fail_fast has fired, the rest are cancelled without being launched. A task whose
+    // outcome the journal holds is recorded from it instead, whatever the state.
     auto top_up = [&] {
         while (next < n && (stopping || in_flight < max_in_flight)) {
             const std::size_t i = next++;
-            if (stopping) {
+            if (auto stored = journal.restore(i)) {
+                record(i, std::move(*stored));
+            } else if (stopping) {
                 fail(i, std::make_exception_ptr(task_cancelled(stop_reason)));
             } else {
                 slots[i].launched = true;
                 ++in_flight;
+                journal.launched(i);
                 launch(i);
             }
         }

@@ -2,7 +2,11 @@
 
 #include <cxxabi.h>
 
+#include <charconv>
+#include <csignal>
 #include <cstdlib>
+#include <cstring>
+#include <optional>
 #include <memory>
 #include <string>
 #include <typeinfo>
@@ -84,6 +88,85 @@ const char* to_string(failure_kind k) noexcept {
 
 task_error::task_error(std::size_t index, std::exception_ptr cause, int attempts)
     : task_error(index, cause, attempts, describe(cause)) {}
+
+namespace {
+
+/// The signal and exit code a `worker_died` message names ("worker died (SIGSEGV): ...",
+/// "worker died (signal 40)", "worker died (exit code 3)") and the detail after them.
+struct death {
+    int signal = 0;
+    int exit_code = -1;
+    std::string detail;
+};
+
+std::optional<death> parse_death(const std::string& message) {
+    const std::string prefix = "worker died (";
+    if (message.rfind(prefix, 0) != 0) return std::nullopt;
+    const std::size_t close = message.find(')', prefix.size());
+    if (close == std::string::npos) return std::nullopt;
+    const std::string what = message.substr(prefix.size(), close - prefix.size());
+    death d;
+    if (message.size() > close + 1) {
+        if (message.compare(close + 1, 2, ": ") != 0) return std::nullopt;
+        d.detail = message.substr(close + 3);
+    }
+    auto number = [](const std::string& s, int& out) {
+        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+        return ec == std::errc() && end == s.data() + s.size();
+    };
+    if (what.rfind("exit code ", 0) == 0) {
+        if (!number(what.substr(10), d.exit_code)) return std::nullopt;
+        return d;
+    }
+    if (what.rfind("signal ", 0) == 0) {
+        if (!number(what.substr(7), d.signal) || d.signal <= 0) return std::nullopt;
+        return d;
+    }
+    for (int sig = 1; sig < NSIG; ++sig) {
+        const char* abbrev = sigabbrev_np(sig);
+        if (abbrev != nullptr && what == std::string("SIG") + abbrev) {
+            d.signal = sig;
+            return d;
+        }
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+std::exception_ptr task_error::rebuild(failure_kind kind, const std::string& message) {
+    switch (kind) {
+        case failure_kind::exception: {
+            // describe() wrote "type: message" for everything a task threw.
+            const std::size_t colon = message.find(": ");
+            if (colon == std::string::npos) {
+                return std::make_exception_ptr(remote_exception(message, ""));
+            }
+            return std::make_exception_ptr(
+                remote_exception(message.substr(0, colon), message.substr(colon + 2)));
+        }
+        case failure_kind::worker_died:
+            if (const auto d = parse_death(message)) {
+                return std::make_exception_ptr(worker_died(d->signal, d->exit_code, d->detail));
+            }
+            return std::make_exception_ptr(worker_died(0, -1, message));
+        case failure_kind::timeout:
+            return std::make_exception_ptr(task_timeout(message));
+        case failure_kind::cancelled:
+            return std::make_exception_ptr(task_cancelled(message));
+        case failure_kind::shut_down:
+            return std::make_exception_ptr(pool_shut_down(message));
+        case failure_kind::serialization:
+            return std::make_exception_ptr(serialization_error(message));
+        case failure_kind::other:
+            break;
+    }
+    return std::make_exception_ptr(error(message));
+}
+
+task_error::task_error(std::size_t index, failure_kind kind, std::string message, int attempts)
+    // A copy, not a move: the order in which the arguments are evaluated is unspecified.
+    : task_error(index, rebuild(kind, message), attempts, described{kind, message}) {}
 
 task_error::task_error(std::size_t index, std::exception_ptr cause, int attempts, described d)
     : error(headline(index, d.kind, attempts, d.message)),
