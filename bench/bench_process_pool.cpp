@@ -126,8 +126,11 @@ void latency_procpool(benchmark::State& st) {
 // ---------------------------------------------------------------------------------------
 // 2. Submit 100k no-op tasks, a future each, then get each.
 
-void submit_get_procpool(benchmark::State& st) {
-    procpool::process_pool pool(pool_opts());
+// `trace`: a recorder to attach (emptied between iterations, with the timer paused).
+void submit_get(benchmark::State& st, const std::shared_ptr<procpool::trace_recorder>& trace) {
+    procpool::process_pool_options o = pool_opts();
+    o.trace = trace;
+    procpool::process_pool pool(std::move(o));
     warm_up(pool);
     std::vector<procpool::future<void>> fs;
     fs.reserve(kSubmitTasks);
@@ -135,8 +138,20 @@ void submit_get_procpool(benchmark::State& st) {
         for (std::int64_t i = 0; i < kSubmitTasks; ++i) fs.push_back(pool.submit(noop));
         for (auto& f : fs) f.get();
         fs.clear();
+        if (trace) {
+            st.PauseTiming();
+            trace->clear();
+            st.ResumeTiming();
+        }
     }
     set_rate(st, kSubmitTasks);
+}
+
+void submit_get_procpool(benchmark::State& st) { submit_get(st, nullptr); }
+
+// 2b. The same with a trace recorder attached: what recording every task costs.
+void submit_get_procpool_traced(benchmark::State& st) {
+    submit_get(st, std::make_shared<procpool::trace_recorder>());
 }
 
 void submit_get_asio_promise(benchmark::State& st) {
@@ -411,27 +426,6 @@ void busy_procpool_vs_threads(benchmark::State& st) {
     st.counters["threads_ms"] = percentile(threads_ms, 0.5);
     st.counters["threads_over_pool"] = percentile(ratio, 0.5);
     st.counters["parent_cpu_us"] = percentile(parent_us, 0.5);
-}
-
-// 2b. The same with a trace recorder attached: what recording every task costs (the
-// recorder is emptied between iterations, outside the timed region's bulk).
-void submit_get_procpool_traced(benchmark::State& st) {
-    auto trace = std::make_shared<procpool::trace_recorder>();
-    procpool::process_pool_options o = pool_opts();
-    o.trace = trace;
-    procpool::process_pool pool(std::move(o));
-    warm_up(pool);
-    std::vector<procpool::future<void>> fs;
-    fs.reserve(kSubmitTasks);
-    for (auto _ : st) {
-        for (std::int64_t i = 0; i < kSubmitTasks; ++i) fs.push_back(pool.submit(noop));
-        for (auto& f : fs) f.get();
-        fs.clear();
-        st.PauseTiming();
-        trace->clear();
-        st.ResumeTiming();
-    }
-    set_rate(st, kSubmitTasks);
 }
 
 // Registers `fn` as "group/variant", timed by the wall clock. Runs go in this order.

@@ -129,28 +129,24 @@ void pool_monitor::finished(const task_done& t, const std::exception_ptr& error)
 
 void pool_monitor::worker_started(int worker, int pid, bool replacement) noexcept {
     if (replacement) restarts_.fetch_add(1, std::memory_order_relaxed);
-    if (!recorder_) return;
-    try {
-        recorder_->record(worker_trace{.pool = pool_index_,
-                                       .worker = worker,
-                                       .pid = pid,
-                                       .time_ns = clock_ns(),
-                                       .what = worker_trace::kind::started,
-                                       .reason = {}});
-    } catch (...) {  // NOLINT(bugprone-empty-catch)
-    }
+    mark(worker, pid, worker_trace::kind::started, {});
 }
 
 void pool_monitor::worker_exited(int worker, int pid, const std::string& reason) noexcept {
+    mark(worker, pid, worker_trace::kind::exited, reason);
+}
+
+void pool_monitor::mark(int worker, int pid, worker_trace::kind what,
+                        const std::string& reason) noexcept {
     if (!recorder_) return;
     try {
         recorder_->record(worker_trace{.pool = pool_index_,
                                        .worker = worker,
                                        .pid = pid,
                                        .time_ns = clock_ns(),
-                                       .what = worker_trace::kind::exited,
+                                       .what = what,
                                        .reason = reason});
-    } catch (...) {  // NOLINT(bugprone-empty-catch)
+    } catch (...) {  // NOLINT(bugprone-empty-catch): a trace without memory loses the mark
     }
 }
 

@@ -85,6 +85,8 @@ public:
     pool_stats stats() const;
 
 private:
+    void mark(int worker, int pid, worker_trace::kind what, const std::string& reason) noexcept;
+
     struct alignas(64) slot {
         std::atomic<std::uint64_t> by_status[6]{};
         std::atomic<std::int64_t> busy_ns{0};
