@@ -138,6 +138,9 @@ def main():
           g("submit_get/python_ppe_20k", "items_per_second"), 150)
     ratio("2. procpool / Asio thread_pool + std::promise tasks/s", g(sg, "items_per_second"),
           g("submit_get/asio_thread_pool_promise", "items_per_second"), 1.5)
+    ratio("trace: traced / untraced submit tasks/s (recording every task)",
+          g("submit_get/procpool_process_pool_traced", "items_per_second"),
+          g(sg, "items_per_second"), 0.95)
     mp = "map/procpool_process_pool"
     ratio("3. procpool map / Python PPE.map(chunksize=1000) items/s",
           g(mp, "items_per_second"), g("map/python_ppe_chunksize1000", "items_per_second"), 50)
