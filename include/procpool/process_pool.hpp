@@ -18,6 +18,7 @@
 #include "procpool/executor.hpp"
 #include "procpool/future.hpp"
 #include "procpool/shared_array.hpp"
+#include "procpool/task_output.hpp"
 #include "procpool/wire.hpp"
 
 namespace procpool {
@@ -38,6 +39,9 @@ public:
     process_task_base* link = nullptr;  ///< pool-internal queue link
     std::uint32_t requeues = 0;  ///< times its worker died before it was seen to start
     std::uint32_t ctl_msgs = 0;  ///< messages it sent on its worker's control socket
+    /// What it wrote to stdout and stderr (pools with capture_output), stored before the
+    /// task is resolved; null otherwise.
+    std::shared_ptr<const task_output> output;
 
 protected:
     ~process_task_base() = default;
@@ -158,6 +162,15 @@ struct process_pool_options {
     /// many bytes travels through a shared-memory block instead of the byte stream: one
     /// copy on each side, whatever its size.
     std::size_t shared_memory_threshold = std::size_t{1} << 20;
+    /// Capture what each task writes to stdout and stderr (fd 1 and 2: `printf`,
+    /// `std::cout`, `write(1, ...)`, processes it starts) and attach it to the task's
+    /// future (`future::output()`) instead of letting it reach this program's terminal.
+    /// A task that crashes keeps what it wrote before dying, except text left in its stdio
+    /// buffers. Off: workers write to this program's stdout and stderr.
+    bool capture_output = false;
+    /// With `capture_output`: the most bytes kept per stream per task (1 byte to 1 GiB);
+    /// the rest is dropped and the text ends with a marker (see `task_output`).
+    std::size_t output_limit = std::size_t{1} << 20;
 };
 
 /// A pool of worker processes, the counterpart of Python's `ProcessPoolExecutor`, that
@@ -191,6 +204,9 @@ public:
 
     /// Process ids of the live workers (for diagnostics and tests).
     std::vector<int> worker_pids() const;
+
+    /// True if the pool captures its tasks' output (`process_pool_options::capture_output`).
+    bool captures_output() const noexcept;
 
 private:
     friend class detail::remote_executor<process_pool, detail::process_task_base>;

@@ -211,6 +211,7 @@ void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args
     if (t.timeout_ns > 0 && supervisor_asleep.load(std::memory_order_seq_cst)) {
         wake_supervisor();
     }
+    wake_for_output();
 }
 
 }  // namespace procpool::process
