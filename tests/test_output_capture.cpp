@@ -12,8 +12,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,10 +24,10 @@
 #include <thread>
 #include <vector>
 
+#include "process_support.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/run.hpp"
 #include "procpool/thread_pool.hpp"
-#include "process_support.hpp"
 #include "run_support.hpp"
 
 using namespace std::chrono_literals;
@@ -226,8 +226,12 @@ int break_capture(int id) {
     return static_cast<int>(getpid());
 }
 
-int my_pid() { return static_cast<int>(getpid()); }
-int my_pid_of(int) { return static_cast<int>(getpid()); }
+int my_pid() {
+    return static_cast<int>(getpid());
+}
+int my_pid_of(int) {
+    return static_cast<int>(getpid());
+}
 
 /// Starts a child that keeps writing after the task returned (until it is killed with
 /// its worker's process group), then returns.
@@ -369,10 +373,10 @@ TEST(OutputCapture, TheInitializersOutput_IsNotATasks) {
 TEST(OutputCapture, BadLimits_AreInvalidArguments) {
     EXPECT_THROW(process_pool({.workers = 1, .capture_output = true, .output_limit = 0}),
                  procpool::invalid_argument);
-    EXPECT_THROW(process_pool({.workers = 1,
-                               .capture_output = true,
-                               .output_limit = (std::size_t{1} << 30) + 1}),
-                 procpool::invalid_argument);
+    EXPECT_THROW(
+        process_pool(
+            {.workers = 1, .capture_output = true, .output_limit = (std::size_t{1} << 30) + 1}),
+        procpool::invalid_argument);
     // Without capture the limit is not used.
     process_pool ok({.workers = 1, .output_limit = 0});
     EXPECT_EQ(ok.submit(my_pid).wait_for(watchdog), true);
@@ -615,8 +619,8 @@ TEST(OutputCapture, NoDescriptorsLeak_AfterCrashesAndReplacements) {
 TEST(OutputCapture, RunInProcesses_OutcomesCarryTheirOutput) {
     std::vector<std::tuple<int, int>> tasks;
     for (int id = 0; id < 9; ++id) tasks.emplace_back(id, 20);
-    auto outcomes = procpool::run_in_processes(chatty_or_crash, tasks,
-                                               {.workers = 3, .capture_output = true});
+    auto outcomes =
+        procpool::run_in_processes(chatty_or_crash, tasks, {.workers = 3, .capture_output = true});
     ASSERT_EQ(outcomes.size(), tasks.size());
     for (int id = 0; id < 9; ++id) {
         const auto& r = outcomes[static_cast<std::size_t>(id)];
@@ -648,14 +652,16 @@ TEST(OutputCapture, RunInOnACapturingPool_OutcomesCarryTheirOutput) {
 
 TEST(OutputCapture, WithThreads_CaptureIsAnInvalidArgument) {
     std::vector<int> v{1, 2};
-    EXPECT_THROW(procpool::run_in_threads([](int i) { return i; }, v, {.capture_output = true}),
-                 procpool::invalid_argument);
+    EXPECT_THROW(
+        (void)procpool::run_in_threads([](int i) { return i; }, v, {.capture_output = true}),
+        procpool::invalid_argument);
     procpool::thread_pool threads({.workers = 1});
-    EXPECT_THROW(procpool::run_in(threads, [](int i) { return i; }, v, {.capture_output = true}),
-                 procpool::invalid_argument);
+    EXPECT_THROW(
+        (void)procpool::run_in(threads, [](int i) { return i; }, v, {.capture_output = true}),
+        procpool::invalid_argument);
     process_pool plain({.workers = 1});
-    EXPECT_THROW(procpool::run_in(plain, chatty, std::vector<std::tuple<int, int>>{{1, 1}},
-                                  {.capture_output = true}),
+    EXPECT_THROW((void)procpool::run_in(plain, chatty, std::vector<std::tuple<int, int>>{{1, 1}},
+                                        {.capture_output = true}),
                  procpool::invalid_argument);
 }
 

@@ -55,8 +55,8 @@ std::shared_ptr<const task_output> read_output(const output_files& f, std::size_
 
 /// What bound_output found in a worker's files.
 struct bound_result {
-    bool punched = false;    ///< it freed data past the limit (a task writes a lot)
-    bool over_limit = false; ///< a file still holds more than the limit allows
+    bool punched = false;     ///< it freed data past the limit (a task writes a lot)
+    bool over_limit = false;  ///< a file still holds more than the limit allows
 };
 
 /// Frees whatever the files hold past `limit` (rounded up to a page) once that is more
