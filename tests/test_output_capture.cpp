@@ -18,7 +18,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -366,6 +368,37 @@ TEST(OutputCapture, TheInitializersOutput_IsNotATasks) {
                        .capture_output = true});
     auto f = pool.submit(chatty, 1, 2);
     auto o = output_of(f);
+    ASSERT_NE(o, nullptr);
+    EXPECT_EQ(o->out, expected(1, "out", 2));
+}
+
+TEST(OutputCapture, TextTheParentHadNotFlushed_IsNeitherATasksNorPrintedTwice) {
+    // This program's stdout goes to a file for the test, so that what reaches it can be
+    // counted; a fork-method worker starts with a copy of the unflushed text.
+    procpool_test::temp_dir dir;
+    const std::string path = dir.path() + "/stdout";
+    std::fflush(stdout);
+    const int saved = ::dup(1);
+    const int file = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ASSERT_GE(saved, 0);
+    ASSERT_GE(file, 0);
+    ::dup2(file, 1);
+    ::close(file);
+    const std::string text = "procpool test: printed by the test, flushed after the pool started";
+    std::printf("%s", text.c_str());
+    std::shared_ptr<const procpool::task_output> o;
+    {
+        process_pool pool({.workers = 1, .start = start_method::fork, .capture_output = true});
+        auto f = pool.submit(chatty, 1, 2);
+        o = output_of(f);
+    }
+    std::fflush(stdout);
+    ::dup2(saved, 1);
+    ::close(saved);
+    std::ifstream in(path);
+    const std::string printed((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
+    EXPECT_EQ(printed, text);
     ASSERT_NE(o, nullptr);
     EXPECT_EQ(o->out, expected(1, "out", 2));
 }

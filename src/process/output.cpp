@@ -2,6 +2,7 @@
 #include "process/output.hpp"
 
 #include <fcntl.h>
+#include <stdio_ext.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -179,6 +180,11 @@ const std::shared_ptr<const task_output>& empty_output() noexcept {
 }
 
 // ---- worker ------------------------------------------------------------------------
+
+void output_capture::discard_inherited() noexcept {
+    __fpurge(stdout);
+    __fpurge(stderr);
+}
 
 bool output_capture::start(int out, int err, std::uint64_t limit) noexcept {
     // What the initializer printed (and what a fork-method worker copied from the

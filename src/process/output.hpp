@@ -79,6 +79,11 @@ const std::shared_ptr<const task_output>& empty_output() noexcept;
 /// The worker's end: fd 1 and 2 point at the pool's capture files during tasks.
 class output_capture {
   public:
+    /// Drops what stdio buffers hold when the worker starts: a fork-method worker's copy
+    /// of text the parent had not flushed yet (the parent prints it itself; the worker
+    /// would print it again, or put it in its first task's output).
+    static void discard_inherited() noexcept;
+
     /// Flushes stdio (what the initializer printed goes where it went before), then points
     /// fd 1 and 2 at `out` and `err`, keeping private copies (close-on-exec) to restore
     /// them from. False if that failed. `limit`: bytes kept per stream per task.

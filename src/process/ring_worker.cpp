@@ -40,7 +40,9 @@ class ring_worker final : public remote::worker_transport {
           output_limit_(output_limit),
           req_(&r->requests, r->request_data(), r->ring_capacity),
           cmp_(&r->completions, r->completion_data(), r->ring_capacity),
-          attachments_(&outgoing_, &cache_, threshold) {}
+          attachments_(&outgoing_, &cache_, threshold) {
+        if (out_ >= 0) output_capture::discard_inherited();
+    }
 
     remote::request next() override {
         for (;;) {
