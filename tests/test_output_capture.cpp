@@ -26,11 +26,16 @@
 #include <thread>
 #include <vector>
 
+#include "ipc/ring.hpp"
+#include "process/output.hpp"
+#include "process/protocol.hpp"
+#include "process/region.hpp"
 #include "process_support.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/run.hpp"
 #include "procpool/thread_pool.hpp"
 #include "run_support.hpp"
+#include "worker_internals.hpp"
 
 using namespace std::chrono_literals;
 using procpool::process_pool;
@@ -272,6 +277,63 @@ int killed_mid_write(int) {
     }).detach();
     while (held_bytes(1) < (1 << 20)) std::this_thread::sleep_for(100us);
     die_of(SIGKILL);
+}
+
+/// Malformed output sections a hostile task can publish in its worker's completion ring.
+enum class forged_output {
+    on_a_pool_without_capture,  // a well-formed section the pool never asked for
+    past_the_limit,             // more bytes than output_limit
+    longer_than_its_total,      // out_len > out_total
+    past_the_frame,             // lengths running past the completion
+    short_section,              // shorter than its header
+};
+constexpr int forged_output_kinds = 5;
+
+/// Publishes a completion for itself with a forged output section, wakes the parent and
+/// waits to be killed.
+int forge_output(int kind) {
+    using procpool::process::output_header;
+    auto* r = procpool_test::my_region();
+    struct {
+        procpool::process::completion_header h;
+        output_header o;
+        char text[8];
+    } f{{r->started_seq.load(), 0, 0, 0}, {4, 4, 0, 0}, {'a', 'b', 'c', 'd'}};
+    std::uint32_t len = sizeof f.h + sizeof f.o + 4;
+    switch (static_cast<forged_output>(kind)) {
+        case forged_output::on_a_pool_without_capture:
+            break;
+        case forged_output::past_the_limit:
+            f.o = {8, 8, 0, 0};  // the pool's limit is 4
+            len += 4;
+            break;
+        case forged_output::longer_than_its_total:
+            f.o = {4, 2, 0, 0};
+            break;
+        case forged_output::past_the_frame:
+            f.o = {4, 4, 4, 4};
+            break;
+        case forged_output::short_section:
+            len = sizeof f.h + 8;
+            break;
+    }
+    auto& c = r->completions;
+    const std::uint64_t head = c.head.load();
+    const auto pos = static_cast<std::uint32_t>(head % r->ring_capacity);
+    const procpool::ipc::frame_header fh{
+        len, static_cast<std::uint32_t>(procpool::detail::run_status::value) |
+                 procpool::process::output_flag};
+    std::memcpy(r->completion_data() + pos, &fh, sizeof fh);
+    std::memcpy(r->completion_data() + pos + sizeof fh, &f, len);
+    c.head.store(head + procpool::ipc::ring::frame_size(len));
+    const std::uint64_t one = 1;
+    if (::write(procpool_test::find_fd("pipe:"), &one, sizeof one) != sizeof one) std::abort();
+    std::this_thread::sleep_for(1h);  // the parent kills this worker
+    return 0;
+}
+
+int add(int a, int b) {
+    return a + b;
 }
 
 void print_from_initializer() {
@@ -651,6 +713,25 @@ TEST(OutputCapture, NoDescriptorsLeak_AfterCrashesAndReplacements) {
     }
     EXPECT_EQ(count_fds(), fds_before);
 }
+
+// ---- forged output sections ------------------------------------------------------------
+
+class ForgedOutput : public ::testing::TestWithParam<int> {};
+
+TEST_P(ForgedOutput, FailsOnlyItsTask_WithProtocolError_AndPoolKeepsServing) {
+    const bool capture =
+        static_cast<forged_output>(GetParam()) != forged_output::on_a_pool_without_capture;
+    process_pool pool({.workers = 2, .capture_output = capture, .output_limit = 4});
+    auto hostile = pool.submit(forge_output, GetParam());
+    std::vector<procpool::future<int>> others;
+    for (int i = 0; i < 50; ++i) others.push_back(pool.submit(add, i, 1));
+    ASSERT_TRUE(hostile.wait_for(watchdog));
+    EXPECT_THROW(hostile.get(), procpool::protocol_error);
+    for (int i = 0; i < 50; ++i) EXPECT_EQ(others[static_cast<std::size_t>(i)].get(), i + 1);
+    EXPECT_EQ(pool.submit(add, 20, 22).get(), 42);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryKind, ForgedOutput, ::testing::Range(0, forged_output_kinds));
 
 // ---- run_in_* ------------------------------------------------------------------------
 

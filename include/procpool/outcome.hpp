@@ -92,6 +92,7 @@ class outcome;
 namespace detail {
 /// Lets run_in_* attach a task's captured output to its outcome.
 struct outcome_access {
+    /// Makes `out` the output `o` reports.
     template <class T>
     static void set_output(outcome<T>& o, std::shared_ptr<const task_output> out) noexcept {
         o.output_ = std::move(out);
