@@ -78,7 +78,8 @@ std::int64_t pool_core::bound_output() noexcept {
 // A task was added: a supervisor asleep without watching the files must start to.
 void pool_core::wake_for_output() noexcept {
     if (!opts.capture_output) return;
-    std::atomic_thread_fence(std::memory_order_seq_cst);  // after outstanding's increment
+    // After enqueue's seq_cst increment of outstanding; bound_output stores output_idle,
+    // then loads outstanding: one of the two sees the other.
     if (output_idle.load(std::memory_order_seq_cst) &&
         supervisor_asleep.load(std::memory_order_seq_cst)) {
         wake_supervisor();
