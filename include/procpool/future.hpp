@@ -99,8 +99,9 @@ public:
 
     /// Waits, then returns what the task wrote to stdout and stderr, for a task of a
     /// process pool created with `capture_output` (see `task_output`); null for other
-    /// tasks, and for one that never ran (cancelled before it started). The text stays
-    /// valid after the future is gone.
+    /// tasks, for one that never ran (cancelled before it started) and for one cancelled
+    /// while running (resolved at once, as its worker is killed). The text stays valid
+    /// after the future is gone.
     std::shared_ptr<const task_output> output() const noexcept {
         wait();
         return detail::captured_output(*s_);
