@@ -15,6 +15,7 @@
 
 #include "procpool/detail/state.hpp"
 #include "procpool/error.hpp"
+#include "procpool/task_output.hpp"
 
 namespace procpool {
 
@@ -94,6 +95,16 @@ public:
     std::exception_ptr exception() const noexcept {
         wait();
         return s_->error();
+    }
+
+    /// Waits, then returns what the task wrote to stdout and stderr, for a task of a
+    /// process pool created with `capture_output` (see `task_output`); null for other
+    /// tasks, for one that never ran (cancelled before it started) and for one cancelled
+    /// while running (resolved at once, as its worker is killed). The text stays valid
+    /// after the future is gone.
+    std::shared_ptr<const task_output> output() const noexcept {
+        wait();
+        return detail::captured_output(*s_);
     }
 
     /// Stops the task if it can. A task that has not started is always stopped; a running

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <exception>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -11,6 +12,7 @@
 #include <variant>
 
 #include "procpool/error.hpp"
+#include "procpool/task_output.hpp"
 
 namespace procpool {
 
@@ -89,6 +91,20 @@ private:
     failure_kind kind_;
     std::string cause_message_;
 };
+
+template <class T>
+class outcome;
+
+namespace detail {
+/// Lets run_in_* attach a task's captured output to its outcome.
+struct outcome_access {
+    /// Makes `out` the output `o` reports.
+    template <class T>
+    static void set_output(outcome<T>& o, std::shared_ptr<const task_output> out) noexcept {
+        o.output_ = std::move(out);
+    }
+};
+}  // namespace detail
 
 /// The result of one task of a `run_in_*` call: its value, or the `task_error` that
 /// explains why there is none. Like `std::expected<T, task_error>` plus the task's index.
@@ -169,6 +185,11 @@ public:
         return std::get_if<0>(&data_);
     }
 
+    /// What the task wrote to stdout and stderr (its last attempt's, after retries), when
+    /// it ran on a process pool with `capture_output` (see `task_output`); null otherwise,
+    /// and for a task that never ran. Lives as long as this outcome or a copy of it.
+    const task_output* output() const noexcept { return output_.get(); }
+
     /// Why the task failed. Throws `std::logic_error` if it succeeded.
     const task_error& error() const {
         if (has_value()) {
@@ -179,12 +200,14 @@ public:
     }
 
 private:
+    friend struct detail::outcome_access;
     void check() const {
         if (!has_value()) throw std::get<1>(data_);
     }
 
     std::size_t index_;
     std::variant<stored, task_error> data_;
+    std::shared_ptr<const task_output> output_;
 };
 
 }  // namespace procpool

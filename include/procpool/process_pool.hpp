@@ -19,6 +19,7 @@
 #include "procpool/future.hpp"
 #include "procpool/shared_array.hpp"
 #include "procpool/trace.hpp"
+#include "procpool/task_output.hpp"
 #include "procpool/wire.hpp"
 
 namespace procpool {
@@ -48,6 +49,9 @@ public:
     int pid = 0;  ///< the worker process that ran it
     std::uint64_t bytes_in = 0;
     std::uint64_t bytes_out = 0;
+    /// What it wrote to stdout and stderr (pools with capture_output), stored before the
+    /// task is resolved; null otherwise.
+    std::shared_ptr<const task_output> output;
 
 protected:
     ~process_task_base() = default;
@@ -173,6 +177,15 @@ struct process_pool_options {
     std::shared_ptr<trace_recorder> trace{};
     /// Names the pool in traces.
     std::string name = "process_pool";
+    /// Capture what each task writes to stdout and stderr (fd 1 and 2: `printf`,
+    /// `std::cout`, `write(1, ...)`, processes it starts) and attach it to the task's
+    /// future (`future::output()`) instead of letting it reach this program's terminal.
+    /// A task that crashes keeps what it wrote before dying, except text left in its stdio
+    /// buffers. Off: workers write to this program's stdout and stderr.
+    bool capture_output = false;
+    /// With `capture_output`: the most bytes kept per stream per task (1 byte to 1 GiB);
+    /// the rest is dropped and the text ends with a marker (see `task_output`).
+    std::size_t output_limit = std::size_t{1} << 20;
 };
 
 /// A pool of worker processes, the counterpart of Python's `ProcessPoolExecutor`, that
@@ -211,6 +224,8 @@ public:
     /// worker, queue wait and run time percentiles (see pool_stats). A task counts by the
     /// time its future is ready.
     pool_stats stats() const;
+    /// True if the pool captures its tasks' output (`process_pool_options::capture_output`).
+    bool captures_output() const noexcept;
 
 private:
     friend class detail::remote_executor<process_pool, detail::process_task_base>;

@@ -10,5 +10,6 @@
 #include "procpool/process_pool.hpp"
 #include "procpool/run.hpp"
 #include "procpool/stream.hpp"
+#include "procpool/task_output.hpp"
 #include "procpool/thread_pool.hpp"
 #include "procpool/wire.hpp"

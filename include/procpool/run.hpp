@@ -84,6 +84,16 @@ struct run_options {
     /// crash. Without it a record survives the program being killed (even by SIGKILL),
     /// since its one write() has reached the OS.
     bool journal_sync = false;
+    /// Capture what each task writes to stdout and stderr into its outcome
+    /// (`outcome::output()`), as `process_pool_options::capture_output`: `run_in_processes`
+    /// creates its pool with it. A process-pool feature (threads share one stdout), so
+    /// `run_in_threads` refuses it with `invalid_argument`, and so does `run_in` unless
+    /// the executor is a process_pool created with capture_output (whose outcomes always
+    /// carry their output).
+    bool capture_output = false;
+    /// With `capture_output`, for `run_in_processes`: the most bytes kept per stream per
+    /// task (`process_pool_options::output_limit`).
+    std::size_t output_limit = std::size_t{1} << 20;
 };
 
 namespace detail {
@@ -144,6 +154,21 @@ decltype(auto) with_arguments(const E& elem, Go&& go) {
     }
 }
 
+/// True if `ex` attaches captured output to its tasks' futures (a process_pool created
+/// with capture_output).
+template <class Ex>
+bool captures_output(const Ex& ex) noexcept {
+    if constexpr (requires { ex.captures_output(); }) {
+        return ex.captures_output();
+    } else {
+        return false;
+    }
+}
+
+/// Throws invalid_argument for run_options::capture_output on an executor that cannot
+/// capture (`captures`: whether it does).
+void check_capture_output(bool requested, bool captures, const char* label);
+
 /// The retryable failures: the task itself may well succeed on a fresh worker.
 bool is_retryable(const std::exception_ptr& e) noexcept;
 /// True if `e` is a `task_cancelled`.
@@ -163,6 +188,8 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     auto first = std::ranges::begin(elems);
     if (opts.retries < 0) throw invalid_argument("run_options::retries must be >= 0");
     detail::check_timeout(opts.timeout, "run_options::timeout");
+    const bool capture = captures_output(ex);
+    check_capture_output(opts.capture_output, capture, label);
 
     // Executors without their own timeouts (thread pools): each attempt notes when it
     // starts, and this thread stops waiting for it once the deadline has passed.
@@ -203,6 +230,9 @@ std::vector<outcome<R>> drive(Ex& ex, const F& fn, const Elems& elems, run_optio
     };
     auto record = [&](std::size_t i, outcome<R> o) {
         slot& s = slots[i];
+        if (capture && s.f.valid() && s.f.ready()) {
+            outcome_access::set_output(o, s.f.output());  // ready: does not wait
+        }
         s.finished = true;
         --remaining;
         if (s.launched) --in_flight;
@@ -417,6 +447,7 @@ template <class F, std::ranges::input_range Range>
     if constexpr (!detail::indexable_range<Range>) {
         return run_in_threads(std::forward<F>(fn), detail::materialize(tasks), std::move(options));
     } else {
+        detail::check_capture_output(options.capture_output, false, "run_in_threads");
         const int workers = detail::pool_size_for(options.workers, std::ranges::size(tasks));
         auto pool = std::make_unique<thread_pool>(thread_pool_options{
             .workers = workers, .name = "run_in_threads", .trace = options.trace});
@@ -456,6 +487,8 @@ template <class F, std::ranges::input_range Range>
         pool_opts.workers = workers;
         pool_opts.trace = options.trace;
         pool_opts.name = "run_in_processes";
+        pool_opts.capture_output = options.capture_output;
+        pool_opts.output_limit = options.output_limit;
         process_pool pool(std::move(pool_opts));
         const std::decay_t<F> f(std::forward<F>(fn));
         bool abandoned = false;  // never: a process pool kills what runs past its timeout

@@ -121,7 +121,8 @@ constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
         for (std::size_t i = 2; i < pfds.size(); ++i) {
             if (pfds[i].revents == 0) continue;
             const int ch = pfds[i].fd;
-            std::array<int, 3> fds{-1, -1, -1};
+            // region, control socket, wake-up pipe; with capture_output, stdout and stderr
+            std::array<int, 5> fds{-1, -1, -1, -1, -1};
             std::size_t nfds = 0;
             long n = ipc::recv_with_fds(ch, buf.data(), buf.size(), fds, nfds);
             if (n <= 0) {
@@ -131,15 +132,16 @@ constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
                 continue;
             }
             fs_record req{};
-            if (static_cast<std::size_t>(n) < sizeof req || nfds != 3) {
+            if (static_cast<std::size_t>(n) < sizeof req || (nfds != 3 && nfds != 5)) {
                 for (std::size_t k = 0; k < nfds; ++k) close(fds[k]);
                 continue;
             }
             std::memcpy(&req, buf.data(), sizeof req);
             fs_record reply{fs_spawned, 0, req.token};
-            const pid_t child = fork_worker({fds[0], fds[1], fds[2]}, buf.data() + sizeof req,
-                                            static_cast<std::size_t>(n) - sizeof req);
-            for (int f : fds) close(f);
+            const pid_t child =
+                fork_worker({fds[0], fds[1], fds[2], fds[3], fds[4]}, buf.data() + sizeof req,
+                            static_cast<std::size_t>(n) - sizeof req);
+            for (std::size_t k = 0; k < nfds; ++k) close(fds[k]);
             if (child < 0) {
                 reply = fs_record{fs_spawn_failed, errno, req.token};
             } else {

@@ -102,12 +102,11 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
     completion_header ch{};
     if (h.len < sizeof ch) throw protocol_violation("a completion shorter than its header");
     std::memcpy(&ch, payload, sizeof ch);
-    const std::uint32_t raw = h.type & ~oob_flag;
+    const std::uint32_t raw = h.type & ~(oob_flag | output_flag);
     if (raw == static_cast<std::uint32_t>(run_status::init_failed)) {
         // Frames arrive in order and the ready frame precedes every task's, so a report
         // read after it comes from a task, not from the initializer.
-        if (!has_initializer || w.ready || ch.seq != 0 || ch.nattach != 0 ||
-            (h.type & oob_flag) != 0) {
+        if (!has_initializer || w.ready || ch.seq != 0 || ch.nattach != 0 || h.type != raw) {
             throw protocol_violation("a false report of a failed initializer");
         }
         std::lock_guard lock(mu);
@@ -159,6 +158,9 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         data = large.data();
         size = large.size();
     }
+    // What the task wrote (capture_output) leads the payload.
+    std::shared_ptr<const task_output> output =
+        completion_output(h.type, static_cast<run_status>(raw), data, size);
     process_task_base* t = nullptr;
     {
         std::lock_guard lock(mu);
@@ -183,6 +185,7 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         }
     }
     finish(*t, [&] {
+        t->output = std::move(output);
         if (attach_error) {
             resolve_error(*t, attach_error);
             return;

@@ -5,6 +5,7 @@
 //   pool_completions.cpp  reading and checking results; threads waiting on futures help
 //   pool_deaths.cpp       a worker's exit: settling its tasks, start-up failures
 //   pool_supervisor.cpp   the supervisor thread: events, deadlines, cancellation
+//   pool_output.cpp       captured output (capture_output): taking it, bounding it
 //   process_pool.cpp      the public front and shutdown
 #pragma once
 
@@ -29,6 +30,7 @@
 
 #include "ipc/fd.hpp"
 #include "ipc/ring.hpp"
+#include "process/output.hpp"
 #include "process/protocol.hpp"
 #include "process/region.hpp"
 #include "procpool/detail/sync.hpp"
@@ -139,6 +141,9 @@ struct worker_slot {
     std::int64_t spawned_ns = 0;
     std::unordered_set<std::uint64_t> cached;   ///< shared blocks the worker has mapped
     std::vector<std::uint64_t> forget_backlog;  ///< forget notices the ring had no room for
+    /// Its stdout and stderr files (capture_output). Replaced and closed only by the
+    /// supervisor thread, which is what lets bound_output use them without `mu`.
+    output_files output;
 };
 
 // epoll user data: kind, the slot's generation (so that an event still queued for a
@@ -320,6 +325,15 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     void supervise();
     void handle_event(const epoll_event& e);
     bool all_exited();
+
+    // ---- captured output (pool_output.cpp) ---------------------------------------------
+    std::int64_t output_next = INT64_MAX;  // supervisor: next bound_output check; MAX: idle
+    std::atomic<bool> output_idle{true};   // the supervisor does not check: enqueue wakes it
+    std::int64_t bound_output() noexcept;
+    void wake_for_output() noexcept;
+    std::shared_ptr<const task_output> completion_output(std::uint32_t type, run_status status,
+                                                         const std::byte*& data,
+                                                         std::size_t& size);
 
     // ---- shutdown ----------------------------------------------------------------------
     void close_and_cancel(bool cancel_pending);

@@ -61,6 +61,7 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
     std::vector<process_task_base*> settled;
     process_task_base* failed = nullptr;
     std::exception_ptr why;
+    output_files dead_output;
     {
         std::lock_guard lock(mu);
         note_startup(w, wstatus);
@@ -115,6 +116,12 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
                 pending.push_front(*it);
             }
         }
+        // The failed task's output is in the worker's files if the worker started it
+        // (the files were emptied after the previous task's completion was published).
+        if (failed != nullptr && w.output &&
+            w.region->started_seq.load(std::memory_order_seq_cst) >= failed->seq) {
+            dead_output = std::move(w.output);
+        }
         release_slot(w);
         if (!closed && !broken) {
             try {
@@ -127,7 +134,12 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
         }
         dispatch_pending();
     }
-    if (failed != nullptr) finish(*failed, [&] { resolve_error(*failed, why); });
+    if (failed != nullptr) {
+        finish(*failed, [&] {
+            if (dead_output) failed->output = read_output(dead_output, opts.output_limit);
+            resolve_error(*failed, why);
+        });
+    }
     for (auto* t : settled) finish(*t, [] {});
 }
 
@@ -212,6 +224,7 @@ void pool_core::release_slot(worker_slot& w) noexcept {
         w.wake_rd.reset();
     }
     if (w.map != nullptr) munmap(w.map, w.map_len);
+    w.output = {};
     w.map = nullptr;
     w.region = nullptr;
     w.state = slot_state::idle;

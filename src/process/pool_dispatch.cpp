@@ -202,7 +202,8 @@ void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args
             t.shared().release();
             throw pool_shut_down("process_pool: submit after shutdown(); create a new pool");
         }
-        outstanding.fetch_add(1, std::memory_order_relaxed);
+        // seq_cst: the Dekker pair of wake_for_output and bound_output.
+        outstanding.fetch_add(1, std::memory_order_seq_cst);
         const std::uint64_t id = monitor->submitted();
         t.trace_id = label.set ? label.id : id;
         if (t.timeout_ns < 0) t.timeout_ns = default_timeout_ns;
@@ -217,6 +218,7 @@ void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args
     if (t.timeout_ns > 0 && supervisor_asleep.load(std::memory_order_seq_cst)) {
         wake_supervisor();
     }
+    wake_for_output();
 }
 
 }  // namespace procpool::process

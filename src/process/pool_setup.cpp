@@ -74,6 +74,7 @@ pool_core::pool_core(process_pool_options o) : opts(std::move(o)) {
     cfg.memory_limit = opts.memory_limit;
     cfg.shared_threshold = opts.shared_memory_threshold;
     cfg.env = opts.env;
+    cfg.output_limit = opts.capture_output ? opts.output_limit : 0;
     config = encode_config(cfg);
 
     epfd.reset(epoll_create1(EPOLL_CLOEXEC));
@@ -193,6 +194,9 @@ void pool_core::spawn(worker_slot& w) {
     w.wake_rd.reset(wake[0]);
     ipc::unique_fd wake_wr(wake[1]);
     watch(w.wake_rd.get(), ev(ev_worker_wake, w.index, w.gen), EPOLLIN);
+    if (opts.capture_output) w.output = make_output_files();
+    const int out = w.output ? w.output.out.get() : -1;
+    const int err = w.output ? w.output.err.get() : -1;
 
     if (method == start_method::forkserver) {
         w.token = next_token++;
@@ -200,8 +204,9 @@ void pool_core::spawn(worker_slot& w) {
         const fs_record r{fs_spawn, 0, w.token};
         std::memcpy(msg.data(), &r, sizeof r);
         std::memcpy(msg.data() + sizeof r, config.data(), config.size());
-        const int fds[3] = {mem.get(), theirs.get(), wake_wr.get()};
-        if (!ipc::send_with_fds(server.get(), msg.data(), msg.size(), fds)) {
+        const int fds[5] = {mem.get(), theirs.get(), wake_wr.get(), out, err};
+        if (!ipc::send_with_fds(server.get(), msg.data(), msg.size(),
+                                std::span<const int>(fds, w.output ? 5 : 3))) {
             // The server is gone: its channel reports the hang-up next, and
             // server_lost replaces this slot's worker along with the others.
             if (errno == EPIPE || errno == ECONNRESET) return;
@@ -209,8 +214,8 @@ void pool_core::spawn(worker_slot& w) {
         }
         return;
     }
-    const pid_t pid =
-        fork_worker({mem.get(), theirs.get(), wake_wr.get()}, config.data(), config.size());
+    const pid_t pid = fork_worker({mem.get(), theirs.get(), wake_wr.get(), out, err},
+                                  config.data(), config.size());
     if (pid < 0) ipc::throw_errno("fork of a worker process");
     adopt_pid(w, pid);
     if (w.pidfd) watch(w.pidfd.get(), ev(ev_pidfd, w.index, w.gen), EPOLLIN);

@@ -141,6 +141,7 @@ void pool_core::supervise() {
             if (!pending.empty()) dispatch_pending();
         }
         check_deadlines();
+        bound_output();
         if (stopping.load(std::memory_order_acquire) && all_exited()) return;
 
         int timeout_ms = 0;
@@ -156,7 +157,7 @@ void pool_core::supervise() {
             // A task with a deadline submitted from now on wakes us (see enqueue);
             // one submitted before is seen by this second look (Dekker pair).
             supervisor_asleep.store(true, std::memory_order_seq_cst);
-            const std::int64_t next_deadline = check_deadlines();
+            const std::int64_t next_deadline = std::min(check_deadlines(), bound_output());
             timeout_ms = -1;
             if (next_deadline != INT64_MAX) {
                 timeout_ms = static_cast<int>(

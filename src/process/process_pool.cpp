@@ -103,6 +103,11 @@ process_pool::process_pool(process_pool_options opts) {
     if (opts.shared_memory_threshold == 0) {
         throw invalid_argument("process_pool: shared_memory_threshold must be > 0 bytes");
     }
+    if (opts.capture_output &&
+        (opts.output_limit == 0 || opts.output_limit > process::max_output_limit)) {
+        throw invalid_argument("process_pool: output_limit must be between 1 byte and 1 GiB (got " +
+                               std::to_string(opts.output_limit) + " bytes)");
+    }
     bulk_threshold_ = opts.shared_memory_threshold;
     impl_ = std::make_unique<impl>(std::move(opts));
     if (init) impl_->set_initializer(init.invoker_, init.fn_, init.args_);
@@ -143,6 +148,10 @@ std::vector<int> process_pool::worker_pids() const {
         if (s->pid > 0) pids.push_back(s->pid);
     }
     return pids;
+}
+
+bool process_pool::captures_output() const noexcept {
+    return impl_->opts.capture_output;
 }
 
 std::size_t process_pool::auto_chunksize(std::size_t n) const noexcept {

@@ -36,6 +36,9 @@ inline constexpr std::uint32_t msg_task_oob = 2;
 /// Set in a completion frame's type when its payload travels in a memfd on the control
 /// socket (the frame holds the payload's size as a u64).
 inline constexpr std::uint32_t oob_flag = 0x100;
+/// Set in a completion frame's type when its payload (in the ring or out of band) starts
+/// with the task's captured output: an output_header, then the bytes (see output.hpp).
+inline constexpr std::uint32_t output_flag = 0x200;
 
 /// Fork-server protocol (pool channel), fixed-size records.
 enum : std::uint32_t { fs_spawn = 1, fs_spawned = 2, fs_exited = 3, fs_spawn_failed = 4 };
@@ -47,8 +50,10 @@ struct fs_record {
 };
 
 /// Serves tasks from the rings of `region` until told to exit: never returns. `ctl` is
-/// the worker's control socket, `wake` the write end of its wake-up pipe to the parent.
-/// (The worker side of the ring transport; see worker.cpp.)
-[[noreturn]] void serve_ring(worker_region* region, int ctl, int wake, const worker_config& cfg);
+/// the worker's control socket, `wake` the write end of its wake-up pipe to the parent;
+/// `out` and `err` the memfds its tasks' stdout and stderr go to (-1: not captured).
+/// (The worker side of the ring transport; see ring_worker.cpp.)
+[[noreturn]] void serve_ring(worker_region* region, int ctl, int wake, int out, int err,
+                             const worker_config& cfg);
 
 }  // namespace procpool::process

@@ -5,10 +5,12 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ipc/ring.hpp"
 #include "process/channel.hpp"
+#include "process/output.hpp"
 #include "process/protocol.hpp"
 #include "process/region.hpp"
 #include "procpool/detail/shm.hpp"
@@ -28,13 +30,19 @@ constexpr int corrupt_exit_code = 76;
 
 class ring_worker final : public remote::worker_transport {
   public:
-    ring_worker(worker_region* r, int ctl, int wake, std::size_t threshold)
+    ring_worker(worker_region* r, int ctl, int wake, std::size_t threshold, int out, int err,
+                std::uint64_t output_limit)
         : r_(r),
           ctl_(ctl),
           wake_(wake),
+          out_(out),
+          err_(err),
+          output_limit_(output_limit),
           req_(&r->requests, r->request_data(), r->ring_capacity),
           cmp_(&r->completions, r->completion_data(), r->ring_capacity),
-          attachments_(&outgoing_, &cache_, threshold) {}
+          attachments_(&outgoing_, &cache_, threshold) {
+        if (out_ >= 0) output_capture::discard_inherited();
+    }
 
     remote::request next() override {
         for (;;) {
@@ -87,6 +95,7 @@ class ring_worker final : public remote::worker_transport {
         // which writes a cancel word and then reads started_seq (see cancel_running).
         r_->started_seq.store(r.task.seq, std::memory_order_seq_cst);
         const bool run = !r_->is_skipped(r.task.seq);
+        ran_ = run;
         if (large_pending_) {
             large_pending_ = false;
             if (!run) {
@@ -115,6 +124,16 @@ class ring_worker final : public remote::worker_transport {
     // Publishes one completion and wakes the parent if it sleeps.
     void reply(std::uint64_t seq, remote::run_status st, std::int64_t run_ns,
                std::vector<std::byte>& out) override {
+        // The task's captured output leads the payload (output_flag): it is read before
+        // the completion is published, and the files are emptied only after, so a worker
+        // dying in between leaves it to the task it belongs to (see output.hpp).
+        const bool ran = std::exchange(ran_, false);
+        std::size_t lead = 0;  // bytes of output_ written into the frame ahead of `out`
+        std::uint32_t flags = 0;
+        if (seq != 0 && ran && capture_.on() && capture_.collect(output_)) {
+            lead = output_.size();
+            flags = output_flag;
+        }
         if (!outgoing_.empty() && !send_attachments(ctl_, outgoing_, false)) {
             outgoing_.clear();
             fail_with(out, st, "worker could not send a shared array back");
@@ -122,27 +141,41 @@ class ring_worker final : public remote::worker_transport {
         const completion_header ch{seq, run_ns, static_cast<std::uint32_t>(outgoing_.size()), 0,
                                    seq != 0 ? remote::now_ns() : 0};
         outgoing_.clear();
-        auto type = static_cast<std::uint32_t>(st);
-        if (sizeof ch + out.size() > cmp_.max_payload()) {
+        if (sizeof ch + lead + out.size() > cmp_.max_payload()) {
+            if (lead != 0) {  // one payload: the output, then the result
+                output_.insert(output_.end(), out.begin(), out.end());
+                out.swap(output_);
+                lead = 0;
+            }
             if (!send_payload(ctl_, 'R', out.data(), out.size(), true, false)) {
                 fail_with(out, st, "worker could not send a large result");
-                type = static_cast<std::uint32_t>(st);
+                flags = 0;
             } else {
-                type |= oob_flag;
+                flags |= oob_flag;
                 const std::uint64_t size = out.size();
                 out.resize(sizeof size);
                 std::memcpy(out.data(), &size, sizeof size);
             }
         }
-        const auto len = static_cast<std::uint32_t>(sizeof ch + out.size());
+        const std::uint32_t type = static_cast<std::uint32_t>(st) | flags;
+        const auto len = static_cast<std::uint32_t>(sizeof ch + lead + out.size());
         std::byte* dst = reserve(len);
         std::memcpy(dst, &ch, sizeof ch);
-        if (!out.empty()) std::memcpy(dst + sizeof ch, out.data(), out.size());
+        if (lead != 0) std::memcpy(dst + sizeof ch, output_.data(), lead);
+        if (!out.empty()) std::memcpy(dst + sizeof ch + lead, out.data(), out.size());
         cmp_.commit(len, type);
         if (r_->parent.take_sleeper()) wake_parent();
+        // A task that broke the capture files (closed fd 1 and the private copy): the next
+        // task would get its output or none, so this worker ends; the parent replaces it.
+        if (capture_.on() && !capture_.reset()) _exit(corrupt_exit_code);
     }
 
     void phase(remote::serve_phase p) noexcept override {
+        // Tasks' output is captured from here; the initializer's goes where it went.
+        if (p == remote::serve_phase::serving && out_ >= 0 &&
+            !capture_.start(out_, err_, output_limit_)) {
+            _exit(corrupt_exit_code);
+        }
         r_->phase.store(static_cast<std::uint32_t>(p), std::memory_order_seq_cst);
     }
 
@@ -183,6 +216,12 @@ class ring_worker final : public remote::worker_transport {
     worker_region* r_;
     int ctl_;
     int wake_;
+    int out_;  // the capture files as the worker received them (-1: not captured)
+    int err_;
+    std::uint64_t output_limit_;
+    output_capture capture_;
+    std::vector<std::byte> output_;  // the current task's output section
+    bool ran_ = false;               // the current task was started (not skipped)
     ipc::ring req_;
     ipc::ring cmp_;
     ipc::frame_header h_{};
@@ -198,8 +237,10 @@ class ring_worker final : public remote::worker_transport {
 
 }  // namespace
 
-void serve_ring(worker_region* region, int ctl, int wake, const worker_config& cfg) {
-    ring_worker w(region, ctl, wake, static_cast<std::size_t>(cfg.shared_threshold));
+void serve_ring(worker_region* region, int ctl, int wake, int out, int err,
+                const worker_config& cfg) {
+    ring_worker w(region, ctl, wake, static_cast<std::size_t>(cfg.shared_threshold), out, err,
+                  cfg.output_limit);
     const remote::serve_end end = remote::serve(w, cfg);
     _exit(end == remote::serve_end::initializer_failed ? startup_exit_code : 0);
 }

@@ -71,7 +71,7 @@ namespace {
     // task started do not outlive the worker (see kill_worker_group).
     setpgid(0, 0);
     reset_signals_for_child();
-    close_other_fds({fds.region, fds.ctl, fds.wake});
+    close_other_fds({fds.region, fds.ctl, fds.wake, fds.out, fds.err});
     detail::shm_reseed_ids((static_cast<std::uint64_t>(getpid()) << 32) | 1);
     if (!same_binary(cfg)) startup_failed(fds.ctl, startup_step::wrong_binary, 0);
     for (const auto& [k, v] : cfg.env) setenv(k.c_str(), v.c_str(), 1);
@@ -89,7 +89,7 @@ namespace {
         startup_failed(fds.ctl, startup_step::bad_region, 0);
     }
     region->phase.store(phase_mapped, std::memory_order_seq_cst);
-    serve_ring(region, fds.ctl, fds.wake, cfg);
+    serve_ring(region, fds.ctl, fds.wake, fds.out, fds.err, cfg);
 }
 
 }  // namespace

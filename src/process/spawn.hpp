@@ -17,6 +17,8 @@ struct worker_fds {
     int region;  ///< memfd of its shared region (rings and control words)
     int ctl;     ///< its end of the control socket
     int wake;    ///< write end of its wake-up pipe to the parent
+    int out = -1;  ///< memfd for its tasks' stdout (capture_output), else -1
+    int err = -1;  ///< memfd for its tasks' stderr (capture_output), else -1
 };
 
 /// Forks with every signal blocked, so that no handler of the parent's program runs in

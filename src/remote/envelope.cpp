@@ -18,7 +18,8 @@ std::vector<std::byte> encode_config(const worker_config& c) {
     std::vector<std::byte> out;
     wire::writer w(out);
     wire::save_all(w, c.build_id, c.anchor, c.ring_capacity, c.max_tasks, c.memory_limit,
-                   c.shared_threshold, c.env, c.init_invoker, c.init_fn, c.init_args);
+                   c.shared_threshold, c.env, c.init_invoker, c.init_fn, c.init_args,
+                   c.output_limit);
     return out;
 }
 
@@ -26,10 +27,10 @@ worker_config decode_config(const std::byte* p, std::size_t n) {
     wire::reader r(p, n);
     worker_config c;
     std::tie(c.build_id, c.anchor, c.ring_capacity, c.max_tasks, c.memory_limit, c.shared_threshold,
-             c.env, c.init_invoker, c.init_fn, c.init_args) =
+             c.env, c.init_invoker, c.init_fn, c.init_args, c.output_limit) =
         wire::load_all<std::string, std::uint64_t, std::uint32_t, std::int32_t, std::uint64_t,
                        std::uint64_t, std::vector<std::pair<std::string, std::string>>,
-                       std::uint64_t, std::uint64_t, std::vector<std::byte>>(r);
+                       std::uint64_t, std::uint64_t, std::vector<std::byte>, std::uint64_t>(r);
     return c;
 }
 

@@ -89,6 +89,9 @@ struct worker_config {
     std::uint64_t init_invoker = 0;
     std::uint64_t init_fn = 0;
     std::vector<std::byte> init_args;
+    /// Captured output kept per stream per task (process_pool_options::output_limit);
+    /// 0: output is not captured.
+    std::uint64_t output_limit = 0;
 };
 
 /// The configuration as bytes, and back (throws serialization_error on bad bytes).

@@ -1,6 +1,7 @@
 #include "procpool/run.hpp"
 
 #include <algorithm>
+#include <string>
 
 namespace procpool::detail {
 
@@ -24,6 +25,16 @@ bool is_cancellation(const std::exception_ptr& e) noexcept {
     } catch (...) {
     }
     return false;
+}
+
+void check_capture_output(bool requested, bool captures, const char* label) {
+    if (!requested || captures) return;
+    throw invalid_argument(
+        std::string(label) +
+        ": run_options::capture_output is a process-pool feature (the threads of one process "
+        "share its stdout and stderr, so their output cannot be told apart); use "
+        "run_in_processes, or run_in on a process_pool created with "
+        "process_pool_options::capture_output");
 }
 
 int pool_size_for(int requested, std::size_t n) noexcept {
