@@ -298,7 +298,7 @@ int forge_output(int kind) {
         procpool::process::completion_header h;
         output_header o;
         char text[8];
-    } f{{r->started_seq.load(), 0, 0, 0}, {4, 4, 0, 0}, {'a', 'b', 'c', 'd'}};
+    } f{{r->started_seq.load(), 0, 0, 0, 0}, {4, 4, 0, 0}, {'a', 'b', 'c', 'd'}};
     std::uint32_t len = sizeof f.h + sizeof f.o + 4;
     switch (static_cast<forged_output>(kind)) {
         case forged_output::on_a_pool_without_capture:
