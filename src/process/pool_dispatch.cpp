@@ -111,6 +111,7 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
     t.payload_len = static_cast<std::uint32_t>(len);
     t.seq = w.next_seq++;
     t.worker = w.index;
+    t.worker_gen = w.gen;
     t.ctl_msgs = msgs;
     w.ctl_msgs += msgs;
     if (!oob) {
