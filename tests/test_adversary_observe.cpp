@@ -60,11 +60,18 @@ std::atomic<std::size_t> g_stall_size{0};
 std::atomic<pid_t> g_stall_tid{0};
 void (*g_stall_hook)() = nullptr;
 
+// Or fails this thread's next allocation of at least this many bytes (one shot).
+thread_local std::size_t tl_fail_new_from = 0;
+
 // Not inlined: g++ would then see free() meet operator new's pointer and warn.
 [[gnu::noinline]] void* operator new(std::size_t n) {
     if (auto* hook = tl_on_next_new) {
         tl_on_next_new = nullptr;
         hook();
+    }
+    if (tl_fail_new_from != 0 && n >= tl_fail_new_from) {
+        tl_fail_new_from = 0;
+        throw std::bad_alloc();
     }
     if (n != 0 && g_stall_size.load(std::memory_order_relaxed) == n &&
         gettid() == g_stall_tid.load() && g_stall_size.exchange(0) == n) {
@@ -395,6 +402,49 @@ TEST(ObserveProcessPool, CancelWhileTheDeadWorkersTaskResolves_StopsNoLaterTask)
     expect_balanced(st, "after shutdown");
     EXPECT_EQ(st.cancelled, 0u);
     EXPECT_EQ(st.worker_died, 1u);
+}
+
+// submit() runs out of memory parking a task (no worker has room): it throws, and the
+// task it did not accept must not count as submitted, nor keep shutdown waiting for it.
+int bytes_of(std::vector<char> v) {
+    return static_cast<int>(v.size());
+}
+
+TEST(ObserveProcessPool, SubmitOutOfMemoryParkingATask_NotCounted_ShutdownReturns) {
+    auto pool =
+        std::make_unique<procpool::process_pool>(procpool::process_pool_options{.workers = 1});
+    procpool_test::file_gate gate;
+    // A fresh pool gives its worker a window of two tasks: the third is parked.
+    auto held = pool->submit(procpool_test::file_gate::wait_then_return, gate.path(), 1);
+    const std::vector<char> big(500'000, 'x');
+    auto sent = pool->submit(bytes_of, big);  // also grows this thread's encoding buffer
+    tl_fail_new_from = 400'000;               // the parked copy of the next one's arguments
+    EXPECT_THROW((void)pool->submit(bytes_of, big), std::bad_alloc);
+    const bool hook_fired = tl_fail_new_from == 0;
+    tl_fail_new_from = 0;
+    ASSERT_TRUE(hook_fired);
+    gate.open();
+    EXPECT_EQ(held.get(), 1);
+    EXPECT_EQ(sent.get(), 500'000);
+    EXPECT_EQ(pool->submit(twice, 4).get(), 8);
+    const auto st = pool->stats();
+    if (st.submitted != st.resolved()) {
+        (void)pool.release();  // its shutdown would wait forever for the lost task: leak it
+        FAIL() << "submitted " << st.submitted << ", resolved " << st.resolved();
+    }
+    EXPECT_EQ(st.submitted, 3u);
+    std::atomic<bool> down{false};
+    std::thread closer([&] {
+        pool->shutdown({.wait = true});
+        down = true;
+    });
+    const bool returned = eventually([&] { return down.load(); });
+    if (!returned) {
+        closer.detach();
+        (void)pool.release();
+        FAIL() << "shutdown waits for a task it never accepted";
+    }
+    closer.join();
 }
 
 // ==== nesting: a thread-pool task that waits on a process pool (help_wait drains there) ====
