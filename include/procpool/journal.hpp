@@ -217,7 +217,11 @@ public:
         journal_record& r = file_->records()[std::exchange(stored_[i], journal_file::no_record)];
         std::optional<outcome<R>> o;
         if (r.failure) {
-            o.emplace(task_error(i, *r.failure, std::move(r.message), static_cast<int>(r.attempts)));
+            // A count past int's range (only a damaged or forged record has one) would
+            // turn negative.
+            const auto attempts = static_cast<int>(
+                std::min<std::uint32_t>(r.attempts, std::numeric_limits<int>::max()));
+            o.emplace(task_error(i, *r.failure, std::move(r.message), attempts));
         } else if constexpr (std::is_void_v<R>) {
             if (r.value.empty()) o.emplace(i, std::in_place);
         } else if constexpr (storable_result) {

@@ -34,6 +34,7 @@ public:
 
     std::uint64_t seq = 0;          ///< sequence number on its current worker
     int worker = -1;                ///< index of the worker it was dispatched to; -1 if parked
+    std::uint32_t worker_gen = 0;   ///< that worker slot's generation when it was dispatched
     std::uint64_t payload_pos = 0;  ///< where its arguments sit in the worker's request ring
     std::uint32_t payload_len = 0;
     std::vector<std::byte> parked;      ///< serialized arguments while it waits in the pool

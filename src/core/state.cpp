@@ -111,7 +111,14 @@ bool state_base::cancel_pending() noexcept { return cancel_claimed_or_ask(false)
 // only if `stop_running`.
 bool state_base::cancel_claimed_or_ask(bool stop_running) noexcept {
     if (try_claim()) {
-        set_cancelled("task cancelled before it started");
+        if (cancel_observer != nullptr) {
+            // Its executor counts it as it resolves, like every task it resolves itself;
+            // it still holds the task and waits for it to be done (see cancel_observer).
+            const observe_publish observe(this, cancel_observer->fn, cancel_observer->ctx);
+            set_cancelled("task cancelled before it started");
+        } else {
+            set_cancelled("task cancelled before it started");
+        }
         return true;
     }
     if (hook_ == nullptr) return false;

@@ -111,6 +111,7 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
     t.payload_len = static_cast<std::uint32_t>(len);
     t.seq = w.next_seq++;
     t.worker = w.index;
+    t.worker_gen = w.gen;
     t.ctl_msgs = msgs;
     w.ctl_msgs += msgs;
     if (!oob) {
@@ -196,6 +197,7 @@ void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args
     t.shared().set_cancel_hook(this);
     t.shared().add_ref();  // the pool's reference, dropped when it resolves the task
     std::exception_ptr fail;
+    std::exception_ptr not_placed;
     {
         std::lock_guard lock(mu);
         if (closed) {
@@ -210,8 +212,23 @@ void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args
         if (broken) {
             fail = broken;
         } else {
-            place(t, args.data(), args.size());
+            try {
+                place(t, args.data(), args.size());
+            } catch (...) {  // out of memory parking or sending it: not linked anywhere
+                not_placed = std::current_exception();
+            }
         }
+    }
+    if (not_placed) {
+        // Not accepted after all (submit throws): undo what accepting it counted, or the
+        // statistics would count it forever and shutdown would wait for it forever.
+        monitor->unsubmitted();
+        t.shared().release();
+        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            std::lock_guard lock(idle_mu);
+            idle_cv.notify_all();
+        }
+        std::rethrow_exception(not_placed);
     }
     if (fail) finish(t, [&] { resolve_error(t, fail); });
     // Only the supervisor enforces deadlines: it must not sleep through this one.

@@ -83,7 +83,11 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
             resolved_now = true;
         } else {
             worker_slot& w = *slots[static_cast<std::size_t>(t->worker)];
-            if (w.region == nullptr) return false;
+            // Its worker died and the slot was given a new one: the death is resolving
+            // the task right now (it left the dead worker's queue under mu). The new
+            // worker numbers its tasks from 1 again, so a cancel word for this task's
+            // number would stop whichever of its tasks gets that number.
+            if (w.region == nullptr || w.gen != t->worker_gen) return false;
             auto* r = w.region;
             // Running already: without `stop_running`, leave it (and the worker's few
             // cancel words) alone.
@@ -107,7 +111,10 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
             }
         }
     }
-    if (t->begin_resolve()) {
+    // Another thread may be resolving it already (its completion, a broken pool): then
+    // it was not cancelled, whatever this did, and cancel() must not say it was.
+    const bool won = t->begin_resolve();
+    if (won) {
         resolving r{this, t};
         const detail::observe_publish observe(&s, &on_resolved, &r);
         s.set_cancelled("task cancelled");
@@ -120,7 +127,7 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
             idle_cv.notify_all();
         }
     }
-    return true;
+    return won;
 }
 
 void pool_core::supervise() {

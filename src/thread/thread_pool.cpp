@@ -45,6 +45,15 @@ struct thread_pool::impl {
         r->self->record(s, r->worker, r->start, trace::clock_ns());
     }
 
+    // Called on the thread of a cancel() that claimed a queued task, as it publishes the
+    // cancellation (state_base::cancel_observer): counted before its future is ready, not
+    // only later when a worker pops it (and not lost when a worker pops it between the
+    // claim and the publish, before the task shows as cancelled).
+    static void on_cancelled(void* ctx, detail::state_base& s) noexcept {
+        static_cast<impl*>(ctx)->record(s, -1, 0, trace::clock_ns());
+    }
+    const detail::publish_observer cancel_observer{nullptr, &on_cancelled, this};
+
     void record(const detail::state_base& s, int worker, std::int64_t start,
                 std::int64_t end) noexcept {
         static const int pid = static_cast<int>(::getpid());
@@ -64,8 +73,10 @@ struct thread_pool::impl {
             running r{this, index, trace::clock_ns()};
             const detail::observe_publish observe(s, &on_publish, &r);
             s->execute();
-            // Not resolved here: it was cancelled while queued (and counts now).
-            if (!observe.fired() && s->is_cancelled()) record(*s, -1, 0, trace::clock_ns());
+            // Not resolved here: a cancel() claimed it while queued, and counts it as it
+            // publishes. Wait for that: the canceller may still be inside `monitor`, which
+            // must outlive it (this pool cannot shut down while a worker waits here).
+            if (!observe.fired()) s->wait();
             s->release();
         }
     }
@@ -83,8 +94,8 @@ struct thread_pool::impl {
                 running r{this, -1, 0};
                 const detail::observe_publish observe(s, &on_publish, &r);
                 s->set_cancelled("task cancelled: its pool shut down");
-            } else if (s->is_cancelled()) {
-                record(*s, -1, 0, trace::clock_ns());
+            } else {
+                s->wait();  // claimed by a cancel(), which counts it (see worker_loop)
             }
             s->release();
         }
@@ -133,6 +144,7 @@ void thread_pool::enqueue(detail::state_base* s) {
     s->trace_id = label.set ? label.id : id;
     s->attempt = label.attempt;
     s->queued_ns = trace::clock_ns();
+    s->cancel_observer = &impl_->cancel_observer;
     impl_->queue.push(s);
     impl_->gate.fetch_sub(2, std::memory_order_release);
 }

@@ -60,6 +60,10 @@ int lane_worker(const task_trace& t) noexcept {
 }
 int lane_worker(const worker_trace& w) noexcept { return w.worker >= 0 ? w.worker : -1; }
 
+/// A lane's "tid" in the Chrome export: worker + 1 (0 for the queue lane), in 64 bits so
+/// that a recorded worker number of INT_MAX does not overflow.
+std::int64_t chrome_tid(int worker) noexcept { return std::int64_t{worker} + 1; }
+
 /// A task's end, never before its start.
 std::int64_t end_of(const task_trace& t) noexcept {
     return t.start_ns != 0 ? std::max(t.end_ns, t.start_ns) : t.end_ns;
@@ -194,7 +198,7 @@ std::string render_chrome_json(const snapshot& s) {
             if (l.pid != 0) name += " (pid " + std::to_string(l.pid) + ")";
         }
         emit({{"ph", "M"}, {"name", "thread_name"}, {"pid", std::uint64_t{k.pool} + 1},
-              {"tid", k.worker + 1}, {"args", {{"name", name}}}});
+              {"tid", chrome_tid(k.worker)}, {"args", {{"name", name}}}});
     }
 
     for (const task_trace& t : s.tasks) {
@@ -217,7 +221,7 @@ std::string render_chrome_json(const snapshot& s) {
         else
             ev["s"] = "t";
         ev["pid"] = std::uint64_t{t.pool} + 1;
-        ev["tid"] = lane_worker(t) + 1;
+        ev["tid"] = chrome_tid(lane_worker(t));
         ev["args"] = std::move(args);
         emit(ev);
     }
@@ -231,7 +235,8 @@ std::string render_chrome_json(const snapshot& s) {
         ojson args = {{"pid", w.pid}};
         if (!w.reason.empty()) args["reason"] = w.reason;
         emit({{"ph", "i"}, {"s", "t"}, {"name", name}, {"cat", "worker"}, {"ts", us(w.time_ns)},
-              {"pid", std::uint64_t{w.pool} + 1}, {"tid", lane_worker(w) + 1}, {"args", args}});
+              {"pid", std::uint64_t{w.pool} + 1}, {"tid", chrome_tid(lane_worker(w))},
+              {"args", args}});
     }
 
     out += "\n],\n\"displayTimeUnit\":\"ms\",\n\"otherData\":";
@@ -442,8 +447,20 @@ private:
     std::size_t merged_groups_ = 0;
     std::vector<std::string> pool_labels_;
 
-    double x_of(std::int64_t t) const {
-        return plot_x0_ + static_cast<double>(diff_ns(t, t0_)) / static_cast<double>(span_) *
+    /// The axis's tick values 0, step, 2 step, ... up to span_. Computed as k * step, not
+    /// by adding step, which would overflow past the last tick of a span near int64's
+    /// range (span_ / step is at most 9, see tick_step).
+    std::vector<std::int64_t> ticks(std::int64_t step) const {
+        std::vector<std::int64_t> v;
+        for (std::int64_t k = 0; k <= span_ / step; ++k) v.push_back(k * step);
+        return v;
+    }
+
+    double x_of(std::int64_t t) const { return x_at(diff_ns(t, t0_)); }
+    /// The x of `offset` ns after the axis's start (ticks: t0_ + offset may overflow
+    /// when the trace ends near the clock's limit, as the axis spans at least 10 us).
+    double x_at(std::int64_t offset) const {
+        return plot_x0_ + static_cast<double>(offset) / static_cast<double>(span_) *
                               (plot_x1_ - plot_x0_);
     }
 
@@ -513,8 +530,8 @@ private:
     void grid() {
         const std::int64_t step = tick_step(span_);
         out_ += "<g class=\"grid\" stroke=\"#e4e4e4\" stroke-width=\"1\">\n";
-        for (std::int64_t v = 0; v <= span_; v += step) {
-            const std::string x = num(x_of(t0_ + v));
+        for (const std::int64_t v : ticks(step)) {
+            const std::string x = num(x_at(v));
             out_ += "<line x1=\"" + x + "\" y1=\"" + num(lanes_top_) + "\" x2=\"" + x + "\" y2=\"" +
                     num(lanes_bottom_) + "\"/>\n";
         }
@@ -674,14 +691,14 @@ private:
         out_ += "<g class=\"axis\" stroke=\"#333333\" stroke-width=\"1\">\n";
         out_ += "<line x1=\"" + num(plot_x0_) + "\" y1=\"" + y + "\" x2=\"" + num(plot_x1_) +
                 "\" y2=\"" + y + "\"/>\n";
-        for (std::int64_t v = 0; v <= span_; v += step) {
-            const std::string x = num(x_of(t0_ + v));
+        for (const std::int64_t v : ticks(step)) {
+            const std::string x = num(x_at(v));
             out_ += "<line x1=\"" + x + "\" y1=\"" + y + "\" x2=\"" + x + "\" y2=\"" +
                     num(lanes_bottom_ + 4) + "\"/>\n";
         }
         out_ += "</g>\n<g class=\"axis-labels\" text-anchor=\"middle\" fill=\"#333333\">\n";
-        for (std::int64_t v = 0; v <= span_; v += step)
-            out_ += "<text class=\"tick\" x=\"" + num(x_of(t0_ + v)) + "\" y=\"" +
+        for (const std::int64_t v : ticks(step))
+            out_ += "<text class=\"tick\" x=\"" + num(x_at(v)) + "\" y=\"" +
                     num(lanes_bottom_ + 15) + "\">" + xml_text(tick_label(v, step, span_)) +
                     "</text>\n";
         out_ += "</g>\n";

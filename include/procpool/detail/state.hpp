@@ -155,6 +155,13 @@ public:
     std::int64_t queued_ns = 0;
     std::uint64_t trace_id = 0;
     std::uint32_t attempt = 1;
+    /// Set by an executor that queues unclaimed tasks and records them (thread_pool): a
+    /// `cancel()` that claims the task first publishes its cancellation under this
+    /// observer (its `target` is ignored), so the executor counts it before the future is
+    /// ready, on the cancelling thread. The executor must keep `*cancel_observer` alive
+    /// until such a cancellation has published: it waits for `is_done()` on any task it
+    /// finds claimed by someone else.
+    const publish_observer* cancel_observer = nullptr;
 
 protected:
     using exec_fn = void (*)(state_base*) noexcept;
