@@ -41,15 +41,14 @@ public:
     process_task_base* link = nullptr;  ///< pool-internal queue link
     std::uint32_t requeues = 0;  ///< times its worker died before it was seen to start
     std::uint32_t ctl_msgs = 0;  ///< messages it sent on its worker's control socket
-    // For statistics and traces (steady_clock ns; 0: unknown).
-    std::int64_t submit_ns = 0;
+    // For statistics and traces (steady_clock ns; 0: unknown). When it was submitted, its
+    // number and attempt are in its shared state (queued_ns, trace_id, attempt): a task
+    // record is allocated per task, and every byte here is a page fault per 4096/size tasks.
     std::int64_t start_ns = 0;
     std::int64_t end_ns = 0;
-    std::uint64_t trace_id = 0;
-    std::uint32_t attempt = 1;
-    int pid = 0;  ///< the worker process that ran it
-    std::uint64_t bytes_in = 0;
-    std::uint64_t bytes_out = 0;
+    int pid = 0;                  ///< the worker process that ran it
+    std::uint32_t bytes_in = 0;   ///< its arguments' size (as sent in one frame)
+    std::uint32_t bytes_out = 0;  ///< its completion frame's size
     /// What it wrote to stdout and stderr (pools with capture_output), stored before the
     /// task is resolved; null otherwise.
     std::shared_ptr<const task_output> output;

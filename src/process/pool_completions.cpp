@@ -171,8 +171,8 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         t = pop_inflight(w);
         // The worker's clock is this machine's; a worker that lies only moves its own bar.
         const std::int64_t now = trace::clock_ns();
-        t->end_ns = std::clamp(ch.end_ns, t->submit_ns, now);
-        t->start_ns = std::clamp(t->end_ns - std::max<std::int64_t>(ch.run_ns, 0), t->submit_ns,
+        t->end_ns = std::clamp(ch.end_ns, t->shared().queued_ns, now);
+        t->start_ns = std::clamp(t->end_ns - std::max<std::int64_t>(ch.run_ns, 0), t->shared().queued_ns,
                                  t->end_ns);
         t->pid = static_cast<int>(w.pid);
         t->bytes_out = h.len;
@@ -202,9 +202,9 @@ void pool_core::on_resolved(void* ctx, detail::state_base& s) noexcept {
     if (t.end_ns == 0) t.end_ns = trace::clock_ns();
     r->pool->monitor->finished(trace::task_done{.worker = t.worker,
                                                 .pid = t.pid,
-                                                .id = t.trace_id,
-                                                .attempt = t.attempt,
-                                                .submit_ns = t.submit_ns,
+                                                .id = t.shared().trace_id,
+                                                .attempt = t.shared().attempt,
+                                                .submit_ns = t.shared().queued_ns,
                                                 .start_ns = t.start_ns,
                                                 .end_ns = t.end_ns,
                                                 .bytes_in = t.bytes_in,

@@ -93,7 +93,7 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
                                               ? w.region->started_ns.load(std::memory_order_relaxed)
                                               : 0;
                 front->end_ns = trace::clock_ns();
-                front->start_ns = std::clamp(said != 0 ? said : w.head_since, front->submit_ns,
+                front->start_ns = std::clamp(said != 0 ? said : w.head_since, front->shared().queued_ns,
                                              front->end_ns);
                 front->pid = static_cast<int>(w.pid);
                 failed = pop_inflight(w);

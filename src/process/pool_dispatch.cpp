@@ -191,9 +191,9 @@ void pool_core::dispatch_pending() {
 
 void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args) {
     const trace::submission_label label = trace::take_label();
-    t.submit_ns = trace::clock_ns();
-    t.attempt = label.attempt;
-    t.bytes_in = args.size();
+    t.shared().queued_ns = trace::clock_ns();
+    t.shared().attempt = label.attempt;
+    t.bytes_in = static_cast<std::uint32_t>(std::min<std::size_t>(args.size(), UINT32_MAX));
     t.shared().set_cancel_hook(this);
     t.shared().add_ref();  // the pool's reference, dropped when it resolves the task
     std::exception_ptr fail;
@@ -207,7 +207,7 @@ void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args
         // seq_cst: the Dekker pair of wake_for_output and bound_output.
         outstanding.fetch_add(1, std::memory_order_seq_cst);
         const std::uint64_t id = monitor->submitted();
-        t.trace_id = label.set ? label.id : id;
+        t.shared().trace_id = label.set ? label.id : id;
         if (t.timeout_ns < 0) t.timeout_ns = default_timeout_ns;
         if (broken) {
             fail = broken;

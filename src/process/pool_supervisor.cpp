@@ -106,7 +106,7 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
                 // worker then skips it or runs it, and its reply resolves it either way.
                 if (!stop_running || w.inflight.head != t) return false;
                 kill_worker(w, kill_reason::cancel, t->seq);
-                t->start_ns = std::max(w.head_since, t->submit_ns);
+                t->start_ns = std::max(w.head_since, t->shared().queued_ns);
                 t->pid = static_cast<int>(w.pid);
             }
         }
