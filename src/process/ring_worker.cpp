@@ -41,7 +41,10 @@ class ring_worker final : public remote::worker_transport {
           req_(&r->requests, r->request_data(), r->ring_capacity),
           cmp_(&r->completions, r->completion_data(), r->ring_capacity),
           attachments_(&outgoing_, &cache_, threshold) {
-        if (out_ >= 0) output_capture::discard_inherited();
+        // With or without capture: a fork-method worker's copy of the parent's unflushed
+        // stdio text would otherwise be printed again by the first fflush or exit() in the
+        // worker (the parent prints it itself). A forkserver worker's buffers are empty.
+        output_capture::discard_inherited();
     }
 
     remote::request next() override {
