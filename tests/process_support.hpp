@@ -2,6 +2,7 @@
 // the test opens it, with no timing involved, and a temporary directory.
 #pragma once
 
+#include <dirent.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -77,6 +78,16 @@ class file_gate {
   private:
     temp_dir dir_;
 };
+
+/// The number of open descriptors of this process (from /proc/self/fd), for leak checks.
+inline int open_fd_count() {
+    int n = 0;
+    if (DIR* d = opendir("/proc/self/fd")) {
+        while (const dirent* e = readdir(d)) n += e->d_name[0] != '.' ? 1 : 0;
+        closedir(d);
+    }
+    return n;
+}
 
 /// The thread count of this process, from /proc/self/status (-1 if unreadable).
 inline int thread_count() {

@@ -139,14 +139,7 @@ int my_pid() {
     return static_cast<int>(getpid());
 }
 
-int count_fds() {
-    int n = 0;
-    if (DIR* d = opendir("/proc/self/fd")) {
-        while (dirent* e = readdir(d)) n += e->d_name[0] != '.' ? 1 : 0;
-        closedir(d);
-    }
-    return n;
-}
+int count_fds() { return procpool_test::open_fd_count(); }
 
 template <class T>
 std::shared_ptr<const procpool::task_output> output_of(const procpool::future<T>& f) {

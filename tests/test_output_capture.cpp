@@ -343,14 +343,7 @@ void print_from_initializer() {
 
 // ---- helpers -----------------------------------------------------------------------
 
-int count_fds() {
-    int n = 0;
-    if (DIR* d = opendir("/proc/self/fd")) {
-        while (dirent* e = readdir(d)) n += e->d_name[0] != '.' ? 1 : 0;
-        closedir(d);
-    }
-    return n;
-}
+int count_fds() { return procpool_test::open_fd_count(); }
 
 template <class T>
 std::shared_ptr<const procpool::task_output> output_of(const procpool::future<T>& f) {
