@@ -162,6 +162,7 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
     std::shared_ptr<const task_output> output =
         completion_output(h.type, static_cast<run_status>(raw), data, size);
     process_task_base* t = nullptr;
+    int worker_pid = 0;
     {
         std::lock_guard lock(mu);
         if (w.inflight.empty() || w.inflight.head->seq != ch.seq) {
@@ -169,13 +170,7 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
             throw protocol_violation("a completion for a task it was not running");
         }
         t = pop_inflight(w);
-        // The worker's clock is this machine's; a worker that lies only moves its own bar.
-        const std::int64_t now = trace::clock_ns();
-        t->end_ns = std::clamp(ch.end_ns, t->shared().queued_ns, now);
-        t->start_ns = std::clamp(t->end_ns - std::max<std::int64_t>(ch.run_ns, 0), t->shared().queued_ns,
-                                 t->end_ns);
-        t->pid = static_cast<int>(w.pid);
-        t->bytes_out = h.len;
+        worker_pid = static_cast<int>(w.pid);
         avg_task_ns =
             (avg_task_ns * 7 + std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000)) / 8;
         // The next task's deadline now runs: the supervisor must not sleep through it.
@@ -185,6 +180,15 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         }
     }
     finish(*t, [&] {
+        // Only the thread that resolves the task writes its times (a cancel() may have
+        // resolved it first, and then owns them). The worker's clock is this machine's;
+        // a worker that lies only moves its own bar.
+        const std::int64_t now = trace::clock_ns();
+        t->end_ns = std::clamp(ch.end_ns, t->shared().queued_ns, now);
+        t->start_ns = std::clamp(t->end_ns - std::max<std::int64_t>(ch.run_ns, 0),
+                                 t->shared().queued_ns, t->end_ns);
+        t->pid = worker_pid;
+        t->bytes_out = h.len;
         t->output = std::move(output);
         if (attach_error) {
             resolve_error(*t, attach_error);

@@ -60,6 +60,8 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
     std::vector<process_task_base*> requeue;
     std::vector<process_task_base*> settled;
     process_task_base* failed = nullptr;
+    std::int64_t failed_start = 0;  // when it started, as its worker said (or became the head)
+    int failed_pid = 0;
     std::exception_ptr why;
     output_files dead_output;
     {
@@ -92,10 +94,8 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
                                                   front->seq
                                               ? w.region->started_ns.load(std::memory_order_relaxed)
                                               : 0;
-                front->end_ns = trace::clock_ns();
-                front->start_ns = std::clamp(said != 0 ? said : w.head_since, front->shared().queued_ns,
-                                             front->end_ns);
-                front->pid = static_cast<int>(w.pid);
+                failed_start = said != 0 ? said : w.head_since;
+                failed_pid = static_cast<int>(w.pid);
                 failed = pop_inflight(w);
                 why = death_error(w, *failed, wstatus);
             }
@@ -136,6 +136,12 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
     }
     if (failed != nullptr) {
         finish(*failed, [&] {
+            // Its times are written only by the thread that resolves it (a cancel() may
+            // have won, and then owns them).
+            failed->end_ns = trace::clock_ns();
+            failed->start_ns =
+                std::clamp(failed_start, failed->shared().queued_ns, failed->end_ns);
+            failed->pid = failed_pid;
             if (dead_output) failed->output = read_output(dead_output, opts.output_limit);
             resolve_error(*failed, why);
         });

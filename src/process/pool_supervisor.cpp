@@ -75,6 +75,8 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
     auto* t = dynamic_cast<process_task_base*>(&s);
     if (t == nullptr) return false;
     bool resolved_now = false;
+    std::int64_t killed_start = 0;  // a running task stopped by killing its worker: its start
+    int killed_pid = 0;
     {
         std::lock_guard lock(mu);
         if (s.is_done()) return false;
@@ -106,8 +108,8 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
                 // worker then skips it or runs it, and its reply resolves it either way.
                 if (!stop_running || w.inflight.head != t) return false;
                 kill_worker(w, kill_reason::cancel, t->seq);
-                t->start_ns = std::max(w.head_since, t->shared().queued_ns);
-                t->pid = static_cast<int>(w.pid);
+                killed_start = std::max(w.head_since, t->shared().queued_ns);
+                killed_pid = static_cast<int>(w.pid);
             }
         }
     }
@@ -115,6 +117,11 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
     // it was not cancelled, whatever this did, and cancel() must not say it was.
     const bool won = t->begin_resolve();
     if (won) {
+        // Its times belong to the thread that resolves it: this one.
+        if (killed_start != 0) {
+            t->start_ns = killed_start;
+            t->pid = killed_pid;
+        }
         resolving r{this, t};
         const detail::observe_publish observe(&s, &on_resolved, &r);
         s.set_cancelled("task cancelled");
