@@ -79,6 +79,16 @@ class file_gate {
     temp_dir dir_;
 };
 
+/// Writes all of `s` to `fd` with write(2) (no stdio buffer), giving up on an error.
+inline void write_all(int fd, const std::string& s) {
+    std::size_t off = 0;
+    while (off < s.size()) {
+        const ssize_t k = ::write(fd, s.data() + off, s.size() - off);
+        if (k <= 0) return;
+        off += static_cast<std::size_t>(k);
+    }
+}
+
 /// The number of open descriptors of this process (from /proc/self/fd), for leak checks.
 inline int open_fd_count() {
     int n = 0;

@@ -36,14 +36,7 @@ namespace {
 
 constexpr auto watchdog = 2min;  // no test waits on a future longer than this
 
-void write_all(int fd, const std::string& s) {
-    std::size_t off = 0;
-    while (off < s.size()) {
-        const ssize_t k = ::write(fd, s.data() + off, s.size() - off);
-        if (k <= 0) return;
-        off += static_cast<std::size_t>(k);
-    }
-}
+using procpool_test::write_all;
 
 std::string tagged(int id, const char* what) {
     return "task " + std::to_string(id) + " " + what + "\n";
