@@ -11,15 +11,20 @@
 // iteration that loops itself and report p50/p99 as counters (microseconds); the others
 // are timed by Google Benchmark and report a rate (items/s).
 #include <dirent.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/types.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <map>
@@ -191,6 +196,25 @@ void map_procpool_process(benchmark::State& st) {
         auto out = pool.map(twice, in);
         benchmark::DoNotOptimize(out.data());
         if (out.size() != in.size() || out.back() != 2 * in.back()) st.SkipWithError("bad map");
+    }
+    set_rate(st, kMapItems);
+}
+
+// 3b. The first map of a new pool: each iteration builds a pool and waits for one no-op
+//     round trip (its workers are up), then times its first map only.
+void map_procpool_process_first_call(benchmark::State& st) {
+    const auto in = map_input();
+    for (auto _ : st) {
+        st.PauseTiming();
+        auto pool = std::make_unique<procpool::process_pool>(pool_opts());
+        pool->submit(noop).get();
+        st.ResumeTiming();
+        auto out = pool->map(twice, in);
+        benchmark::DoNotOptimize(out.data());
+        st.PauseTiming();
+        if (out.size() != in.size() || out.back() != 2 * in.back()) st.SkipWithError("bad map");
+        pool.reset();
+        st.ResumeTiming();
     }
     set_rate(st, kMapItems);
 }
@@ -428,6 +452,87 @@ void busy_procpool_vs_threads(benchmark::State& st) {
     st.counters["parent_cpu_us"] = percentile(parent_us, 0.5);
 }
 
+// ---------------------------------------------------------------------------------------
+// 8. The machine's own floors, measured in the same run so that results from different
+//    VMs compare as ratios (kernel and wake-up costs differ several-fold between VMs of
+//    one kind). The pinned pipe ping-pong is bench_pipe_pingpong (a separate binary).
+
+// A round trip through shared memory with no system call: the parent bumps a counter in
+// a MAP_SHARED page, a forked child spinning on it echoes it in a second counter on
+// another cache line. The least any process pool's round trip can cost on this machine.
+void floor_shm_spin_handoff(benchmark::State& st) {
+    struct alignas(64) line {
+        std::atomic<std::uint64_t> v{0};
+    };
+    void* mem = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        st.SkipWithError("mmap");
+        return;
+    }
+    auto* ping = ::new (mem) line();
+    auto* pong = ::new (static_cast<char*>(mem) + 64) line();
+    constexpr std::uint64_t stop = ~std::uint64_t{0};
+    // Spins, yielding now and then (two spinners and the benchmark's own threads share
+    // two cores on the VMs this runs on).
+    auto wait_for = [](const std::atomic<std::uint64_t>& a, std::uint64_t want) {
+        for (unsigned i = 1;; ++i) {
+            const std::uint64_t x = a.load(std::memory_order_acquire);
+            if (x == want || x == stop) return x;
+            if ((i & 255) == 0) sched_yield();
+        }
+    };
+    const pid_t pid = fork();
+    if (pid == 0) {
+        for (std::uint64_t k = 1;; ++k) {
+            if (wait_for(ping->v, k) == stop) _exit(0);
+            pong->v.store(k, std::memory_order_release);
+        }
+    }
+    std::vector<double> us;
+    us.reserve(kLatencyRounds);
+    for (auto _ : st) {
+        for (int i = 1; i <= kLatencyWarmup + kLatencyRounds; ++i) {
+            const auto t0 = clk::now();
+            ping->v.store(static_cast<std::uint64_t>(i), std::memory_order_release);
+            wait_for(pong->v, static_cast<std::uint64_t>(i));
+            if (i > kLatencyWarmup) us.push_back(us_since(t0));
+        }
+    }
+    ping->v.store(stop, std::memory_order_release);
+    waitpid(pid, nullptr, 0);
+    munmap(mem, 4096);
+    report_distribution(st, "", us);
+}
+
+// fork, the child _exits, the parent reaps it: what starting any worker process costs
+// here at least (the fork server is a copy of this program as it was at init).
+void floor_fork_exit_wait(benchmark::State& st) {
+    std::vector<double> us;
+    for (auto _ : st) {
+        for (int i = 0; i < kStartupRounds; ++i) {
+            const auto t0 = clk::now();
+            const pid_t pid = fork();
+            if (pid == 0) _exit(0);
+            waitpid(pid, nullptr, 0);
+            us.push_back(us_since(t0));
+        }
+    }
+    report_distribution(st, "", us);
+}
+
+// memcpy of 1 MiB into memory already touched: the unit the large-vector path is
+// measured in (bench_shared_array has the other sizes).
+void floor_memcpy_1mib(benchmark::State& st) {
+    std::vector<char> a(1 << 20, 'a');
+    std::vector<char> b(1 << 20, 'b');
+    for (auto _ : st) {
+        std::memcpy(b.data(), a.data(), a.size());
+        benchmark::DoNotOptimize(b.data());
+        benchmark::ClobberMemory();
+    }
+    st.SetBytesProcessed(st.iterations() * static_cast<std::int64_t>(a.size()));
+}
+
 // Registers `fn` as "group/variant", timed by the wall clock. Runs go in this order.
 benchmark::internal::Benchmark* add(const char* name, void (*fn)(benchmark::State&)) {
     return benchmark::RegisterBenchmark(name, fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -440,6 +545,10 @@ int main(int argc, char** argv) {
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
+    add("floor/shm_spin_handoff", floor_shm_spin_handoff)->Iterations(1);
+    add("floor/fork_exit_wait", floor_fork_exit_wait)->Iterations(1);
+    add("floor/memcpy_1mib", floor_memcpy_1mib)->Unit(benchmark::kMicrosecond);
+
     add("latency/procpool_process_pool", latency_procpool)->Iterations(1);
 
     add("submit_get/procpool_process_pool", submit_get_procpool);
@@ -447,6 +556,7 @@ int main(int argc, char** argv) {
     add("submit_get/asio_thread_pool_promise", submit_get_asio_promise);
 
     add("map/procpool_process_pool", map_procpool_process);
+    add("map/procpool_process_pool_first_call", map_procpool_process_first_call);
     add("map/procpool_thread_pool", map_procpool_thread);
 
     add("startup/procpool_forkserver", startup_forkserver)->Iterations(1);

@@ -78,7 +78,7 @@ def fmt(metric, v):
 
 
 # The metric that leads each group's rows (and whose spread is shown).
-MAIN = {"latency": "p50_us", "submit_get": "items_per_second", "map": "items_per_second",
+MAIN = {"floor": "p50_us", "latency": "p50_us", "submit_get": "items_per_second", "map": "items_per_second",
         "startup": "p50_us", "crash": "resolved_p50_us", "heavy_calc": "time_ms",
         "idle": "idle_pool_cpu_us", "busy": "threads_over_pool"}
 
@@ -166,6 +166,34 @@ def main():
           None if idle is None else idle / 1e3, 1.0, 0.1, " ms", False)
     ratio("7. busy: 2 long tasks, two plain threads' time / pool's time (alternating)",
           g("busy/procpool_vs_two_std_threads", "threads_over_pool"), 1.0, 0.97)
+
+    # The performance issue's targets, with the machine's own floors beside them.
+    fl = g("floor/shm_spin_handoff", "p50_us")
+    fk = g("floor/fork_exit_wait", "p50_us")
+    pin = g("latency/pipe_pingpong_pinned_cpu0", "p50_us")
+    ratio("P. round trip p50 / pinned pipe ping-pong p50", g(pp, "p50_us"), pin, 0.25, "", False)
+    ratio("P. (context) round trip p50 / shared-memory spin handoff p50 (the floor)",
+          g(pp, "p50_us"), fl, None)
+    ratio("P. submit+get tasks/s / Python PPE", g(sg, "items_per_second"),
+          g("submit_get/python_ppe_20k", "items_per_second"), 150)
+    ratio("P. submit+get tasks/s / Asio thread_pool + promise", g(sg, "items_per_second"),
+          g("submit_get/asio_thread_pool_promise", "items_per_second"), 1.5)
+    w = g(mp, "items_per_second")
+    ratio("P. map 1M ints, warm (M items/s)", None if w is None else w / 1e6, 1.0, 500, "M/s")
+    ratio("P. map 1M ints: first call on a new pool / warm",
+          g("map/procpool_process_pool_first_call", "items_per_second"), w, 0.5)
+    fs = g("startup/procpool_forkserver", "p50_us")
+    ratio("P. start-up to first result, forkserver (p50, ms)",
+          None if fs is None else fs / 1e3, 1.0, 1.0, " ms", False)
+    ratio("P. (context) start-up / fork+exit+wait of this program", fs, fk, None)
+    sd = g("startup/procpool_forkserver", "shutdown_p50_us")
+    ratio("P. shutdown (p50, ms)", None if sd is None else sd / 1e3, 1.0, 1.0, " ms", False)
+    ratio("P. killed worker to the replacement's result (p50, ms)",
+          None if c is None else c / 1e3, 1.0, 1.5, " ms", False)
+    ratio("P. (context) replacement / fork+exit+wait of this program", c, fk, None)
+    ratio("P. heavy_calc map speedup / two plain threads' speedup (same run)",
+          g("heavy_calc/two_std_threads_ceiling", "time_ms"), g("heavy_calc/procpool_map", "time_ms"),
+          1.0)
 
     print("\n| target | measured | goal | met? |")
     print("|---|---:|---|---|")

@@ -171,8 +171,8 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         }
         t = pop_inflight(w);
         worker_pid = static_cast<int>(w.pid);
-        avg_task_ns =
-            (avg_task_ns * 7 + std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000)) / 8;
+        const std::int64_t run = std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000);
+        avg_task_ns = avg_task_ns == 0 ? run : (avg_task_ns + run) / 2;
         // The next task's deadline now runs: the supervisor must not sleep through it.
         if (!w.inflight.empty() && w.inflight.head->timeout_ns > 0 &&
             supervisor_asleep.load(std::memory_order_seq_cst)) {

@@ -116,6 +116,7 @@ struct worker_slot {
     bool no_room = false;  // its request ring had no room in this dispatch round
     void* map = nullptr;
     std::size_t map_len = 0;
+    std::size_t req_populated = 0;  // bytes of the request ring's data populated (prefault_until)
     worker_region* region = nullptr;
     ipc::ring req;
     ipc::ring cmp;
@@ -213,7 +214,9 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::atomic<bool> is_broken{false};
     int failed_starts = 0;  // workers in a row that died before running anything
     int last_worker = 0;
-    std::int64_t avg_task_ns = 1'000'000;  // EWMA of task run time
+    // EWMA of task run time; 0 until the first completion, which sets it outright (a
+    // pool's first tasks say more about its work than any guess would).
+    std::int64_t avg_task_ns = 0;
     std::uint64_t next_token = 1;
 
     // Tasks not yet resolved by the pool; shutdown waits for zero.

@@ -39,6 +39,7 @@
 namespace procpool::process {
 
 std::int64_t pool_core::window() const noexcept {
+    if (avg_task_ns == 0) return 2;  // nothing has completed yet: run time unknown
     const std::int64_t n = window_ns / std::max<std::int64_t>(avg_task_ns, 1);
     return std::clamp<std::int64_t>(n, 2, max_window);
 }
@@ -77,6 +78,10 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
     const std::uint32_t msgs = static_cast<std::uint32_t>(fresh.size()) + (oob ? 1u : 0u);
     if (w.ctl_msgs != 0 && w.ctl_msgs + msgs > max_attachments) return false;
     std::byte* dst = w.req.try_reserve(static_cast<std::uint32_t>(len));
+    if (dst != nullptr) {  // the ring's first pass: map its pages a batch at a time
+        prefault_until(w.region->request_data(), ring_capacity, w.req_populated,
+                       static_cast<std::size_t>(dst - w.region->request_data()) + len);
+    }
     if (dst == nullptr) {
         if (w.req.corrupt()) violation_locked(w, "it overwrote its request ring's read index");
         // A worker with no task in flight has consumed every task frame; only forget

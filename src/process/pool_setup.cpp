@@ -166,6 +166,7 @@ void pool_core::spawn(worker_slot& w) {
     w.ctl.reset(sv[0]);
     w.map = p;
     w.map_len = len;
+    w.req_populated = 0;
     w.region = region;
     w.req = ipc::ring(&region->requests, region->request_data(), ring_capacity);
     w.cmp = ipc::ring(&region->completions, region->completion_data(), ring_capacity);

@@ -2,6 +2,9 @@
 // watch and steer tasks (start, cancel, skip, start-up phase, wake-ups).
 #pragma once
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -64,5 +67,38 @@ struct worker_region {
         return false;
     }
 };
+
+/// First use of a ring's pages. A page touched for the first time costs a trap (about
+/// 10 us on a VM, where the trap is the expensive part) against well under 1 us per page
+/// populated in one madvise(MADV_POPULATE_WRITE) call (docs/architecture.md, "First
+/// use"). A writer calls `prefault_until` before writing below `end`, so the ring's first
+/// pass maps its pages in batches of `prefault_chunk`; a worker also calls
+/// `prefault_step` while idle. `done` counts the bytes of [base, base + len) populated,
+/// which grow from the start as the ring is written in order. Where the kernel lacks
+/// MADV_POPULATE_WRITE (before Linux 5.14) they give up and pages fault in one by one.
+inline constexpr std::size_t prefault_chunk = 64 * 1024;
+
+inline void prefault_until(std::byte* base, std::size_t len, std::size_t& done,
+                           std::size_t end) noexcept {
+    if (end <= done) return;
+    const std::size_t to = std::min(len, (end + prefault_chunk - 1) / prefault_chunk * prefault_chunk);
+#ifdef MADV_POPULATE_WRITE
+    if (madvise(base + done, to - done, MADV_POPULATE_WRITE) != 0) {
+        done = len;  // unsupported, or no memory now: the pages fault in on first use
+        return;
+    }
+    done = to;
+#else
+    (void)base;
+    done = len;
+#endif
+}
+
+/// Populates the next `prefault_chunk` bytes; false once all `len` are done.
+inline bool prefault_step(std::byte* base, std::size_t len, std::size_t& done) noexcept {
+    if (done >= len) return false;
+    prefault_until(base, len, done, done + 1);
+    return true;
+}
 
 }  // namespace procpool::process

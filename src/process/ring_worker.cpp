@@ -49,6 +49,12 @@ class ring_worker final : public remote::worker_transport {
 
     remote::request next() override {
         for (;;) {
+            // Idle with the region not yet populated: populate a step, then look again
+            // (a request waiting is served first; see process::prefault_step).
+            while (!peek() &&
+                   (process::prefault_step(r_->completion_data(), cap_, cmp_populated_) ||
+                    process::prefault_step(r_->request_data(), cap_, req_populated_))) {
+            }
             req_.ctl()->data.wait([&] { return peek(); }, [] {}, true);
             if (h_.type == msg_forget && h_.len == sizeof(std::uint64_t)) {
                 std::uint64_t id = 0;
@@ -163,6 +169,9 @@ class ring_worker final : public remote::worker_transport {
         const std::uint32_t type = static_cast<std::uint32_t>(st) | flags;
         const auto len = static_cast<std::uint32_t>(sizeof ch + lead + out.size());
         std::byte* dst = reserve(len);
+        // The ring's first pass: map its pages a batch at a time (prefault_until).
+        process::prefault_until(r_->completion_data(), cap_, cmp_populated_,
+                                static_cast<std::size_t>(dst - r_->completion_data()) + len);
         std::memcpy(dst, &ch, sizeof ch);
         if (lead != 0) std::memcpy(dst + sizeof ch, output_.data(), lead);
         if (!out.empty()) std::memcpy(dst + sizeof ch + lead, out.data(), out.size());
@@ -217,6 +226,9 @@ class ring_worker final : public remote::worker_transport {
     }
 
     worker_region* r_;
+    std::size_t cap_ = r_->ring_capacity;
+    std::size_t cmp_populated_ = 0;  // bytes of each ring's data populated (prefault_until)
+    std::size_t req_populated_ = 0;
     int ctl_;
     int wake_;
     int out_;  // the capture files as the worker received them (-1: not captured)
