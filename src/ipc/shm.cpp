@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -47,6 +48,20 @@ void* map_fd(int fd, std::size_t bytes, bool writable) {
 }
 
 }  // namespace
+
+void populate_pages(const void* p, std::size_t bytes, bool write) noexcept {
+    constexpr std::size_t page = 4096;
+    constexpr std::size_t worth_it = 64 * 1024;  // below this a few traps cost as much
+    if (p == nullptr || bytes < worth_it) return;
+    const auto lo = (reinterpret_cast<std::uintptr_t>(p) + page - 1) & ~(page - 1);
+    const auto hi = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(page - 1);
+    if (hi <= lo) return;
+#if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
+    madvise(reinterpret_cast<void*>(lo), hi - lo, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+#else
+    (void)write;
+#endif
+}
 
 shm_block::shm_block(int fd, void* addr, std::size_t bytes, bool writable, bool notify)
     : fd_(fd),
@@ -203,7 +218,10 @@ std::uint64_t shm_attachments::record(const shm_ref& b) {
 
 std::uint64_t shm_attachments::put_bulk(const void* p, std::size_t bytes) {
     shm_ref b = shm_block::create(bytes);
-    if (bytes != 0) std::memcpy(b->data(), p, bytes);
+    if (bytes != 0) {
+        populate_pages(b->data(), bytes, true);  // a new memfd: every page would fault
+        std::memcpy(b->data(), p, bytes);
+    }
     // A private copy, read-only parameter or not: a twin would buy nothing.
     return record(b);
 }
@@ -213,6 +231,7 @@ const void* shm_attachments::get_bulk(std::uint64_t id, std::size_t bytes) {
     if (b->bytes() < bytes) {
         throw serialization_error("a shared block is smaller than the vector that names it");
     }
+    populate_pages(b->data(), bytes, false);  // mapped afresh here: read it without traps
     return b->data();
 }
 
