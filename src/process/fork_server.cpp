@@ -14,6 +14,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "process/protocol.hpp"
@@ -29,6 +30,10 @@ ipc::unique_fd server_sock;
 pid_t server_pid = -1;
 
 constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
+// Spares kept once pools are in use: a pool of two starts without waiting for a fork, and
+// a replacement for a dead worker usually finds one.
+constexpr std::size_t max_spares = 2;
+constexpr int spare_after_ms = 20;
 
 // The fork server's event loop. Single-threaded by construction: it was forked from a
 // program that had not started threads (or, if it had, only this thread was copied).
@@ -54,6 +59,44 @@ constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
     std::map<pid_t, int> owner;  // worker pid -> channel fd (-1 once closed)
     std::vector<std::byte> buf(max_request);
 
+    // Spares: children forked ahead of need, set up as far as a worker can be without a
+    // pool, each waiting on its own socket for a spawn request (see fork_spare). A request
+    // then costs a message instead of a fork. None exist until the first request (a program
+    // that makes no process pool forks none); they are made while no request waits.
+    struct spare {
+        pid_t pid;
+        int sock;
+    };
+    std::vector<spare> spares;
+    std::size_t want_spares = 0;
+    auto make_spare = [&] {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
+            want_spares = spares.size();  // no more tries until the next request
+            return;
+        }
+        const pid_t pid = fork_spare(sv[1]);
+        close(sv[1]);
+        if (pid < 0) {
+            close(sv[0]);
+            want_spares = spares.size();
+            return;
+        }
+        spares.push_back({pid, sv[0]});
+    };
+    // Hands a spawn request to a spare; its pid, or -1 if none took it.
+    auto assign_spare = [&](const std::byte* msg, std::size_t len, std::span<const int> fds) {
+        while (!spares.empty()) {
+            const spare s = spares.back();
+            spares.pop_back();
+            const bool sent = ipc::send_with_fds(s.sock, msg, len, fds);
+            close(s.sock);
+            if (sent) return s.pid;
+            kill(s.pid, SIGKILL);  // gone or stuck: reaped below like any child
+        }
+        return pid_t{-1};
+    };
+
     // A worker leads its own process group: killing the group takes whatever its tasks
     // started along with it.
     auto kill_workers_of = [&](int ch) {
@@ -70,6 +113,7 @@ constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
             kill(-pid, SIGKILL);
             kill(pid, SIGKILL);
         }
+        for (const spare& sp : spares) kill(sp.pid, SIGKILL);
         _exit(0);
     };
 
@@ -78,13 +122,20 @@ constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
         pfds.push_back({sock, POLLIN, 0});
         pfds.push_back({sigfd, POLLIN, 0});
         for (int ch : channels) pfds.push_back({ch, POLLIN, 0});
-        const int ready = poll(pfds.data(), pfds.size(), 1000);
+        // Short of spares: make one once nothing has happened for spare_after_ms, so that
+        // forking it does not compete for the CPUs with the workers just started (nor
+        // delay the exit notices a pool's shutdown waits for).
+        const bool short_of_spares = spares.size() < want_spares;
+        const int ready = poll(pfds.data(), pfds.size(), short_of_spares ? spare_after_ms : 1000);
         if (ready < 0) {
             if (errno == EINTR) continue;
             kill_all_and_exit();
         }
         if (getppid() != parent) kill_all_and_exit();
-        if (ready == 0) continue;
+        if (ready == 0) {
+            if (short_of_spares) make_spare();
+            continue;
+        }
         if (pfds[0].revents != 0) {
             int fd = -1;
             std::size_t nfds = 0;
@@ -110,7 +161,16 @@ constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
                 pid = waitpid(si.si_pid, &status, WNOHANG);
                 if (pid <= 0) break;
                 auto it = owner.find(pid);
-                if (it == owner.end()) continue;
+                if (it == owner.end()) {
+                    // A spare that died before its request (killed from outside).
+                    for (auto sp = spares.begin(); sp != spares.end(); ++sp) {
+                        if (sp->pid != pid) continue;
+                        close(sp->sock);
+                        spares.erase(sp);
+                        break;
+                    }
+                    continue;
+                }
                 if (it->second >= 0) {
                     fs_record r{fs_exited, status, static_cast<std::uint64_t>(pid)};
                     send(it->second, &r, sizeof r, MSG_NOSIGNAL);
@@ -138,9 +198,14 @@ constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
             }
             std::memcpy(&req, buf.data(), sizeof req);
             fs_record reply{fs_spawned, 0, req.token};
-            const pid_t child =
-                fork_worker({fds[0], fds[1], fds[2], fds[3], fds[4]}, buf.data() + sizeof req,
-                            static_cast<std::size_t>(n) - sizeof req);
+            want_spares = max_spares;
+            pid_t child = assign_spare(buf.data(), static_cast<std::size_t>(n),
+                                       std::span<const int>(fds.data(), nfds));
+            if (child < 0) {
+                child = fork_worker({fds[0], fds[1], fds[2], fds[3], fds[4]},
+                                    buf.data() + sizeof req,
+                                    static_cast<std::size_t>(n) - sizeof req);
+            }
             for (std::size_t k = 0; k < nfds; ++k) close(fds[k]);
             if (child < 0) {
                 reply = fs_record{fs_spawn_failed, errno, req.token};

@@ -113,9 +113,14 @@ void pool_core::start() {
             if (method == start_method::forkserver) spawn(*slots.back());
         }
     }
+    // The fork server was asked for every worker above: nothing to wait for. (Waiting for
+    // the new thread to be scheduled cost the constructor up to a millisecond when both
+    // CPUs were busy.)
+    if (method == start_method::forkserver) initial_spawn.count_down();
     supervisor = std::thread([this] { supervise(); });
     detail::add_shm_listener(this);
-    // As with the fork server, the workers exist (have pids) once the pool is made.
+    // The fork method's workers are forked by the supervisor: they exist (have pids) once
+    // the pool is made, as a fork server's do once it has the requests.
     initial_spawn.wait();
 }
 

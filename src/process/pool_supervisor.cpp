@@ -138,11 +138,7 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
 }
 
 void pool_core::supervise() {
-    if (method == start_method::fork) {
-        spawn_initial();
-    } else {
-        initial_spawn.count_down();
-    }
+    if (method == start_method::fork) spawn_initial();  // forkserver: start() counted down
     std::int64_t idle_since = now_ns();
     unsigned spins = 0;
     std::vector<epoll_event> events(16 + slots.size() * 2);

@@ -72,9 +72,8 @@ struct worker_region {
 /// 10 us on a VM, where the trap is the expensive part) against well under 1 us per page
 /// populated in one madvise(MADV_POPULATE_WRITE) call (docs/architecture.md, "First
 /// use"). A writer calls `prefault_until` before writing below `end`, so the ring's first
-/// pass maps its pages in batches of `prefault_chunk`; a worker also calls
-/// `prefault_step` while idle. `done` counts the bytes of [base, base + len) populated,
-/// which grow from the start as the ring is written in order. Where the kernel lacks
+/// pass maps its pages in batches of `prefault_chunk`. `done` counts the bytes of
+/// [base, base + len) populated, which grow from the start as the ring is written in order. Where the kernel lacks
 /// MADV_POPULATE_WRITE (before Linux 5.14) they give up and pages fault in one by one.
 inline constexpr std::size_t prefault_chunk = 64 * 1024;
 
@@ -92,13 +91,6 @@ inline void prefault_until(std::byte* base, std::size_t len, std::size_t& done,
     (void)base;
     done = len;
 #endif
-}
-
-/// Populates the next `prefault_chunk` bytes; false once all `len` are done.
-inline bool prefault_step(std::byte* base, std::size_t len, std::size_t& done) noexcept {
-    if (done >= len) return false;
-    prefault_until(base, len, done, done + 1);
-    return true;
 }
 
 }  // namespace procpool::process

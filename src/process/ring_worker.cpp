@@ -49,12 +49,6 @@ class ring_worker final : public remote::worker_transport {
 
     remote::request next() override {
         for (;;) {
-            // Idle with the region not yet populated: populate a step, then look again
-            // (a request waiting is served first; see process::prefault_step).
-            while (!peek() &&
-                   (process::prefault_step(r_->completion_data(), cap_, cmp_populated_) ||
-                    process::prefault_step(r_->request_data(), cap_, req_populated_))) {
-            }
             req_.ctl()->data.wait([&] { return peek(); }, [] {}, true);
             if (h_.type == msg_forget && h_.len == sizeof(std::uint64_t)) {
                 std::uint64_t id = 0;
@@ -227,8 +221,7 @@ class ring_worker final : public remote::worker_transport {
 
     worker_region* r_;
     std::size_t cap_ = r_->ring_capacity;
-    std::size_t cmp_populated_ = 0;  // bytes of each ring's data populated (prefault_until)
-    std::size_t req_populated_ = 0;
+    std::size_t cmp_populated_ = 0;  // bytes of the completion ring populated (prefault_until)
     int ctl_;
     int wake_;
     int out_;  // the capture files as the worker received them (-1: not captured)

@@ -11,13 +11,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <vector>
 
+#include "ipc/fd.hpp"
 #include "ipc/ring.hpp"
 #include "process/region.hpp"
 #include "procpool/detail/remote_call.hpp"
@@ -47,8 +51,10 @@ extern "C" int __lsan_is_turned_off() {
 
 namespace {
 
-// The child's side of fork_worker: set up the process, map the region, serve.
-[[noreturn]] void become_worker(const worker_fds& fds, pid_t parent, const worker_config& cfg) {
+// The first steps of every new child that becomes a worker (at once, or later as a spare):
+// _exit on exit(), die with whoever forked it, its own process group, default signals.
+// False if that parent is already gone.
+bool prepare_child(pid_t parent) noexcept {
 #ifdef PROCPOOL_LSAN
     leak_check_off.store(true);
 #endif
@@ -66,12 +72,17 @@ namespace {
     // Die with whoever forked us (one thread that lives as long as the pool: the fork
     // server, or the pool's supervisor), and catch the race where it died before prctl.
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) startup_failed(fds.ctl, startup_step::parent_gone, 0);
+    if (getppid() != parent) return false;
     // Its own process group: when it dies, the pool kills the group, so that processes a
     // task started do not outlive the worker (see kill_worker_group).
     setpgid(0, 0);
     reset_signals_for_child();
-    close_other_fds({fds.region, fds.ctl, fds.wake, fds.out, fds.err});
+    return true;
+}
+
+// The rest of a worker's start, once it has its descriptors and configuration: map the
+// region, serve.
+[[noreturn]] void finish_worker(const worker_fds& fds, const worker_config& cfg) {
     detail::shm_reseed_ids((static_cast<std::uint64_t>(getpid()) << 32) | 1);
     if (!same_binary(cfg)) startup_failed(fds.ctl, startup_step::wrong_binary, 0);
     for (const auto& [k, v] : cfg.env) setenv(k.c_str(), v.c_str(), 1);
@@ -90,6 +101,44 @@ namespace {
     }
     region->phase.store(phase_mapped, std::memory_order_seq_cst);
     serve_ring(region, fds.ctl, fds.wake, fds.out, fds.err, cfg);
+}
+
+// The child's side of fork_worker: set up the process, map the region, serve.
+[[noreturn]] void become_worker(const worker_fds& fds, pid_t parent, const worker_config& cfg) {
+    if (!prepare_child(parent)) startup_failed(fds.ctl, startup_step::parent_gone, 0);
+    close_other_fds({fds.region, fds.ctl, fds.wake, fds.out, fds.err});
+    finish_worker(fds, cfg);
+}
+
+// A spare's life: set up all that does not depend on a pool, then wait on `sock` for one
+// spawn request (the fork server forwards it as the pool sent it: fs_record, configuration,
+// and 3 or 5 descriptors) and become that worker. Ends quietly if `sock` closes first.
+[[noreturn]] void be_spare(int sock, pid_t parent) {
+    if (!prepare_child(parent)) _exit(0);
+    close_other_fds({sock});
+    // Not zeroed: only the pages the request lands in are touched (each first touch is a
+    // page fault, ~10 us on a VM; zeroing the whole MiB cost a spare ~2.5 ms).
+    constexpr std::size_t cap = sizeof(fs_record) + max_config_bytes;
+    std::unique_ptr<std::byte[]> buf(new (std::nothrow) std::byte[cap]);
+    if (!buf) _exit(0);
+    std::array<int, 5> fds{-1, -1, -1, -1, -1};
+    std::size_t nfds = 0;
+    long n = -1;
+    do {
+        n = ipc::recv_with_fds(sock, buf.get(), cap, fds, nfds);
+    } while (n < 0 && errno == EINTR);
+    if (n < static_cast<long>(sizeof(fs_record)) || (nfds != 3 && nfds != 5)) _exit(0);
+    const worker_fds wf{fds[0], fds[1], fds[2], fds[3], fds[4]};
+    close_other_fds({wf.region, wf.ctl, wf.wake, wf.out, wf.err});  // its socket too
+    worker_config cfg;
+    try {
+        cfg = decode_config(buf.get() + sizeof(fs_record),
+                            static_cast<std::size_t>(n) - sizeof(fs_record));
+    } catch (...) {
+        startup_failed(wf.ctl, startup_step::bad_config, 0);
+    }
+    buf.reset();
+    finish_worker(wf, cfg);
 }
 
 }  // namespace
@@ -117,6 +166,13 @@ pid_t fork_worker(const worker_fds& fds, const std::byte* config, std::size_t co
         startup_failed(fds.ctl, startup_step::bad_config, 0);
     }
     become_worker(fds, parent, cfg);
+}
+
+pid_t fork_spare(int sock) noexcept {
+    const pid_t parent = getpid();
+    const pid_t pid = fork_signals_blocked();
+    if (pid != 0) return pid;
+    be_spare(sock, parent);
 }
 
 void startup_failed(int ctl, startup_step step, int err) noexcept {

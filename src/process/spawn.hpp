@@ -32,6 +32,14 @@ pid_t fork_signals_blocked() noexcept;
 /// or -1 with errno set.
 pid_t fork_worker(const worker_fds& fds, const std::byte* config, std::size_t config_len) noexcept;
 
+/// Forks a spare: a child set up as far as a worker can be without a pool (process group,
+/// signals, descriptors closed but `sock`), which then waits on `sock` for one spawn
+/// request (an fs_record and configuration with 3 or 5 descriptors, as a pool sends the
+/// fork server) and becomes that worker; it exits quietly if `sock` closes first. The fork
+/// server keeps spares so that a new worker does not wait for a fork (fork_server.cpp).
+/// Returns the child's pid, or -1 with errno set.
+pid_t fork_spare(int sock) noexcept;
+
 /// Sends a startup_report on `ctl` (best effort) and exits: a worker that cannot start.
 [[noreturn]] void startup_failed(int ctl, startup_step step, int err) noexcept;
 
