@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "process_support.hpp"
+#include "procpool/detail/shm.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/shared_array.hpp"
 
@@ -445,6 +447,108 @@ TEST(SharedArray, ForkedWorker_MapsOnlyTheArraysItIsSent) {
     }
     std::remove(path);
 }
+
+
+namespace {
+
+// ---- reused blocks of big std::vector arguments (shm_block::reusable) ----------------------
+
+double sum_of(std::vector<double> v) {
+    return std::accumulate(v.begin(), v.end(), 0.0);
+}
+
+std::size_t size_of(std::vector<double> v) {
+    return v.size();
+}
+
+double sum_or_die(std::vector<double> v, bool die) {
+    if (die) raise(SIGKILL);
+    return std::accumulate(v.begin(), v.end(), 0.0);
+}
+
+// Above the default shared_memory_threshold (1 MiB): each travels in a block of its own.
+constexpr std::size_t kBig = 200'000;  // 1.6 MB of doubles
+
+std::vector<double> filled(std::size_t n, double v) {
+    return std::vector<double>(n, v);
+}
+
+TEST(BulkVectorBlocks, SequentialArguments_ReuseOneBlock_EachTaskReadsItsOwnValues) {
+    {
+        process_pool pool({.workers = 1});
+        for (int i = 1; i <= 6; ++i) {
+            const auto v = filled(kBig, i);
+            EXPECT_EQ(pool.submit(sum_of, v).get(), static_cast<double>(kBig) * i) << i;
+            // The block went back to the idle list: later arguments do not need new ones.
+            EXPECT_LE(procpool::detail::idle_bulk_blocks(), 1u);
+        }
+        EXPECT_EQ(procpool::detail::idle_bulk_blocks(), 1u);
+        EXPECT_LE(count_memfd_mappings(), 1);
+    }
+    // With the last pool gone, nothing is kept.
+    EXPECT_EQ(procpool::detail::idle_bulk_blocks(), 0u);
+    EXPECT_EQ(count_memfd_mappings(), 0);
+}
+
+TEST(BulkVectorBlocks, ManyInFlight_NoTaskSeesAnothersArgument_InTwoWaves) {
+    process_pool pool({.workers = 2});
+    for (int wave = 0; wave < 2; ++wave) {
+        std::vector<procpool::future<double>> fs;
+        for (int i = 0; i < 24; ++i) fs.push_back(pool.submit(sum_of, filled(kBig, i + 100 * wave)));
+        for (int i = 0; i < 24; ++i) {
+            EXPECT_EQ(fs[static_cast<std::size_t>(i)].get(),
+                      static_cast<double>(kBig) * (i + 100 * wave))
+                << "wave " << wave << " task " << i;
+        }
+    }
+    // Bounded: however many were in flight, few stay idle.
+    EXPECT_LE(procpool::detail::idle_bulk_blocks(), 4u);
+}
+
+TEST(BulkVectorBlocks, ASmallerVectorInABiggerBlock_ReadsOnlyItsOwnLength) {
+    process_pool pool({.workers = 1});
+    EXPECT_EQ(pool.submit(size_of, filled(2 * kBig, 1)).get(), 2 * kBig);
+    // 1.2x kBig fits the idle 2x block (no more than half of it wasted): reused.
+    const std::size_t n = kBig + kBig / 5;
+    EXPECT_EQ(pool.submit(size_of, filled(n, 2)).get(), n);
+    EXPECT_EQ(pool.submit(sum_of, filled(n, 3)).get(), static_cast<double>(n) * 3);
+    EXPECT_EQ(procpool::detail::idle_bulk_blocks(), 1u);
+}
+
+TEST(BulkVectorBlocks, WorkerDiesHoldingABlock_TheReplacementGetsTheReusedBlockAfresh) {
+    process_pool pool({.workers = 1});
+    EXPECT_EQ(pool.submit(sum_or_die, filled(kBig, 1), false).get(), static_cast<double>(kBig));
+    EXPECT_THROW(pool.submit(sum_or_die, filled(kBig, 2), true).get(), procpool::worker_died);
+    // The replacement never had the block mapped: it must be sent its descriptor again.
+    for (int i = 3; i < 6; ++i) {
+        EXPECT_EQ(pool.submit(sum_or_die, filled(kBig, i), false).get(),
+                  static_cast<double>(kBig) * i);
+    }
+}
+
+TEST(BulkVectorBlocks, CancelledBeforeSending_ItsBlockIsReusedByTheNextTask) {
+    process_pool pool({.workers = 1});
+    procpool_test::file_gate gate;
+    auto blocker = pool.submit(procpool_test::file_gate::wait_then_return, gate.path(), 7);
+    gate.wait_started();
+    // Queued behind the blocker; cancelled, its argument's block goes back to the list.
+    std::vector<procpool::future<double>> queued;
+    for (int i = 0; i < 8; ++i) queued.push_back(pool.submit(sum_of, filled(kBig, 50 + i)));
+    for (auto& f : queued) f.cancel();
+    auto after = pool.submit(sum_of, filled(kBig, 9));
+    gate.open();
+    EXPECT_EQ(blocker.get(), 7);
+    EXPECT_EQ(after.get(), static_cast<double>(kBig) * 9);
+    for (std::size_t i = 0; i < queued.size(); ++i) {
+        // Each either ran with its own values or was cancelled: never another's.
+        try {
+            EXPECT_EQ(queued[i].get(), static_cast<double>(kBig) * (50 + static_cast<double>(i)));
+        } catch (const procpool::task_cancelled&) {
+        }
+    }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
     procpool::init(argc, argv);

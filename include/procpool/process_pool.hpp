@@ -217,7 +217,8 @@ public:
     /// The number of worker processes the pool keeps running.
     int workers() const noexcept;
 
-    /// Process ids of the live workers (for diagnostics and tests).
+    /// Process ids of the live workers (for diagnostics and tests). A worker the fork server
+    /// has not yet reported started is missing (its first tasks may already have run).
     std::vector<int> worker_pids() const;
 
     /// What the pool has done so far: tasks by outcome, worker restarts, busy fraction per

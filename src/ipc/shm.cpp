@@ -30,6 +30,24 @@ std::vector<shm_listener*>& listeners() {
     return l;
 }
 
+// Blocks of big std::vector arguments, kept for reuse once their task is over (see
+// reusable_block). A reused block is memory this process and the workers that cached it
+// have already touched, so the copy into it runs at memcpy speed instead of paying for
+// fresh pages, and the worker's mapping of it is reused too. Idle blocks are bounded in
+// number and bytes and freed when the last pool goes away. Allocated once and never
+// destroyed: a block's last handle may let go during static destruction.
+struct bulk_cache {
+    std::mutex mu;
+    std::vector<shm_block*> idle;
+    std::size_t idle_bytes = 0;
+};
+bulk_cache& bulk_blocks() {
+    static auto* c = new bulk_cache;
+    return *c;
+}
+constexpr std::size_t bulk_cache_blocks = 4;
+constexpr std::size_t bulk_cache_bytes = std::size_t{256} << 20;
+
 [[noreturn]] void fail(const std::string& what, int err) {
     throw error("procpool: " + what + ": " + std::strerror(err));
 }
@@ -84,6 +102,10 @@ shm_block::~shm_block() {
 }
 
 std::shared_ptr<shm_block> shm_block::create(std::size_t bytes) {
+    return std::shared_ptr<shm_block>(create_raw(bytes));
+}
+
+shm_block* shm_block::create_raw(std::size_t bytes) {
     const int fd = memfd_create("procpool-shared-array", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) fail("memfd_create for a shared array", errno);
     if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
@@ -105,7 +127,64 @@ std::shared_ptr<shm_block> shm_block::create(std::size_t bytes) {
         close(fd);
         fail("cannot map a shared array of " + std::to_string(bytes) + " bytes", e);
     }
-    return std::shared_ptr<shm_block>(new shm_block(fd, p, bytes, true, true));
+    try {
+        return new shm_block(fd, p, bytes, true, true);
+    } catch (...) {
+        if (p != nullptr) munmap(p, bytes);
+        close(fd);
+        throw;
+    }
+}
+
+// Where a reusable block goes when its last handle lets go: back to the idle list if pools
+// exist and there is room, else freed.
+void shm_block::recycle(shm_block* b) noexcept {
+    bulk_cache& c = bulk_blocks();
+    bool keep = false;
+    if (b->owner_pid_ == static_cast<int>(getpid()) && !in_worker.load(std::memory_order_relaxed)) {
+        std::lock_guard listeners_lock(listeners_mutex);  // order: listeners, then cache
+        std::lock_guard lock(c.mu);
+        if (!listeners().empty() && c.idle.size() < bulk_cache_blocks &&
+            c.idle_bytes + b->bytes_ <= bulk_cache_bytes) {
+            try {
+                c.idle.push_back(b);
+                c.idle_bytes += b->bytes_;
+                keep = true;
+            } catch (...) {  // NOLINT(bugprone-empty-catch): no memory: free it instead
+            }
+        }
+    }
+    if (!keep) delete b;
+}
+
+std::shared_ptr<shm_block> shm_block::reusable(std::size_t bytes) {
+    shm_block* b = nullptr;
+    {
+        bulk_cache& c = bulk_blocks();
+        std::lock_guard lock(c.mu);
+        // The smallest idle block that holds `bytes` without wasting more than half of it.
+        auto best = c.idle.end();
+        for (auto it = c.idle.begin(); it != c.idle.end(); ++it) {
+            const std::size_t n = (*it)->bytes_;
+            if (n < bytes || n / 2 > bytes) continue;
+            if (best == c.idle.end() || n < (*best)->bytes_) best = it;
+        }
+        if (best != c.idle.end()) {
+            b = *best;
+            c.idle.erase(best);
+            c.idle_bytes -= b->bytes_;
+        }
+    }
+    if (b == nullptr) {
+        b = create_raw(bytes);
+        b->populate_once(true);  // a new memfd: every page would fault
+    }
+    try {
+        return std::shared_ptr<shm_block>(b, &shm_block::recycle);
+    } catch (...) {
+        delete b;
+        throw;
+    }
 }
 
 std::shared_ptr<shm_block> shm_block::open_file(const std::string& path, bool writable,
@@ -217,11 +296,17 @@ std::uint64_t shm_attachments::record(const shm_ref& b) {
 }
 
 std::uint64_t shm_attachments::put_bulk(const void* p, std::size_t bytes) {
-    shm_ref b = shm_block::create(bytes);
-    if (bytes != 0) {
+    // In a worker, a block of a result is read by the parent after the worker let go of
+    // it: only the parent (which frees a task's blocks once the worker is done with it)
+    // may reuse its blocks.
+    if (bytes == 0 || in_worker.load(std::memory_order_relaxed)) {
+        shm_ref b = shm_block::create(bytes);
         populate_pages(b->data(), bytes, true);  // a new memfd: every page would fault
-        std::memcpy(b->data(), p, bytes);
+        if (bytes != 0) std::memcpy(b->data(), p, bytes);
+        return record(b);
     }
+    shm_ref b = shm_block::reusable(bytes);
+    std::memcpy(b->data(), p, bytes);
     // A private copy, read-only parameter or not: a twin would buy nothing.
     return record(b);
 }
@@ -231,7 +316,7 @@ const void* shm_attachments::get_bulk(std::uint64_t id, std::size_t bytes) {
     if (b->bytes() < bytes) {
         throw serialization_error("a shared block is smaller than the vector that names it");
     }
-    populate_pages(b->data(), bytes, false);  // mapped afresh here: read it without traps
+    b->populate_once(false);  // mapped afresh here: read it without a trap per page
     return b->data();
 }
 
@@ -262,8 +347,24 @@ void add_shm_listener(shm_listener* l) {
 }
 
 void remove_shm_listener(shm_listener* l) {
-    std::lock_guard lock(listeners_mutex);
-    std::erase(listeners(), l);
+    std::vector<shm_block*> freed;
+    {
+        std::lock_guard lock(listeners_mutex);
+        std::erase(listeners(), l);
+        if (listeners().empty()) {  // no pool left to send reused blocks to
+            bulk_cache& c = bulk_blocks();
+            std::lock_guard cache_lock(c.mu);
+            freed.swap(c.idle);
+            c.idle_bytes = 0;
+        }
+    }
+    for (shm_block* b : freed) delete b;  // outside the locks: ~shm_block takes them
+}
+
+std::size_t idle_bulk_blocks() noexcept {
+    bulk_cache& c = bulk_blocks();
+    std::lock_guard lock(c.mu);
+    return c.idle.size();
 }
 
 }  // namespace procpool::detail

@@ -26,6 +26,12 @@ public:
     /// others' mappings (they would die of SIGBUS). Throws procpool::error if it cannot be
     /// created (too large, out of memory).
     static std::shared_ptr<shm_block> create(std::size_t bytes);
+    /// As `create`, for the block of a big std::vector argument: an idle block from an
+    /// earlier one is reused if one fits (its memory already touched here and mapped by the
+    /// workers that had it), and this one goes back to the idle list when its last handle
+    /// lets go (bounded; emptied when the last pool goes away). For the parent's blocks
+    /// only: a block is rewritten as soon as it is reused.
+    static std::shared_ptr<shm_block> reusable(std::size_t bytes);
     /// Maps `path`. `create` makes (or truncates) it to `bytes`; otherwise its size is used.
     static std::shared_ptr<shm_block> open_file(const std::string& path, bool writable,
                                                 bool create, std::size_t bytes);
@@ -43,6 +49,13 @@ public:
     bool writable() const noexcept { return writable_; }
     /// Process-unique identity; workers cache mappings by it.
     std::uint64_t id() const noexcept { return id_; }
+    /// Maps this block's pages into this process's page tables in one call, the first time
+    /// only (see populate_pages); not thread-safe (one reader of a message calls it).
+    void populate_once(bool write) noexcept {
+        if (populated_) return;
+        populated_ = true;
+        populate_pages(addr_, bytes_, write);
+    }
 
     /// What a task that only reads this block is sent: the block itself if it is
     /// read-only, else its read-only twin: the same memory under its own id, with a
@@ -54,6 +67,8 @@ public:
 
 private:
     shm_block(int fd, void* addr, std::size_t bytes, bool writable, bool notify);
+    static shm_block* create_raw(std::size_t bytes);
+    static void recycle(shm_block* b) noexcept;
     int fd_;
     void* addr_;
     std::size_t bytes_;
@@ -61,6 +76,7 @@ private:
     bool notify_;
     int owner_pid_;
     std::uint64_t id_;
+    bool populated_ = false;
     std::mutex twin_mutex_;
     std::shared_ptr<shm_block> twin_;
 };
@@ -130,5 +146,7 @@ void add_shm_listener(shm_listener* l);
 /// Called once in a new worker: its blocks get ids that cannot collide with the parent's.
 void shm_reseed_ids(std::uint64_t base) noexcept;
 void remove_shm_listener(shm_listener* l);
+/// Blocks of big vector arguments kept idle for reuse (see shm_block::reusable); for tests.
+std::size_t idle_bulk_blocks() noexcept;
 
 }  // namespace procpool::detail
