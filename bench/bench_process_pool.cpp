@@ -232,10 +232,15 @@ void map_procpool_thread(benchmark::State& st) {
 // ---------------------------------------------------------------------------------------
 // 4. Pool construction to first result (2 workers); shutdown timed separately.
 
-void startup(benchmark::State& st, procpool::start_method m) {
+// `gap`: a pause between pools. Back to back (0), every pool's workers are forked as it asks
+// for them; with a pause the fork server has spares ready (it makes them after 20 ms
+// without requests), as for a program that makes a pool now and then.
+void startup(benchmark::State& st, procpool::start_method m,
+             std::chrono::milliseconds gap = std::chrono::milliseconds(0)) {
     std::vector<double> first(kStartupRounds), down(kStartupRounds);
     for (auto _ : st) {
         for (int i = 0; i < kStartupRounds; ++i) {
+            if (gap.count() != 0) std::this_thread::sleep_for(gap);
             const auto t0 = clk::now();
             auto pool = std::make_unique<procpool::process_pool>(pool_opts(m));
             pool->submit(noop).get();
@@ -250,13 +255,18 @@ void startup(benchmark::State& st, procpool::start_method m) {
 }
 void startup_forkserver(benchmark::State& st) { startup(st, procpool::start_method::forkserver); }
 void startup_fork(benchmark::State& st) { startup(st, procpool::start_method::fork); }
+void startup_forkserver_spaced(benchmark::State& st) {
+    startup(st, procpool::start_method::forkserver, std::chrono::milliseconds(30));
+}
 
 // ---------------------------------------------------------------------------------------
 // 5. A task kills its own worker (SIGKILL): time until its future is resolved
 //    (worker_died), and until a task's result comes back from the replacement worker
 //    (a pid the pool did not have before the crash).
 
-void crash_procpool(benchmark::State& st) {
+// `settle`: the pause after each round, for both workers to settle (and, from 20 ms, for the
+// fork server to have a spare ready for the next replacement).
+void crash(benchmark::State& st, std::chrono::milliseconds settle) {
     procpool::process_pool pool(pool_opts());
     warm_up(pool);
     std::vector<double> resolved, served;
@@ -283,8 +293,7 @@ void crash_procpool(benchmark::State& st) {
                 ++old_pid_answers;
             }
             served.push_back(us_since(t0));
-            // Let both workers settle before the next round.
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            std::this_thread::sleep_for(settle);
         }
     }
     if (not_worker_died != 0) st.SkipWithError("a killed task's future did not hold worker_died");
@@ -292,6 +301,8 @@ void crash_procpool(benchmark::State& st) {
     report_distribution(st, "replacement_result_", served);
     st.counters["answers_from_survivors"] = old_pid_answers;
 }
+void crash_procpool(benchmark::State& st) { crash(st, std::chrono::milliseconds(5)); }
+void crash_procpool_spaced(benchmark::State& st) { crash(st, std::chrono::milliseconds(30)); }
 
 // ---------------------------------------------------------------------------------------
 // 6. The seed's heavy_calc over {5e6, 6e6, 7e6, 8e6}, 2 workers.
@@ -561,8 +572,10 @@ int main(int argc, char** argv) {
 
     add("startup/procpool_forkserver", startup_forkserver)->Iterations(1);
     add("startup/procpool_fork", startup_fork)->Iterations(1);
+    add("startup/procpool_forkserver_spaced", startup_forkserver_spaced)->Iterations(1);
 
     add("crash/procpool_process_pool", crash_procpool)->Iterations(1);
+    add("crash/procpool_process_pool_spaced", crash_procpool_spaced)->Iterations(1);
 
     add("heavy_calc/procpool_map", heavy_procpool_map);
     add("heavy_calc/two_std_threads_ceiling", heavy_two_threads);

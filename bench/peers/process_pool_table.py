@@ -183,13 +183,19 @@ def main():
     ratio("P. map 1M ints: first call on a new pool / warm",
           g("map/procpool_process_pool_first_call", "items_per_second"), w, 0.5)
     fs = g("startup/procpool_forkserver", "p50_us")
-    ratio("P. start-up to first result, forkserver (p50, ms)",
+    ratio("P. start-up to first result, forkserver, pools back to back (p50, ms)",
           None if fs is None else fs / 1e3, 1.0, 1.0, " ms", False)
+    fss = g("startup/procpool_forkserver_spaced", "p50_us")
+    ratio("P. start-up to first result, forkserver, 30 ms between pools (p50, ms)",
+          None if fss is None else fss / 1e3, 1.0, 1.0, " ms", False)
     ratio("P. (context) start-up / fork+exit+wait of this program", fs, fk, None)
     sd = g("startup/procpool_forkserver", "shutdown_p50_us")
     ratio("P. shutdown (p50, ms)", None if sd is None else sd / 1e3, 1.0, 1.0, " ms", False)
     ratio("P. killed worker to the replacement's result (p50, ms)",
           None if c is None else c / 1e3, 1.0, 1.5, " ms", False)
+    cs = g("crash/procpool_process_pool_spaced", "replacement_result_p50_us")
+    ratio("P. the same, 30 ms between crashes (p50, ms)",
+          None if cs is None else cs / 1e3, 1.0, 1.5, " ms", False)
     ratio("P. (context) replacement / fork+exit+wait of this program", c, fk, None)
     ratio("P. heavy_calc map speedup / two plain threads' speedup (same run)",
           g("heavy_calc/two_std_threads_ceiling", "time_ms"), g("heavy_calc/procpool_map", "time_ms"),
