@@ -80,11 +80,29 @@ bool alive(int pid) {
     return read && state != 'Z' && state != 'X';
 }
 
-// The fork server's children that are not workers of any pool in `workers`: its spares.
+// Descriptors `pid` has open.
+int fd_count_of(int pid) {
+    int n = 0;
+    const std::string path = "/proc/" + std::to_string(pid) + "/fd";
+    if (DIR* d = opendir(path.c_str())) {
+        while (const dirent* e = readdir(d)) n += e->d_name[0] != '.' ? 1 : 0;
+        closedir(d);
+    }
+    return n;
+}
+
+// A spare done with its set-up (its own process group, only 0, 1, 2 and its socket open),
+// not a child just forked.
+bool set_up(int pid) {
+    return getpgid(pid) == pid && fd_count_of(pid) == 4;
+}
+
+// The fork server's children, set up, that are not workers of any pool in `workers`: its
+// spares.
 std::set<int> spares(const std::set<int>& workers) {
     std::set<int> out;
     for (int pid : children_of(procpool::process::fork_server_pid())) {
-        if (!workers.contains(pid)) out.insert(pid);
+        if (!workers.contains(pid) && set_up(pid)) out.insert(pid);
     }
     return out;
 }

@@ -164,6 +164,9 @@ def main():
     idle = g("idle/procpool_process_pool", "idle_pool_cpu_us")
     ratio("7. idle pool: supervisor + fork server + workers CPU over 1 s (ms)",
           None if idle is None else idle / 1e3, 1.0, 0.1, " ms", False)
+    idle2 = g("idle/procpool_process_pool", "idle_second_pool_cpu_us")
+    ratio("7. (context) the next idle second (the first includes the fork server making its "
+          "two spares once)", None if idle2 is None else idle2 / 1e3, 1.0, 0.1, " ms", False)
     ratio("7. busy: 2 long tasks, two plain threads' time / pool's time (alternating)",
           g("busy/procpool_vs_two_std_threads", "threads_over_pool"), 1.0, 0.97)
 

@@ -49,10 +49,23 @@ long recv_with_fds(int sock, void* data, std::size_t cap, std::span<int> fds, st
     msg.msg_control = ctrl;
     msg.msg_controllen = sizeof(ctrl);
     ssize_t n;
-    do {
+    bool reset_seen = false;
+    for (;;) {
         n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | (nonblocking ? MSG_DONTWAIT : 0));
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) return -1;
+        if (n >= 0 || errno == EINTR) {
+            if (n >= 0) break;
+            continue;
+        }
+        // A peer that closed with messages of ours unread sets ECONNRESET on this socket,
+        // and recvmsg reports it (once) before the messages the peer sent first: a worker
+        // that completed a task and then died would lose that task's descriptors. Look
+        // again after it.
+        if (errno == ECONNRESET && !reset_seen) {
+            reset_seen = true;
+            continue;
+        }
+        return -1;
+    }
     const bool truncated = (msg.msg_flags & MSG_TRUNC) != 0;
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;

@@ -1,10 +1,12 @@
 #include "process/fork_server.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,6 +29,7 @@ namespace {
 
 std::mutex server_mutex;
 ipc::unique_fd server_sock;
+ipc::unique_fd server_pidfd;  // of server_pid; empty without pidfd_open
 pid_t server_pid = -1;
 
 constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
@@ -88,10 +91,15 @@ constexpr int spare_after_ms = 20;
     auto assign_spare = [&](const std::byte* msg, std::size_t len, std::span<const int> fds) {
         while (!spares.empty()) {
             const spare s = spares.back();
+            if (ipc::send_with_fds(s.sock, msg, len, fds)) {
+                spares.pop_back();
+                close(s.sock);
+                return s.pid;
+            }
+            // The message, not the spare: keep it and fork for this request instead.
+            if (errno == EMSGSIZE || errno == ENOBUFS || errno == ENOMEM) return pid_t{-1};
             spares.pop_back();
-            const bool sent = ipc::send_with_fds(s.sock, msg, len, fds);
             close(s.sock);
-            if (sent) return s.pid;
             kill(s.pid, SIGKILL);  // gone or stuck: reaped below like any child
         }
         return pid_t{-1};
@@ -262,6 +270,7 @@ void start_server_locked() {
     close(sv[1]);
     server_sock.reset(sv[0]);
     server_pid = pid;
+    server_pidfd.reset(static_cast<int>(syscall(SYS_pidfd_open, pid, 0)));
 }
 
 // Sends the server a new pool channel; false if the server is gone.
@@ -272,7 +281,13 @@ bool send_channel_locked(int theirs) noexcept {
 
 }  // namespace
 
-ipc::unique_fd open_fork_server_channel() {
+bool process_exited(int pidfd) noexcept {
+    if (pidfd < 0) return false;
+    pollfd p{pidfd, POLLIN, 0};
+    return poll(&p, 1, 0) == 1 && (p.revents & (POLLIN | POLLHUP | POLLERR)) != 0;
+}
+
+fork_server_link open_fork_server_channel() {
     std::lock_guard lock(server_mutex);
     if (!server_sock) return {};
     int sv[2];
@@ -281,13 +296,22 @@ ipc::unique_fd open_fork_server_channel() {
     }
     ipc::unique_fd mine(sv[0]);
     ipc::unique_fd theirs(sv[1]);
-    if (send_channel_locked(theirs.get())) return mine;
+    auto link = [&] {
+        fork_server_link l;
+        l.channel = std::move(mine);
+        if (server_pidfd) l.pidfd.reset(fcntl(server_pidfd.get(), F_DUPFD_CLOEXEC, 0));
+        return l;
+    };
+    // A server that has exited may still seem to take the channel, if a process it forked
+    // holds its end of the socket (see fork_server_link): ask its pidfd first.
+    if (!process_exited(server_pidfd.get()) && send_channel_locked(theirs.get())) return link();
     // The server is gone (killed from outside): reap it and start another. This program
     // may run threads by now, so the new server copies their state as the fork start
     // method does; say so once.
     const pid_t old = server_pid;
     if (old > 0) waitpid(old, nullptr, WNOHANG);
     server_sock.reset();
+    server_pidfd.reset();
     server_pid = -1;
     start_server_locked();
     std::fprintf(stderr,
@@ -302,7 +326,7 @@ ipc::unique_fd open_fork_server_channel() {
             "procpool: the fork server was gone and a new one did not answer; "
             "use start_method::fork or restart the program");
     }
-    return mine;
+    return link();
 }
 
 bool start_fork_server() {

@@ -7,9 +7,22 @@
 
 namespace procpool::process {
 
-/// Opens a private channel to the fork server for one pool (SOCK_SEQPACKET, fs_record
-/// messages), or returns an empty fd if `init` has not run.
-ipc::unique_fd open_fork_server_channel();
+/// A pool's link to the fork server: its private channel (SOCK_SEQPACKET, fs_record
+/// messages) and a pidfd of that server process (readable once it has exited; empty where
+/// the kernel has no pidfd_open). The channel alone cannot tell that the server died if
+/// another process still holds the server's end, e.g. a child stopped between its fork and
+/// closing the server's descriptors: the pool watches the pidfd too.
+struct fork_server_link {
+    ipc::unique_fd channel;
+    ipc::unique_fd pidfd;
+};
+
+/// Opens a private channel to the fork server for one pool, starting a new server first if
+/// the one running has exited; both fds empty if `init` has not run.
+fork_server_link open_fork_server_channel();
+
+/// True if `pidfd` (from a fork_server_link) says its process has exited.
+bool process_exited(int pidfd) noexcept;
 
 /// Starts the fork server unless it runs (procpool::init); true if this call started it.
 /// Throws procpool::error if it cannot be forked.

@@ -149,7 +149,14 @@ struct worker_slot {
 
 // epoll user data: kind, the slot's generation (so that an event still queued for a
 // replaced worker is recognised as stale) and the slot index.
-enum : std::uint64_t { ev_wake = 1, ev_server = 2, ev_ctl = 3, ev_pidfd = 4, ev_worker_wake = 5 };
+enum : std::uint64_t {
+    ev_wake = 1,
+    ev_server = 2,
+    ev_ctl = 3,
+    ev_pidfd = 4,
+    ev_worker_wake = 5,
+    ev_server_exit = 6,  // the fork server's pidfd
+};
 constexpr std::uint64_t ev(std::uint64_t kind, int index, std::uint32_t gen = 0) {
     return (kind << 56) | (static_cast<std::uint64_t>(gen & 0xffffffu) << 32) |
            static_cast<std::uint32_t>(index);
@@ -225,7 +232,8 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::condition_variable idle_cv;
     ipc::unique_fd epfd;
     ipc::unique_fd evfd;
-    ipc::unique_fd server;  // fork-server channel (forkserver method)
+    ipc::unique_fd server;         // fork-server channel (forkserver method)
+    ipc::unique_fd server_pidfd;   // that server's pidfd: readable once it has exited
     std::thread supervisor;
     // Completion rings have one consumer at a time: the supervisor or a thread waiting on
     // a future (help_wait), whoever holds `draining`.
@@ -239,6 +247,16 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
 
     // ---- setup ---------------------------------------------------------------------
     explicit pool_core(process_pool_options o);
+    // Unmaps what a constructor that threw part-way left mapped (a pool shut down has
+    // released every slot already).
+    ~pool_core() {
+        for (auto& s : slots) {
+            if (s->map != nullptr) munmap(s->map, s->map_len);
+            s->map = nullptr;
+        }
+    }
+    pool_core(const pool_core&) = delete;
+    pool_core& operator=(const pool_core&) = delete;
     void set_initializer(std::uint64_t inv, std::uint64_t fn, const std::vector<std::byte>& args);
     void start();
     void spawn_initial();

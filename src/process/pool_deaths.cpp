@@ -166,8 +166,14 @@ void pool_core::note_startup(worker_slot& w, int wstatus) {
     const std::uint32_t phase = w.region->phase.load(std::memory_order_seq_cst);
     std::string why = describe_status(wstatus);
     startup_report r{};
-    if (w.ctl && recv(w.ctl.get(), &r, sizeof r, MSG_DONTWAIT) == static_cast<ssize_t>(sizeof r) &&
-        r.tag == startup_report_tag) {
+    ssize_t got = -1;
+    if (w.ctl) {
+        got = recv(w.ctl.get(), &r, sizeof r, MSG_DONTWAIT);
+        // A worker that closed with our messages unread: ECONNRESET comes first, once
+        // (see ipc::recv_with_fds); its report may be behind it.
+        if (got < 0 && errno == ECONNRESET) got = recv(w.ctl.get(), &r, sizeof r, MSG_DONTWAIT);
+    }
+    if (got == static_cast<ssize_t>(sizeof r) && r.tag == startup_report_tag) {
         why = describe_startup(r);
     } else if (phase == phase_initializer) {
         why += " while running the pool's initializer";
@@ -288,12 +294,16 @@ void pool_core::on_server_message() {
 // again if needed, replaces the workers and keeps serving. Supervisor thread.
 void pool_core::server_lost() {
     unwatch(server.get());
+    if (server_pidfd) unwatch(server_pidfd.get());
+    server_pidfd.reset();
     std::exception_ptr reconnect_error;
     try {
-        ipc::unique_fd fresh = open_fork_server_channel();
-        if (!fresh) throw error("procpool::init() state is gone");
-        server = std::move(fresh);
+        fork_server_link fresh = open_fork_server_channel();
+        if (!fresh.channel) throw error("procpool::init() state is gone");
+        server = std::move(fresh.channel);
+        server_pidfd = std::move(fresh.pidfd);
         watch(server.get(), ev(ev_server, 0), EPOLLIN);
+        if (server_pidfd) watch(server_pidfd.get(), ev(ev_server_exit, 0), EPOLLIN);
     } catch (...) {
         reconnect_error = std::current_exception();
         server.reset();

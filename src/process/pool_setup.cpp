@@ -51,7 +51,9 @@ pool_core::pool_core(process_pool_options o) : opts(std::move(o)) {
         method = initialized() ? start_method::forkserver : start_method::fork;
     }
     if (method == start_method::forkserver) {
-        server = open_fork_server_channel();
+        fork_server_link link = open_fork_server_channel();
+        server = std::move(link.channel);
+        server_pidfd = std::move(link.pidfd);
         if (!server) {
             throw invalid_argument(
                 "process_pool: start_method::forkserver needs procpool::init(argc, argv) "
@@ -82,6 +84,7 @@ pool_core::pool_core(process_pool_options o) : opts(std::move(o)) {
     if (!epfd || !evfd) ipc::throw_errno("epoll/eventfd for process_pool");
     watch(evfd.get(), ev(ev_wake, 0), EPOLLIN);
     if (server) watch(server.get(), ev(ev_server, 0), EPOLLIN);
+    if (server_pidfd) watch(server_pidfd.get(), ev(ev_server_exit, 0), EPOLLIN);
 }
 
 void pool_core::set_initializer(std::uint64_t inv, std::uint64_t fn,

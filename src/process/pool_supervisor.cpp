@@ -215,6 +215,14 @@ void pool_core::handle_event(const epoll_event& e) {
         case ev_server:
             on_server_message();
             break;
+        case ev_server_exit:
+            // Its exit statuses first (they may still be in the channel), then the loss.
+            // Checked again: an event for a server already replaced is stale.
+            if (server_pidfd && process_exited(server_pidfd.get())) {
+                on_server_message();
+                if (server_pidfd && process_exited(server_pidfd.get())) server_lost();
+            }
+            break;
         case ev_ctl:
             on_ctl_hangup(index);
             break;

@@ -98,8 +98,11 @@ struct worker_config {
 std::vector<std::byte> encode_config(const worker_config& c);
 worker_config decode_config(const std::byte* p, std::size_t n);
 
-/// The largest encoded worker_config a spawn request may carry.
-inline constexpr std::size_t max_config_bytes = std::size_t{1} << 20;
+/// The largest encoded worker_config a spawn request may carry. A spawn request is one
+/// SOCK_SEQPACKET message, which AF_UNIX refuses (EMSGSIZE) when it is longer than the
+/// sender's send buffer: 212992 bytes by default (net.core.wmem_default). 128 KiB leaves
+/// room for the record and the kernel's overhead on a default system.
+inline constexpr std::size_t max_config_bytes = std::size_t{128} << 10;
 
 /// An identity of the running program's binary: its GNU build id (the linker's
 /// NT_GNU_BUILD_ID note) in hex, or, for a binary linked without one, its file's device,
