@@ -15,7 +15,7 @@ old=${1:?usage: compare_commits.sh OLD_COMMIT [NEW_COMMIT]}
 new=${2:-}
 rounds=${ROUNDS:-5}
 work=${WORK:-/tmp/procpool-compare}
-filter='latency/procpool_process_pool|submit_get/procpool_process_pool|map/procpool_process_pool'
+filter='latency/procpool_process_pool/|submit_get/procpool_process_pool/|map/procpool_process_pool/'
 mkdir -p "$work"
 
 # Exports commit $1 into $2 (a plain tree: no worktree bookkeeping left behind).
