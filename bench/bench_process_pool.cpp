@@ -397,46 +397,50 @@ std::vector<int> descendants() {
 // process (fork server, workers). The calling thread is reported apart: it only sleeps,
 // and its CPU time is this measurement's own cost (reading /proc, waking up), 0.05-0.5 ms
 // on this VM with no pool at all.
+// CPU time (ns) over one idle second: of the parent's threads but the caller (`me`), of
+// the caller, and of every process descended from this one (listed at the start).
+struct idle_second {
+    std::uint64_t pool_ns = 0;
+    std::uint64_t caller_ns = 0;
+    std::uint64_t children_ns = 0;
+    std::size_t children = 0;
+};
+
+idle_second measure_idle_second(int me) {
+    const std::vector<int> kids = descendants();
+    auto children_ns = [&] {
+        std::uint64_t s = 0;
+        for (int p : kids) s += process_cpu_ns(p);
+        return s;
+    };
+    const std::uint64_t kids0 = children_ns();
+    const std::uint64_t pool0 = process_cpu_ns(getpid(), me);
+    const std::uint64_t caller0 = process_cpu_ns(getpid()) - pool0;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const std::uint64_t pool1 = process_cpu_ns(getpid(), me);
+    const std::uint64_t caller1 = process_cpu_ns(getpid()) - pool1;
+    const std::uint64_t kids1 = children_ns();
+    return {pool1 - pool0, caller1 - caller0, kids1 - kids0, kids.size()};
+}
+
 void idle_procpool(benchmark::State& st) {
     const int me = static_cast<int>(gettid());
     for (auto _ : st) {
         procpool::process_pool pool(pool_opts());
         const auto until = clk::now() + std::chrono::milliseconds(10);
         while (clk::now() < until) pool.submit(noop).get();
-        const std::vector<int> kids = descendants();
-        auto children_ns = [&] {
-            std::uint64_t s = 0;
-            for (int p : kids) s += process_cpu_ns(p);
-            return s;
-        };
-        const std::uint64_t kids0 = children_ns();
-        const std::uint64_t pool0 = process_cpu_ns(getpid(), me);
-        const std::uint64_t caller0 = process_cpu_ns(getpid()) - pool0;
-        std::this_thread::sleep_for(std::chrono::seconds(1));
-        const std::uint64_t pool1 = process_cpu_ns(getpid(), me);
-        const std::uint64_t caller1 = process_cpu_ns(getpid()) - pool1;
-        const std::uint64_t kids1 = children_ns();
+        const idle_second first = measure_idle_second(me);
         st.counters["idle_pool_cpu_us"] =
-            static_cast<double>((pool1 - pool0) + (kids1 - kids0)) / 1e3;
-        st.counters["idle_supervisor_cpu_us"] = static_cast<double>(pool1 - pool0) / 1e3;
-        st.counters["idle_children_cpu_us"] = static_cast<double>(kids1 - kids0) / 1e3;
-        st.counters["idle_caller_cpu_us"] = static_cast<double>(caller1 - caller0) / 1e3;
-        st.counters["children"] = static_cast<double>(kids.size());
+            static_cast<double>(first.pool_ns + first.children_ns) / 1e3;
+        st.counters["idle_supervisor_cpu_us"] = static_cast<double>(first.pool_ns) / 1e3;
+        st.counters["idle_children_cpu_us"] = static_cast<double>(first.children_ns) / 1e3;
+        st.counters["idle_caller_cpu_us"] = static_cast<double>(first.caller_ns) / 1e3;
+        st.counters["children"] = static_cast<double>(first.children);
         // A second idle second: what the first one spent once (the fork server making its
         // spares after 20 ms without requests) does not come again.
-        const std::vector<int> kids2 = descendants();
-        auto children2_ns = [&] {
-            std::uint64_t s = 0;
-            for (int p : kids2) s += process_cpu_ns(p);
-            return s;
-        };
-        const std::uint64_t k2a = children2_ns();
-        const std::uint64_t p2a = process_cpu_ns(getpid(), me);
-        std::this_thread::sleep_for(std::chrono::seconds(1));
-        const std::uint64_t p2b = process_cpu_ns(getpid(), me);
-        const std::uint64_t k2b = children2_ns();
+        const idle_second second = measure_idle_second(me);
         st.counters["idle_second_pool_cpu_us"] =
-            static_cast<double>((p2b - p2a) + (k2b - k2a)) / 1e3;
+            static_cast<double>(second.pool_ns + second.children_ns) / 1e3;
     }
 }
 

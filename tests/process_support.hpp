@@ -8,11 +8,14 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 namespace procpool_test {
 
@@ -89,14 +92,58 @@ inline void write_all(int fd, const std::string& s) {
     }
 }
 
-/// The number of open descriptors of this process (from /proc/self/fd), for leak checks.
-inline int open_fd_count() {
+/// The number of open descriptors of process `pid` (from /proc/<pid>/fd; 0 if unreadable).
+inline int fd_count_of(int pid) {
     int n = 0;
-    if (DIR* d = opendir("/proc/self/fd")) {
+    const std::string path = "/proc/" + std::to_string(pid) + "/fd";
+    if (DIR* d = opendir(path.c_str())) {
         while (const dirent* e = readdir(d)) n += e->d_name[0] != '.' ? 1 : 0;
         closedir(d);
     }
     return n;
+}
+
+/// The number of open descriptors of this process, for leak checks.
+inline int open_fd_count() {
+    return fd_count_of(static_cast<int>(getpid()));
+}
+
+/// One process as /proc/<pid>/stat shows it.
+struct proc_entry {
+    int pid = 0;
+    std::string comm;  ///< with its parentheses, as in /proc
+    char state = 0;    ///< R, S, D, T, Z, X, ...
+    int ppid = 0;
+    int pgrp = 0;
+};
+
+/// Reads /proc/<pid>/stat; false if the process is gone.
+inline bool read_proc(int pid, proc_entry& out) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(in, line)) return false;
+    // pid (comm) state ppid pgrp ...: comm may hold spaces, so parse after the last ')'.
+    const auto open = line.find('(');
+    const auto close = line.rfind(')');
+    if (open == std::string::npos || close == std::string::npos || close < open) return false;
+    out.pid = pid;
+    out.comm = line.substr(open, close - open + 1);
+    return std::sscanf(line.c_str() + close + 1, " %c %d %d", &out.state, &out.ppid,
+                       &out.pgrp) == 3;
+}
+
+/// Every process now, from /proc.
+inline std::vector<proc_entry> all_processes() {
+    std::vector<proc_entry> out;
+    if (DIR* d = opendir("/proc")) {
+        while (const dirent* e = readdir(d)) {
+            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+            proc_entry p;
+            if (read_proc(std::atoi(e->d_name), p)) out.push_back(std::move(p));
+        }
+        closedir(d);
+    }
+    return out;
 }
 
 /// The thread count of this process, from /proc/self/status (-1 if unreadable).

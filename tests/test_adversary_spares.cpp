@@ -109,39 +109,12 @@ double sum_then_crash(std::vector<double> v, int crash) {
 
 // ---- /proc helpers --------------------------------------------------------------------------
 
-struct proc_stat {
-    int pid = 0;
-    char state = 0;
-    int ppid = 0;
-    int pgrp = 0;
-};
+using procpool_test::all_processes;
+using procpool_test::fd_count_of;
+using proc_stat = procpool_test::proc_entry;
 
 bool read_stat(int pid, proc_stat& out) {
-    const std::string path = "/proc/" + std::to_string(pid) + "/stat";
-    std::ifstream in(path);
-    std::string line;
-    if (!std::getline(in, line)) return false;
-    // pid (comm) state ppid ...: comm may hold spaces, so parse after the last ')'.
-    const auto close = line.rfind(')');
-    if (close == std::string::npos) return false;
-    out.pid = pid;
-    if (std::sscanf(line.c_str() + close + 1, " %c %d %d", &out.state, &out.ppid, &out.pgrp) != 3) {
-        return false;
-    }
-    return true;
-}
-
-std::vector<proc_stat> all_processes() {
-    std::vector<proc_stat> out;
-    if (DIR* d = opendir("/proc")) {
-        while (dirent* e = readdir(d)) {
-            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-            proc_stat s;
-            if (read_stat(std::atoi(e->d_name), s)) out.push_back(s);
-        }
-        closedir(d);
-    }
-    return out;
+    return procpool_test::read_proc(pid, out);
 }
 
 // Children of `parent`: live ones (running or stopped) and zombies.
@@ -163,16 +136,6 @@ std::set<int> zombie_children_of(int parent) {
 bool alive(int pid) {
     proc_stat s;
     return read_stat(pid, s) && s.state != 'Z' && s.state != 'X';
-}
-
-int fd_count_of(int pid) {
-    int n = 0;
-    const std::string path = "/proc/" + std::to_string(pid) + "/fd";
-    if (DIR* d = opendir(path.c_str())) {
-        while (const dirent* e = readdir(d)) n += e->d_name[0] != '.' ? 1 : 0;
-        closedir(d);
-    }
-    return n;
 }
 
 // Mappings of shared memory blocks in this process ("memfd:procpool-..." in /proc/self/maps).

@@ -130,24 +130,9 @@ int count_fds() { return static_cast<int>(open_fds().size()); }
 // Direct children of this process other than the fork server, alive or zombie.
 std::vector<int> children() {
     std::vector<int> out;
-    const std::string me = std::to_string(getpid());
-    if (DIR* d = opendir("/proc")) {
-        while (dirent* e = readdir(d)) {
-            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-            std::string path = std::string("/proc/") + e->d_name + "/stat";
-            FILE* f = std::fopen(path.c_str(), "r");
-            if (f == nullptr) continue;
-            int pid = 0;
-            char comm[256];
-            char state = 0;
-            int ppid = 0;
-            if (std::fscanf(f, "%d %255s %c %d", &pid, comm, &state, &ppid) == 4 &&
-                std::to_string(ppid) == me && std::string(comm) != "(procpool-forksr)") {
-                out.push_back(pid);
-            }
-            std::fclose(f);
-        }
-        closedir(d);
+    const int me = static_cast<int>(getpid());
+    for (const auto& p : procpool_test::all_processes()) {
+        if (p.ppid == me && p.comm != "(procpool-forksr)") out.push_back(p.pid);
     }
     return out;
 }

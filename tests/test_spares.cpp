@@ -43,58 +43,25 @@ int my_pgid_is_my_pid() {
     return getpgid(0) == getpid() ? 1 : 0;
 }
 
-// Processes whose parent is `parent`, from /proc.
+// Processes whose parent is `parent` (not zombies).
 std::set<int> children_of(int parent) {
     std::set<int> out;
-    if (DIR* d = opendir("/proc")) {
-        while (dirent* e = readdir(d)) {
-            if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
-            const std::string path = std::string("/proc/") + e->d_name + "/stat";
-            FILE* f = std::fopen(path.c_str(), "r");
-            if (f == nullptr) continue;
-            int pid = 0;
-            char comm[256];
-            char state = 0;
-            int ppid = 0;
-            if (std::fscanf(f, "%d %255s %c %d", &pid, comm, &state, &ppid) == 4 &&
-                ppid == parent && state != 'Z') {
-                out.insert(pid);
-            }
-            std::fclose(f);
-        }
-        closedir(d);
+    for (const auto& p : procpool_test::all_processes()) {
+        if (p.ppid == parent && p.state != 'Z') out.insert(p.pid);
     }
     return out;
 }
 
 // Running or stopped, not exited (a zombie left for its new parent to reap counts as gone).
 bool alive(int pid) {
-    const std::string path = "/proc/" + std::to_string(pid) + "/stat";
-    FILE* f = std::fopen(path.c_str(), "r");
-    if (f == nullptr) return false;
-    int p = 0;
-    char comm[256];
-    char state = 0;
-    const bool read = std::fscanf(f, "%d %255s %c", &p, comm, &state) == 3;
-    std::fclose(f);
-    return read && state != 'Z' && state != 'X';
-}
-
-// Descriptors `pid` has open.
-int fd_count_of(int pid) {
-    int n = 0;
-    const std::string path = "/proc/" + std::to_string(pid) + "/fd";
-    if (DIR* d = opendir(path.c_str())) {
-        while (const dirent* e = readdir(d)) n += e->d_name[0] != '.' ? 1 : 0;
-        closedir(d);
-    }
-    return n;
+    procpool_test::proc_entry p;
+    return procpool_test::read_proc(pid, p) && p.state != 'Z' && p.state != 'X';
 }
 
 // A spare done with its set-up (its own process group, only 0, 1, 2 and its socket open),
 // not a child just forked.
 bool set_up(int pid) {
-    return getpgid(pid) == pid && fd_count_of(pid) == 4;
+    return getpgid(pid) == pid && procpool_test::fd_count_of(pid) == 4;
 }
 
 // The fork server's children, set up, that are not workers of any pool in `workers`: its
