@@ -32,7 +32,7 @@ std::vector<shm_listener*>& listeners() {
 }
 
 // Blocks of big std::vector arguments, kept for reuse once their task is over (see
-// reusable_block). A reused block is memory this process and the workers that cached it
+// shm_block::reusable). A reused block is memory this process and the workers that cached it
 // have already touched, so the copy into it runs at memcpy speed instead of paying for
 // fresh pages, and the worker's mapping of it is reused too. Idle blocks are bounded in
 // number and bytes and freed when the last pool goes away. Allocated once and never
