@@ -309,7 +309,16 @@ fork_server_link open_fork_server_channel() {
     // may run threads by now, so the new server copies their state as the fork start
     // method does; say so once.
     const pid_t old = server_pid;
-    if (old > 0) waitpid(old, nullptr, WNOHANG);
+    if (old > 0) {
+        // It is exiting (its socket is gone, or its pidfd says so); reap it once it has,
+        // or it stays a zombie of this program. Bounded: a server that lives on (stopped,
+        // say) is left as it is.
+        if (server_pidfd) {
+            pollfd p{server_pidfd.get(), POLLIN, 0};
+            poll(&p, 1, 1000);
+        }
+        waitpid(old, nullptr, WNOHANG);
+    }
     server_sock.reset();
     server_pidfd.reset();
     server_pid = -1;

@@ -101,12 +101,19 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
                 r->cancels[n].store(t->seq, std::memory_order_relaxed);
                 r->ncancels.store(n + 1, std::memory_order_seq_cst);
             }
-            if (r->started_seq.load(std::memory_order_seq_cst) >= t->seq ||
-                n >= worker_region::max_cancels) {
+            const std::uint64_t started = r->started_seq.load(std::memory_order_seq_cst);
+            // Finished already (its worker began a later task): its completion resolves it,
+            // and killing the worker would fail that later task.
+            if (started > t->seq) return false;
+            if (started == t->seq || n >= worker_region::max_cancels) {
                 // Running (or we could not mark it): stop it by killing its worker. Without
                 // `stop_running`, a task that started meanwhile reads the word or not: its
                 // worker then skips it or runs it, and its reply resolves it either way.
-                if (!stop_running || w.inflight.head != t) return false;
+                // A running task need not be the head of the queue yet: the completions of
+                // tasks before it (skipped ones, say) may not be drained; the death path
+                // drains them first. One not marked must be next, or another task dies.
+                if (!stop_running) return false;
+                if (started != t->seq && w.inflight.head != t) return false;
                 kill_worker(w, kill_reason::cancel, t->seq);
                 killed_start = std::max(w.head_since, t->shared().queued_ns);
                 killed_pid = static_cast<int>(w.pid);
