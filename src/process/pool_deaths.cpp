@@ -100,7 +100,9 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
                 why = death_error(w, *failed, wstatus);
             }
             while (auto* t = pop_inflight(w)) {
-                if (t->shared().is_done()) {  // cancelled while it sat in the ring
+                // Cancelled while it sat in the ring: claimed under mu (cancel_task), so
+                // never requeued, even if its future is not published yet.
+                if (t->shared().is_done() || t->resolve_begun()) {
                     settled.push_back(t);
                     continue;
                 }

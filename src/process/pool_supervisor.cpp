@@ -75,6 +75,7 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
     auto* t = dynamic_cast<process_task_base*>(&s);
     if (t == nullptr) return false;
     bool resolved_now = false;
+    bool won = false;
     std::int64_t killed_start = 0;  // a running task stopped by killing its worker: its start
     int killed_pid = 0;
     {
@@ -119,10 +120,13 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
                 killed_pid = static_cast<int>(w.pid);
             }
         }
+        // Another thread may be resolving it already (its completion, a broken pool): then
+        // it was not cancelled, whatever this did, and cancel() must not say it was. Claimed
+        // under mu: a worker's death settling its queue (finalize) must see the claim, or it
+        // would requeue a task cancelled a moment later, which then runs on a new worker
+        // with its future already resolved, and shutdown waits for it (TSan found this).
+        won = t->begin_resolve();
     }
-    // Another thread may be resolving it already (its completion, a broken pool): then
-    // it was not cancelled, whatever this did, and cancel() must not say it was.
-    const bool won = t->begin_resolve();
     if (won) {
         // Its times belong to the thread that resolves it: this one.
         if (killed_start != 0) {

@@ -33,6 +33,8 @@ class remote_task_base {
 
     /// Takes the exclusive right to resolve this task (cancel and completion can race).
     bool begin_resolve() noexcept { return !resolving_.exchange(true, std::memory_order_acq_rel); }
+    /// True once some thread has claimed the right to resolve it (begin_resolve).
+    bool resolve_begun() const noexcept { return resolving_.load(std::memory_order_acquire); }
 
     std::uint64_t invoker = 0;         ///< code offset of the invoker (see invoker_for)
     std::uint64_t fn = 0;              ///< code offset of the function (0 for empty classes)
