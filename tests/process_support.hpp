@@ -108,6 +108,19 @@ inline int open_fd_count() {
     return fd_count_of(static_cast<int>(getpid()));
 }
 
+/// True in an AddressSanitizer or ThreadSanitizer build (their runtimes need more address
+/// space than an RLIMIT_AS test allows).
+inline bool under_sanitizer() {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    return true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+    return true;
+#endif
+#endif
+    return false;
+}
+
 /// One process as /proc/<pid>/stat shows it.
 struct proc_entry {
     int pid = 0;

@@ -705,16 +705,7 @@ TEST(AdversarySpares, ConstructorThatThrows_LeavesNoSharedMemory) {
 
 // A memory-limited pool whose workers come from spares: the limit holds in them (an
 // allocation past it fails as a remote exception; a small one works).
-bool under_sanitizer() {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    return true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-    return true;
-#endif
-#endif
-    return false;
-}
+using procpool_test::under_sanitizer;
 
 TEST(AdversarySpares, MemoryLimitHoldsInWorkersFromSpares) {
     // The sanitizers' shadow memory does not fit a 1 GiB address space.

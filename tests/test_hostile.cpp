@@ -319,16 +319,7 @@ TEST(ProcessPoolStartup, WorkersDyingInTheirInitializer_FailTasks_EveryTime) {
     }
 }
 
-bool under_sanitizer() {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    return true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-    return true;
-#endif
-#endif
-    return false;
-}
+using procpool_test::under_sanitizer;
 
 TEST(ProcessPoolStartup, MemoryLimitTooSmallToStart_ErrorNamesTheLimit) {
     if (under_sanitizer()) GTEST_SKIP() << "sanitizer runtimes fail on their own under RLIMIT_AS";

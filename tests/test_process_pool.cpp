@@ -104,16 +104,7 @@ int read_init_value() { return init_value; }
 void failing_init() { throw std::runtime_error("initializer refused"); }
 void dying_init() { _exit(9); }
 
-bool under_sanitizer() {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-    return true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-    return true;
-#endif
-#endif
-    return false;
-}
+using procpool_test::under_sanitizer;
 
 template <class T>
 std::string error_text(const procpool::future<T>& f) {
