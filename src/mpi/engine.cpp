@@ -1,7 +1,10 @@
 #include "mpi/engine.hpp"
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <climits>
 #include <optional>
 #include <string>
@@ -23,6 +26,32 @@ constexpr std::size_t max_batch_bytes = std::size_t{1} << 20;
 constexpr std::size_t alone_bytes = std::size_t{64} << 10;
 // The most one MPI message carries (its count is an int).
 constexpr std::size_t max_message_bytes = static_cast<std::size_t>(INT_MAX);
+
+// Liveness of serving ranks (check_liveness). A rank that holds tasks and has sent
+// nothing for `ping_after` is pinged; its serving loop answers at once, even while its
+// workers run hour-long tasks. Unanswered for `silent_overdue` while it holds a task past
+// its timeout plus `overdue_grace` (the rank enforces timeouts itself, so only a rank that
+// stopped running can miss one), or for `silent_any` in any case, it is silent: its tasks
+// fail and it gets no new ones until it answers again.
+constexpr std::int64_t ms_ns = 1'000'000;
+constexpr std::int64_t ping_after = 1000 * ms_ns;
+constexpr std::int64_t overdue_grace = 1000 * ms_ns;
+constexpr std::int64_t silent_overdue = 5000 * ms_ns;
+constexpr std::int64_t silent_any = 60'000 * ms_ns;
+constexpr std::int64_t check_every = 100 * ms_ns;
+// At exit, how long a silent rank has to answer before the job is aborted (MPI_Finalize
+// would wait for it forever).
+constexpr std::int64_t stop_wait = 10'000 * ms_ns;
+
+std::int64_t now_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+std::string seconds(std::int64_t ns) {
+    return std::to_string((ns + 500 * ms_ns) / (1000 * ms_ns)) + " s";
+}
 
 pool_ref& owner(detail::mpi_task_base& t) noexcept { return *static_cast<pool_ref*>(t.pool); }
 
@@ -84,6 +113,8 @@ void resolve_from_reply(detail::mpi_task_base& t, const reply_msg& h, const std:
 }
 
 engine::engine(comm& c, std::vector<rank_link> servers) : c_(c), servers_(std::move(servers)) {
+    const std::int64_t now = now_ns();
+    for (auto& s : servers_) s.last_heard_ns = now;
     thread_ = std::thread([this] { loop(); });
     thread_id_ = thread_.get_id();
 }
@@ -224,12 +255,13 @@ void engine::dispatch(pool_state& p) {
     std::vector<std::vector<std::byte>>& batch = batches_;
     batch.resize(servers_.size());
     bool any = false;
+    const std::int64_t now = p.pending.empty() ? 0 : now_ns();
     while (!p.pending.empty()) {
         // The rank with the most free room: uneven task lengths keep every worker busy.
         std::size_t best = servers_.size();
         int best_free = 0;
         for (std::size_t i = 0; i < servers_.size(); ++i) {
-            if (servers_[i].lost) continue;
+            if (servers_[i].lost || servers_[i].silent) continue;
             const int free = window(p, i) - p.inflight[i];
             if (free > best_free) {
                 best = i;
@@ -256,7 +288,8 @@ void engine::dispatch(pool_state& p) {
         std::vector<std::byte>().swap(t->args);
         t->rank = servers_[best].rank;
         ++p.inflight[best];
-        inflight_.emplace(t->id, t);
+        ++servers_[best].held;
+        inflight_.emplace(t->id, sent_task{t, now});
         any = true;
     }
     if (!any) return;
@@ -276,11 +309,8 @@ void engine::on_reply(const message& m) {
             [this, &records](const reply_msg& h, const std::byte* body, std::size_t n) {
                 auto it = inflight_.find(h.id);
                 if (it == inflight_.end()) return;
-                detail::mpi_task_base& t = *it->second;
-                inflight_.erase(it);
-                if (auto p = pools_.find(t.pool_id); p != pools_.end()) {
-                    --p->second.inflight[server_index(t.rank)];
-                }
+                detail::mpi_task_base& t = *it->second.task;
+                forget_inflight(t);
                 resolve_from_reply(t, h, body, n, where(t.rank));
                 owner(t).release_task(t);
                 ++records;
@@ -290,14 +320,19 @@ void engine::on_reply(const message& m) {
     }
     if (m.source < 1 || static_cast<std::size_t>(m.source) > servers_.size()) return;
     rank_link& r = servers_[server_index(m.source)];
-    const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                 std::chrono::steady_clock::now().time_since_epoch())
-                                 .count();
+    const std::int64_t now = now_ns();
     if (r.last_reply_ns != 0 && now > r.last_reply_ns) {
         const double inst = static_cast<double>(records) / static_cast<double>(now - r.last_reply_ns);
         r.rate = r.rate == 0 ? inst : 0.8 * r.rate + 0.2 * inst;
     }
     r.last_reply_ns = now;
+}
+
+void engine::forget_inflight(detail::mpi_task_base& t) noexcept {
+    inflight_.erase(t.id);
+    const std::size_t server = server_index(t.rank);
+    if (auto p = pools_.find(t.pool_id); p != pools_.end()) --p->second.inflight[server];
+    --servers_[server].held;
 }
 
 void engine::on_opened(const message& m) {
@@ -310,12 +345,22 @@ void engine::on_opened(const message& m) {
     auto it = opening_.find(o.pool);
     if (it == opening_.end()) return;
     open_request& r = it->second;
+    auto w = std::find(r.waiting.begin(), r.waiting.end(), m.source);
+    if (w == r.waiting.end()) return;  // it was silent: the pool opened without it
+    r.waiting.erase(w);
     if (o.error.empty()) {
         r.infos.push_back({m.source, o.host, o.workers});
     } else {
         r.errors += "\n  MPI rank " + std::to_string(m.source) + " on host " + o.host + ": " + o.error;
     }
-    if (--r.remaining != 0) return;
+    if (r.waiting.empty()) finish_open(it);
+}
+
+void engine::finish_open(std::unordered_map<std::uint32_t, open_request>::iterator it) {
+    open_request& r = it->second;
+    if (r.errors.empty() && r.infos.empty()) {
+        r.errors = " none answered (every serving rank stopped answering)";
+    }
     if (!r.errors.empty()) {
         // Close it where it did open, then fail the constructor.
         for (const auto& s : servers_) {
@@ -413,17 +458,157 @@ void engine::lose_rank(std::size_t server, const std::string& why) {
     rank_link& s = servers_[server];
     if (s.lost) return;
     s.lost = true;
-    for (auto it = inflight_.begin(); it != inflight_.end();) {
-        detail::mpi_task_base& t = *it->second;
-        if (t.rank != s.rank) {
+    std::vector<detail::mpi_task_base*> held;
+    for (auto& [id, e] : inflight_) {
+        if (e.task->rank == s.rank) held.push_back(e.task);
+    }
+    for (auto* t : held) {
+        forget_inflight(*t);
+        fail_task(*t, std::make_exception_ptr(worker_died(
+                          9, -1, "its MPI rank was lost (" + why + ") " + where(s.rank))));
+    }
+}
+
+void engine::heard_from(int rank, std::int64_t now) noexcept {
+    if (rank < 1 || static_cast<std::size_t>(rank) > servers_.size()) return;
+    rank_link& s = servers_[server_index(rank)];
+    s.last_heard_ns = now;
+    s.ping_sent_ns = 0;
+    if (!s.silent) return;
+    s.silent = false;
+    std::fprintf(stderr, "procpool: mpi_pool: MPI rank %d on host %s answers again; it gets new tasks\n",
+                 s.rank, s.host.c_str());
+}
+
+// Finds serving ranks that stopped running (a stopped process, a frozen node, a file
+// system that hangs it): without this, a task on such a rank would never resolve, even
+// one with a timeout, since the rank enforces timeouts itself. See the constants above.
+void engine::check_liveness(std::int64_t now) {
+    if (now < next_check_ns_) return;
+    next_check_ns_ = now + check_every;
+    std::vector<char> overdue(servers_.size(), 0);
+    for (const auto& [id, e] : inflight_) {
+        const auto* t = e.task;
+        if (t->timeout_ns > 0 && now - e.sent_ns > t->timeout_ns + overdue_grace) {
+            overdue[server_index(t->rank)] = 1;
+        }
+    }
+    std::vector<char> waited_for(servers_.size(), 0);
+    for (const auto& [id, r] : opening_) {
+        for (int rank : r.waiting) waited_for[server_index(rank)] = 1;
+    }
+    for (const auto& r : cancelling_) {
+        for (int rank : r.waiting) waited_for[server_index(rank)] = 1;
+    }
+    for (std::size_t i = 0; i < servers_.size(); ++i) {
+        rank_link& s = servers_[i];
+        if (s.lost) continue;
+        // A silent rank is pinged too, to learn when it answers again.
+        const bool needed = s.held > 0 || waited_for[i] != 0 || s.silent;
+        if (!needed || now - s.last_heard_ns < ping_after) continue;
+        if (s.ping_sent_ns == 0) {
+            c_.send(s.rank, tag_ping, {});
+            s.ping_sent_ns = now;
+            continue;
+        }
+        const std::int64_t limit = overdue[i] != 0 ? silent_overdue : silent_any;
+        if (!s.silent && now - s.ping_sent_ns > limit) declare_silent(i, now);
+    }
+}
+
+void engine::declare_silent(std::size_t server, std::int64_t now) {
+    rank_link& s = servers_[server];
+    s.silent = true;
+    const std::string quiet = seconds(now - s.last_heard_ns);
+    std::fprintf(stderr,
+                 "procpool: mpi_pool: MPI rank %d on host %s has not answered for %s; its tasks "
+                 "fail and it gets no new ones until it answers again\n",
+                 s.rank, s.host.c_str(), quiet.c_str());
+    std::vector<sent_task> held;
+    for (const auto& [id, e] : inflight_) {
+        if (e.task->rank == s.rank) held.push_back(e);
+    }
+    for (const auto& e : held) {
+        detail::mpi_task_base& t = *e.task;
+        forget_inflight(t);
+        const std::string why = "its MPI rank stopped answering (nothing from it for " + quiet +
+                                ") " + where(s.rank);
+        if (t.timeout_ns > 0 && now - e.sent_ns > t.timeout_ns + overdue_grace) {
+            fail_task(t, std::make_exception_ptr(task_timeout(
+                             "task ran past its timeout of " + std::to_string(t.timeout_ns / ms_ns) +
+                             " ms and " + why)));
+        } else {
+            fail_task(t, std::make_exception_ptr(worker_died(0, -1, why)));
+        }
+    }
+    // Whatever waits for its answer goes on without it.
+    for (auto it = opening_.begin(); it != opening_.end();) {
+        auto& w = it->second.waiting;
+        auto at = std::find(w.begin(), w.end(), s.rank);
+        if (at == w.end()) {
             ++it;
             continue;
         }
-        it = inflight_.erase(it);
-        if (auto p = pools_.find(t.pool_id); p != pools_.end()) --p->second.inflight[server];
-        fail_task(t, std::make_exception_ptr(worker_died(
-                         9, -1, "its MPI rank was lost (" + why + ") " + where(s.rank))));
+        w.erase(at);
+        if (!w.empty()) {
+            ++it;
+            continue;
+        }
+        auto done = it++;
+        finish_open(done);
     }
+    for (auto it = cancelling_.begin(); it != cancelling_.end();) {
+        auto& w = it->waiting;
+        w.erase(std::remove(w.begin(), w.end(), s.rank), w.end());
+        if (!w.empty()) {
+            ++it;
+            continue;
+        }
+        if (it->done) it->done->set_value();
+        it = cancelling_.erase(it);
+    }
+}
+
+// Tells every serving rank to exit. A silent one must answer first: MPI_Finalize waits
+// for every rank, so a rank that stays frozen would hang the job at exit; the job is
+// aborted instead, naming it.
+void engine::stop_ranks() {
+    bool any_silent = false;
+    for (auto& s : servers_) {
+        if (s.lost) continue;
+        if (s.silent) {
+            any_silent = true;
+            if (s.ping_sent_ns == 0) c_.send(s.rank, tag_ping, {});
+        }
+        c_.send(s.rank, tag_stop, {});
+    }
+    if (any_silent) {
+        const std::int64_t deadline = now_ns() + stop_wait;
+        message m;
+        for (;;) {
+            c_.progress_sends();
+            while (c_.try_receive(MPI_ANY_SOURCE, m)) heard_from(m.source, now_ns());
+            const bool still = std::any_of(servers_.begin(), servers_.end(), [](const rank_link& s) {
+                return !s.lost && s.silent;
+            });
+            if (!still) break;
+            if (now_ns() > deadline) {
+                for (const auto& s : servers_) {
+                    if (s.lost || !s.silent) continue;
+                    std::fprintf(stderr,
+                                 "procpool: mpi_pool: MPI rank %d on host %s stopped answering "
+                                 "and did not answer at exit either; ending the MPI job "
+                                 "(MPI_Abort), which would otherwise wait for it forever\n",
+                                 s.rank, s.host.c_str());
+                }
+                std::fflush(stderr);
+                MPI_Abort(c_.get(), 1);
+            }
+            const timespec pause{0, 200'000};
+            nanosleep(&pause, nullptr);
+        }
+    }
+    c_.flush();
 }
 
 void engine::loop() {
@@ -435,7 +620,7 @@ void engine::loop() {
             did = true;
             for (auto& o : work_.opens) {
                 const std::uint32_t id = o.msg.pool;
-                o.remaining = 0;
+                o.waiting.clear();
                 const std::vector<std::byte> body = encode(o.msg);
                 if (body.size() > max_message_bytes) {
                     // comm::send would throw here, on the MPI thread: fail the constructor.
@@ -446,11 +631,11 @@ void engine::loop() {
                     continue;
                 }
                 for (const auto& s : servers_) {
-                    if (s.lost) continue;
+                    if (s.lost || s.silent) continue;
                     c_.send(s.rank, tag_open, body);
-                    ++o.remaining;
+                    o.waiting.push_back(s.rank);
                 }
-                if (o.remaining == 0) {
+                if (o.waiting.empty()) {
                     o.done->set_exception(std::make_exception_ptr(
                         error("mpi_pool: no MPI rank is left to serve it")));
                     continue;
@@ -468,7 +653,7 @@ void engine::loop() {
             std::unordered_set<std::uint64_t> queued_cancels;
             for (auto id : work_.cancels) {
                 if (auto it = inflight_.find(id); it != inflight_.end()) {
-                    c_.send(it->second->rank, tag_cancel, encode_u64(id));
+                    c_.send(it->second.task->rank, tag_cancel, encode_u64(id));
                     continue;
                 }
                 queued_cancels.insert(id);  // still on rank 0, or resolved and gone
@@ -476,7 +661,7 @@ void engine::loop() {
             std::unordered_set<std::uint64_t> queued_pending_cancels;
             for (auto id : work_.cancels_pending) {
                 if (auto it = inflight_.find(id); it != inflight_.end()) {
-                    c_.send(it->second->rank, tag_cancel_task_pending, encode_u64(id));
+                    c_.send(it->second.task->rank, tag_cancel_task_pending, encode_u64(id));
                     continue;
                 }
                 queued_pending_cancels.insert(id);
@@ -498,7 +683,8 @@ void engine::loop() {
                     for (const auto& s : servers_) {
                         if (s.lost) continue;
                         c_.send(s.rank, tag_cancel_pending, encode_u64(r.pool));
-                        r.waiting.push_back(s.rank);
+                        // A silent rank holds none of its tasks: no need to wait for it.
+                        if (!s.silent) r.waiting.push_back(s.rank);
                     }
                 }
                 if (r.waiting.empty()) {
@@ -519,8 +705,10 @@ void engine::loop() {
         for (auto& [id, p] : pools_) dispatch(p);
         while (c_.try_receive(MPI_ANY_SOURCE, m)) {
             did = true;
+            heard_from(m.source, now_ns());
             on_message(m);
         }
+        check_liveness(now_ns());
         for (auto& [id, p] : pools_) dispatch(p);
         did = c_.progress_sends() || did;
         if (stopping_ && inflight_.empty() && opening_.empty() && cancelling_.empty()) {
@@ -541,16 +729,19 @@ void engine::loop() {
         // Nothing in flight: a program that waits for each result submits the next one
         // right away, so spin a little before paying for a sleep and a wake-up.
         if (idle.spin_once()) continue;
+        // A silent rank is watched for its answer (and the tasks that wait for it).
+        if (std::any_of(servers_.begin(), servers_.end(),
+                        [](const rank_link& r) { return r.silent && !r.lost; })) {
+            idle.pause(false);
+            continue;
+        }
         // Nothing in flight anywhere: sleep until a thread posts work.
         std::unique_lock lock(mu_);
         sleeping_ = true;
         cv_.wait(lock, [this] { return !in_.empty(); });
         sleeping_ = false;
     }
-    for (const auto& s : servers_) {
-        if (!s.lost) c_.send(s.rank, tag_stop, {});
-    }
-    c_.flush();
+    stop_ranks();
 }
 
 }  // namespace procpool::mpi_impl

@@ -40,6 +40,12 @@ struct rank_link {
     bool lost = false;  ///< an MPI error involved it: no more tasks go there
     double rate = 0;             ///< replies per ns, moving average (adaptive windows)
     std::int64_t last_reply_ns = 0;
+    /// It stopped answering (see engine::check_liveness): its tasks were failed and no new
+    /// ones go there until it answers again. Unlike `lost`, control messages still go.
+    bool silent = false;
+    std::int64_t last_heard_ns = 0;  ///< when any message from it last arrived
+    std::int64_t ping_sent_ns = 0;   ///< when the unanswered ping went; 0: none
+    int held = 0;                    ///< tasks sent to it and not resolved, all pools
 };
 
 class engine {
@@ -96,7 +102,7 @@ class engine {
         std::shared_ptr<promise<std::vector<mpi_rank_info>>> done;
         std::vector<mpi_rank_info> infos;
         std::string errors;
-        std::size_t remaining = 0;
+        std::vector<int> waiting;  ///< the ranks yet to answer
     };
     struct cancel_request {
         std::uint32_t pool = 0;
@@ -126,6 +132,13 @@ class engine {
     void on_opened(const message& m);
     void on_pending_cancelled(const message& m);
     void lose_rank(std::size_t server, const std::string& why);
+    void heard_from(int rank, std::int64_t now) noexcept;
+    void check_liveness(std::int64_t now);
+    void declare_silent(std::size_t server, std::int64_t now);
+    void finish_open(std::unordered_map<std::uint32_t, open_request>::iterator it);
+    void stop_ranks();
+    /// Takes `t` out of the tasks in flight (its pool's and its rank's counts).
+    void forget_inflight(detail::mpi_task_base& t) noexcept;
     void fail_task(detail::mpi_task_base& t, std::exception_ptr e) noexcept;
     std::string where(int rank) const;
     std::size_t server_index(int rank) const noexcept { return static_cast<std::size_t>(rank - 1); }
@@ -148,7 +161,12 @@ class engine {
     // The engine thread's own.
     inbox work_;
     std::unordered_map<std::uint32_t, pool_state> pools_;
-    std::unordered_map<std::uint64_t, detail::mpi_task_base*> inflight_;
+    struct sent_task {
+        detail::mpi_task_base* task = nullptr;
+        std::int64_t sent_ns = 0;  ///< when it left for its rank (steady clock)
+    };
+    std::unordered_map<std::uint64_t, sent_task> inflight_;
+    std::int64_t next_check_ns_ = 0;  ///< check_liveness's next round
     std::unordered_map<std::uint32_t, open_request> opening_;
     std::vector<cancel_request> cancelling_;  // waiting for the ranks' confirmations
     bool stopping_ = false;

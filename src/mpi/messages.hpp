@@ -24,6 +24,8 @@ enum tag : int {
     tag_cancel_pending = 108,    ///< rank 0 → servers: cancel a pool's tasks not started (its id)
     tag_pending_cancelled = 109, ///< server → rank 0: done (the pool's id)
     tag_cancel_task_pending = 110,  ///< rank 0 → server: cancel a task if it has not started
+    tag_ping = 111,  ///< rank 0 → server: are you running? (empty)
+    tag_pong = 112,  ///< server → rank 0: yes (empty), sent at once by its serving loop
 };
 
 /// The options a serving rank opens its local process pool with.

@@ -54,6 +54,9 @@ bool rank_server::handle(const message& m) {
         case tag_close:
             close(static_cast<std::uint32_t>(decode_u64(p, n)));
             return true;
+        case tag_ping:
+            post(tag_pong, {});
+            return true;
         case tag_stop:
             return false;
         default:

@@ -1,6 +1,7 @@
 // A second MPI program for the tests that need a whole job: the single-rank fallback
 // (run alone), the same-binary check (launched beside test_mpi, MPMD), the loss of a
-// serving rank (--kill-a-rank), and mpi_init / mpi_finalize misuse: called twice
+// serving rank (--kill-a-rank), a serving rank that stops and never answers again
+// (--freeze-a-rank), and mpi_init / mpi_finalize misuse: called twice
 // (--init-twice), after the program's own MPI_Init (--mpi-init-first), a pool alive at exit (--global-pool) or at mpi_finalize (--finalize-early),
 // and a pool's initializer or a task's result too large for one MPI message
 // (--over-2gib: needs about 8 GiB).
@@ -8,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -27,12 +29,12 @@ void init_with(std::vector<char> blob) { static_cast<void>(blob); }
 
 /// Runs in a worker, whose parent is its rank's fork server, whose parent is the serving
 /// rank itself: kills that rank as an outside kill -9 would.
-int kill_my_rank(int) {
+int signal_my_rank(int sig) {
     std::ifstream stat("/proc/" + std::to_string(getppid()) + "/stat");
     std::string pid, comm, state;
     long rank_pid = 0;
     stat >> pid >> comm >> state >> rank_pid;
-    if (rank_pid > 1) kill(static_cast<pid_t>(rank_pid), SIGKILL);
+    if (rank_pid > 1) kill(static_cast<pid_t>(rank_pid), sig);
     pause();
     return 0;
 }
@@ -111,7 +113,21 @@ int main(int argc, char** argv) {
     if (kill) {
         std::printf("probe: killing a serving rank\n");
         std::fflush(stdout);
-        pool.submit(kill_my_rank, 0).get();  // never returns: the job ends
+        pool.submit(signal_my_rank, SIGKILL).get();  // never returns: the job ends
+        return 0;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--freeze-a-rank") == 0) {
+        // The task stops its rank for good: its timeout still ends it, and at exit the job
+        // ends (MPI_Finalize would wait for the stopped rank forever).
+        try {
+            pool.submit(procpool::task_options{.timeout = std::chrono::seconds(1)}, signal_my_rank,
+                        SIGSTOP).get();
+            std::printf("probe: the frozen task returned\n");
+        } catch (const procpool::task_timeout& e) {
+            std::printf("probe: frozen task: %s\n", e.what());
+        }
+        std::printf("probe: then %d\n", pool.submit(triple, 14).get());
+        std::fflush(stdout);
         return 0;
     }
     const int v = pool.submit(triple, 14).get();

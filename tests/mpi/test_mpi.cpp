@@ -527,16 +527,11 @@ TEST(MpiPool, ForkServerKilled_RankKeepsServing) {
     EXPECT_EQ(another.submit(square, 5).get(), 25);
 }
 
-// DISABLED: fails (after a 2-minute watchdog). A serving rank that stops responding
-// (SIGSTOP here; a stalled node or a hung file system in real life) holds its tasks
-// forever: task_timeout is enforced only by the serving rank itself, and rank 0 has no
-// deadline or liveness check of its own, so the future never resolves and the pool's
-// destructor would wait forever (the test continues the rank at the end so it can close).
-// Fix (not small): rank 0 also enforces deadlines (a task's timeout plus a grace period,
-// counted from when the rank reports that it started), or serving ranks send heartbeats
-// while they hold tasks and rank 0 fails a silent rank's tasks (engine::lose_rank, today
-// unreachable) and sends it nothing more.
-TEST(MpiPool, DISABLED_SilentRank_TimedTaskStillResolves) {
+// A serving rank that stops running (SIGSTOP here; a stalled node or a hung file system in
+// real life) cannot enforce its tasks' timeouts: rank 0 pings it, and once it has not
+// answered for a while past a task's timeout its tasks fail (task_timeout, naming the rank)
+// and it gets no new ones. Continued, it answers again and the pool goes on.
+TEST(MpiPool, SilentRank_TimedTaskStillResolves_ThenTheRankServesAgain) {
     if (!multi_rank()) GTEST_SKIP() << "the task would stop this program itself";
     procpool_test::temp_dir dir;
     mpi_pool pool({.workers_per_rank = 1, .task_timeout = 1s});
@@ -546,7 +541,21 @@ TEST(MpiPool, DISABLED_SilentRank_TimedTaskStillResolves) {
     long rank_pid = 0;
     std::ifstream(dir.path() + "/rank-pid") >> rank_pid;
     kill(static_cast<pid_t>(rank_pid), SIGCONT);
-    EXPECT_TRUE(resolved) << "a task with a 1 s timeout on a frozen rank never resolved";
+    ASSERT_TRUE(resolved) << "a task with a 1 s timeout on a frozen rank never resolved";
+    try {
+        static_cast<void>(f.get());
+        FAIL() << "no exception";
+    } catch (const procpool::task_timeout& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("stopped answering"), std::string::npos) << what;
+        EXPECT_NE(what.find("MPI rank"), std::string::npos) << what;
+    }
+    // Continued, the rank answers again; every task resolves with its value whichever
+    // rank runs it.
+    const auto out = pool.map(square, std::vector<int>(200, 3), 1);
+    EXPECT_EQ(out, std::vector<int>(200, 9));
+    mpi_pool another({.workers_per_rank = 1});
+    EXPECT_EQ(another.submit(square, 6).get(), 36);
 }
 
 TEST(MpiPool, BadOptionsAreClearErrors) {
