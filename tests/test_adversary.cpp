@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -31,6 +32,7 @@
 #include "process_support.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/shared_array.hpp"
+#include "procpool/thread_pool.hpp"
 #include "worker_internals.hpp"
 
 using namespace std::chrono_literals;
@@ -378,6 +380,53 @@ TEST(AdversaryLifetime, PoolDestroyedWhileThreadsWaitOnItsFutures) {
         for (auto& t : waiters) t.join();
         EXPECT_EQ(ok.load(), 64);
     }
+}
+
+// ---- 6. pools used after main returned ---------------------------------------------
+
+// Submits, waits and cancels through pools from its destructor. Static, constructed after
+// the pools: destroyed before them, after main returned, when the main thread's
+// thread_local objects (procpool's encoding buffer and cancel slot among them) are gone.
+struct uses_pools_at_exit {
+    process_pool* pool;
+    procpool::thread_pool* threads;
+    uses_pools_at_exit(process_pool* p, procpool::thread_pool* t) : pool(p), threads(t) {}
+    uses_pools_at_exit(const uses_pools_at_exit&) = delete;
+    uses_pools_at_exit& operator=(const uses_pools_at_exit&) = delete;
+    ~uses_pools_at_exit() {
+        const int v = pool->submit(add, 40, 9).get();
+        auto slow = pool->submit(sleep_then, 60'000, 1);
+        const bool cancelled = slow.cancel();
+        slow.wait();
+        auto t = threads->submit([] { return 7; });
+        const int w = t.get();
+        std::fprintf(stderr, "at exit: %d %d %d %d\n", v, cancelled ? 1 : 0,
+                     slow.cancelled() ? 1 : 0, w);
+    }
+};
+
+[[noreturn]] void use_pools_then_exit() {
+    static process_pool pool({.workers = 1});
+    static procpool::thread_pool threads({.workers = 1});
+    // The thread_local objects exist before the user below is constructed, so they are
+    // destroyed before its destructor runs.
+    static_cast<void>(pool.submit(add, 1, 2).get());
+    auto c = pool.submit(sleep_then, 60'000, 1);
+    static_cast<void>(c.cancel());
+    static_cast<void>(threads.submit([] { return 1; }).get());
+    static uses_pools_at_exit user(&pool, &threads);
+    std::exit(0);
+}
+
+// Failed before the fix under ASan: the submit wrote its arguments into the encoding
+// buffer, a thread_local vector already destroyed (heap-use-after-free).
+TEST(AdversaryAtExitDeathTest, SubmitWaitCancelFromAStaticDestructor_AfterMain) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            use_pools_then_exit();
+        },
+        ::testing::ExitedWithCode(0), "at exit: 49 1 1 7");
 }
 
 }  // namespace

@@ -21,9 +21,11 @@ struct hazard_slot {
 };
 
 std::mutex hazard_mutex;
+// Never destroyed: a cancel may come from a static object's destructor, after the
+// static objects constructed later than this list are gone.
 std::vector<hazard_slot*>& hazard_slots() {
-    static std::vector<hazard_slot*> slots;
-    return slots;
+    static auto* slots = new std::vector<hazard_slot*>();
+    return *slots;
 }
 
 struct thread_hazard {
@@ -54,8 +56,24 @@ class hook_guard {
 
   private:
     static hazard_slot& slot() noexcept {
-        thread_local thread_hazard mine;
-        return mine.slot;
+        static constinit thread_local bool gone = false;  // trivial: never destroyed
+        struct owned {
+            thread_hazard h;
+            owned() = default;
+            owned(const owned&) = delete;
+            owned& operator=(const owned&) = delete;
+            ~owned() { gone = true; }
+        };
+        if (!gone) {
+            thread_local owned mine;
+            return mine.h.slot;
+        }
+        // This thread's thread_local objects are destroyed already (a cancel from the
+        // destructor of a static object, after main returned): a slot that lives for good,
+        // registered once per such thread.
+        static constinit thread_local thread_hazard* late = nullptr;
+        if (late == nullptr) late = new thread_hazard();
+        return late->slot;
     }
     hazard_slot& slot_;
 };

@@ -228,7 +228,9 @@ public:
         t->fn = fn;
         t->timeout_ns = timeout_ns;
         t->attachments = std::move(attachments);
-        std::vector<std::byte>& buf = scratch();
+        std::vector<std::byte> own;
+        std::vector<std::byte>* shared = scratch();
+        std::vector<std::byte>& buf = shared != nullptr ? *shared : own;
         buf.assign(args, args + n);
         self().enqueue(*t, buf);
         return detail::make_future(std::move(owner));
@@ -250,7 +252,9 @@ public:
         t->fn = fn_off;
         t->timeout_ns =
             topts.timeout ? static_cast<std::int64_t>(topts.timeout->count()) * 1'000'000 : -1;
-        std::vector<std::byte>& buf = scratch();
+        std::vector<std::byte> own;
+        std::vector<std::byte>* shared = scratch();
+        std::vector<std::byte>& buf = shared != nullptr ? *shared : own;
         buf.clear();
         try {
             attachment_scope scope(&t->attachments, nullptr, bulk_threshold_);
@@ -297,9 +301,24 @@ public:
         return stream<R>(std::move(source), ordered, max_in_flight);
     }
 
-    static std::vector<std::byte>& scratch() noexcept {
-        thread_local std::vector<std::byte> buf;
-        return buf;
+    // The calling thread's encoding buffer, kept between submits; null once the thread's
+    // thread_local objects are destroyed (a submit from the destructor of a static object,
+    // after main returned): the caller then encodes into a buffer of its own.
+    static std::vector<std::byte>* scratch() noexcept {
+        struct holder {
+            std::vector<std::byte> buf;
+            holder() = default;
+            holder(const holder&) = delete;
+            holder& operator=(const holder&) = delete;
+            ~holder() { scratch_gone() = true; }
+        };
+        if (scratch_gone()) return nullptr;
+        thread_local holder h;
+        return &h.buf;
+    }
+    static bool& scratch_gone() noexcept {
+        static constinit thread_local bool gone = false;  // trivial: never destroyed
+        return gone;
     }
 };
 
