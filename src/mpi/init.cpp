@@ -17,6 +17,7 @@
 #include "mpi/engine.hpp"
 #include "mpi/runtime.hpp"
 #include "mpi/server.hpp"
+#include "process/fork_server.hpp"
 #include "procpool/mpi_pool.hpp"
 #include "procpool/process_pool.hpp"
 #include "remote/envelope.hpp"
@@ -150,7 +151,11 @@ void mpi_init(int argc, char** argv) {
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
     // Workers come from the fork server, started before MPI exists in this process:
-    // forking an MPI process is unsafe with several of its transports.
+    // forking an MPI process is unsafe with several of its transports. They are no MPI
+    // ranks: the launcher's variables are kept from them, so that an MPI program a task
+    // starts (or an MPI library it loads) does not take itself for this rank.
+    process::drop_env_in_workers({"OMPI_", "PMIX_", "PMI_", "OPAL_", "PRTE_", "HYDRA_",
+                                  "MPI_LOCALRANKID", "MPI_LOCALNRANKS"});
     init(argc, argv);
     if (s.mpi || !mpi_impl::launched_as_rank()) return;
     int provided = 0;

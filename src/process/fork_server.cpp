@@ -17,6 +17,9 @@
 #include <map>
 #include <mutex>
 #include <span>
+#include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "process/protocol.hpp"
@@ -32,6 +35,8 @@ ipc::unique_fd server_sock;
 ipc::unique_fd server_pidfd;  // of server_pid; empty without pidfd_open
 pid_t server_pid = -1;
 
+std::vector<std::string> dropped_env_prefixes;  // under server_mutex
+
 constexpr std::size_t max_request = max_config_bytes + sizeof(fs_record);
 // Spares kept once pools are in use: a pool of two starts without waiting for a fork, and
 // a replacement for a dead worker usually finds one.
@@ -46,6 +51,23 @@ constexpr int spare_after_ms = 20;
 // ends instead when the program's end of `sock` closes (every descriptor closes when a
 // process dies, SIGKILL included), and, in case a forked child of the program still
 // holds that end, when it finds itself re-parented.
+// In a new fork server (single-threaded, so setenv is safe): removes the variables
+// drop_env_in_workers named.
+void drop_env(const std::vector<std::string>& prefixes) {
+    if (prefixes.empty()) return;
+    std::vector<std::string> names;
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+        const std::string_view entry(*e);
+        for (const auto& p : prefixes) {
+            if (entry.starts_with(p)) {
+                names.emplace_back(entry.substr(0, entry.find('=')));
+                break;
+            }
+        }
+    }
+    for (const auto& n : names) unsetenv(n.c_str());
+}
+
 [[noreturn]] void serve(int sock, pid_t parent) {
     if (getppid() != parent) _exit(0);
     prctl(PR_SET_NAME, "procpool-forksrv");
@@ -265,6 +287,7 @@ void start_server_locked() {
     }
     if (pid == 0) {
         close(sv[0]);
+        drop_env(dropped_env_prefixes);
         serve(sv[1], parent);
     }
     close(sv[1]);
@@ -343,6 +366,11 @@ bool start_fork_server() {
     if (server_sock) return false;
     start_server_locked();
     return true;
+}
+
+void drop_env_in_workers(std::vector<std::string> prefixes) {
+    std::lock_guard lock(server_mutex);
+    dropped_env_prefixes = std::move(prefixes);
 }
 
 bool fork_server_running() noexcept {

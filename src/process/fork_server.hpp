@@ -3,6 +3,9 @@
 
 #include <sys/types.h>
 
+#include <string>
+#include <vector>
+
 #include "ipc/fd.hpp"
 
 namespace procpool::process {
@@ -33,6 +36,11 @@ bool fork_server_running() noexcept;
 
 /// Process id of the fork server, or -1.
 pid_t fork_server_pid() noexcept;
+
+/// Environment variables whose names start with one of `prefixes` are removed in fork
+/// servers started from now on, so none of their workers sees them. mpi_init uses it for
+/// the launcher's variables (OMPI_*, PMIX_*, ...): a worker is no MPI rank.
+void drop_env_in_workers(std::vector<std::string> prefixes);
 
 /// Number of threads the calling process runs now (from /proc/self/status).
 int current_thread_count() noexcept;

@@ -32,6 +32,20 @@ using procpool_test::file_gate;
 namespace {
 
 int square(int x) { return x * x; }
+
+/// The names of the launcher's variables (OMPI_*, PMIX_*, ...) this worker sees, and the
+/// value of `name`.
+std::string launcher_env_and(std::string name) {
+    std::string seen;
+    for (char** e = environ; *e != nullptr; ++e) {
+        const std::string entry(*e);
+        for (const char* p : {"OMPI_", "PMIX_", "PMI_", "OPAL_"}) {
+            if (entry.rfind(p, 0) == 0) seen += entry.substr(0, entry.find('=')) + " ";
+        }
+    }
+    const char* v = std::getenv(name.c_str());
+    return seen + "| " + (v != nullptr ? v : "(unset)");
+}
 int add(int a, int b) { return a + b; }
 int throws_domain_error(int) { throw std::domain_error("bad input"); }
 int segfaults(int) {
@@ -556,6 +570,16 @@ TEST(MpiPool, SilentRank_TimedTaskStillResolves_ThenTheRankServesAgain) {
     EXPECT_EQ(out, std::vector<int>(200, 9));
     mpi_pool another({.workers_per_rank = 1});
     EXPECT_EQ(another.submit(square, 6).get(), 36);
+}
+
+// Workers are no MPI ranks: the launcher's variables (which would make an MPI program a
+// task starts take itself for this rank) are not in their environment; the pool's own
+// variables are.
+TEST(MpiPool, WorkersDoNotSeeTheLaunchersVariables) {
+    mpi_pool pool({.workers_per_rank = 1, .env = {{"PROCPOOL_TEST_VAR", "kept"}}});
+    for (int i = 0; i < 8; ++i) {
+        EXPECT_EQ(pool.submit(launcher_env_and, std::string("PROCPOOL_TEST_VAR")).get(), "| kept");
+    }
 }
 
 TEST(MpiPool, BadOptionsAreClearErrors) {
