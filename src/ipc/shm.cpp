@@ -229,6 +229,20 @@ std::shared_ptr<shm_block> shm_block::adopt(int fd, std::size_t bytes, bool writ
     return std::shared_ptr<shm_block>(new shm_block(fd, p, bytes, writable, notify_on_free));
 }
 
+std::shared_ptr<shm_block> shm_block::relayed(int fd, std::size_t bytes, bool writable,
+                                              std::uint64_t id, bool per_task) {
+    std::shared_ptr<shm_block> b;
+    if (fd < 0) {
+        b.reset(create_raw(bytes));
+        b->writable_ = writable;  // its mapping here stays writable: the copy is written in
+    } else {
+        b = adopt(fd, bytes, writable, true);
+    }
+    b->id_ = id;
+    b->per_task_ = per_task;
+    return b;
+}
+
 std::shared_ptr<shm_block> shm_block::read_only_twin() {
     if (!writable_) return shared_from_this();
     std::lock_guard lock(twin_mutex_);

@@ -11,6 +11,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "mpi/arrays.hpp"
 #include "mpi/backoff.hpp"
 #include "procpool/detail/shm.hpp"
 #include "procpool/error.hpp"
@@ -272,7 +273,24 @@ void engine::dispatch(pool_state& p) {
         detail::mpi_task_base* t = p.pending.front();
         p.pending.pop_front();
         task_msg h{t->id, p.id, 0, t->invoker, t->fn, t->timeout_ns, 0};
-        if (t->args.size() >= alone_bytes) {
+        if (!t->attachments.empty()) {
+            // Shared arrays: a section before the arguments, by reference to a rank that
+            // can open this process's memory, by value to any other. Such a task travels
+            // alone.
+            std::vector<std::byte> section;
+            try {
+                append_arrays(section, t->attachments, servers_[best].same_node,
+                              max_message_bytes - sizeof h - t->args.size());
+            } catch (...) {
+                fail_task(*t, std::current_exception());
+                continue;
+            }
+            h.arrays = static_cast<std::uint32_t>(t->attachments.size());
+            section.insert(section.end(), t->args.begin(), t->args.end());
+            std::vector<std::byte> one;
+            append(one, h, section.data(), section.size());
+            c_.send(servers_[best].rank, tag_task, std::move(one));
+        } else if (t->args.size() >= alone_bytes) {
             // Large arguments go in a message of their own, at once: the rank starts on
             // it while the next one is still on its way.
             std::vector<std::byte> one;
@@ -311,6 +329,19 @@ void engine::on_reply(const message& m) {
                 if (it == inflight_.end()) return;
                 detail::mpi_task_base& t = *it->second.task;
                 forget_inflight(t);
+                if (h.changes != 0) {
+                    // What the task changed in shared arrays it got by value, written
+                    // back before its future resolves.
+                    try {
+                        const std::size_t used = apply_changes(body, n, h.changes, t.attachments);
+                        body += used;
+                        n -= used;
+                    } catch (...) {
+                        fail_task(t, std::current_exception());
+                        ++records;
+                        return;
+                    }
+                }
                 resolve_from_reply(t, h, body, n, where(t.rank));
                 owner(t).release_task(t);
                 ++records;

@@ -46,6 +46,8 @@ struct rank_link {
     std::int64_t last_heard_ns = 0;  ///< when any message from it last arrived
     std::int64_t ping_sent_ns = 0;   ///< when the unanswered ping went; 0: none
     int held = 0;                    ///< tasks sent to it and not resolved, all pools
+    /// It opened rank 0's memory at start-up: shared arrays go to it by reference.
+    bool same_node = false;
 };
 
 class engine {

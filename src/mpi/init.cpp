@@ -2,7 +2,10 @@
 // every rank but 0 the serving loop that never returns.
 #include <mpi.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/sysinfo.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -13,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "mpi/arrays.hpp"
 #include "mpi/comm.hpp"
 #include "mpi/engine.hpp"
 #include "mpi/runtime.hpp"
@@ -84,6 +88,40 @@ int default_workers(MPI_Comm world, int rank) {
     const int servers_here = std::max(1, node_size - rank0_here);
     if (cores < get_nprocs()) return std::max(1, cores);  // bound: these cores are ours
     return std::max(1, cores / servers_here);
+}
+
+// Which serving ranks can open rank 0's memory (same node, same process namespace, /proc
+// readable): they get shared_array arguments by reference, the others by value. Rank 0
+// writes a token in a small memfd; each rank tries to read it through /proc/<pid>/fd.
+// PROCPOOL_MPI_COPY_SHARED_ARRAYS=1 (on a rank) makes it take them by value regardless.
+void probe_same_node(state& s) {
+    struct probe {
+        std::int32_t pid = 0;
+        std::int32_t fd = -1;
+        std::uint64_t token = 0;
+    } p;
+    int memfd = -1;
+    if (s.rank == 0) {
+        memfd = memfd_create("procpool-probe", MFD_CLOEXEC);
+        timespec ts{};
+        clock_gettime(CLOCK_REALTIME, &ts);
+        p.token = (static_cast<std::uint64_t>(ts.tv_nsec) << 20) ^ static_cast<std::uint64_t>(ts.tv_sec) ^
+                  (static_cast<std::uint64_t>(getpid()) << 44) ^ 0x9e3779b97f4a7c15ULL;
+        if (memfd >= 0 &&
+            pwrite(memfd, &p.token, sizeof p.token, 0) == static_cast<ssize_t>(sizeof p.token)) {
+            p.pid = static_cast<std::int32_t>(getpid());
+            p.fd = memfd;
+        }
+    }
+    check(MPI_Bcast(&p, sizeof p, MPI_BYTE, 0, s.world), "MPI_Bcast");
+    const char* copy = std::getenv("PROCPOOL_MPI_COPY_SHARED_ARRAYS");
+    const bool forced = copy != nullptr && std::strcmp(copy, "0") != 0 && *copy != '\0';
+    int can = 0;
+    if (s.rank != 0 && p.fd >= 0 && !forced) can = can_open_remote_fd(p.pid, p.fd, p.token) ? 1 : 0;
+    std::vector<int> all(s.rank == 0 ? static_cast<std::size_t>(s.size) : 0);
+    check(MPI_Gather(&can, 1, MPI_INT, all.data(), 1, MPI_INT, 0, s.world), "MPI_Gather");
+    if (memfd >= 0) close(memfd);
+    for (auto& r : s.servers) r.same_node = all[static_cast<std::size_t>(r.rank)] != 0;
 }
 
 [[noreturn]] void end_rank(int status) {
@@ -205,6 +243,7 @@ void mpi_init(int argc, char** argv) {
     }
     mpi_impl::check(MPI_Bcast(&ok, 1, MPI_INT, 0, s.world), "MPI_Bcast");
     if (ok == 0) mpi_impl::end_rank(2);
+    mpi_impl::probe_same_node(s);
 
     const int workers = mpi_impl::default_workers(s.world, s.rank);
     if (s.rank != 0) {

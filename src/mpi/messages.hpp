@@ -54,7 +54,7 @@ struct opened_msg {
 struct task_msg {
     std::uint64_t id = 0;
     std::uint32_t pool = 0;
-    std::uint32_t reserved = 0;
+    std::uint32_t arrays = 0;  ///< shared arrays: a section of as many blocks (arrays.hpp) precedes the arguments
     std::uint64_t invoker = 0;
     std::uint64_t fn = 0;
     std::int64_t timeout_ns = -1;  ///< -1: none
@@ -82,6 +82,8 @@ struct reply_msg {
     std::int32_t signal = 0;
     std::int32_t exit_code = 0;
     std::uint64_t body_len = 0;
+    std::uint32_t changes = 0;  ///< changed ranges of by-value shared arrays (arrays.hpp) that precede the body
+    std::uint32_t reserved = 0;
 };
 
 /// Appends one record (header, with its length field set to `n`, then `n` bytes).

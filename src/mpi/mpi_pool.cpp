@@ -205,15 +205,6 @@ void mpi_pool::enqueue(detail::mpi_task_base& t, const std::vector<std::byte>& a
         });
         return;
     }
-    if (!t.attachments.empty()) {
-        if (t.begin_resolve()) {
-            t.shared().set_exception(std::make_exception_ptr(serialization_error(
-                "mpi_pool: shared_array arguments cannot be sent to another MPI rank; pass the "
-                "data as a std::vector (it travels by value)")));
-        }
-        p.release_task(t);
-        return;
-    }
     if (args.size() > max_message_args) {
         if (t.begin_resolve()) {
             t.shared().set_exception(std::make_exception_ptr(serialization_error(

@@ -96,9 +96,22 @@ void rank_server::run(const task_msg& h, const std::byte* args, std::size_t n) {
         reply_error(h.id, outcome_kind::cancelled, "task cancelled: its pool shut down");
         return;
     }
+    std::shared_ptr<received_arrays> arrays;
+    if (h.arrays != 0) {
+        arrays = std::make_shared<received_arrays>();
+        try {
+            const std::size_t used = read_arrays(args, n, h.arrays, linked_, *arrays);
+            args += used;
+            n -= used;
+        } catch (const std::exception& e) {
+            reply_error(h.id, outcome_kind::serialization, e.what());
+            return;
+        }
+    }
     future<detail::raw_reply> f;
     try {
-        f = detail::relay_access::submit(*it->second, h.invoker, h.fn, h.timeout_ns, args, n);
+        f = detail::relay_access::submit(*it->second, h.invoker, h.fn, h.timeout_ns, args, n,
+                                         arrays ? arrays->blocks : std::vector<detail::shm_ref>{});
     } catch (const std::exception& e) {
         reply_error(h.id, outcome_kind::shut_down, e.what());
         return;
@@ -108,12 +121,12 @@ void rank_server::run(const task_msg& h, const std::byte* args, std::size_t n) {
         running_.emplace(h.id, f);
     }
     const std::uint64_t id = h.id;
-    f.on_done([this, id](const future<detail::raw_reply>& done) {
+    f.on_done([this, id, arrays](const future<detail::raw_reply>& done) {
         {
             std::lock_guard lock(mu_);
             running_.erase(id);
         }
-        reply(id, done);
+        reply(id, done, arrays.get());
     });
 }
 
@@ -161,7 +174,8 @@ void rank_server::close_all() noexcept {
     while (!pools_.empty()) close(pools_.begin()->first);
 }
 
-void rank_server::reply(std::uint64_t id, const future<detail::raw_reply>& f) {
+void rank_server::reply(std::uint64_t id, const future<detail::raw_reply>& f,
+                        const received_arrays* arrays) {
     reply_msg h{id, outcome_kind::relayed, detail::run_status::value, 0, 0, 0};
     if (auto e = f.exception()) {
         std::string text;
@@ -194,12 +208,12 @@ void rank_server::reply(std::uint64_t id, const future<detail::raw_reply>& f) {
             h.kind = outcome_kind::other;
             text = "unknown error";
         }
-        post_reply(h, reinterpret_cast<const std::byte*>(text.data()), text.size());
+        post_reply(h, reinterpret_cast<const std::byte*>(text.data()), text.size(), arrays);
         return;
     }
     const detail::raw_reply& r = f.get();
     h.status = r.status;
-    post_reply(h, r.bytes.data(), r.bytes.size());
+    post_reply(h, r.bytes.data(), r.bytes.size(), arrays);
 }
 
 void rank_server::reply_error(std::uint64_t id, outcome_kind kind, const std::string& text) {
@@ -207,7 +221,18 @@ void rank_server::reply_error(std::uint64_t id, outcome_kind kind, const std::st
     post_reply(h, reinterpret_cast<const std::byte*>(text.data()), text.size());
 }
 
-void rank_server::post_reply(const reply_msg& h, const std::byte* body, std::size_t n) {
+void rank_server::post_reply(reply_msg h, const std::byte* body, std::size_t n,
+                             const received_arrays* arrays) {
+    // What the task changed in shared arrays it got by value goes back before the body.
+    std::vector<std::byte> with_changes;
+    if (arrays != nullptr) {
+        h.changes = append_changes(with_changes, *arrays);
+        if (h.changes != 0) {
+            with_changes.insert(with_changes.end(), body, body + n);
+            body = with_changes.data();
+            n = with_changes.size();
+        }
+    }
     if (sizeof h + n > max_message) {
         // Too large for one MPI message: the task fails, the rank goes on serving.
         const std::string text = "mpi_pool: the task's result takes " + std::to_string(n) +

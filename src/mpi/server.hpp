@@ -11,6 +11,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "mpi/arrays.hpp"
 #include "mpi/comm.hpp"
 #include "mpi/messages.hpp"
 #include "procpool/detail/remote_task.hpp"
@@ -46,15 +47,18 @@ class rank_server {
     void cancel(std::uint64_t id, bool stop_running);
     void cancel_pending(std::uint32_t pool);
     void close(std::uint32_t pool) noexcept;
-    void reply(std::uint64_t id, const future<detail::raw_reply>& f);
+    void reply(std::uint64_t id, const future<detail::raw_reply>& f,
+               const received_arrays* arrays);
     void reply_error(std::uint64_t id, outcome_kind kind, const std::string& text);
     void post(int tag, std::vector<std::byte> body);
-    void post_reply(const reply_msg& h, const std::byte* body, std::size_t n);
+    void post_reply(reply_msg h, const std::byte* body, std::size_t n,
+                    const received_arrays* arrays = nullptr);
 
     int default_workers_;
     std::string host_ = host_name();
     std::unordered_map<std::uint32_t, std::unique_ptr<process_pool>> pools_;
     std::unordered_set<std::uint32_t> cancelled_;  // pools shut down with cancel_pending
+    linked_blocks linked_;  // rank 0's blocks opened by reference (main thread only)
 
     mutable std::mutex mu_;
     std::unordered_map<std::uint64_t, future<detail::raw_reply>> running_;

@@ -70,7 +70,7 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
     const std::size_t len = sizeof(task_header) + (oob ? sizeof(std::uint64_t) : n);
     std::vector<detail::shm_ref> fresh;
     for (const auto& b : t.attachments) {
-        if (!w.cached.contains(b->id())) fresh.push_back(b);
+        if (b->per_task() || !w.cached.contains(b->id())) fresh.push_back(b);
     }
     // Messages on the control socket wait there until the worker starts their task.
     // Bounding them keeps the socket's buffer from filling, so that sends never block:
@@ -98,7 +98,9 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
         send_failed(w, errno);
         return false;
     }
-    for (const auto& b : fresh) w.cached.insert(b->id());
+    for (const auto& b : fresh) {
+        if (!b->per_task()) w.cached.insert(b->id());
+    }
     if (oob) {
         if (t.parked.empty()) t.parked.assign(args, args + n);  // kept for requeue
         if (!send_payload(w.ctl.get(), 'A', args, n, false, true)) {
@@ -114,6 +116,15 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
     std::memcpy(dst, &th, sizeof th);
     t.payload_pos = w.req.commit(static_cast<std::uint32_t>(len), oob ? msg_task_oob : msg_task);
     t.payload_len = static_cast<std::uint32_t>(len);
+    // A per-task copy (shm_block::relayed) is dropped by the worker once this task is over:
+    // the notice follows the task's frame in the ring.
+    bool per_task = false;
+    for (const auto& b : fresh) {
+        if (!b->per_task()) continue;
+        w.forget_backlog.push_back(b->id());
+        per_task = true;
+    }
+    if (per_task) flush_forgets(w);
     t.seq = w.next_seq++;
     t.worker = w.index;
     t.worker_gen = w.gen;

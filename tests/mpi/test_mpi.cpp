@@ -24,6 +24,7 @@
 #include "../process_support.hpp"
 #include "procpool/mpi_pool.hpp"
 #include "procpool/procpool.hpp"
+#include "procpool/shared_array.hpp"
 
 using namespace std::chrono_literals;
 using procpool::mpi_pool;
@@ -32,6 +33,23 @@ using procpool_test::file_gate;
 namespace {
 
 int square(int x) { return x * x; }
+
+/// Writes a[i] = 3i + 1 over [from, to); returns how many.
+std::size_t fill_slice(procpool::shared_array<int> a, std::size_t from, std::size_t to) {
+    for (std::size_t i = from; i < to; ++i) a[i] = static_cast<int>(i) * 3 + 1;
+    return to - from;
+}
+
+long sum_span(procpool::shared_span<const int> s) { return std::accumulate(s.begin(), s.end(), 0L); }
+
+/// Marks a[1] = 1, then returns a[0] once it differs from `initial`, or after `patience_ms`.
+int wait_for_change(procpool::shared_array<int> a, int initial, int patience_ms) {
+    a[1] = 1;
+    for (int i = 0; i < patience_ms && a[0] == initial; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return a[0];
+}
 
 /// The names of the launcher's variables (OMPI_*, PMIX_*, ...) this worker sees, and the
 /// value of `name`.
@@ -375,12 +393,55 @@ TEST(MpiPool, ShutdownCancelPendingFromADoneCallback) {
     for (auto& f : rest) EXPECT_TRUE(f.wait_for(2min));  // a watchdog only
 }
 
-TEST(MpiPool, SharedArrayArgumentToAnotherRank_IsAClearError) {
-    if (!multi_rank()) GTEST_SKIP() << "single-rank mode shares arrays without copying";
+// True when the serving ranks were told to take shared arrays by value
+// (PROCPOOL_MPI_COPY_SHARED_ARRAYS=1: how a rank on another node gets them).
+bool arrays_copied() {
+    const char* v = std::getenv("PROCPOOL_MPI_COPY_SHARED_ARRAYS");
+    return multi_rank() && v != nullptr && std::string(v) != "0" && *v != '\0';
+}
+
+// Tasks fill disjoint slices of one shared array: rank 0 sees every write once the
+// futures resolve, whether the ranks share rank 0's memory (same node) or got a copy and
+// sent back what they changed (another node), even where two slices share a page.
+TEST(MpiPool, SharedArray_TasksFillDisjointSlices_RankZeroSeesEveryWrite) {
     mpi_pool pool;
-    procpool::shared_array<double> a(100);
-    auto f = pool.submit([](procpool::shared_span<const double> s) { return s.size(); }, a);
-    EXPECT_THROW(f.get(), procpool::serialization_error);
+    constexpr std::size_t n = 100'003;
+    constexpr std::size_t slice = 1'000;  // not a multiple of a page: slices share pages
+    procpool::shared_array<int> a(n);
+    std::vector<procpool::future<std::size_t>> fs;
+    for (std::size_t from = 0; from < n; from += slice) {
+        fs.push_back(pool.submit(fill_slice, a, from, std::min(n, from + slice)));
+    }
+    std::size_t written = 0;
+    for (auto& f : fs) written += f.get();
+    EXPECT_EQ(written, n);
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < n; ++i) wrong += a[i] == static_cast<int>(i) * 3 + 1 ? 0 : 1;
+    EXPECT_EQ(wrong, 0u);
+    // A read-only parameter gets the array without the right to write it.
+    EXPECT_EQ(pool.submit(sum_span, a).get(), std::accumulate(a.begin(), a.end(), 0L));
+    procpool::shared_array<int> empty;
+    EXPECT_EQ(pool.submit(sum_span, empty).get(), 0L);
+}
+
+// Same node: the task works on rank 0's memory itself (no copy): it sees a write rank 0
+// makes while it runs. By value (another node): it sees the array as it was sent.
+TEST(MpiPool, SharedArray_SameNodeWithoutCopying_ByValueOtherwise) {
+    mpi_pool pool({.workers_per_rank = 1});
+    procpool::shared_array<int> a(1024);
+    a[0] = 7;
+    if (arrays_copied()) {
+        EXPECT_EQ(pool.submit(wait_for_change, a, 7, 0).get(), 7);
+        EXPECT_EQ(a[1], 1) << "the task's write came back";
+        return;
+    }
+    auto f = pool.submit(wait_for_change, a, 7, 120'000);
+    for (int i = 0; i < 120'000 && a[1] == 0; ++i) {  // a watchdog only
+        std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_EQ(a[1], 1) << "the task's write is not visible while it runs";
+    a[0] = 42;
+    EXPECT_EQ(f.get(), 42);
 }
 
 TEST(MpiPool, Soak_10000Tasks_5PercentFaults_EveryFutureResolvesWithItsKind) {

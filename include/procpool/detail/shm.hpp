@@ -39,6 +39,16 @@ public:
     static std::shared_ptr<shm_block> adopt(int fd, std::size_t bytes, bool writable,
                                             bool notify_on_free);
 
+    /// A block relayed under the id another process gave it: an mpi_pool serving rank
+    /// passes rank 0's shared arrays to its workers under rank 0's ids, the ids the task's
+    /// bytes name. `fd` >= 0: maps that descriptor (takes ownership); -1: a new
+    /// zero-filled block of `bytes`, mapped writable here whatever `writable` says (which
+    /// is how workers map it). `per_task`: a private copy for one task: pools send it to
+    /// a worker every time (never taking it for one the worker has under the same id) and
+    /// have the worker drop it after that task.
+    static std::shared_ptr<shm_block> relayed(int fd, std::size_t bytes, bool writable,
+                                              std::uint64_t id, bool per_task);
+
     shm_block(const shm_block&) = delete;
     shm_block& operator=(const shm_block&) = delete;
     ~shm_block();
@@ -47,6 +57,8 @@ public:
     std::size_t bytes() const noexcept { return bytes_; }
     int fd() const noexcept { return fd_; }
     bool writable() const noexcept { return writable_; }
+    /// See relayed(): a private copy for one task, not to be cached by workers.
+    bool per_task() const noexcept { return per_task_; }
     /// Process-unique identity; workers cache mappings by it.
     std::uint64_t id() const noexcept { return id_; }
     /// Maps this block's pages into this process's page tables in one call, the first time
@@ -77,6 +89,7 @@ private:
     int owner_pid_;
     std::uint64_t id_;
     bool populated_ = false;
+    bool per_task_ = false;
     std::mutex twin_mutex_;
     std::shared_ptr<shm_block> twin_;
 };
