@@ -104,8 +104,11 @@ class mpi_task_base : public remote_task_base {
 /// holds a bounded window of them, see `in_flight_per_worker`), so uneven task lengths keep every
 /// remote worker busy. A task that crashes, exits or times out on a remote node fails only
 /// its own future (`worker_died`, `task_timeout`, naming the host and rank); that rank
-/// replaces the worker and keeps serving. Arguments and results travel by value over MPI
-/// (`shared_array` arguments: see the guide). Use only on rank 0, after `mpi_init`.
+/// replaces the worker and keeps serving; a rank that stops answering has its tasks
+/// failed and gets no new ones until it answers again. Arguments and results travel by
+/// value over MPI; `shared_array` arguments are shared without copying with ranks on rank
+/// 0's node and copied to others, the task's writes coming back (see the guide). Use only
+/// on rank 0, after `mpi_init`.
 class mpi_pool : public detail::remote_executor<mpi_pool, detail::mpi_task_base> {
   public:
     /// Opens the pool on every serving rank (each starts its workers) and returns once all
