@@ -20,6 +20,8 @@ out=$build/mpi_bench.jsonl
 for ((i = 0; i < reps; i++)); do
   "${mpirun[@]}" "$build/bench/bench_mpi_pingpong" | grep '^{' >>"$out"
   "${mpirun[@]}" "$build/bench/bench_mpi_pool" | grep '^{' >>"$out"
+  "${mpirun[@]}" -x PROCPOOL_MPI_COPY_SHARED_ARRAYS=1 "$build/bench/bench_mpi_pool" \
+    | grep '^{' | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); print(json.dumps({k: r[k] for k in r if "array64" in k}))' >>"$out"
   "${mpirun[@]}" /usr/bin/python3 -m mpi4py.futures "$src/bench/peers/mpi4py_futures_bench.py" \
     | grep '^{' >>"$out"
 done
@@ -35,12 +37,14 @@ sub = med("mpi_pool_submit_per_s"); psub = med("process_pool_submit_per_s")
 mp = med("mpi_pool_map_items_per_s"); pmp = med("process_pool_map_items_per_s")
 prt_py = med("mpi4py_rt_p50_us"); sub_py = med("mpi4py_submit_per_s"); mp_py = med("mpi4py_map_items_per_s")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-print(f"# {datetime.date.today()} commit {sys.argv[2]}, {os.cpu_count()} CPUs ({cpu}), 3 ranks, btl {sys.argv[3]}, medians of {len(rows)//3} runs")
+print(f"# {datetime.date.today()} commit {sys.argv[2]}, {os.cpu_count()} CPUs ({cpu}), 3 ranks, btl {sys.argv[3]}, medians of {len(rows)//4} runs")
 print("| metric | mpi_pool | mpi4py.futures | raw MPI ping-pong | process_pool (same workers) |")
 print("|---|---|---|---|---|")
 print(f"| round trip p50 | {rt:.1f} µs | {prt_py:.1f} µs | {raw:.1f} µs | {prt:.1f} µs |")
 print(f"| submit, future per task | {sub/1e3:.1f} k/s | {sub_py/1e3:.2f} k/s | | {psub/1e3:.1f} k/s |")
 print(f"| map of 1M ints | {mp/1e6:.1f} M/s | {mp_py/1e6:.2f} M/s | | {pmp/1e6:.1f} M/s |")
+ref = med("mpi_pool_array64_by_reference_ms"); val = med("mpi_pool_array64_by_value_ms"); mc = med("memcpy_64mib_ms")
+print(f"| one task given a 64 MiB shared_array (writes 1 int in 4096) | by reference {ref:.2f} ms; by value {val:.1f} ms | | memcpy of 64 MiB {mc:.1f} ms | |")
 print()
 print("| target | value | met |")
 print("|---|---|---|")
