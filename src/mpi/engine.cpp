@@ -40,6 +40,10 @@ constexpr std::int64_t overdue_grace = 1000 * ms_ns;
 constexpr std::int64_t silent_overdue = 5000 * ms_ns;
 constexpr std::int64_t silent_any = 60'000 * ms_ns;
 constexpr std::int64_t check_every = 100 * ms_ns;
+// Shared arrays copied to one rank (by value) by tasks not resolved yet: past this, the
+// next such task waits on rank 0 (unless the rank holds none), so a map over slices of a
+// big array does not hold a copy per task in flight on both sides.
+constexpr std::size_t max_copied_in_flight = std::size_t{512} << 20;
 // At exit, how long a silent rank has to answer before the job is aborted (MPI_Finalize
 // would wait for it forever).
 constexpr std::int64_t stop_wait = 10'000 * ms_ns;
@@ -271,6 +275,12 @@ void engine::dispatch(pool_state& p) {
         }
         if (best == servers_.size()) break;
         detail::mpi_task_base* t = p.pending.front();
+        std::size_t copied = 0;
+        if (!servers_[best].same_node) {
+            for (const auto& b : t->attachments) copied += b->bytes();
+            const std::size_t held = servers_[best].copied_in_flight;
+            if (copied != 0 && held != 0 && held + copied > max_copied_in_flight) break;
+        }
         p.pending.pop_front();
         task_msg h{t->id, p.id, 0, t->invoker, t->fn, t->timeout_ns, 0};
         if (!t->attachments.empty()) {
@@ -307,7 +317,8 @@ void engine::dispatch(pool_state& p) {
         t->rank = servers_[best].rank;
         ++p.inflight[best];
         ++servers_[best].held;
-        inflight_.emplace(t->id, sent_task{t, now});
+        servers_[best].copied_in_flight += copied;
+        inflight_.emplace(t->id, sent_task{t, now, copied});
         any = true;
     }
     if (!any) return;
@@ -360,8 +371,11 @@ void engine::on_reply(const message& m) {
 }
 
 void engine::forget_inflight(detail::mpi_task_base& t) noexcept {
-    inflight_.erase(t.id);
     const std::size_t server = server_index(t.rank);
+    if (auto it = inflight_.find(t.id); it != inflight_.end()) {
+        servers_[server].copied_in_flight -= it->second.copied;
+        inflight_.erase(it);
+    }
     if (auto p = pools_.find(t.pool_id); p != pools_.end()) --p->second.inflight[server];
     --servers_[server].held;
 }

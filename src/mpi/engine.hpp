@@ -48,6 +48,8 @@ struct rank_link {
     int held = 0;                    ///< tasks sent to it and not resolved, all pools
     /// It opened rank 0's memory at start-up: shared arrays go to it by reference.
     bool same_node = false;
+    /// Bytes of shared arrays sent to it by value whose tasks have not resolved.
+    std::size_t copied_in_flight = 0;
 };
 
 class engine {
@@ -166,6 +168,7 @@ class engine {
     struct sent_task {
         detail::mpi_task_base* task = nullptr;
         std::int64_t sent_ns = 0;  ///< when it left for its rank (steady clock)
+        std::size_t copied = 0;    ///< bytes of shared arrays it carried by value
     };
     std::unordered_map<std::uint64_t, sent_task> inflight_;
     std::int64_t next_check_ns_ = 0;  ///< check_liveness's next round
