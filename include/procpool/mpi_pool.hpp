@@ -87,6 +87,7 @@ class mpi_task_base : public remote_task_base {
     std::uint64_t id = 0;          ///< unique among this program's mpi_pool tasks
     std::uint32_t pool_id = 0;     ///< its pool's id
     int rank = -1;                 ///< the serving rank it was sent to; -1 while queued
+    std::int64_t queued_ns = 0;    ///< when rank 0's engine queued it (steady clock)
     std::vector<std::byte> args;   ///< its encoded arguments until sent
     void* pool = nullptr;          ///< the mpi_pool's engine side
     std::shared_ptr<void> local;   ///< single-rank mode: the local pool's future

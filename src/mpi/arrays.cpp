@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -124,25 +125,54 @@ std::uint32_t append_changes(std::vector<std::byte>& out, const received_arrays&
         const std::vector<std::byte>& old = a.sent[i];
         if (old.empty()) continue;
         const auto* cur = static_cast<const std::byte*>(a.blocks[i]->data());
+        const auto block = static_cast<std::uint32_t>(i);
         const std::size_t n = old.size();
-        std::size_t j = 0;
-        while (j < n) {
-            // Equal pages are skipped a page at a time; only differing bytes go back, so
-            // two tasks writing disjoint parts of one page do not undo each other.
-            if (j % page == 0 && n - j >= page && std::memcmp(cur + j, old.data() + j, page) == 0) {
-                j += page;
+        // A page at a time: equal pages are skipped; in a changed one only the differing
+        // bytes go back (so two tasks writing disjoint parts of one page do not undo each
+        // other), as runs, or as a bit mask when the runs would take more room.
+        for (std::size_t from = 0; from < n; from += page) {
+            const std::size_t len = std::min(page, n - from);
+            const std::byte* c = cur + from;
+            const std::byte* o = old.data() + from;
+            if (std::memcmp(c, o, len) == 0) continue;
+            std::size_t runs = 0, changed = 0;
+            for (std::size_t j = 0; j < len;) {
+                if (c[j] == o[j]) {
+                    ++j;
+                    continue;
+                }
+                std::size_t k = j;
+                while (k < len && c[k] != o[k]) ++k;
+                ++runs;
+                changed += k - j;
+                j = k;
+            }
+            const std::size_t mask_bytes = (len + 7) / 8;
+            if (runs * sizeof(change_header) + changed > sizeof(change_header) + mask_bytes + len) {
+                put(out, change_header{block, 1, from, len});
+                const std::size_t at = out.size();
+                out.resize(at + mask_bytes);
+                for (std::size_t j = 0; j < len; ++j) {
+                    if (c[j] != o[j]) {
+                        out[at + j / 8] |= static_cast<std::byte>(1u << (j % 8));
+                    }
+                }
+                out.insert(out.end(), c, c + len);
+                ++records;
                 continue;
             }
-            if (cur[j] == old[j]) {
-                ++j;
-                continue;
+            for (std::size_t j = 0; j < len;) {
+                if (c[j] == o[j]) {
+                    ++j;
+                    continue;
+                }
+                std::size_t k = j;
+                while (k < len && c[k] != o[k]) ++k;
+                put(out, change_header{block, 0, from + j, k - j});
+                out.insert(out.end(), c + j, c + k);
+                ++records;
+                j = k;
             }
-            std::size_t k = j;
-            while (k < n && cur[k] != old[k]) ++k;
-            put(out, change_header{static_cast<std::uint32_t>(i), 0, j, k - j});
-            out.insert(out.end(), cur + j, cur + k);
-            ++records;
-            j = k;
         }
     }
     return records;
@@ -153,7 +183,8 @@ std::size_t apply_changes(const std::byte* p, std::size_t n, std::uint32_t count
     std::size_t at = 0;
     for (std::uint32_t i = 0; i < count; ++i) {
         const auto h = take<change_header>(p, n, at);
-        if (h.block >= blocks.size() || n - at < h.len) {
+        const std::uint64_t mask = h.masked != 0 ? (h.len + 7) / 8 : 0;
+        if (h.block >= blocks.size() || h.len > n || n - at < h.len + mask) {
             throw serialization_error("mpi_pool: a reply's shared-array changes are malformed");
         }
         const detail::shm_block& b = *blocks[h.block];
@@ -161,9 +192,18 @@ std::size_t apply_changes(const std::byte* p, std::size_t n, std::uint32_t count
             h.len > b.bytes() - h.offset) {
             throw serialization_error("mpi_pool: a reply changes a shared array out of its bounds");
         }
-        std::memcpy(static_cast<std::byte*>(b.data()) + h.offset, p + at,
-                    static_cast<std::size_t>(h.len));
-        at += static_cast<std::size_t>(h.len);
+        auto* dst = static_cast<std::byte*>(b.data()) + h.offset;
+        const auto len = static_cast<std::size_t>(h.len);
+        if (h.masked == 0) {
+            std::memcpy(dst, p + at, len);
+        } else {
+            const std::byte* bits = p + at;
+            const std::byte* src = bits + mask;
+            for (std::size_t j = 0; j < len; ++j) {
+                if ((std::to_integer<unsigned>(bits[j / 8]) >> (j % 8) & 1u) != 0) dst[j] = src[j];
+            }
+        }
+        at += static_cast<std::size_t>(mask) + len;
     }
     return at;
 }

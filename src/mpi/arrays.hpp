@@ -29,12 +29,15 @@ struct array_header {
     std::int32_t fd = -1;        ///< the block's descriptor there (by reference)
 };
 
-/// One changed byte range in a reply's write-back section (its count is reply_msg::changes).
+/// One record of a reply's write-back section (its count is reply_msg::changes): a run of
+/// changed bytes, or a page with many changes as a bit mask of the changed bytes and the
+/// page's bytes (so the section never grows past ~1.13× the array, however scattered the
+/// changes).
 struct change_header {
     std::uint32_t block = 0;  ///< index in the task's blocks
-    std::uint32_t reserved = 0;
+    std::uint32_t masked = 0;  ///< 0: `len` bytes follow; 1: (len + 7) / 8 mask bytes, then `len` bytes
     std::uint64_t offset = 0;
-    std::uint64_t len = 0;  ///< bytes that follow
+    std::uint64_t len = 0;
 };
 
 /// Rank 0: appends the array section for `blocks` (by reference if `same_node`). Throws

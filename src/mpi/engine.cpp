@@ -83,16 +83,16 @@ std::string error_text(const std::exception_ptr& e) {
 }
 
 void resolve_from_reply(detail::mpi_task_base& t, const reply_msg& h, const std::byte* body,
-                        std::size_t n, const std::string& where) noexcept {
+                        std::size_t n, const std::string& where, bool claimed) noexcept {
     if (h.kind == outcome_kind::relayed) {
-        if (!t.begin_resolve()) return;
+        if (!claimed && !t.begin_resolve()) return;
         wire::reader in(body, n);
         // Replies carry every vector in their own bytes: no shared blocks across ranks.
         detail::attachment_scope none(nullptr);
         t.decode(h.status, in);
         return;
     }
-    if (!t.begin_resolve()) return;
+    if (!claimed && !t.begin_resolve()) return;
     const std::string text(reinterpret_cast<const char*>(body), n);
     detail::state_base& s = t.shared();
     auto fail = [&](auto err) { s.set_exception(std::make_exception_ptr(std::move(err))); };
@@ -337,23 +337,36 @@ void engine::on_reply(const message& m) {
             m.body.data(), m.body.size(),
             [this, &records](const reply_msg& h, const std::byte* body, std::size_t n) {
                 auto it = inflight_.find(h.id);
-                if (it == inflight_.end()) return;
+                if (it == inflight_.end()) {
+                    orphaned_blocks_.erase(h.id);  // a silent rank's late answer
+                    return;
+                }
                 detail::mpi_task_base& t = *it->second.task;
                 forget_inflight(t);
+                bool claimed = false;
                 if (h.changes != 0) {
                     // What the task changed in shared arrays it got by value, written
-                    // back before its future resolves.
+                    // back before its future resolves, and only if it resolves now: a
+                    // task cancelled meanwhile (cancel() resolved it at once) must not
+                    // change the arrays after that.
+                    if (!t.begin_resolve()) {
+                        owner(t).release_task(t);
+                        ++records;
+                        return;
+                    }
+                    claimed = true;
                     try {
                         const std::size_t used = apply_changes(body, n, h.changes, t.attachments);
                         body += used;
                         n -= used;
                     } catch (...) {
-                        fail_task(t, std::current_exception());
+                        t.shared().set_exception(std::current_exception());
+                        owner(t).release_task(t);
                         ++records;
                         return;
                     }
                 }
-                resolve_from_reply(t, h, body, n, where(t.rank));
+                resolve_from_reply(t, h, body, n, where(t.rank), claimed);
                 owner(t).release_task(t);
                 ++records;
             });
@@ -559,6 +572,44 @@ void engine::check_liveness(std::int64_t now) {
         const std::int64_t limit = overdue[i] != 0 ? silent_overdue : silent_any;
         if (!s.silent && now - s.ping_sent_ns > limit) declare_silent(i, now);
     }
+    for (auto& [id, p] : pools_) fail_unservable(p, now);
+}
+
+// A pool none of whose ranks can take tasks (all silent, or lost): its queued tasks would
+// wait for a rank that may never answer again. One with a timeout fails once it has waited
+// that long (plus the grace) since no rank could take it; any other after `silent_any`.
+void engine::fail_unservable(pool_state& p, std::int64_t now) {
+    bool usable = false;
+    for (std::size_t i = 0; i < servers_.size(); ++i) {
+        if (!servers_[i].lost && !servers_[i].silent && p.workers[i] > 0) usable = true;
+    }
+    if (usable || p.pending.empty()) {
+        p.no_rank_since = 0;
+        return;
+    }
+    if (p.no_rank_since == 0) p.no_rank_since = now;
+    std::vector<detail::mpi_task_base*> timed_out, given_up;
+    std::deque<detail::mpi_task_base*> keep;
+    for (auto* t : p.pending) {
+        const std::int64_t since = std::max(t->queued_ns, p.no_rank_since);
+        if (t->timeout_ns > 0 && now - since > t->timeout_ns + overdue_grace) {
+            timed_out.push_back(t);
+        } else if (now - p.no_rank_since > silent_any) {
+            given_up.push_back(t);
+        } else {
+            keep.push_back(t);
+        }
+    }
+    if (timed_out.empty() && given_up.empty()) return;
+    p.pending = std::move(keep);
+    const std::string why = "no MPI rank can run it: every rank serving its pool stopped "
+                            "answering (for " + seconds(now - p.no_rank_since) + ")";
+    for (auto* t : timed_out) {
+        fail_task(*t, std::make_exception_ptr(task_timeout(
+                          "task waited past its timeout of " + std::to_string(t->timeout_ns / ms_ns) +
+                          " ms: " + why)));
+    }
+    for (auto* t : given_up) fail_task(*t, std::make_exception_ptr(worker_died(0, -1, why)));
 }
 
 void engine::declare_silent(std::size_t server, std::int64_t now) {
@@ -576,6 +627,10 @@ void engine::declare_silent(std::size_t server, std::int64_t now) {
     for (const auto& e : held) {
         detail::mpi_task_base& t = *e.task;
         forget_inflight(t);
+        // The rank may not have read the task yet: by reference it then opens
+        // /proc/<pid>/fd/<fd>, which must still be this task's block (not a descriptor
+        // that number names by then). Kept until the rank answers for the task.
+        if (!t.attachments.empty()) orphaned_blocks_.emplace(t.id, std::move(t.attachments));
         const std::string why = "its MPI rank stopped answering (nothing from it for " + quiet +
                                 ") " + where(s.rank);
         if (t.timeout_ns > 0 && now - e.sent_ns > t.timeout_ns + overdue_grace) {
@@ -618,40 +673,51 @@ void engine::declare_silent(std::size_t server, std::int64_t now) {
 // for every rank, so a rank that stays frozen would hang the job at exit; the job is
 // aborted instead, naming it.
 void engine::stop_ranks() {
-    bool any_silent = false;
-    for (auto& s : servers_) {
+    // Every rank must answer first: MPI_Finalize waits for every rank, so one that stays
+    // frozen would hang the job at exit; the job is aborted instead, naming it. A silent
+    // rank has `stop_wait` to answer; any other (it may have stopped while it held
+    // nothing, so it was never pinged) `silent_any`.
+    const std::int64_t now = now_ns();
+    std::vector<std::int64_t> deadline(servers_.size(), 0);  // 0: answered (or lost)
+    for (std::size_t i = 0; i < servers_.size(); ++i) {
+        rank_link& s = servers_[i];
         if (s.lost) continue;
-        if (s.silent) {
-            any_silent = true;
-            if (s.ping_sent_ns == 0) c_.send(s.rank, tag_ping, {});
-        }
+        deadline[i] = now + (s.silent ? stop_wait : silent_any);
+        if (s.ping_sent_ns == 0 || !s.silent) c_.send(s.rank, tag_ping, {});
         c_.send(s.rank, tag_stop, {});
     }
-    if (any_silent) {
-        const std::int64_t deadline = now_ns() + stop_wait;
-        message m;
-        for (;;) {
-            c_.progress_sends();
-            while (c_.try_receive(MPI_ANY_SOURCE, m)) heard_from(m.source, now_ns());
-            const bool still = std::any_of(servers_.begin(), servers_.end(), [](const rank_link& s) {
-                return !s.lost && s.silent;
-            });
-            if (!still) break;
-            if (now_ns() > deadline) {
-                for (const auto& s : servers_) {
-                    if (s.lost || !s.silent) continue;
-                    std::fprintf(stderr,
-                                 "procpool: mpi_pool: MPI rank %d on host %s stopped answering "
-                                 "and did not answer at exit either; ending the MPI job "
-                                 "(MPI_Abort), which would otherwise wait for it forever\n",
-                                 s.rank, s.host.c_str());
-                }
-                std::fflush(stderr);
-                MPI_Abort(c_.get(), 1);
+    message m;
+    for (;;) {
+        c_.progress_sends();
+        while (c_.try_receive(MPI_ANY_SOURCE, m)) {
+            heard_from(m.source, now_ns());
+            if (m.source >= 1 && static_cast<std::size_t>(m.source) <= servers_.size()) {
+                deadline[server_index(m.source)] = 0;
             }
-            const timespec pause{0, 200'000};
-            nanosleep(&pause, nullptr);
         }
+        const std::int64_t t = now_ns();
+        bool still = false, late = false;
+        for (std::size_t i = 0; i < servers_.size(); ++i) {
+            if (deadline[i] == 0 || servers_[i].lost) continue;
+            still = true;
+            late = late || t > deadline[i];
+        }
+        if (!still) break;
+        if (late) {
+            for (std::size_t i = 0; i < servers_.size(); ++i) {
+                const rank_link& s = servers_[i];
+                if (deadline[i] == 0 || s.lost || t <= deadline[i]) continue;
+                std::fprintf(stderr,
+                             "procpool: mpi_pool: MPI rank %d on host %s stopped answering "
+                             "and did not answer at exit either; ending the MPI job "
+                             "(MPI_Abort), which would otherwise wait for it forever\n",
+                             s.rank, s.host.c_str());
+            }
+            std::fflush(stderr);
+            MPI_Abort(c_.get(), 1);
+        }
+        const timespec pause{0, 200'000};
+        nanosleep(&pause, nullptr);
     }
     c_.flush();
 }
@@ -687,7 +753,9 @@ void engine::loop() {
                 }
                 opening_.emplace(id, std::move(o));
             }
+            const std::int64_t queued = work_.tasks.empty() ? 0 : now_ns();
             for (auto [t, pool] : work_.tasks) {
+                t->queued_ns = queued;
                 auto it = pools_.find(pool);
                 if (it == pools_.end()) {
                     fail_task(*t, std::make_exception_ptr(pool_shut_down("mpi_pool: closed")));

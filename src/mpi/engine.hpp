@@ -99,6 +99,8 @@ class engine {
         std::vector<int> workers;   ///< per server index: the pool's workers there
         std::vector<int> inflight;  ///< per server index
         std::deque<detail::mpi_task_base*> pending;
+        /// Since when no rank can take its tasks (all silent or lost); 0: one can.
+        std::int64_t no_rank_since = 0;
     };
     struct open_request {
         open_msg msg;
@@ -139,6 +141,7 @@ class engine {
     void heard_from(int rank, std::int64_t now) noexcept;
     void check_liveness(std::int64_t now);
     void declare_silent(std::size_t server, std::int64_t now);
+    void fail_unservable(pool_state& p, std::int64_t now);
     void finish_open(std::unordered_map<std::uint32_t, open_request>::iterator it);
     void stop_ranks();
     /// Takes `t` out of the tasks in flight (its pool's and its rank's counts).
@@ -171,6 +174,9 @@ class engine {
         std::size_t copied = 0;    ///< bytes of shared arrays it carried by value
     };
     std::unordered_map<std::uint64_t, sent_task> inflight_;
+    /// Shared blocks of tasks failed because their rank was silent, kept until the rank
+    /// answers for them (by reference it may still open them through /proc).
+    std::unordered_map<std::uint64_t, std::vector<detail::shm_ref>> orphaned_blocks_;
     std::int64_t next_check_ns_ = 0;  ///< check_liveness's next round
     std::unordered_map<std::uint32_t, open_request> opening_;
     std::vector<cancel_request> cancelling_;  // waiting for the ranks' confirmations
@@ -185,6 +191,6 @@ std::string error_text(const std::exception_ptr& e);
 
 /// Resolves `t` from a serving rank's reply (or does nothing if it was resolved first).
 void resolve_from_reply(detail::mpi_task_base& t, const reply_msg& h, const std::byte* body,
-                        std::size_t n, const std::string& where) noexcept;
+                        std::size_t n, const std::string& where, bool claimed = false) noexcept;
 
 }  // namespace procpool::mpi_impl
