@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -65,6 +66,15 @@ void append_arrays(std::vector<std::byte>& out, const std::vector<detail::shm_re
         h.by_value = same_node ? 0 : 1;
         h.pid = static_cast<std::int32_t>(getpid());
         h.fd = b->fd();
+        if (same_node) {
+            struct stat st {};
+            if (fstat(b->fd(), &st) != 0) {
+                throw error("mpi_pool: cannot stat a shared array's descriptor: " +
+                            std::string(std::strerror(errno)));
+            }
+            h.dev = static_cast<std::uint64_t>(st.st_dev);
+            h.ino = static_cast<std::uint64_t>(st.st_ino);
+        }
         if (!same_node && out.size() + sizeof h + b->bytes() > limit) {
             throw serialization_error(
                 "mpi_pool: the task's shared arrays take more than one MPI message carries "
@@ -109,6 +119,13 @@ std::size_t read_arrays(const std::byte* p, std::size_t n, std::uint32_t count,
                 throw error("mpi_pool: cannot open rank 0's shared array (" + path +
                             "): " + std::strerror(errno) +
                             "; set PROCPOOL_MPI_COPY_SHARED_ARRAYS=1 to send them by value");
+            }
+            struct stat st {};
+            if (fstat(fd, &st) != 0 || static_cast<std::uint64_t>(st.st_dev) != h.dev ||
+                static_cast<std::uint64_t>(st.st_ino) != h.ino) {
+                ::close(fd);
+                throw error("mpi_pool: rank 0's shared array is gone (" + path +
+                            " names another file now)");
             }
             b = detail::shm_block::relayed(fd, bytes, writable, h.id, false);
             linked[h.id] = b;

@@ -27,6 +27,8 @@ struct array_header {
     std::uint32_t by_value = 0;  ///< 1: `bytes` bytes follow; 0: open /proc/<pid>/fd/<fd>
     std::int32_t pid = 0;        ///< rank 0's process id (by reference)
     std::int32_t fd = -1;        ///< the block's descriptor there (by reference)
+    std::uint64_t dev = 0;       ///< its file's device and inode (by reference): what the
+    std::uint64_t ino = 0;       ///< rank opens must be that file, not a reused number
 };
 
 /// One record of a reply's write-back section (its count is reply_msg::changes): a run of
