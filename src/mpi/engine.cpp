@@ -1,5 +1,6 @@
 #include "mpi/engine.hpp"
 
+#include <signal.h>
 #include <time.h>
 
 #include <algorithm>
@@ -676,7 +677,9 @@ void engine::stop_ranks() {
     // Every rank must answer first: MPI_Finalize waits for every rank, so one that stays
     // frozen would hang the job at exit; the job is aborted instead, naming it. A silent
     // rank has `stop_wait` to answer; any other (it may have stopped while it held
-    // nothing, so it was never pinged) `silent_any`.
+    // nothing, so it was never pinged) `silent_any`. The others are told to stop only
+    // after all answered: an abort while some rank already waits in MPI_Finalize can hang
+    // mpirun itself (Open MPI 4.1: its PMIx server's finalize deadlocks; seen 1 in ~5).
     const std::int64_t now = now_ns();
     std::vector<std::int64_t> deadline(servers_.size(), 0);  // 0: answered (or lost)
     for (std::size_t i = 0; i < servers_.size(); ++i) {
@@ -684,7 +687,6 @@ void engine::stop_ranks() {
         if (s.lost) continue;
         deadline[i] = now + (s.silent ? stop_wait : silent_any);
         if (s.ping_sent_ns == 0 || !s.silent) c_.send(s.rank, tag_ping, {});
-        c_.send(s.rank, tag_stop, {});
     }
     message m;
     for (;;) {
@@ -712,12 +714,19 @@ void engine::stop_ranks() {
                              "and did not answer at exit either; ending the MPI job "
                              "(MPI_Abort), which would otherwise wait for it forever\n",
                              s.rank, s.host.c_str());
+                // On this node (its /proc was readable at start-up: same pid namespace)
+                // it is killed first: the job's end then does not depend on how the
+                // launcher treats a stopped process.
+                if (s.same_node && s.pid > 1) kill(static_cast<pid_t>(s.pid), SIGKILL);
             }
             std::fflush(stderr);
             MPI_Abort(c_.get(), 1);
         }
         const timespec pause{0, 200'000};
         nanosleep(&pause, nullptr);
+    }
+    for (const auto& s : servers_) {
+        if (!s.lost) c_.send(s.rank, tag_stop, {});
     }
     c_.flush();
 }

@@ -37,6 +37,7 @@ class pool_ref {
 struct rank_link {
     int rank = 0;
     std::string host;
+    int pid = 0;  ///< its process id on `host` (used only where same_node)
     bool lost = false;  ///< an MPI error involved it: no more tasks go there
     double rate = 0;             ///< replies per ns, moving average (adaptive windows)
     std::int64_t last_reply_ns = 0;

@@ -34,6 +34,7 @@ namespace {
 struct hello {
     char build_id[160];
     char host[96];
+    std::int32_t pid;
 };
 
 struct state {
@@ -215,6 +216,7 @@ void mpi_init(int argc, char** argv) {
     mpi_impl::hello mine{};
     mpi_impl::copy_field(mine.build_id, sizeof mine.build_id, remote::program_build_id());
     mpi_impl::copy_field(mine.host, sizeof mine.host, mpi_impl::host_name());
+    mine.pid = static_cast<std::int32_t>(getpid());
     std::vector<mpi_impl::hello> all(s.rank == 0 ? static_cast<std::size_t>(s.size) : 0);
     mpi_impl::check(MPI_Gather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE, 0,
                                s.world),
@@ -238,7 +240,11 @@ void mpi_init(int argc, char** argv) {
                          mine.host, mine.build_id, bad.c_str());
         }
         for (int r = 1; r < s.size; ++r) {
-            s.servers.push_back({r, all[static_cast<std::size_t>(r)].host, false});
+            mpi_impl::rank_link link;
+            link.rank = r;
+            link.host = all[static_cast<std::size_t>(r)].host;
+            link.pid = all[static_cast<std::size_t>(r)].pid;
+            s.servers.push_back(std::move(link));
         }
     }
     mpi_impl::check(MPI_Bcast(&ok, 1, MPI_INT, 0, s.world), "MPI_Bcast");
