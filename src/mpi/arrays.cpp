@@ -54,6 +54,21 @@ void append_bytes(std::vector<std::byte>& out, const detail::shm_block& b) {
     if (temp != nullptr) munmap(temp, n);
 }
 
+// Calls f(j, k) for each run [j, k) of bytes where `c` and `o` differ, in [0, len).
+template <class F>
+void for_each_run(const std::byte* c, const std::byte* o, std::size_t len, F&& f) {
+    for (std::size_t j = 0; j < len;) {
+        if (c[j] == o[j]) {
+            ++j;
+            continue;
+        }
+        std::size_t k = j;
+        while (k < len && c[k] != o[k]) ++k;
+        f(j, k);
+        j = k;
+    }
+}
+
 }  // namespace
 
 void append_arrays(std::vector<std::byte>& out, const std::vector<detail::shm_ref>& blocks,
@@ -153,17 +168,10 @@ std::uint32_t append_changes(std::vector<std::byte>& out, const received_arrays&
             const std::byte* o = old.data() + from;
             if (std::memcmp(c, o, len) == 0) continue;
             std::size_t runs = 0, changed = 0;
-            for (std::size_t j = 0; j < len;) {
-                if (c[j] == o[j]) {
-                    ++j;
-                    continue;
-                }
-                std::size_t k = j;
-                while (k < len && c[k] != o[k]) ++k;
+            for_each_run(c, o, len, [&](std::size_t j, std::size_t k) {
                 ++runs;
                 changed += k - j;
-                j = k;
-            }
+            });
             const std::size_t mask_bytes = (len + 7) / 8;
             if (runs * sizeof(change_header) + changed > sizeof(change_header) + mask_bytes + len) {
                 put(out, change_header{block, 1, from, len});
@@ -178,18 +186,11 @@ std::uint32_t append_changes(std::vector<std::byte>& out, const received_arrays&
                 ++records;
                 continue;
             }
-            for (std::size_t j = 0; j < len;) {
-                if (c[j] == o[j]) {
-                    ++j;
-                    continue;
-                }
-                std::size_t k = j;
-                while (k < len && c[k] != o[k]) ++k;
+            for_each_run(c, o, len, [&](std::size_t j, std::size_t k) {
                 put(out, change_header{block, 0, from + j, k - j});
                 out.insert(out.end(), c + j, c + k);
                 ++records;
-                j = k;
-            }
+            });
         }
     }
     return records;
