@@ -626,7 +626,7 @@ TEST(MpiAdversarySilent, StoppedDuringOpenAndCancelPending) {
     EXPECT_TRUE(opened) << "a pool opened while a rank is stopped never finished opening";
     EXPECT_TRUE(cancelled) << "cancel_pending waits forever for a stopped rank";
     bool all = true;
-    for (auto& f : slow) all = f.wait_for(10s) && all;
+    for (auto& f : slow) all = f.wait_for(2min) && all;  // a watchdog only
     EXPECT_TRUE(all) << "a task on the stopped rank never resolved";
     if (opened) {
         EXPECT_EQ(second->submit(square, 4).get(), 16);
