@@ -14,6 +14,7 @@
 
 #include "mpi/arrays.hpp"
 #include "mpi/backoff.hpp"
+#include "trace/monitor.hpp"
 #include "procpool/detail/shm.hpp"
 #include "procpool/error.hpp"
 #include "procpool/wire.hpp"
@@ -48,12 +49,6 @@ constexpr std::size_t max_copied_in_flight = std::size_t{512} << 20;
 // At exit, how long a silent rank has to answer before the job is aborted (MPI_Finalize
 // would wait for it forever).
 constexpr std::int64_t stop_wait = 10'000 * ms_ns;
-
-std::int64_t now_ns() noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
 
 std::string seconds(std::int64_t ns) {
     return std::to_string((ns + 500 * ms_ns) / (1000 * ms_ns)) + " s";
@@ -119,7 +114,7 @@ void resolve_from_reply(detail::mpi_task_base& t, const reply_msg& h, const std:
 }
 
 engine::engine(comm& c, std::vector<rank_link> servers) : c_(c), servers_(std::move(servers)) {
-    const std::int64_t now = now_ns();
+    const std::int64_t now = trace::clock_ns();
     for (auto& s : servers_) s.last_heard_ns = now;
     thread_ = std::thread([this] { loop(); });
     thread_id_ = thread_.get_id();
@@ -261,7 +256,7 @@ void engine::dispatch(pool_state& p) {
     std::vector<std::vector<std::byte>>& batch = batches_;
     batch.resize(servers_.size());
     bool any = false;
-    const std::int64_t now = p.pending.empty() ? 0 : now_ns();
+    const std::int64_t now = p.pending.empty() ? 0 : trace::clock_ns();
     while (!p.pending.empty()) {
         // The rank with the most free room: uneven task lengths keep every worker busy.
         std::size_t best = servers_.size();
@@ -376,7 +371,7 @@ void engine::on_reply(const message& m) {
     }
     if (m.source < 1 || static_cast<std::size_t>(m.source) > servers_.size()) return;
     rank_link& r = servers_[server_index(m.source)];
-    const std::int64_t now = now_ns();
+    const std::int64_t now = trace::clock_ns();
     if (r.last_reply_ns != 0 && now > r.last_reply_ns) {
         const double inst = static_cast<double>(records) / static_cast<double>(now - r.last_reply_ns);
         r.rate = r.rate == 0 ? inst : 0.8 * r.rate + 0.2 * inst;
@@ -680,7 +675,7 @@ void engine::stop_ranks() {
     // nothing, so it was never pinged) `silent_any`. The others are told to stop only
     // after all answered: an abort while some rank already waits in MPI_Finalize can hang
     // mpirun itself (Open MPI 4.1: its PMIx server's finalize deadlocks; seen 1 in ~5).
-    const std::int64_t now = now_ns();
+    const std::int64_t now = trace::clock_ns();
     std::vector<std::int64_t> deadline(servers_.size(), 0);  // 0: answered (or lost)
     for (std::size_t i = 0; i < servers_.size(); ++i) {
         rank_link& s = servers_[i];
@@ -692,12 +687,12 @@ void engine::stop_ranks() {
     for (;;) {
         c_.progress_sends();
         while (c_.try_receive(MPI_ANY_SOURCE, m)) {
-            heard_from(m.source, now_ns());
+            heard_from(m.source, trace::clock_ns());
             if (m.source >= 1 && static_cast<std::size_t>(m.source) <= servers_.size()) {
                 deadline[server_index(m.source)] = 0;
             }
         }
-        const std::int64_t t = now_ns();
+        const std::int64_t t = trace::clock_ns();
         bool still = false, late = false;
         for (std::size_t i = 0; i < servers_.size(); ++i) {
             if (deadline[i] == 0 || servers_[i].lost) continue;
@@ -762,7 +757,7 @@ void engine::loop() {
                 }
                 opening_.emplace(id, std::move(o));
             }
-            const std::int64_t queued = work_.tasks.empty() ? 0 : now_ns();
+            const std::int64_t queued = work_.tasks.empty() ? 0 : trace::clock_ns();
             for (auto [t, pool] : work_.tasks) {
                 t->queued_ns = queued;
                 auto it = pools_.find(pool);
@@ -827,10 +822,10 @@ void engine::loop() {
         for (auto& [id, p] : pools_) dispatch(p);
         while (c_.try_receive(MPI_ANY_SOURCE, m)) {
             did = true;
-            heard_from(m.source, now_ns());
+            heard_from(m.source, trace::clock_ns());
             on_message(m);
         }
-        check_liveness(now_ns());
+        check_liveness(trace::clock_ns());
         for (auto& [id, p] : pools_) dispatch(p);
         did = c_.progress_sends() || did;
         if (stopping_ && inflight_.empty() && opening_.empty() && cancelling_.empty()) {
