@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -546,6 +547,107 @@ TEST(BulkVectorBlocks, CancelledBeforeSending_ItsBlockIsReusedByTheNextTask) {
         } catch (const procpool::task_cancelled&) {
         }
     }
+}
+
+// ---- big std::vector results: the worker's blocks come back (shm_block::returned_by_reader)
+
+bool all_equal(const std::vector<double>& v, double want) {
+    return std::all_of(v.begin(), v.end(), [&](double x) { return x == want; });
+}
+
+TEST(BulkVectorResults, SequentialResults_TheWorkerReusesOneBlock_EachResultIsItsOwn) {
+    process_pool pool({.workers = 1});
+    for (int i = 1; i <= 8; ++i) {
+        const std::vector<double> r = pool.submit(filled, kBig, static_cast<double>(i)).get();
+        ASSERT_EQ(r.size(), kBig);
+        EXPECT_TRUE(all_equal(r, i)) << "result " << i;
+    }
+    // The parent gave each block back before the result was seen: one block served all
+    // eight (without the hand-back the worker would hold its bound of 4, or none).
+    EXPECT_EQ(pool.submit(worker_memfd_mappings).get(), 1);
+}
+
+TEST(BulkVectorResults, ManyInFlightOnTwoWorkers_OfVaryingSizes_NoResultHoldsAnothersBytes) {
+    process_pool pool({.workers = 2});
+    for (int wave = 0; wave < 3; ++wave) {
+        std::vector<procpool::future<std::vector<double>>> fs;
+        for (int i = 0; i < 24; ++i) {
+            // Sizes from 1x to 2.4x kBig: some fit a kept block, some need a new one.
+            const std::size_t n = kBig + kBig * static_cast<std::size_t>(i % 8) / 5;
+            fs.push_back(pool.submit(filled, n, static_cast<double>(i + 100 * wave)));
+        }
+        for (int i = 0; i < 24; ++i) {
+            const std::vector<double> r = fs[static_cast<std::size_t>(i)].get();
+            EXPECT_EQ(r.size(), kBig + kBig * static_cast<std::size_t>(i % 8) / 5);
+            EXPECT_TRUE(all_equal(r, i + 100 * wave)) << "wave " << wave << " task " << i;
+        }
+    }
+    // Bounded: each worker keeps at most 4 blocks.
+    for (int i = 0; i < 4; ++i) EXPECT_LE(pool.submit(worker_memfd_mappings).get(), 4);
+}
+
+TEST(BulkVectorResults, AResultKeptAsASharedArray_IsNotReusedUnderIt) {
+    // A shared_array result is the same kind of block, but is never handed back: the
+    // parent keeps reading it while the worker makes big vector results.
+    process_pool pool({.workers = 1});
+    auto sa = pool.submit([] {
+                      shared_array<double> a(kBig);
+                      std::fill(a.begin(), a.end(), 5.0);
+                      return a;
+                  })
+                  .get();
+    for (int i = 0; i < 4; ++i) {
+        EXPECT_TRUE(all_equal(pool.submit(filled, kBig, 7.0 + i).get(), 7.0 + i));
+    }
+    EXPECT_TRUE(std::all_of(sa.begin(), sa.end(), [](double x) { return x == 5.0; }));
+}
+
+// Page faults taken to allocate and fill `bytes` in the worker, then free them.
+long faults_to_fill(std::size_t bytes) {
+    rusage before{};
+    getrusage(RUSAGE_SELF, &before);
+    {
+        std::vector<char> v(bytes, 1);
+        volatile char keep = v[bytes / 2];
+        (void)keep;
+    }
+    rusage after{};
+    getrusage(RUSAGE_SELF, &after);
+    return after.ru_minflt - before.ru_minflt;
+}
+
+// The worker's resident memory, in MiB.
+long worker_rss_mib() {
+    FILE* f = std::fopen("/proc/self/status", "r");
+    if (f == nullptr) return -1;
+    char line[256];
+    long kib = -1;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (std::sscanf(line, "VmRSS: %ld kB", &kib) == 1) break;
+    }
+    std::fclose(f);
+    return kib / 1024;
+}
+
+TEST(WorkerMemory, ABigBlockFreedByOneTask_IsReusedByTheNext_WithoutNewPages) {
+    if (procpool_test::under_sanitizer()) GTEST_SKIP() << "a sanitizer's allocator";
+    process_pool pool({.workers = 1});
+    constexpr std::size_t bytes = std::size_t{64} << 20;  // above glibc's 32 MiB mmap cap
+    const long first = pool.submit(faults_to_fill, bytes).get();
+    const long second = pool.submit(faults_to_fill, bytes).get();
+    EXPECT_GT(first, 1000) << "the first fill maps new pages";
+    // glibc's default would map (and fault) 16,384 fresh pages again.
+    EXPECT_LT(second, 1000) << "first " << first;
+}
+
+TEST(WorkerMemory, MoreThanTheKeptBoundFreed_IsGivenBack) {
+    if (procpool_test::under_sanitizer()) GTEST_SKIP() << "a sanitizer's allocator";
+    process_pool pool({.workers = 1});
+    const long base = pool.submit(worker_rss_mib).get();
+    ASSERT_GE(base, 0);
+    EXPECT_GT(pool.submit(faults_to_fill, std::size_t{768} << 20).get(), 1000);
+    // Kept: at most 256 MiB of free memory at the heap's top.
+    EXPECT_LT(pool.submit(worker_rss_mib).get(), base + 300);
 }
 
 }  // namespace

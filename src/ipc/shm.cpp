@@ -49,6 +49,23 @@ bulk_cache& bulk_blocks() {
 constexpr std::size_t bulk_cache_blocks = 4;
 constexpr std::size_t bulk_cache_bytes = std::size_t{256} << 20;
 
+// A worker's blocks of big std::vector results (see shm_block::returned_by_reader). Each
+// ends in a word the parent sets to `word_free` when it lets go of its mapping (it copied
+// the vector out of it by then); until then the block is the parent's to read. Only the
+// worker's serving thread makes results, but the lock costs nothing next to the copy.
+struct returned_cache {
+    std::mutex mu;
+    std::vector<shm_ref> blocks;
+    std::size_t bytes = 0;
+};
+returned_cache& returned_blocks() {
+    static auto* c = new returned_cache;
+    return *c;
+}
+constexpr std::size_t return_word_bytes = 64;  // the last cache line of a returnable block
+constexpr std::uint32_t word_free = 0;
+constexpr std::uint32_t word_with_reader = 1;
+
 [[noreturn]] void fail(const std::string& what, int err) {
     throw error("procpool: " + what + ": " + std::strerror(err));
 }
@@ -92,6 +109,10 @@ shm_block::shm_block(int fd, void* addr, std::size_t bytes, bool writable, bool 
       id_(next_id.fetch_add(1, std::memory_order_relaxed)) {}
 
 shm_block::~shm_block() {
+    if (mark_on_free_) {
+        // Our reads of the block happen before the sender may rewrite it.
+        std::atomic_ref<std::uint32_t>(*return_word_).store(word_free, std::memory_order_release);
+    }
     if (addr_ != nullptr) munmap(addr_, bytes_);
     if (fd_ >= 0) close(fd_);
     // Only the process that owns the pools may tell them (a forked worker has copies).
@@ -186,6 +207,64 @@ std::shared_ptr<shm_block> shm_block::reusable(std::size_t bytes) {
         delete b;
         throw;
     }
+}
+
+std::shared_ptr<shm_block> shm_block::returned_by_reader(std::size_t bytes) {
+    constexpr std::size_t page = 4096;
+    if (bytes > bulk_cache_bytes) {
+        std::shared_ptr<shm_block> b = create(bytes);
+        b->populate_once(true);  // a new memfd: every page would fault
+        return b;
+    }
+    // Whole pages, the last 64 bytes of which are the word.
+    const std::size_t want = (bytes + return_word_bytes + page - 1) / page * page;
+    const auto is_free = [](const shm_ref& b) {
+        return std::atomic_ref<std::uint32_t>(*b->return_word_).load(std::memory_order_acquire) ==
+               word_free;
+    };
+    returned_cache& c = returned_blocks();
+    std::lock_guard lock(c.mu);
+    // The smallest free block that holds `bytes` without wasting more than half of it.
+    shm_ref* best = nullptr;
+    for (shm_ref& b : c.blocks) {
+        const std::size_t usable = b->bytes_ - return_word_bytes;
+        if (usable < bytes || usable / 2 > bytes || !is_free(b)) continue;
+        if (best == nullptr || b->bytes_ < (*best)->bytes_) best = &b;
+    }
+    if (best != nullptr) {
+        std::atomic_ref<std::uint32_t>(*(*best)->return_word_)
+            .store(word_with_reader, std::memory_order_relaxed);
+        return *best;
+    }
+    // Room for a new one: free blocks that do not fit go first.
+    while (c.blocks.size() >= bulk_cache_blocks || c.bytes + want > bulk_cache_bytes) {
+        auto it = std::find_if(c.blocks.begin(), c.blocks.end(), is_free);
+        if (it == c.blocks.end()) break;
+        c.bytes -= (*it)->bytes_;
+        c.blocks.erase(it);
+    }
+    const bool keep = c.blocks.size() < bulk_cache_blocks && c.bytes + want <= bulk_cache_bytes;
+    std::shared_ptr<shm_block> b = create(keep ? want : bytes);
+    b->populate_once(true);  // a new memfd: every page would fault
+    if (keep) {
+        b->return_word_ = reinterpret_cast<std::uint32_t*>(static_cast<std::byte*>(b->addr_) +
+                                                           want - return_word_bytes);
+        std::atomic_ref<std::uint32_t>(*b->return_word_)
+            .store(word_with_reader, std::memory_order_relaxed);
+        c.blocks.push_back(b);
+        c.bytes += want;
+    }
+    return b;
+}
+
+void shm_block::mark_returned_on_free() noexcept {
+    if (!writable_ || addr_ == nullptr || bytes_ < return_word_bytes ||
+        bytes_ % return_word_bytes != 0) {
+        return;
+    }
+    return_word_ = reinterpret_cast<std::uint32_t*>(static_cast<std::byte*>(addr_) + bytes_ -
+                                                    return_word_bytes);
+    mark_on_free_ = true;
 }
 
 std::shared_ptr<shm_block> shm_block::open_file(const std::string& path, bool writable,
@@ -314,10 +393,11 @@ std::uint64_t shm_attachments::put_bulk(const void* p, std::size_t bytes) {
     // In a worker, a block of a result is read by the parent after the worker let go of
     // it: only the parent (which frees a task's blocks once the worker is done with it)
     // may reuse its blocks.
-    if (bytes == 0 || in_worker.load(std::memory_order_relaxed)) {
-        shm_ref b = shm_block::create(bytes);
-        populate_pages(b->data(), bytes, true);  // a new memfd: every page would fault
-        if (bytes != 0) std::memcpy(b->data(), p, bytes);
+    if (bytes == 0) return record(shm_block::create(0));
+    if (in_worker.load(std::memory_order_relaxed)) {
+        // The parent hands the block back (a word in it) once it has copied the vector out.
+        shm_ref b = shm_block::returned_by_reader(bytes);
+        std::memcpy(b->data(), p, bytes);
         return record(b);
     }
     shm_ref b = shm_block::reusable(bytes);

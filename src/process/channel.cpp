@@ -21,7 +21,8 @@ namespace procpool::process {
 bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks,
                       bool nonblocking) noexcept {
     for (const auto& b : blocks) {
-        const attach_msg m{b->id(), b->bytes(), b->writable() ? 1u : 0u, 0};
+        const attach_msg m{b->id(), b->bytes(), b->writable() ? 1u : 0u,
+                           b->returnable() ? attach_returnable : 0u};
         const int fd = b->fd();
         if (!ipc::send_with_fds(sock, &m, sizeof m, std::span<const int>(&fd, 1), nonblocking)) {
             return false;
@@ -87,7 +88,10 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
             }
             check_mappable(fd.get(), m.bytes, true);
         }
-        table[m.id] = detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0, from_worker);
+        detail::shm_ref b =
+            detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0, from_worker);
+        if (from_worker && (m.flags & attach_returnable) != 0) b->mark_returned_on_free();
+        table[m.id] = std::move(b);
     }
 }
 

@@ -32,6 +32,12 @@ public:
     /// lets go (bounded; emptied when the last pool goes away). For the parent's blocks
     /// only: a block is rewritten as soon as it is reused.
     static std::shared_ptr<shm_block> reusable(std::size_t bytes);
+    /// As `create`, for the block of a big std::vector *result* in a worker: the block
+    /// goes back to the worker once the parent has read it (the parent marks its last
+    /// 64 bytes when it lets go of the block, see returnable()), so the next big result
+    /// is copied into memory already touched. At least `bytes` usable bytes; bounded
+    /// (4 blocks, 256 MiB per worker), a plain block when the bound is reached.
+    static std::shared_ptr<shm_block> returned_by_reader(std::size_t bytes);
     /// Maps `path`. `create` makes (or truncates) it to `bytes`; otherwise its size is used.
     static std::shared_ptr<shm_block> open_file(const std::string& path, bool writable,
                                                 bool create, std::size_t bytes);
@@ -59,6 +65,12 @@ public:
     bool writable() const noexcept { return writable_; }
     /// See relayed(): a private copy for one task, not to be cached by workers.
     bool per_task() const noexcept { return per_task_; }
+    /// A block of returned_by_reader(): the receiver is told so (attach_msg's flags) and
+    /// marks it free when it lets go (mark_returned_on_free).
+    bool returnable() const noexcept { return return_word_ != nullptr && !mark_on_free_; }
+    /// Receiver: when this block's last handle lets go, mark the word in its last 64 bytes
+    /// "read" so that its sender may reuse it. Ignored for read-only or tiny mappings.
+    void mark_returned_on_free() noexcept;
     /// Process-unique identity; workers cache mappings by it.
     std::uint64_t id() const noexcept { return id_; }
     /// Maps this block's pages into this process's page tables in one call, the first time
@@ -90,6 +102,8 @@ private:
     std::uint64_t id_;
     bool populated_ = false;
     bool per_task_ = false;
+    bool mark_on_free_ = false;
+    std::uint32_t* return_word_ = nullptr;  // in the mapping's last 64 bytes
     std::mutex twin_mutex_;
     std::shared_ptr<shm_block> twin_;
 };
