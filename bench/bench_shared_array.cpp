@@ -28,6 +28,7 @@
 #include <map>
 #include <string>
 #include <utility>
+#include <tuple>
 #include <vector>
 
 #include "procpool/process_pool.hpp"
@@ -83,6 +84,13 @@ timed_sum sum_vector(std::vector<double> v) {
     const double t0 = now_ns();
     const double s = sum_kernel(v.data(), v.size());
     return {s, t0, now_ns()};
+}
+
+// A big vector as a result: a copy of the array made in the task, and the time (ns) the
+// task ended, so that the parent can time the way back alone.
+std::tuple<std::vector<double>, double> vector_result(procpool::shared_span<const double> xs) {
+    std::vector<double> v(xs.begin(), xs.end());
+    return {std::move(v), now_ns()};
 }
 
 // ---- results -----------------------------------------------------------------------------
@@ -210,6 +218,13 @@ void bench_size(int mib, int reps, results& out) {
                 out.add_pass(mib, "vector_moved", "procpool std::vector, std::move'd in",
                              "sum_parent_vector", t0, r);
                 check(r[0], want, "sum_vector (moved)");
+            }
+            // The way back: from the task's end to get() returning the vector here.
+            for (int i = 0; i < std::max(1, passes / 2); ++i) {
+                auto [v, end_ns] = pool.submit(vector_result, sa).get();
+                out.add(mib, "vector_result", "procpool std::vector result, task end to get()",
+                        "", (now_ns() - end_ns) / 1e6);
+                check(sum_kernel(v.data(), v.size()), want, "vector_result");
             }
         }
 

@@ -1234,6 +1234,7 @@ public:
         }
         return it->second.data();
     }
+    void bulk_copied(std::uint64_t) noexcept override { ++copied; }
     std::uint64_t attach(const detail::shm_ref& b, bool read_only) override {
         read_only_seen.push_back(read_only);
         const std::uint64_t id = next_id_++;
@@ -1249,6 +1250,7 @@ public:
 
     int puts = 0;
     int gets = 0;
+    int copied = 0;  // bulk_copied calls
     int resolves = 0;
     std::vector<bool> read_only_seen;  // one entry per attach() call
     std::map<std::uint64_t, bytes> bulk;
@@ -1282,6 +1284,7 @@ TEST(WireAttachments, BigVector_GoesOutOfBand_ThroughPutAndGetBulk) {
         EXPECT_EQ(from_bytes<std::vector<double>>(b), v);
     }
     EXPECT_EQ(fake.gets, 1);
+    EXPECT_EQ(fake.copied, 1);  // the sender is told once the bytes are copied out
     EXPECT_TRUE(fake.read_only_seen.empty());
     EXPECT_EQ(fake.resolves, 0);
 }

@@ -267,6 +267,16 @@ void shm_block::mark_returned_on_free() noexcept {
     mark_on_free_ = true;
 }
 
+void shm_block::return_now() noexcept {
+    if (!mark_on_free_) return;
+    mark_on_free_ = false;
+    return_word_ = nullptr;  // not returnable by this process either
+    // Our reads of the block happen before the sender may rewrite it.
+    std::atomic_ref<std::uint32_t>(*reinterpret_cast<std::uint32_t*>(
+                                       static_cast<std::byte*>(addr_) + bytes_ - return_word_bytes))
+        .store(word_free, std::memory_order_release);
+}
+
 std::shared_ptr<shm_block> shm_block::open_file(const std::string& path, bool writable,
                                                 bool create, std::size_t bytes) {
     int flags = O_CLOEXEC | (writable ? O_RDWR : O_RDONLY);
@@ -413,6 +423,12 @@ const void* shm_attachments::get_bulk(std::uint64_t id, std::size_t bytes) {
     }
     b->populate_once(false);  // mapped afresh here: read it without a trap per page
     return b->data();
+}
+
+void shm_attachments::bulk_copied(std::uint64_t id) noexcept {
+    if (source_ == nullptr) return;
+    auto it = source_->find(id);
+    if (it != source_->end()) it->second->return_now();
 }
 
 std::uint64_t shm_attachments::attach(const shm_ref& b, bool read_only) {

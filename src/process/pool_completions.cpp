@@ -197,9 +197,6 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         detail::attachment_scope scope(nullptr, &received, opts.shared_memory_threshold);
         wire::reader in(data, size);
         t->decode(static_cast<run_status>(raw), in);
-        // Copied out: a big vector's block goes back to the worker before the future is
-        // seen resolved, so the worker's next result reuses it.
-        received.clear();
     });
 }
 

@@ -26,6 +26,8 @@ public:
     /// The bytes sent as `id`, valid while this message is being read. Throws
     /// serialization_error if `id` is unknown or holds fewer than `bytes` bytes.
     virtual const void* get_bulk(std::uint64_t id, std::size_t bytes) = 0;
+    /// The bytes of get_bulk(`id`) have been copied out: their sender may have them back.
+    virtual void bulk_copied(std::uint64_t id) noexcept = 0;
     /// Records block `b` as travelling with the message (its read-only twin if
     /// `read_only`, see shm_block::read_only_twin); returns the id the message names it by.
     /// Throws serialization_error if this message cannot carry blocks.

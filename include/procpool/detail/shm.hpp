@@ -71,6 +71,8 @@ public:
     /// Receiver: when this block's last handle lets go, mark the word in its last 64 bytes
     /// "read" so that its sender may reuse it. Ignored for read-only or tiny mappings.
     void mark_returned_on_free() noexcept;
+    /// Receiver: marks it "read" now, not when it is freed; nothing is read from it after.
+    void return_now() noexcept;
     /// Process-unique identity; workers cache mappings by it.
     std::uint64_t id() const noexcept { return id_; }
     /// Maps this block's pages into this process's page tables in one call, the first time
@@ -130,6 +132,8 @@ public:
     std::uint64_t put_bulk(const void* p, std::size_t bytes) override;
     /// The memory of received block `id`, checked to hold `bytes`.
     const void* get_bulk(std::uint64_t id, std::size_t bytes) override;
+    /// Hands a worker's result block back to it now (see shm_block::mark_returned_on_free).
+    void bulk_copied(std::uint64_t id) noexcept override;
     /// Records `b` (or its read-only twin) in the sink; its id is the block's own.
     std::uint64_t attach(const shm_ref& b, bool read_only) override;
     /// Looks `id` up in the source table.

@@ -387,6 +387,7 @@ struct sequence_codec {
                 if constexpr (holds_bool<T>()) {
                     C c(n);
                     if (n != 0) std::memcpy(c.data(), p, n * sizeof(T));
+                    a->bulk_copied(id);
                     check_bools(c.data(), n);
                     return c;
                 } else {
@@ -396,6 +397,7 @@ struct sequence_codec {
                     c.reserve(n);
                     ::procpool::detail::populate_pages(c.data(), n * sizeof(T), true);
                     c.assign(static_cast<const T*>(p), static_cast<const T*>(p) + n);
+                    a->bulk_copied(id);
                     return c;
                 }
             }
