@@ -567,6 +567,24 @@ TEST(BulkVectorResults, SequentialResults_TheWorkerReusesOneBlock_EachResultIsIt
     EXPECT_EQ(pool.submit(worker_memfd_mappings).get(), 1);
 }
 
+TEST(BulkVectorResults, TheParentKeepsItsMappingOfAWorkersBlock_UntilTheWorkerOrPoolIsGone) {
+    {
+        process_pool pool({.workers = 1});
+        for (int i = 1; i <= 4; ++i) {
+            EXPECT_TRUE(all_equal(pool.submit(filled, kBig, static_cast<double>(i)).get(), i));
+        }
+        // One mapping, read through four times (mapped afresh, each page's first touch
+        // would cost again).
+        EXPECT_EQ(count_memfd_mappings(), 1);
+        EXPECT_THROW(pool.submit(sum_or_die, std::vector<double>{}, true).get(),
+                     procpool::worker_died);
+        EXPECT_EQ(memfd_mappings_settling_at(0), 0) << "the dead worker's block is let go";
+        EXPECT_TRUE(all_equal(pool.submit(filled, kBig, 9.0).get(), 9.0));
+        EXPECT_EQ(count_memfd_mappings(), 1);
+    }
+    EXPECT_EQ(count_memfd_mappings(), 0);
+}
+
 TEST(BulkVectorResults, ManyInFlightOnTwoWorkers_OfVaryingSizes_NoResultHoldsAnothersBytes) {
     process_pool pool({.workers = 2});
     for (int wave = 0; wave < 3; ++wave) {

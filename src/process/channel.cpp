@@ -58,7 +58,24 @@ void check_mappable(int fd, std::uint64_t bytes, bool require_memfd) {
     }
 }
 
-void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool from_worker) {
+namespace {
+
+// Makes room in `kept` for a mapping of `bytes` (see receive_attachments).
+void make_room(detail::shm_table& kept, std::uint64_t bytes) {
+    constexpr std::size_t max_kept = 4;
+    constexpr std::uint64_t max_kept_bytes = std::uint64_t{256} << 20;
+    std::uint64_t total = bytes;
+    for (const auto& [id, b] : kept) total += b->bytes();
+    while (!kept.empty() && (kept.size() >= max_kept || total > max_kept_bytes)) {
+        total -= kept.begin()->second->bytes();
+        kept.erase(kept.begin());
+    }
+}
+
+}  // namespace
+
+void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool from_worker,
+                         detail::shm_table* kept) {
     if (from_worker && n > max_attachments) {
         throw protocol_violation("a result announcing " + std::to_string(n) + " shared blocks");
     }
@@ -79,6 +96,16 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
         got.emplace_back(m, std::move(owned));
     }
     for (auto& [m, fd] : got) {
+        const bool returnable = from_worker && (m.flags & attach_returnable) != 0;
+        if (returnable && kept != nullptr) {
+            auto it = kept->find(m.id);
+            if (it != kept->end() && it->second->bytes() == m.bytes) {
+                it->second->mark_returned_on_free();
+                table[m.id] = it->second;
+                continue;  // `fd` is closed: the mapping kept is the same memory
+            }
+            if (it != kept->end()) kept->erase(it);
+        }
         if (from_worker) {
             if (!is_memfd(fd.get())) {
                 throw serialization_error(
@@ -90,7 +117,13 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
         }
         detail::shm_ref b =
             detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0, from_worker);
-        if (from_worker && (m.flags & attach_returnable) != 0) b->mark_returned_on_free();
+        if (returnable) {
+            b->mark_returned_on_free();
+            if (kept != nullptr && b->returnable_mapping()) {
+                make_room(*kept, m.bytes);
+                (*kept)[m.id] = b;
+            }
+        }
         table[m.id] = std::move(b);
     }
 }

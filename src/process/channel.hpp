@@ -47,7 +47,13 @@ bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks,
 /// memfd at least as large as claimed, so that a mapping of it can never fault (SIGBUS) in
 /// this process. The blocks are then marked as owned by this process (see
 /// shm_block::adopt). Throws protocol_violation on a bad record.
-void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool from_worker);
+/// `kept` (the parent, from one worker): the mappings of that worker's returnable result
+/// blocks (attach_returnable), kept across results: a block that comes back under an id
+/// and size already mapped is read through the same mapping (its pages' first touch in a
+/// new mapping is what a big result cost, see docs/architecture.md "First use"); the new
+/// descriptor is only closed. At most 4 mappings and 256 MiB, as the worker keeps.
+void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bool from_worker,
+                         detail::shm_table* kept = nullptr);
 
 /// Checks that `fd` (received from a worker) can be mapped for `bytes` without faulting:
 /// a regular file of at least that size; a memfd must carry F_SEAL_SHRINK, and with

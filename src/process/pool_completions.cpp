@@ -138,7 +138,7 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
     std::exception_ptr attach_error;
     if (ch.nattach != 0) {
         try {
-            receive_attachments(w.ctl.get(), ch.nattach, received, true);
+            receive_attachments(w.ctl.get(), ch.nattach, received, true, &w.result_blocks);
         } catch (const protocol_violation&) {
             throw;
         } catch (...) {  // e.g. out of address space mapping it: the task's own error
@@ -198,6 +198,9 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         wire::reader in(data, size);
         t->decode(static_cast<run_status>(raw), in);
     });
+    // Result blocks not read (the task was resolved before, or its decoding failed) go
+    // back to the worker too; the table's own handles may outlive this (kept mappings).
+    for (auto& [id, b] : received) b->return_now();
 }
 
 void pool_core::on_resolved(void* ctx, detail::state_base& s) noexcept {

@@ -141,6 +141,9 @@ struct worker_slot {
     std::uint32_t gen = 0;  ///< incremented at each spawn
     std::int64_t spawned_ns = 0;
     std::unordered_set<std::uint64_t> cached;   ///< shared blocks the worker has mapped
+    /// Mappings of the worker's result blocks, kept while it lives (receive_attachments'
+    /// `kept`); touched only by whoever holds `draining`.
+    detail::shm_table result_blocks;
     std::vector<std::uint64_t> forget_backlog;  ///< forget notices the ring had no room for
     /// Its stdout and stderr files (capture_output). Replaced and closed only by the
     /// supervisor thread, which is what lets bound_output use them without `mu`.

@@ -57,6 +57,7 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
         ~unlock() { self->unlock_draining(); }
     } guard{this};
     drain(w);
+    w.result_blocks.clear();  // its result blocks die with it (a replacement makes its own)
     std::vector<process_task_base*> requeue;
     std::vector<process_task_base*> settled;
     process_task_base* failed = nullptr;

@@ -73,6 +73,8 @@ public:
     void mark_returned_on_free() noexcept;
     /// Receiver: marks it "read" now, not when it is freed; nothing is read from it after.
     void return_now() noexcept;
+    /// Receiver: whether mark_returned_on_free took (a writable mapping of whole lines).
+    bool returnable_mapping() const noexcept { return mark_on_free_; }
     /// Process-unique identity; workers cache mappings by it.
     std::uint64_t id() const noexcept { return id_; }
     /// Maps this block's pages into this process's page tables in one call, the first time
