@@ -85,7 +85,7 @@ void* map_fd(int fd, std::size_t bytes, bool writable) {
 
 }  // namespace
 
-void populate_pages(const void* p, std::size_t bytes, bool write) noexcept {
+void populate_pages(const void* p, std::size_t bytes, bool write, bool private_memory) noexcept {
     constexpr std::size_t page = 4096;
     constexpr std::size_t worth_it = 64 * 1024;  // below this a few traps cost as much
     if (p == nullptr || bytes < worth_it) return;
@@ -93,9 +93,19 @@ void populate_pages(const void* p, std::size_t bytes, bool write) noexcept {
     const auto hi = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(page - 1);
     if (hi <= lo) return;
 #if defined(MADV_POPULATE_WRITE) && defined(MADV_POPULATE_READ)
+    // Heap memory used before (a worker's, reused for the next big vector) has its pages
+    // already: walking them again cost as much as the copy. Its first and last pages tell.
+    // (Not for shared mappings: there mincore reports the page cache, not this mapping.)
+    unsigned char first = 0;
+    unsigned char last = 0;
+    if (private_memory && mincore(reinterpret_cast<void*>(lo), page, &first) == 0 && (first & 1) != 0 &&
+        mincore(reinterpret_cast<void*>(hi - page), page, &last) == 0 && (last & 1) != 0) {
+        return;
+    }
     madvise(reinterpret_cast<void*>(lo), hi - lo, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
 #else
     (void)write;
+    (void)private_memory;
 #endif
 }
 

@@ -44,8 +44,10 @@ protected:
 /// call (madvise MADV_POPULATE_WRITE, or _READ if `write` is false), so that a copy into
 /// (or out of) fresh memory does not take one trap per 4 KiB page; several times cheaper
 /// on a VM (docs/architecture.md, "First use"). Only a hint: does nothing where the kernel
-/// lacks it, for small ranges, or if it fails.
-void populate_pages(const void* p, std::size_t bytes, bool write) noexcept;
+/// lacks it, for small ranges, or if it fails. `private_memory`: the range is this
+/// process's own (heap) memory: nothing is done if its first and last pages are resident.
+void populate_pages(const void* p, std::size_t bytes, bool write,
+                    bool private_memory = false) noexcept;
 
 /// The attachments installed on this thread (see attachment_scope); null outside any.
 attachments* current_attachments() noexcept;

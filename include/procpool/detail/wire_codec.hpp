@@ -395,7 +395,7 @@ struct sequence_codec {
                     // one copy (a page-by-page fault costs ~10x more on a VM).
                     C c;
                     c.reserve(n);
-                    ::procpool::detail::populate_pages(c.data(), n * sizeof(T), true);
+                    ::procpool::detail::populate_pages(c.data(), n * sizeof(T), true, true);
                     c.assign(static_cast<const T*>(p), static_cast<const T*>(p) + n);
                     a->bulk_copied(id);
                     return c;
