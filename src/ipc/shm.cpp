@@ -22,6 +22,7 @@ namespace {
 
 std::atomic<std::uint64_t> next_id{1};
 std::atomic<bool> in_worker{false};
+std::atomic<bool> keep_result_blocks{true};
 thread_local attachments* current = nullptr;
 thread_local bool current_read_only = false;
 
@@ -221,7 +222,7 @@ std::shared_ptr<shm_block> shm_block::reusable(std::size_t bytes) {
 
 std::shared_ptr<shm_block> shm_block::returned_by_reader(std::size_t bytes) {
     constexpr std::size_t page = 4096;
-    if (bytes > bulk_cache_bytes) {
+    if (bytes > bulk_cache_bytes || !keep_result_blocks.load(std::memory_order_relaxed)) {
         std::shared_ptr<shm_block> b = create(bytes);
         b->populate_once(true);  // a new memfd: every page would fault
         return b;
@@ -275,6 +276,15 @@ void shm_block::mark_returned_on_free() noexcept {
     return_word_ = reinterpret_cast<std::uint32_t*>(static_cast<std::byte*>(addr_) + bytes_ -
                                                     return_word_bytes);
     mark_on_free_ = true;
+}
+
+void shm_block::close_descriptor() noexcept {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+}
+
+void shm_keep_result_blocks(bool on) noexcept {
+    keep_result_blocks.store(on, std::memory_order_relaxed);
 }
 
 void shm_block::return_now() noexcept {

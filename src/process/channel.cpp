@@ -119,8 +119,9 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
             detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0, from_worker);
         if (returnable) {
             b->mark_returned_on_free();
-            if (kept != nullptr && b->returnable_mapping()) {
+            if (kept != nullptr && b->returnable_mapping() && b->data() != nullptr) {
                 make_room(*kept, m.bytes);
+                b->close_descriptor();  // the mapping is what is kept: no descriptor held
                 (*kept)[m.id] = b;
             }
         }

@@ -88,7 +88,8 @@ bool prepare_child(pid_t parent) noexcept {
 // all memory from the heap instead and keep up to 256 MiB of free memory at its top
 // (more is given back when freed); the next big vector reuses the touched pages. Free
 // memory below live allocations stays with the process, as glibc keeps it below 32 MiB.
-// Without effect under a sanitizer's allocator.
+// Not under a memory limit (see finish_worker). Without effect under a sanitizer's
+// allocator.
 void keep_freed_memory_for_reuse() noexcept {
     mallopt(M_MMAP_MAX, 0);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
@@ -98,7 +99,13 @@ void keep_freed_memory_for_reuse() noexcept {
 // region, serve.
 [[noreturn]] void finish_worker(const worker_fds& fds, const worker_config& cfg) {
     detail::shm_reseed_ids((static_cast<std::uint64_t>(getpid()) << 32) | 1);
-    keep_freed_memory_for_reuse();
+    // Under a memory limit the address space is what is counted: memory kept for reuse
+    // would be taken from what the next task may allocate or map.
+    if (cfg.memory_limit == 0) {
+        keep_freed_memory_for_reuse();
+    } else {
+        detail::shm_keep_result_blocks(false);
+    }
     if (!same_binary(cfg)) startup_failed(fds.ctl, startup_step::wrong_binary, 0);
     for (const auto& [k, v] : cfg.env) setenv(k.c_str(), v.c_str(), 1);
     if (cfg.memory_limit != 0) {

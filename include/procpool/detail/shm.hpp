@@ -75,6 +75,10 @@ public:
     void return_now() noexcept;
     /// Receiver: whether mark_returned_on_free took (a writable mapping of whole lines).
     bool returnable_mapping() const noexcept { return mark_on_free_; }
+    /// Closes the descriptor, keeping the mapping: for a block only read here and never
+    /// passed on (a worker's result block the parent keeps mapped), so that kept mappings
+    /// cost no descriptors. fd() is -1 after.
+    void close_descriptor() noexcept;
     /// Process-unique identity; workers cache mappings by it.
     std::uint64_t id() const noexcept { return id_; }
     /// Maps this block's pages into this process's page tables in one call, the first time
@@ -178,6 +182,10 @@ protected:
 void add_shm_listener(shm_listener* l);
 /// Called once in a new worker: its blocks get ids that cannot collide with the parent's.
 void shm_reseed_ids(std::uint64_t base) noexcept;
+/// In a worker: whether big results go into blocks the worker keeps for reuse
+/// (shm_block::returned_by_reader; default on). Off under a memory limit, where kept
+/// blocks would count against the address space the next task may use.
+void shm_keep_result_blocks(bool on) noexcept;
 void remove_shm_listener(shm_listener* l);
 /// Blocks of big vector arguments kept idle for reuse (see shm_block::reusable); for tests.
 std::size_t idle_bulk_blocks() noexcept;
