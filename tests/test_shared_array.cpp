@@ -620,6 +620,32 @@ TEST(BulkVectorResults, AResultKeptAsASharedArray_IsNotReusedUnderIt) {
     EXPECT_TRUE(std::all_of(sa.begin(), sa.end(), [](double x) { return x == 5.0; }));
 }
 
+// In a worker that has returned big vectors (so it keeps result blocks), a pool of its own
+// whose workers are forked from it: they inherit the list of kept blocks but not their
+// mappings, and must neither read nor unmap them.
+double nested_pool_sum(int start) {
+    process_pool inner({.workers = 1, .start = procpool::start_method::fork});
+    double total = 0;
+    for (int i = 0; i < 3; ++i) {
+        const std::vector<double> r = inner.submit(filled, kBig, static_cast<double>(start + i)).get();
+        if (r.size() != kBig || !all_equal(r, start + i)) return -1;
+        total += r[0];
+    }
+    // Arguments of the inner pool's tasks, from a worker: plain blocks.
+    total += inner.submit(sum_of, filled(kBig, 1.0)).get() / static_cast<double>(kBig);
+    return total;
+}
+
+TEST(BulkVectorResults, APoolInsideAWorkerThatKeepsBlocks_ItsForkedWorkersReturnBigVectors) {
+    process_pool pool({.workers = 1});
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_TRUE(all_equal(pool.submit(filled, kBig, 4.0).get(), 4.0));
+    }
+    EXPECT_EQ(pool.submit(nested_pool_sum, 10).get(), 10 + 11 + 12 + 1);
+    EXPECT_EQ(pool.submit(nested_pool_sum, 20).get(), 20 + 21 + 22 + 1);
+    EXPECT_TRUE(all_equal(pool.submit(filled, kBig, 5.0).get(), 5.0));
+}
+
 // Page faults taken to allocate and fill `bytes` in the worker, then free them.
 long faults_to_fill(std::size_t bytes) {
     rusage before{};

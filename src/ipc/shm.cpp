@@ -58,6 +58,7 @@ struct returned_cache {
     std::mutex mu;
     std::vector<shm_ref> blocks;
     std::size_t bytes = 0;
+    int pid = 0;  // whose blocks: a process forked from a worker inherits the list, not them
 };
 returned_cache& returned_blocks() {
     static auto* c = new returned_cache;
@@ -99,8 +100,9 @@ void populate_pages(const void* p, std::size_t bytes, bool write, bool private_m
     // (Not for shared mappings: there mincore reports the page cache, not this mapping.)
     unsigned char first = 0;
     unsigned char last = 0;
-    if (private_memory && mincore(reinterpret_cast<void*>(lo), page, &first) == 0 && (first & 1) != 0 &&
-        mincore(reinterpret_cast<void*>(hi - page), page, &last) == 0 && (last & 1) != 0) {
+    if (private_memory && mincore(reinterpret_cast<void*>(lo), page, &first) == 0 &&
+        (first & 1) != 0 && mincore(reinterpret_cast<void*>(hi - page), page, &last) == 0 &&
+        (last & 1) != 0) {
         return;
     }
     madvise(reinterpret_cast<void*>(lo), hi - lo, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
@@ -235,6 +237,19 @@ std::shared_ptr<shm_block> shm_block::returned_by_reader(std::size_t bytes) {
     };
     returned_cache& c = returned_blocks();
     std::lock_guard lock(c.mu);
+    if (const int self = static_cast<int>(getpid()); c.pid != self) {
+        // A worker of a pool made (by fork) inside a worker: the blocks listed are not
+        // mapped here (MADV_DONTFORK), so they are dropped without reading or unmapping
+        // them (the address range may hold something else by now); their descriptors,
+        // copies made by fork, are closed.
+        for (shm_ref& b : c.blocks) {
+            b->addr_ = nullptr;
+            b->return_word_ = nullptr;
+        }
+        c.blocks.clear();
+        c.bytes = 0;
+        c.pid = self;
+    }
     // The smallest free block that holds `bytes` without wasting more than half of it.
     shm_ref* best = nullptr;
     for (shm_ref& b : c.blocks) {
@@ -424,9 +439,16 @@ std::uint64_t shm_attachments::put_bulk(const void* p, std::size_t bytes) {
     // it: only the parent (which frees a task's blocks once the worker is done with it)
     // may reuse its blocks.
     if (bytes == 0) return record(shm_block::create(0));
-    if (in_worker.load(std::memory_order_relaxed)) {
+    if (worker_results_) {
         // The parent hands the block back (a word in it) once it has copied the vector out.
         shm_ref b = shm_block::returned_by_reader(bytes);
+        std::memcpy(b->data(), p, bytes);
+        return record(b);
+    }
+    if (in_worker.load(std::memory_order_relaxed)) {
+        // A pool made inside a worker: its arguments' blocks are not reused.
+        shm_ref b = shm_block::create(bytes);
+        populate_pages(b->data(), bytes, true);  // a new memfd: every page would fault
         std::memcpy(b->data(), p, bytes);
         return record(b);
     }

@@ -40,7 +40,7 @@ class ring_worker final : public remote::worker_transport {
           output_limit_(output_limit),
           req_(&r->requests, r->request_data(), r->ring_capacity),
           cmp_(&r->completions, r->completion_data(), r->ring_capacity),
-          attachments_(&outgoing_, &cache_, threshold) {
+          attachments_(&outgoing_, &cache_, threshold, true) {
         // With or without capture: a fork-method worker's copy of the parent's unflushed
         // stdio text would otherwise be printed again by the first fflush or exit() in the
         // worker (the parent prints it itself). A forkserver worker's buffers are empty.

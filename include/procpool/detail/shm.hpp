@@ -128,9 +128,11 @@ public:
     /// `sink`: where blocks sent are recorded (null: writing a shared array throws);
     /// `source`: the blocks received (null: none); `threshold`: see bulk_threshold (both
     /// sides use the pool's setting).
+    /// `worker_results`: the messages written are a worker's results to its parent, whose
+    /// big vectors go into blocks the parent hands back (shm_block::returned_by_reader).
     shm_attachments(std::vector<shm_ref>* sink, const shm_table* source,
-                    std::size_t threshold = SIZE_MAX) noexcept
-        : sink_(sink), source_(source), threshold_(threshold) {}
+                    std::size_t threshold = SIZE_MAX, bool worker_results = false) noexcept
+        : sink_(sink), source_(source), threshold_(threshold), worker_results_(worker_results) {}
 
     /// The threshold given to the constructor.
     std::size_t bulk_threshold() const noexcept override { return threshold_; }
@@ -150,6 +152,7 @@ private:
     std::vector<shm_ref>* sink_;
     const shm_table* source_;
     std::size_t threshold_;
+    bool worker_results_;
 };
 
 /// While alive, makes `a` (or the shm_attachments it owns) this thread's attachments
