@@ -224,13 +224,16 @@ std::shared_ptr<shm_block> shm_block::reusable(std::size_t bytes) {
 
 std::shared_ptr<shm_block> shm_block::returned_by_reader(std::size_t bytes) {
     constexpr std::size_t page = 4096;
-    if (bytes > bulk_cache_bytes || !keep_result_blocks.load(std::memory_order_relaxed)) {
+    // Whole pages, the last 64 bytes of which are the word.
+    const std::size_t want = bytes <= bulk_cache_bytes
+                                 ? (bytes + return_word_bytes + page - 1) / page * page
+                                 : SIZE_MAX;
+    if (want > bulk_cache_bytes || !keep_result_blocks.load(std::memory_order_relaxed)) {
+        // Never kept: the blocks kept for smaller results stay.
         std::shared_ptr<shm_block> b = create(bytes);
         b->populate_once(true);  // a new memfd: every page would fault
         return b;
     }
-    // Whole pages, the last 64 bytes of which are the word.
-    const std::size_t want = (bytes + return_word_bytes + page - 1) / page * page;
     const auto is_free = [](const shm_ref& b) {
         return std::atomic_ref<std::uint32_t>(*b->return_word_).load(std::memory_order_acquire) ==
                word_free;
