@@ -308,11 +308,9 @@ void shm_keep_result_blocks(bool on) noexcept {
 void shm_block::return_now() noexcept {
     if (!mark_on_free_) return;
     mark_on_free_ = false;
-    return_word_ = nullptr;  // not returnable by this process either
     // Our reads of the block happen before the sender may rewrite it.
-    std::atomic_ref<std::uint32_t>(*reinterpret_cast<std::uint32_t*>(
-                                       static_cast<std::byte*>(addr_) + bytes_ - return_word_bytes))
-        .store(word_free, std::memory_order_release);
+    std::atomic_ref<std::uint32_t>(*return_word_).store(word_free, std::memory_order_release);
+    return_word_ = nullptr;  // not returnable by this process either
 }
 
 std::shared_ptr<shm_block> shm_block::open_file(const std::string& path, bool writable,
