@@ -85,9 +85,9 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
     if (dst == nullptr) {
         if (w.req.corrupt()) violation_locked(w, "it overwrote its request ring's read index");
         // A worker with no task in flight has consumed every task frame; only forget
-        // notices (16 bytes each) can wait in its ring. Half a ring of them is not
-        // plausible: its read index was held back on purpose.
-        if (w.inflight.empty() && w.req.unconsumed() > ring_capacity / 2) {
+        // notices (16 bytes each) can wait in its ring. Half the ring's reach of them is
+        // not plausible: its read index was held back on purpose.
+        if (w.inflight.empty() && w.req.unconsumed() > w.req.reach() / 2) {
             violation_locked(w, "its request ring stays full while it runs nothing");
         }
         return false;
