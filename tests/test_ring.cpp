@@ -2,6 +2,8 @@
 // one thread: frames arrive whole and in order, and the producer writes only below its
 // reach, which starts small and grows only for large frames.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -16,6 +18,7 @@
 
 #include "ipc/ring.hpp"
 #include "procpool/process_pool.hpp"
+#include "procpool/shared_array.hpp"
 
 namespace {
 
@@ -138,6 +141,21 @@ TEST(Ring, ALargeFrame_GrowsTheReach_ToFourFramesInWholePages) {
     ASSERT_TRUE(r.take(r.producer.max_payload(), 3));
 }
 
+TEST(Ring, AReservationDroppedAfterItWrapped_LeavesUnconsumedRight) {
+    test_ring r(mib);
+    for (int i = 0; i < 60; ++i) {
+        ASSERT_TRUE(r.put(1000, static_cast<std::uint8_t>(i)));
+        ASSERT_TRUE(r.take(1000, static_cast<std::uint8_t>(i)));
+    }
+    // This reservation wraps (a pad frame's header is written) and is never committed.
+    ASSERT_NE(r.producer.try_reserve(8000), nullptr);
+    // The next one fits where the first would have started: no pad was published.
+    ASSERT_TRUE(r.put(16, 9));
+    EXPECT_EQ(r.producer.unconsumed(), ring::frame_size(16));
+    ASSERT_TRUE(r.take(16, 9));
+    EXPECT_EQ(r.producer.unconsumed(), 0u);
+}
+
 TEST(Ring, ACapacityBelowTheInitialReach_IsItsReach) {
     test_ring r(16 * 1024);
     EXPECT_EQ(r.producer.reach(), 16u * 1024);
@@ -212,6 +230,51 @@ TEST(RingReach, APoolWithSmallTasks_TouchesOnlyTheFirstPagesOfItsRings) {
     // The control page, then at most the initial reach of each ring (64 KiB), populated in
     // 64 KiB batches; the whole region is over 2 MiB.
     for (long kb : rss) EXPECT_LE(kb, 4 + 64 + 64) << "KiB resident of a worker region";
+}
+
+int first_element(procpool::shared_array<int> a) { return a[0]; }
+
+// True once `pid` is stopped (state T in /proc/PID/stat), or false after ~60 s.
+bool wait_stopped(int pid) {
+    for (int i = 0; i < 60'000; ++i) {
+        std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+        std::string all((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+        const auto close = all.rfind(')');
+        if (close != std::string::npos && close + 2 < all.size() && all[close + 2] == 'T') return true;
+        usleep(1000);
+    }
+    return false;
+}
+
+// Thousands of shared arrays freed while their worker is stopped (descheduled, traced):
+// their forget notices would fill the ring's small reach while no task is in flight, which
+// is what a worker that holds its read index back looks like. The notices wait in the
+// parent instead, and the worker is not killed.
+TEST(RingReach, ForgetNoticesForAStoppedIdleWorker_DoNotMakeItLookHostile) {
+    procpool::process_pool pool({.workers = 1});
+    constexpr int n = 5000;  // 80 KB of notices: more than the 64 KiB reach
+    {
+        std::vector<procpool::shared_array<int>> arrays;
+        arrays.reserve(n);
+        std::vector<procpool::future<int>> fs;
+        for (int i = 0; i < n; ++i) {
+            arrays.emplace_back(1);
+            arrays.back()[0] = i;
+            fs.push_back(pool.submit(first_element, arrays.back()));
+        }
+        for (int i = 0; i < n; ++i) ASSERT_EQ(fs[static_cast<std::size_t>(i)].get(), i);
+        const std::vector<int> pids = pool.worker_pids();
+        ASSERT_EQ(pids.size(), 1u);
+        ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
+        ASSERT_TRUE(wait_stopped(pids[0]));
+        arrays.clear();  // n forget notices for the stopped worker
+        auto f = pool.submit(plus_one, 41);
+        ASSERT_EQ(kill(pids[0], SIGCONT), 0);
+        EXPECT_EQ(f.get(), 42);
+        EXPECT_EQ(pool.worker_pids(), pids);
+    }
+    pool.shutdown();
+    EXPECT_EQ(pool.stats().worker_restarts, 0u);
 }
 
 }  // namespace

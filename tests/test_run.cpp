@@ -374,17 +374,23 @@ TEST(RunInThreads, TaskThatThrows_IsNotRetried) {
 TEST(RunIn, FailFast_CancelsTheTasksNotStarted_AndNamesTheFirstFailure) {
     // One worker. Task 0 fails; the worker then picks task 1, which holds it until the
     // test has seen a cancelled outcome, so tasks 2..9 are still queued when fail_fast
-    // cancels them.
+    // cancels them. Task 0's outcome is reported (on_result) before fail_fast cancels
+    // anything, and that report waits until task 1 has started: otherwise the worker,
+    // free after task 0, could skip a cancelled task 1 and start task k while the
+    // cancelling was still short of k (a busy machine once ran task 8 so).
     gate seen_cancelled;
+    gate task1_started;
     procpool::thread_pool pool({.workers = 1});
     auto out = run_in(pool,
                       [&](int i) {
                           if (i == 0) throw std::runtime_error("first failure");
+                          if (i == 1) task1_started.open();
                           seen_cancelled.wait();
                           return i;
                       },
                       numbers(10),
-                      {.fail_fast = true, .on_result = [&](std::size_t, const outcome<int>& o) {
+                      {.fail_fast = true, .on_result = [&](std::size_t i, const outcome<int>& o) {
+                           if (i == 0) task1_started.wait();
                            if (!o && o.error().kind() == failure_kind::cancelled)
                                seen_cancelled.open();
                        }});
@@ -392,10 +398,9 @@ TEST(RunIn, FailFast_CancelsTheTasksNotStarted_AndNamesTheFirstFailure) {
 
     ASSERT_FALSE(out[0]);
     EXPECT_EQ(out[0].error().kind(), failure_kind::exception);
-    // Task 1 either ran (it had started) or was cancelled before it did.
-    if (out[1]) {
-        EXPECT_EQ(out[1].value(), 1);
-    }
+    // Task 1 had started when fail_fast fired: it ran to the end.
+    ASSERT_TRUE(out[1]);
+    EXPECT_EQ(out[1].value(), 1);
     for (std::size_t i = 2; i < 10; ++i) {
         ASSERT_FALSE(out[i]) << "task " << i << " ran after fail_fast fired";
         EXPECT_EQ(out[i].error().kind(), failure_kind::cancelled);

@@ -93,9 +93,8 @@ class ring {
         if (pad != 0) {
             header_at(pos) =
                 frame_header{to_end - static_cast<std::uint32_t>(sizeof(frame_header)), frame_pad};
-            pad_at_ = head_;
-            pad_len_ = pad;
         }
+        reserved_pad_ = pad;
         reserved_at_ = head_ + pad;
         return data_ + (reserved_at_ % cap_) + sizeof(frame_header);
     }
@@ -103,6 +102,10 @@ class ring {
     /// Returns the ring position of the payload (for reading it back later).
     std::uint64_t commit(std::uint32_t len, std::uint32_t type) noexcept {
         header_at(static_cast<std::uint32_t>(reserved_at_ % cap_)) = frame_header{len, type};
+        if (reserved_pad_ != 0) {  // recorded only now: a reservation may be dropped
+            pad_at_ = reserved_at_ - reserved_pad_;
+            pad_len_ = reserved_pad_;
+        }
         head_ = reserved_at_ + frame_size(len);
         // seq_cst: pairs with the consumer's seq_cst announcement that it sleeps.
         ctl_->head.store(head_, std::memory_order_seq_cst);
@@ -182,6 +185,7 @@ class ring {
     std::uint64_t head_ = 0;  ///< producer's own index: what it has published
     alignas(8) std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
     std::uint64_t reserved_at_ = 0;
+    std::uint64_t reserved_pad_ = 0;  ///< producer: the pad the reservation made (0: none)
 };
 
 }  // namespace procpool::ipc

@@ -152,7 +152,10 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
 
 // Tells the worker it may unmap shared blocks the parent has freed. Called with mu held.
 void pool_core::flush_forgets(worker_slot& w) noexcept {
-    while (!w.forget_backlog.empty()) {
+    // At most a quarter of the ring's reach of unread frames: the rest waits here, so that
+    // a ring full while no task is in flight still means a read index held back (see
+    // send), even for a worker that is stopped while thousands of arrays are freed.
+    while (!w.forget_backlog.empty() && w.req.unconsumed() < w.req.reach() / 4) {
         std::byte* p = w.req.try_reserve(sizeof(std::uint64_t));
         if (p == nullptr) return;
         std::memcpy(p, &w.forget_backlog.back(), sizeof(std::uint64_t));
