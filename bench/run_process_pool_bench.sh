@@ -37,7 +37,7 @@ wait_for_idle() {
 
 cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROCPOOL_BUILD_TESTS=OFF \
   -DPROCPOOL_BUILD_EXAMPLES=OFF >/dev/null
-cmake --build "$build" --target bench_process_pool bench_pipe_pingpong -j "$(nproc)" >/dev/null
+cmake --build "$build" --target bench_process_pool bench_pipe_pingpong bench_page_touch -j "$(nproc)" >/dev/null
 
 # A source tree exported with `git archive` has no .git: say its commit in $COMMIT.
 commit=$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}")
@@ -65,3 +65,9 @@ wait_for_idle
 
 echo
 "$python" "$src/bench/peers/process_pool_table.py" "$cpp_json" "$pingpong_jsonl" "$py_json"
+
+# The floor under a new pool's first use: a shared page's first touch (per 4 KiB page, us).
+wait_for_idle
+echo
+echo "floor: first touch of a shared page (bench_page_touch, medians of 9, us per page):"
+"$build/bench/bench_page_touch" --reps 9
