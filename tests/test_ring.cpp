@@ -12,8 +12,8 @@
 #include <fstream>
 #include <memory>
 #include <numeric>
-#include <string>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "ipc/ring.hpp"
@@ -40,7 +40,8 @@ struct test_ring {
     bool put(std::uint32_t len, std::uint8_t seed, std::size_t* offset = nullptr) {
         std::byte* p = producer.try_reserve(len);
         if (p == nullptr) return false;
-        for (std::uint32_t i = 0; i < len; ++i) p[i] = std::byte(static_cast<std::uint8_t>(seed + i));
+        for (std::uint32_t i = 0; i < len; ++i)
+            p[i] = std::byte(static_cast<std::uint8_t>(seed + i));
         if (offset != nullptr) *offset = static_cast<std::size_t>(p - base);
         producer.commit(len, 1);
         return true;
@@ -111,7 +112,8 @@ TEST(Ring, WithoutAConsumer_FillsOnlyItsReach_AndUnconsumedCountsFramesNotTheSki
     int more = 0;
     while (r.put(1000, static_cast<std::uint8_t>(n + more))) ++more;
     EXPECT_GT(more, 0);
-    const std::uint64_t frames = static_cast<std::uint64_t>(n - n / 2 + more) * ring::frame_size(1000);
+    const std::uint64_t frames =
+        static_cast<std::uint64_t>(n - n / 2 + more) * ring::frame_size(1000);
     EXPECT_EQ(r.producer.unconsumed(), frames + sizeof(frame_header));
     for (int i = n / 2; i < n + more; ++i) ASSERT_TRUE(r.take(1000, static_cast<std::uint8_t>(i)));
     EXPECT_EQ(r.producer.unconsumed(), 0u);
@@ -173,9 +175,9 @@ TEST(Ring, RandomSizesAndLags_ArriveWholeAndInOrder_BelowTheReachAtWritingTime) 
     for (int step = 0; step < 200'000; ++step) {
         if (rng() % 2 == 0) {
             // Mostly small frames, now and then a large one.
-            const std::uint32_t len = rng() % 50 == 0
-                                          ? static_cast<std::uint32_t>(rng() % r.producer.max_payload())
-                                          : static_cast<std::uint32_t>(rng() % 2000);
+            const std::uint32_t len =
+                rng() % 50 == 0 ? static_cast<std::uint32_t>(rng() % r.producer.max_payload())
+                                : static_cast<std::uint32_t>(rng() % 2000);
             std::size_t off = 0;
             if (r.put(len, seed, &off)) {
                 ASSERT_LE(off + len, r.producer.reach());
@@ -214,7 +216,9 @@ std::vector<long> worker_region_rss_kb() {
     return out;
 }
 
-int plus_one(int x) { return x + 1; }
+int plus_one(int x) {
+    return x + 1;
+}
 
 TEST(RingReach, APoolWithSmallTasks_TouchesOnlyTheFirstPagesOfItsRings) {
     procpool::process_pool pool({.workers = 2});
@@ -232,7 +236,9 @@ TEST(RingReach, APoolWithSmallTasks_TouchesOnlyTheFirstPagesOfItsRings) {
     for (long kb : rss) EXPECT_LE(kb, 4 + 64 + 64) << "KiB resident of a worker region";
 }
 
-int first_element(procpool::shared_array<int> a) { return a[0]; }
+int first_element(procpool::shared_array<int> a) {
+    return a[0];
+}
 
 // True once `pid` is stopped (state T in /proc/PID/stat), or false after ~60 s.
 bool wait_stopped(int pid) {
@@ -240,7 +246,8 @@ bool wait_stopped(int pid) {
         std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
         std::string all((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
         const auto close = all.rfind(')');
-        if (close != std::string::npos && close + 2 < all.size() && all[close + 2] == 'T') return true;
+        if (close != std::string::npos && close + 2 < all.size() && all[close + 2] == 'T')
+            return true;
         usleep(1000);
     }
     return false;

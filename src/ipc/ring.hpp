@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -43,11 +42,12 @@ enum class peek_result {
 ///
 /// The producer writes frames only below its *reach* and wraps early (a pad frame covering
 /// the rest of the buffer, of which only the header is written) when a frame would cross
-/// it. The reach starts at `initial_reach` and doubles, up to the capacity, whenever a frame
-/// is larger than a quarter of it; the consumer needs to know nothing of it. So a ring whose
-/// frames are small touches only its first pages: the first touch of a page of a new shared
-/// mapping is the costly part of a new pool's first use (docs/architecture.md, "First
-/// use"), and most rings never need more than their first 64 KiB.
+/// it. The reach starts at `initial_reach`; a frame larger than a quarter of it grows it to
+/// four such frames (in whole pages, at most the capacity; it never shrinks). The consumer
+/// needs to know nothing of it. So a ring whose frames are small touches only its first
+/// pages: the first touch of a page of a new shared mapping is the costly part of a new
+/// pool's first use (docs/architecture.md, "First use"), and most rings never need more
+/// than their first 64 KiB.
 ///
 /// The two processes need not trust each other: each side keeps its own index in private
 /// memory and only publishes it, and every value read from the shared mapping (the other
@@ -81,8 +81,8 @@ class ring {
         }
         const std::uint64_t need = frame_size(len);
         if (need * 4 > reach_ && reach_ < cap_) {
-            reach_ = static_cast<std::uint32_t>(
-                std::min<std::uint64_t>(cap_, (need * 4 + reach_step - 1) / reach_step * reach_step));
+            const std::uint64_t want = (need * 4 + reach_step - 1) / reach_step * reach_step;
+            reach_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(cap_, want));
         }
         const auto pos = static_cast<std::uint32_t>(head_ % cap_);
         const std::uint32_t to_end = cap_ - pos;
@@ -159,7 +159,9 @@ class ring {
         if (tail > head_) return 0;
         std::uint64_t n = head_ - tail;
         // At most one pad frame can be unconsumed: two would span more than the capacity.
-        if (pad_len_ != 0 && tail <= pad_at_ && pad_at_ < head_) n -= pad_len_ - sizeof(frame_header);
+        if (pad_len_ != 0 && tail <= pad_at_ && pad_at_ < head_) {
+            n -= pad_len_ - sizeof(frame_header);
+        }
         return n;
     }
     /// Producer: how far into the buffer frames are written now (see the class comment).
