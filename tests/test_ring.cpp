@@ -3,6 +3,7 @@
 // reach, which starts small and grows only for large frames.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstddef>
@@ -258,8 +259,28 @@ bool wait_stopped(int pid) {
 // is what a worker that holds its read index back looks like. The notices wait in the
 // parent instead, and the worker is not killed.
 TEST(RingReach, ForgetNoticesForAStoppedIdleWorker_DoNotMakeItLookHostile) {
-    procpool::process_pool pool({.workers = 1});
     constexpr int n = 5000;  // 80 KB of notices: more than the 64 KiB reach
+    // Each cached array holds a descriptor in this process and one in the worker (forked
+    // from this process with its limit): raise the soft limit if it is lower.
+    constexpr rlim_t want = 2 * n + 1000;
+    rlimit old{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    struct restore {
+        rlimit rl;
+        ~restore() { setrlimit(RLIMIT_NOFILE, &rl); }
+    } restore_limit{old};
+    if (old.rlim_cur < want) {
+        rlimit up = old;
+        up.rlim_cur = std::min<rlim_t>(old.rlim_max, want);
+        setrlimit(RLIMIT_NOFILE, &up);
+        rlimit now{};
+        getrlimit(RLIMIT_NOFILE, &now);
+        if (now.rlim_cur < want) {
+            GTEST_SKIP() << "needs " << want << " descriptors (RLIMIT_NOFILE hard limit "
+                         << old.rlim_max << ")";
+        }
+    }
+    procpool::process_pool pool({.workers = 1});
     {
         std::vector<procpool::shared_array<int>> arrays;
         arrays.reserve(n);
