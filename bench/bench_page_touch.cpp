@@ -80,7 +80,13 @@ int main(int argc, char** argv) {
 
         char* c = map_shared(fd);
 #ifdef MADV_POPULATE_WRITE
-        madvise(c, kBytes, MADV_POPULATE_WRITE);
+        if (madvise(c, kBytes, MADV_POPULATE_WRITE) != 0) {
+            std::perror("madvise(MADV_POPULATE_WRITE): the populated column would be wrong");
+            return 1;
+        }
+#else
+        std::fprintf(stderr, "bench_page_touch: built without MADV_POPULATE_WRITE\n");
+        return 1;
 #endif
         t0 = clk::now();
         for (std::size_t i = 0; i < kBytes; i += kPage) c[i] = 3;
