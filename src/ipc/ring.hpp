@@ -1,7 +1,6 @@
 // Single-producer single-consumer byte ring in shared memory.
 #pragma once
 
-#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -40,15 +39,6 @@ enum class peek_result {
 /// A view of a ring: control block plus data area, both in a shared mapping.
 /// The producer side and the consumer side are each used by one thread only.
 ///
-/// The producer writes frames only below its *reach* and wraps early (a pad frame covering
-/// the rest of the buffer, of which only the header is written) when a frame would cross
-/// it. The reach starts at `initial_reach`; a frame larger than a quarter of it grows it to
-/// four such frames (in whole pages, at most the capacity; it never shrinks). The consumer
-/// needs to know nothing of it. So a ring whose frames are small touches only its first
-/// pages: the first touch of a page of a new shared mapping is the costly part of a new
-/// pool's first use (docs/architecture.md, "First use"), and most rings never need more
-/// than their first 64 KiB.
-///
 /// The two processes need not trust each other: each side keeps its own index in private
 /// memory and only publishes it, and every value read from the shared mapping (the other
 /// side's index, frame headers) is checked before it is used, so a peer that scribbles on
@@ -56,13 +46,8 @@ enum class peek_result {
 class ring {
   public:
     ring() = default;
-    /// Where a producer's reach starts (bytes), for a capacity at least this large.
-    static constexpr std::uint32_t initial_reach = 64 * 1024;
-    /// The reach grows in whole pages.
-    static constexpr std::uint32_t reach_step = 4096;
-
     ring(ring_ctl* ctl, std::byte* data, std::uint32_t capacity) noexcept
-        : ctl_(ctl), data_(data), cap_(capacity), reach_(std::min(capacity, initial_reach)) {}
+        : ctl_(ctl), data_(data), cap_(capacity) {}
 
     /// Bytes a frame with a `len`-byte payload occupies (64-bit: no wrap for any `len`).
     static constexpr std::uint64_t frame_size(std::uint64_t len) noexcept {
@@ -80,21 +65,14 @@ class ring {
             return nullptr;
         }
         const std::uint64_t need = frame_size(len);
-        if (need * 4 > reach_ && reach_ < cap_) {
-            const std::uint64_t want = (need * 4 + reach_step - 1) / reach_step * reach_step;
-            reach_ = static_cast<std::uint32_t>(std::min<std::uint64_t>(cap_, want));
-        }
         const auto pos = static_cast<std::uint32_t>(head_ % cap_);
         const std::uint32_t to_end = cap_ - pos;
-        const std::uint32_t to_reach = pos < reach_ ? reach_ - pos : 0;
-        // A frame leaves room below the reach for the next pad frame's header.
-        const std::uint32_t pad = to_reach < need + sizeof(frame_header) ? to_end : 0;
+        const std::uint32_t pad = to_end < need ? to_end : 0;
         if (head_ + pad + need - tail > cap_) return nullptr;
         if (pad != 0) {
             header_at(pos) =
                 frame_header{to_end - static_cast<std::uint32_t>(sizeof(frame_header)), frame_pad};
         }
-        reserved_pad_ = pad;
         reserved_at_ = head_ + pad;
         return data_ + (reserved_at_ % cap_) + sizeof(frame_header);
     }
@@ -102,10 +80,6 @@ class ring {
     /// Returns the ring position of the payload (for reading it back later).
     std::uint64_t commit(std::uint32_t len, std::uint32_t type) noexcept {
         header_at(static_cast<std::uint32_t>(reserved_at_ % cap_)) = frame_header{len, type};
-        if (reserved_pad_ != 0) {  // recorded only now: a reservation may be dropped
-            pad_at_ = reserved_at_ - reserved_pad_;
-            pad_len_ = reserved_pad_;
-        }
         head_ = reserved_at_ + frame_size(len);
         // seq_cst: pairs with the consumer's seq_cst announcement that it sleeps.
         ctl_->head.store(head_, std::memory_order_seq_cst);
@@ -152,20 +126,11 @@ class ring {
                 .load(std::memory_order_relaxed);
         return ctl_->head.load(std::memory_order_seq_cst) == tail;
     }
-    /// Producer: bytes of frames published and not yet released by the consumer (as it
-    /// claims), not counting the unwritten rest of the buffer that a pad frame skips.
+    /// Producer: bytes published and not yet released by the consumer (as it claims).
     std::uint64_t unconsumed() const noexcept {
         const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
-        if (tail > head_) return 0;
-        std::uint64_t n = head_ - tail;
-        // At most one pad frame can be unconsumed: two would span more than the capacity.
-        if (pad_len_ != 0 && tail <= pad_at_ && pad_at_ < head_) {
-            n -= pad_len_ - sizeof(frame_header);
-        }
-        return n;
+        return tail <= head_ ? head_ - tail : 0;
     }
-    /// Producer: how far into the buffer frames are written now (see the class comment).
-    std::uint32_t reach() const noexcept { return reach_; }
     /// Producer: true once the consumer's published index broke the ring's invariants.
     bool corrupt() const noexcept { return corrupt_; }
     /// Bytes at ring position `pos` (from `commit`), valid while not overwritten.
@@ -180,14 +145,10 @@ class ring {
     ring_ctl* ctl_ = nullptr;
     std::byte* data_ = nullptr;
     std::uint32_t cap_ = 0;
-    std::uint32_t reach_ = 0;  ///< producer: frames are written below this offset
     bool corrupt_ = false;
-    std::uint64_t pad_at_ = 0;   ///< producer: index of the last pad frame
-    std::uint64_t pad_len_ = 0;  ///< producer: its size (0: none yet)
     std::uint64_t head_ = 0;  ///< producer's own index: what it has published
     alignas(8) std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
     std::uint64_t reserved_at_ = 0;
-    std::uint64_t reserved_pad_ = 0;  ///< producer: the pad the reservation made (0: none)
 };
 
 }  // namespace procpool::ipc

@@ -171,12 +171,6 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         }
         t = pop_inflight(w);
         worker_pid = static_cast<int>(w.pid);
-        // Forget notices that waited for room (flush_forgets) go now that the worker has
-        // released this task's frame.
-        if (!w.forget_backlog.empty()) {
-            flush_forgets(w);
-            wake_worker(w);
-        }
         const std::int64_t run = std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000);
         avg_task_ns = avg_task_ns == 0 ? run : (avg_task_ns + run) / 2;
         // The next task's deadline now runs: the supervisor must not sleep through it.

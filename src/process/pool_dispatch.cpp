@@ -85,9 +85,9 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
     if (dst == nullptr) {
         if (w.req.corrupt()) violation_locked(w, "it overwrote its request ring's read index");
         // A worker with no task in flight has consumed every task frame; only forget
-        // notices (16 bytes each) can wait in its ring. Half the ring's reach of them is
-        // not plausible: its read index was held back on purpose.
-        if (w.inflight.empty() && w.req.unconsumed() > w.req.reach() / 2) {
+        // notices (16 bytes each) can wait in its ring. Half a ring of them is not
+        // plausible: its read index was held back on purpose.
+        if (w.inflight.empty() && w.req.unconsumed() > ring_capacity / 2) {
             violation_locked(w, "its request ring stays full while it runs nothing");
         }
         return false;
@@ -152,10 +152,7 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
 
 // Tells the worker it may unmap shared blocks the parent has freed. Called with mu held.
 void pool_core::flush_forgets(worker_slot& w) noexcept {
-    // At most a quarter of the ring's reach of unread frames: the rest waits here, so that
-    // a ring full while no task is in flight still means a read index held back (see
-    // send), even for a worker that is stopped while thousands of arrays are freed.
-    while (!w.forget_backlog.empty() && w.req.unconsumed() < w.req.reach() / 4) {
+    while (!w.forget_backlog.empty()) {
         std::byte* p = w.req.try_reserve(sizeof(std::uint64_t));
         if (p == nullptr) return;
         std::memcpy(p, &w.forget_backlog.back(), sizeof(std::uint64_t));
