@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <mutex>
@@ -10,6 +11,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "procpool/detail/record_cache.hpp"
 #include "procpool/detail/sync.hpp"
 
 namespace procpool::detail {
@@ -98,6 +100,19 @@ public:
     state_base() = default;
     state_base(const state_base&) = delete;
     state_base& operator=(const state_base&) = delete;
+
+    /// States come from the record cache: one is allocated per task, and a burst of them
+    /// freed to the heap would be returned to the kernel, for the next burst to fault in
+    /// again (see record_cache.hpp).
+    static void* operator new(std::size_t n) { return record_cache::allocate(n); }
+    static void operator delete(void* p, std::size_t n) noexcept {
+        record_cache::deallocate(p, n);
+    }
+    /// Over-aligned result types: plain aligned heap blocks.
+    static void* operator new(std::size_t n, std::align_val_t a) { return ::operator new(n, a); }
+    static void operator delete(void* p, std::size_t, std::align_val_t a) noexcept {
+        ::operator delete(p, a);
+    }
 
     void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
     void release() noexcept {

@@ -1,0 +1,46 @@
+// Recycled memory for the per-task records of the process executors: one allocation per
+// submit, of a few hundred bytes, that glibc returns to the kernel when a burst of them is
+// freed (they merge into the top of the heap and are trimmed), so that the next burst pays
+// a page fault per 4 KiB again (11-14 us each on a VM, see docs/architecture.md
+// "Task records"). The cache keeps freed blocks for reuse instead.
+#pragma once
+
+#include <cstddef>
+
+namespace procpool::detail::record_cache {
+
+/// Most bytes of freed blocks kept for reuse in the shared depot (per-thread caches hold
+/// at most a few hundred blocks per size on top of this).
+inline constexpr std::size_t max_retained_bytes = std::size_t{64} << 20;
+
+/// Blocks above this size are not cached (plain operator new/delete).
+inline constexpr std::size_t max_block = 1024;
+
+/// A block of at least `n` bytes, aligned for any fundamental type. Throws std::bad_alloc.
+void* allocate(std::size_t n);
+
+/// Returns a block from `allocate(n)` (the same `n`) for reuse. Any thread may call it.
+void deallocate(void* p, std::size_t n) noexcept;
+
+/// An executor that allocates records from the cache is open: the depot is kept.
+void executor_opened() noexcept;
+
+/// An executor closed; when none is open, the depot's blocks go back to the heap.
+void executor_closed() noexcept;
+
+/// Holds an executor open (executor_opened/executor_closed) for its lifetime.
+struct executor_scope {
+    executor_scope() noexcept { executor_opened(); }
+    ~executor_scope() { executor_closed(); }
+    executor_scope(const executor_scope&) = delete;
+    executor_scope& operator=(const executor_scope&) = delete;
+};
+
+/// False in builds where blocks always come from the heap (AddressSanitizer, so that a
+/// use of a freed record is still reported).
+bool enabled() noexcept;
+
+/// Bytes of blocks in the shared depot now (for tests).
+std::size_t retained_bytes() noexcept;
+
+}  // namespace procpool::detail::record_cache

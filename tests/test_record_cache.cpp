@@ -1,0 +1,189 @@
+// The task-record cache (detail::record_cache): blocks are usable and distinct, freed blocks
+// come back to the threads that allocate (from any thread that frees them), and the shared
+// depot keeps them only while an executor is open.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include "procpool/detail/record_cache.hpp"
+#include "procpool/process_pool.hpp"
+
+namespace {
+
+namespace rc = procpool::detail::record_cache;
+
+constexpr std::size_t kRecord = 328;  // a process_pool task record's size today
+
+// Fills a block with a pattern of its own.
+void fill(void* p, std::size_t n, std::size_t i) {
+    std::memset(p, static_cast<int>(i % 251), n);
+}
+bool intact(const void* p, std::size_t n, std::size_t i) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (std::size_t k = 0; k < n; ++k) {
+        if (b[k] != static_cast<unsigned char>(i % 251)) return false;
+    }
+    return true;
+}
+
+TEST(RecordCache, BlocksOfEverySize_AreDistinctAndHoldTheirBytes) {
+    rc::executor_scope open;
+    std::vector<std::pair<void*, std::size_t>> blocks;
+    for (std::size_t i = 0; i < 3000; ++i) {
+        const std::size_t n = 1 + (i * 37) % (rc::max_block + 200);  // some above max_block
+        void* p = rc::allocate(n);
+        ASSERT_NE(p, nullptr);
+        ASSERT_EQ(reinterpret_cast<std::uintptr_t>(p) % alignof(std::max_align_t), 0U);
+        fill(p, n, i);
+        blocks.emplace_back(p, n);
+    }
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+        EXPECT_TRUE(intact(blocks[i].first, blocks[i].second, i)) << "block " << i;
+    }
+    std::set<void*> seen;
+    for (auto& [p, n] : blocks) EXPECT_TRUE(seen.insert(p).second) << "a block given twice";
+    // Free half, allocate again: the new blocks must not overlap the live ones.
+    for (std::size_t i = 0; i < blocks.size(); i += 2) {
+        rc::deallocate(blocks[i].first, blocks[i].second);
+    }
+    for (std::size_t i = 0; i < blocks.size(); i += 2) {
+        blocks[i].first = rc::allocate(blocks[i].second);
+        fill(blocks[i].first, blocks[i].second, i);
+    }
+    for (std::size_t i = 0; i < blocks.size(); ++i) {
+        EXPECT_TRUE(intact(blocks[i].first, blocks[i].second, i)) << "block " << i;
+    }
+    for (auto& [p, n] : blocks) rc::deallocate(p, n);
+}
+
+TEST(RecordCache, BlocksFreedOnAnotherThread_AreReusedByTheAllocatingThread) {
+    if (!rc::enabled()) GTEST_SKIP() << "the cache is off in this build (AddressSanitizer)";
+    rc::executor_scope open;
+    constexpr std::size_t n = 10'000;
+    std::vector<void*> first(n);
+    for (auto& p : first) p = rc::allocate(kRecord);
+    std::thread([&] {
+        for (void* p : first) rc::deallocate(p, kRecord);
+    }).join();  // the freeing thread's leftovers reach the depot when it exits
+    const std::set<void*> old(first.begin(), first.end());
+    std::size_t reused = 0;
+    std::vector<void*> second(n);
+    for (auto& p : second) {
+        p = rc::allocate(kRecord);
+        reused += old.count(p);
+    }
+    // All but what other tests of this process may have left in this thread's lists.
+    EXPECT_GE(reused, n - 1024) << "blocks freed on another thread did not come back";
+    for (void* p : second) rc::deallocate(p, kRecord);
+}
+
+TEST(RecordCache, TheDepotIsEmptiedWhenTheLastExecutorCloses) {
+    if (!rc::enabled()) GTEST_SKIP() << "the cache is off in this build (AddressSanitizer)";
+    const std::size_t before = rc::retained_bytes();
+    {
+        rc::executor_scope outer;
+        {
+            rc::executor_scope inner;
+            std::vector<void*> v(5000);
+            for (auto& p : v) p = rc::allocate(kRecord);
+            std::thread([&] {
+                for (void* p : v) rc::deallocate(p, kRecord);
+            }).join();
+            EXPECT_GE(rc::retained_bytes(), before + 5000 * kRecord);
+        }
+        EXPECT_GE(rc::retained_bytes(), before + 5000 * kRecord) << "emptied while one is open";
+    }
+    EXPECT_EQ(rc::retained_bytes(), 0U);
+}
+
+TEST(RecordCache, WithNoExecutorOpen_FreedBlocksAreNotKeptInTheDepot) {
+    if (!rc::enabled()) GTEST_SKIP() << "the cache is off in this build (AddressSanitizer)";
+    std::vector<void*> v(3000);
+    for (auto& p : v) p = rc::allocate(kRecord);
+    std::thread([&] {
+        for (void* p : v) rc::deallocate(p, kRecord);
+    }).join();
+    EXPECT_EQ(rc::retained_bytes(), 0U);
+}
+
+// A child forked while another thread uses the depot must not find its lock held.
+TEST(RecordCache, AChildForkedWhileAnotherThreadUsesTheDepot_CanAllocate) {
+    rc::executor_scope open;
+    std::atomic<bool> stop{false};
+    std::thread churn([&] {
+        std::vector<void*> v(600);
+        while (!stop.load(std::memory_order_relaxed)) {
+            for (auto& p : v) p = rc::allocate(kRecord);   // takes batches from the depot
+            for (void* p : v) rc::deallocate(p, kRecord);  // hands batches to it
+        }
+    });
+    int hung = 0;
+    int failed = 0;
+    for (int i = 0; i < 100; ++i) {
+        const pid_t pid = fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+            std::vector<void*> v(1200);
+            for (int round = 0; round < 3; ++round) {
+                for (auto& p : v) p = rc::allocate(kRecord);
+                for (void* p : v) rc::deallocate(p, kRecord);
+            }
+            _exit(0);
+        }
+        // A watchdog, not a timing assertion: a child still running after 60 s is stuck.
+        int status = 0;
+        pid_t got = 0;
+        for (int waited_ms = 0; (got = waitpid(pid, &status, WNOHANG)) == 0 && waited_ms < 60'000;
+             waited_ms += 1) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        if (got == 0) {
+            ++hung;
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+        } else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            ++failed;
+        }
+    }
+    stop = true;
+    churn.join();
+    EXPECT_EQ(hung, 0) << "children stuck on the depot's lock";
+    EXPECT_EQ(failed, 0);
+}
+
+int twice(int x) {
+    return 2 * x;
+}
+
+TEST(RecordCache, ProcessPoolTasks_SubmittedOnOneThreadAndDroppedOnAnother_ResolveCorrectly) {
+    std::vector<procpool::future<int>> fs;
+    {
+        procpool::process_pool pool({.workers = 2});
+        for (int round = 0; round < 3; ++round) {
+            for (int i = 0; i < 2000; ++i) fs.push_back(pool.submit(twice, i));
+            std::thread([&] {
+                for (int i = 0; i < 2000; ++i) {
+                    EXPECT_EQ(fs[static_cast<std::size_t>(i)].get(), 2 * i);
+                }
+                fs.clear();  // the records are freed on this thread
+            }).join();
+            if (rc::enabled()) {
+                EXPECT_GT(rc::retained_bytes(), 0U);
+            }
+        }
+    }
+    EXPECT_EQ(rc::retained_bytes(), 0U);
+}
+
+}  // namespace
