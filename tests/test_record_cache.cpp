@@ -1,6 +1,6 @@
 // The task-record cache (detail::record_cache): blocks are usable and distinct, freed blocks
-// come back to the threads that allocate (from any thread that frees them), and the shared
-// depot keeps them only while an executor is open.
+// come back to the threads that allocate (from any thread that frees them), the shared
+// depot keeps no more than its bound, and a fork never inherits its lock held.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -38,7 +38,6 @@ bool intact(const void* p, std::size_t n, std::size_t i) {
 }
 
 TEST(RecordCache, BlocksOfEverySize_AreDistinctAndHoldTheirBytes) {
-    rc::executor_scope open;
     std::vector<std::pair<void*, std::size_t>> blocks;
     for (std::size_t i = 0; i < 3000; ++i) {
         const std::size_t n = 1 + (i * 37) % (rc::max_block + 200);  // some above max_block
@@ -69,7 +68,6 @@ TEST(RecordCache, BlocksOfEverySize_AreDistinctAndHoldTheirBytes) {
 
 TEST(RecordCache, BlocksFreedOnAnotherThread_AreReusedByTheAllocatingThread) {
     if (!rc::enabled()) GTEST_SKIP() << "the cache is off in this build (AddressSanitizer)";
-    rc::executor_scope open;
     constexpr std::size_t n = 10'000;
     std::vector<void*> first(n);
     for (auto& p : first) p = rc::allocate(kRecord);
@@ -88,38 +86,25 @@ TEST(RecordCache, BlocksFreedOnAnotherThread_AreReusedByTheAllocatingThread) {
     for (void* p : second) rc::deallocate(p, kRecord);
 }
 
-TEST(RecordCache, TheDepotIsEmptiedWhenTheLastExecutorCloses) {
+TEST(RecordCache, TheDepotKeepsNoMoreThanItsBound_AndReleaseEmptiesIt) {
     if (!rc::enabled()) GTEST_SKIP() << "the cache is off in this build (AddressSanitizer)";
-    const std::size_t before = rc::retained_bytes();
-    {
-        rc::executor_scope outer;
-        {
-            rc::executor_scope inner;
-            std::vector<void*> v(5000);
-            for (auto& p : v) p = rc::allocate(kRecord);
-            std::thread([&] {
-                for (void* p : v) rc::deallocate(p, kRecord);
-            }).join();
-            EXPECT_GE(rc::retained_bytes(), before + 5000 * kRecord);
-        }
-        EXPECT_GE(rc::retained_bytes(), before + 5000 * kRecord) << "emptied while one is open";
-    }
-    EXPECT_EQ(rc::retained_bytes(), 0U);
-}
-
-TEST(RecordCache, WithNoExecutorOpen_FreedBlocksAreNotKeptInTheDepot) {
-    if (!rc::enabled()) GTEST_SKIP() << "the cache is off in this build (AddressSanitizer)";
-    std::vector<void*> v(3000);
+    const std::size_t n = rc::max_retained_bytes / kRecord + 20'000;  // more than it keeps
+    std::vector<void*> v(n);
     for (auto& p : v) p = rc::allocate(kRecord);
     std::thread([&] {
         for (void* p : v) rc::deallocate(p, kRecord);
     }).join();
+    EXPECT_LE(rc::retained_bytes(), rc::max_retained_bytes);
+    EXPECT_GE(rc::retained_bytes(), rc::max_retained_bytes / 2);
+    rc::release();
     EXPECT_EQ(rc::retained_bytes(), 0U);
+    // Blocks still come and go after a release.
+    for (auto& p : v) p = rc::allocate(kRecord);
+    for (void* p : v) rc::deallocate(p, kRecord);
 }
 
 // A child forked while another thread uses the depot must not find its lock held.
 TEST(RecordCache, AChildForkedWhileAnotherThreadUsesTheDepot_CanAllocate) {
-    rc::executor_scope open;
     std::atomic<bool> stop{false};
     std::thread churn([&] {
         std::vector<void*> v(600);
@@ -183,7 +168,6 @@ TEST(RecordCache, ProcessPoolTasks_SubmittedOnOneThreadAndDroppedOnAnother_Resol
             }
         }
     }
-    EXPECT_EQ(rc::retained_bytes(), 0U);
 }
 
 }  // namespace

@@ -47,20 +47,19 @@ void free_list(node* head) noexcept {
     while (head != nullptr) ::operator delete(std::exchange(head, head->next));
 }
 
-// Batches of free blocks shared by all threads, kept only while an executor is open.
+// Batches of free blocks shared by all threads.
 struct depot_t {
     std::mutex mu;
     node* batches[classes] = {};
     std::size_t bytes = 0;
-    int executors = 0;
 
     // Takes a batch of `count` blocks of class c (linked through next), or frees them
-    // when no executor is open or the depot is full.
+    // when the depot is full.
     void put(std::size_t c, node* head, std::uint32_t count) noexcept {
         {
             std::lock_guard lock(mu);
             const std::size_t add = count * class_size(c);
-            if (executors > 0 && bytes + add <= max_retained_bytes) {
+            if (bytes + add <= max_retained_bytes) {
                 head->count = count;
                 head->next_batch = batches[c];
                 batches[c] = head;
@@ -184,17 +183,11 @@ void deallocate(void* p, std::size_t n) noexcept {
     ::operator delete(p);
 }
 
-void executor_opened() noexcept {
-    std::lock_guard lock(depot().mu);
-    ++depot().executors;
-}
-
-void executor_closed() noexcept {
+void release() noexcept {
     node* drop[classes] = {};
     {
         depot_t& d = depot();
         std::lock_guard lock(d.mu);
-        if (--d.executors > 0) return;
         for (std::size_t c = 0; c < classes; ++c) drop[c] = std::exchange(d.batches[c], nullptr);
         d.bytes = 0;
     }

@@ -13,7 +13,6 @@
 
 #include "mpi/engine.hpp"
 #include "mpi/runtime.hpp"
-#include "procpool/detail/record_cache.hpp"
 #include "procpool/detail/shm.hpp"
 #include "procpool/detail/validate.hpp"
 #include "procpool/error.hpp"
@@ -21,8 +20,6 @@
 namespace procpool {
 
 struct mpi_pool::impl final : detail::cancel_hook, mpi_impl::pool_ref {
-    // Keeps freed task records for reuse while the pool lives (detail::record_cache).
-    detail::record_cache::executor_scope record_cache_user;
     mpi_pool_options opts;
     std::shared_ptr<mpi_impl::engine> eng;  // null: single-rank mode
     std::unique_ptr<process_pool> local;

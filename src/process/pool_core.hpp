@@ -33,7 +33,6 @@
 #include "process/output.hpp"
 #include "process/protocol.hpp"
 #include "process/region.hpp"
-#include "procpool/detail/record_cache.hpp"
 #include "procpool/detail/sync.hpp"
 #include "procpool/process_pool.hpp"
 #include "trace/monitor.hpp"
@@ -210,8 +209,6 @@ inline void kill_worker_group(pid_t pid) noexcept {
 /// The engine behind process_pool (see the file comment for where each part lives).
 /// `mu` guards the shared fields; what only the supervisor touches is marked.
 struct pool_core : detail::cancel_hook, detail::shm_listener {
-    // Keeps freed task records for reuse while the pool lives (detail::record_cache).
-    detail::record_cache::executor_scope record_cache_user;
     process_pool_options opts;
     start_method method = start_method::fork;
     std::vector<std::byte> config;

@@ -11,7 +11,6 @@
 #include <thread>
 #include <vector>
 
-#include "procpool/detail/record_cache.hpp"
 #include "thread/task_queue.hpp"
 #include "trace/monitor.hpp"
 
@@ -24,8 +23,6 @@ thread_local const void* current_pool = nullptr;
 struct thread_pool::impl {
     impl(int n, const thread_pool_options& o) : nworkers(n), monitor(o.name, n, o.trace) {}
 
-    // Keeps freed task states for reuse while the pool lives (detail::record_cache).
-    detail::record_cache::executor_scope record_cache_user;
     // Submitters in progress, times two, plus bit 0 once shutdown began. shutdown() waits
     // for in-progress submits so that no task can be queued after the workers exit.
     std::atomic<std::uint64_t> gate{0};

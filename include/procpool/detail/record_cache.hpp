@@ -1,6 +1,6 @@
-// Recycled memory for the per-task records of the process executors: one allocation per
-// submit, of a few hundred bytes, that glibc returns to the kernel when a burst of them is
-// freed (they merge into the top of the heap and are trimmed), so that the next burst pays
+// Recycled memory for futures' shared states (every executor's per-task record): one
+// allocation per submit, of a few hundred bytes, that glibc returns to the kernel when a burst of
+// them is freed (they merge into the top of the heap and are trimmed), so that the next burst pays
 // a page fault per 4 KiB again (11-14 us each on a VM, see docs/architecture.md
 // "Task records"). The cache keeps freed blocks for reuse instead.
 #pragma once
@@ -10,7 +10,9 @@
 namespace procpool::detail::record_cache {
 
 /// Most bytes of freed blocks kept for reuse in the shared depot (per-thread caches hold
-/// at most a few hundred blocks per size on top of this).
+/// at most 511 blocks per size on top of this). Kept for the life of the process, as an
+/// allocator keeps its free lists: giving them back to the heap when a pool closes left a
+/// hole in it that changed glibc's later decisions for the worse (docs/architecture.md).
 inline constexpr std::size_t max_retained_bytes = std::size_t{64} << 20;
 
 /// Blocks above this size are not cached (plain operator new/delete).
@@ -22,19 +24,8 @@ void* allocate(std::size_t n);
 /// Returns a block from `allocate(n)` (the same `n`) for reuse. Any thread may call it.
 void deallocate(void* p, std::size_t n) noexcept;
 
-/// An executor that allocates records from the cache is open: the depot is kept.
-void executor_opened() noexcept;
-
-/// An executor closed; when none is open, the depot's blocks go back to the heap.
-void executor_closed() noexcept;
-
-/// Holds an executor open (executor_opened/executor_closed) for its lifetime.
-struct executor_scope {
-    executor_scope() noexcept { executor_opened(); }
-    ~executor_scope() { executor_closed(); }
-    executor_scope(const executor_scope&) = delete;
-    executor_scope& operator=(const executor_scope&) = delete;
-};
+/// Returns the depot's blocks to the heap (the calling thread's own lists stay).
+void release() noexcept;
 
 /// False in builds where blocks always come from the heap (AddressSanitizer, so that a
 /// use of a freed record is still reported).
