@@ -103,6 +103,49 @@ TEST(RecordCache, TheDepotKeepsNoMoreThanItsBound_AndReleaseEmptiesIt) {
     for (void* p : v) rc::deallocate(p, kRecord);
 }
 
+// A child forked while another thread makes the process's first use of the cache must be
+// able to use it (it once inherited a half-done initialization and waited for ever). Each
+// trial is a fresh child of this test process, which has not used the cache before when
+// ctest runs this test alone.
+TEST(RecordCache, AChildForkedDuringTheFirstUse_CanUseTheCache) {
+    int hung = 0;
+    for (int trial = 0; trial < 20; ++trial) {
+        const pid_t pid = fork();
+        ASSERT_GE(pid, 0);
+        if (pid == 0) {
+            std::atomic<bool> go{false};
+            std::atomic<bool> done{false};
+            std::thread first([&] {
+                while (!go.load()) {
+                }
+                rc::deallocate(rc::allocate(kRecord), kRecord);
+                static_cast<void>(rc::retained_bytes());
+                done = true;
+            });
+            int stuck = 0;
+            go = true;
+            for (int n = 0; !done.load() && n < 50; ++n) {
+                const pid_t child = fork();
+                if (child == 0) {
+                    alarm(30);  // a watchdog: a stuck child ends with SIGALRM
+                    rc::deallocate(rc::allocate(kRecord), kRecord);
+                    static_cast<void>(rc::retained_bytes());
+                    _exit(0);
+                }
+                int st = 0;
+                waitpid(child, &st, 0);
+                if (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM) ++stuck;
+            }
+            first.join();
+            _exit(stuck == 0 ? 0 : 1);
+        }
+        int status = 0;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ++hung;
+    }
+    EXPECT_EQ(hung, 0) << "trials in which a child forked during the first use got stuck";
+}
+
 // A child forked while another thread uses the depot must not find its lock held.
 TEST(RecordCache, AChildForkedWhileAnotherThreadUsesTheDepot_CanAllocate) {
     std::atomic<bool> stop{false};

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <mutex>
 #include <new>
+#include <type_traits>
 #include <utility>
 
 // Under AddressSanitizer every record comes from the heap as before, so that a use of a
@@ -82,19 +83,20 @@ struct depot_t {
     }
 };
 
-// Never destroyed: records may be freed by threads that outlive static destruction.
-// A fork (a worker forked from the pool's supervisor, or any fork of the user's) holds the
-// lock across it, as glibc does for malloc's, so that the child never starts with it
-// locked by a thread that does not exist there.
+// Constant-initialized and trivially destructible: usable before any constructor ran and
+// after every destructor, and with no initialization guard that a fork could copy half
+// done (a child forked while another thread initialized a function-local static waited
+// on its guard for ever). A fork (a worker forked from the pool's supervisor, or any fork
+// of the user's) holds the lock across it, as glibc does for malloc's, so that the child
+// never starts with it locked by a thread that does not exist there.
+constinit depot_t the_depot;
+static_assert(std::is_trivially_destructible_v<depot_t>,
+              "the depot must outlive every thread that may free a record");
 depot_t& depot() noexcept {
-    static depot_t* const d = [] {
-        auto* p = new depot_t();
-        pthread_atfork([] { depot().mu.lock(); }, [] { depot().mu.unlock(); },
-                       [] { depot().mu.unlock(); });
-        return p;
-    }();
-    return *d;
+    return the_depot;
 }
+[[maybe_unused]] const int fork_handlers_registered = pthread_atfork(
+    [] { the_depot.mu.lock(); }, [] { the_depot.mu.unlock(); }, [] { the_depot.mu.unlock(); });
 
 // A thread's free blocks of one class: `head` (fewer than `batch`) and at most one full
 // batch `full` ready to hand over whole, so a list is never walked to be split.
