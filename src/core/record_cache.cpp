@@ -25,6 +25,12 @@ namespace procpool::detail::record_cache {
 
 namespace {
 
+#ifdef PROCPOOL_RECORD_CACHE_OFF
+constexpr bool cache_on = false;
+#else
+constexpr bool cache_on = true;
+#endif
+
 constexpr std::size_t granule = 32;
 constexpr std::size_t classes = max_block / granule;
 constexpr std::uint32_t batch = 256;  // blocks a thread hands to or takes from the depot
@@ -135,8 +141,7 @@ thread_cache* local() noexcept {
 }  // namespace
 
 void* allocate(std::size_t n) {
-#ifndef PROCPOOL_RECORD_CACHE_OFF
-    if (n != 0 && n <= max_block) {
+    if (cache_on && n != 0 && n <= max_block) {
         const std::size_t c = class_of(n);
         thread_cache* tc = local();
         if (tc == nullptr) return ::operator new(class_size(c));
@@ -157,13 +162,11 @@ void* allocate(std::size_t n) {
         --b.count;
         return p;
     }
-#endif
     return ::operator new(n);
 }
 
 void deallocate(void* p, std::size_t n) noexcept {
-#ifndef PROCPOOL_RECORD_CACHE_OFF
-    if (n != 0 && n <= max_block) {
+    if (cache_on && n != 0 && n <= max_block) {
         thread_cache* tc = local();
         if (tc == nullptr) {
             ::operator delete(p);
@@ -181,7 +184,6 @@ void deallocate(void* p, std::size_t n) noexcept {
         }
         return;
     }
-#endif
     ::operator delete(p);
 }
 
@@ -203,11 +205,7 @@ void release() noexcept {
 }
 
 bool enabled() noexcept {
-#ifdef PROCPOOL_RECORD_CACHE_OFF
-    return false;
-#else
-    return true;
-#endif
+    return cache_on;
 }
 
 std::size_t retained_bytes() noexcept {
