@@ -11,8 +11,9 @@ namespace procpool::detail::record_cache {
 
 /// Most bytes of freed blocks kept for reuse in the shared depot (per-thread caches hold
 /// at most 511 blocks per size on top of this). Kept for the life of the process, as an
-/// allocator keeps its free lists: giving them back to the heap when a pool closes left a
-/// hole in it that changed glibc's later decisions for the worse (docs/architecture.md).
+/// allocator keeps its free lists: giving them back to the heap when the last pool closed
+/// made a later `map` 4x slower here (glibc then trimmed the supervisor's arena on every
+/// map; see docs/architecture.md "Task records").
 inline constexpr std::size_t max_retained_bytes = std::size_t{64} << 20;
 
 /// Blocks above this size are not cached (plain operator new/delete).
