@@ -108,6 +108,12 @@ TEST(RecordCache, TheDepotKeepsNoMoreThanItsBound_AndReleaseEmptiesIt) {
 // trial is a fresh child of this test process, which has not used the cache before when
 // ctest runs this test alone.
 TEST(RecordCache, AChildForkedDuringTheFirstUse_CanUseTheCache) {
+    if (!rc::enabled()) {
+        // The cache is off (AddressSanitizer): the children would only exercise the
+        // sanitizer's allocator, whose lock gcc 12's runtime does not hold across a fork
+        // (a child forked while another thread allocated hung in it: CI, 1 of 100).
+        GTEST_SKIP() << "the cache is off in this build (AddressSanitizer)";
+    }
     int hung = 0;
     for (int trial = 0; trial < 20; ++trial) {
         const pid_t pid = fork();
@@ -148,6 +154,12 @@ TEST(RecordCache, AChildForkedDuringTheFirstUse_CanUseTheCache) {
 
 // A child forked while another thread uses the depot must not find its lock held.
 TEST(RecordCache, AChildForkedWhileAnotherThreadUsesTheDepot_CanAllocate) {
+    if (!rc::enabled()) {
+        // The cache is off (AddressSanitizer): the children would only exercise the
+        // sanitizer's allocator, whose lock gcc 12's runtime does not hold across a fork
+        // (a child forked while another thread allocated hung in it: CI, 1 of 100).
+        GTEST_SKIP() << "the cache is off in this build (AddressSanitizer)";
+    }
     std::atomic<bool> stop{false};
     std::thread churn([&] {
         std::vector<void*> v(600);
