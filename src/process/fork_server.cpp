@@ -163,7 +163,9 @@ void drop_env(const std::vector<std::string>& prefixes) {
         }
         if (getppid() != parent) kill_all_and_exit();
         if (ready == 0) {
-            if (short_of_spares) make_spare();
+            // Every missing spare at once: a pool of two made after a pause then finds
+            // both, rather than one and a fork on its critical path.
+            while (spares.size() < want_spares) make_spare();
             continue;
         }
         if (pfds[0].revents != 0) {
