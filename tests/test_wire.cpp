@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <limits>
 #include <list>
@@ -574,6 +575,61 @@ TEST(Wire, Vectors_RoundTrip) {
     EXPECT_EQ(round_trip(nd), nd);
     const std::vector<std::vector<int>> nested{{1}, {}, {2, 3}};
     EXPECT_EQ(round_trip(nested), nested);
+}
+
+// A vector's elements are read straight from the input when they lie at an address
+// aligned for their type, and through a copy when they do not (a char before them): both
+// give the same vector, large or small, and a truncated input still throws.
+TEST(Wire, VectorsAtAlignedAndUnalignedOffsets_DecodeTheSame) {
+    for (std::size_t n : {1u, 3u, 100u, 70'000u}) {
+        std::vector<double> ds(n);
+        for (std::size_t i = 0; i < n; ++i) ds[i] = 0.25 * static_cast<double>(i) - 7.0;
+        std::vector<std::byte> aligned_buf;
+        wire::writer wa(aligned_buf);
+        wire::save_all(wa, ds, std::int64_t{5});
+        std::vector<std::byte> odd_buf;
+        wire::writer wo(odd_buf);
+        wire::save_all(wo, 'x', ds, std::int64_t{5});
+        ASSERT_EQ(odd_buf.size(), aligned_buf.size() + 1);
+        // Copies into memory aligned for double, so that the offsets decide the path.
+        std::vector<double> a_store((aligned_buf.size() + 7) / 8);
+        std::memcpy(a_store.data(), aligned_buf.data(), aligned_buf.size());
+        std::vector<double> o_store((odd_buf.size() + 7) / 8);
+        std::memcpy(o_store.data(), odd_buf.data(), odd_buf.size());
+        const auto* a = reinterpret_cast<const std::byte*>(a_store.data());
+        const auto* o = reinterpret_cast<const std::byte*>(o_store.data());
+
+        wire::reader ra(a, aligned_buf.size());
+        auto [da, fa] = wire::load_all<std::vector<double>, std::int64_t>(ra);
+        EXPECT_EQ(da, ds);
+        EXPECT_EQ(fa, 5);
+        wire::reader ro(o, odd_buf.size());
+        auto [c, dodd, fo] = wire::load_all<char, std::vector<double>, std::int64_t>(ro);
+        EXPECT_EQ(c, 'x');
+        EXPECT_EQ(dodd, ds);
+        EXPECT_EQ(fo, 5);
+
+        // Cut inside the elements: both paths refuse.
+        wire::reader ta(a, 8 + n * sizeof(double) - 1);
+        EXPECT_THROW(wire::load_all<std::vector<double>>(ta), procpool::serialization_error);
+        wire::reader to(o, 1 + 8 + n * sizeof(double) - 1);
+        EXPECT_THROW((wire::load_all<char, std::vector<double>>(to)),
+                     procpool::serialization_error);
+    }
+}
+
+// Large appends (one copy, no zeroing first) keep what the buffer held before them.
+TEST(Wire, LargeWrites_AppendAfterExistingContent) {
+    std::vector<std::byte> buf(3, std::byte{0x7f});
+    wire::writer w(buf);
+    std::vector<unsigned char> big(100'000);
+    for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<unsigned char>(i * 31);
+    w.write_bytes(big.data(), big.size());
+    w.write_bytes(big.data(), 10);
+    ASSERT_EQ(buf.size(), 3 + big.size() + 10);
+    for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(buf[i], std::byte{0x7f});
+    EXPECT_EQ(std::memcmp(buf.data() + 3, big.data(), big.size()), 0);
+    EXPECT_EQ(std::memcmp(buf.data() + 3 + big.size(), big.data(), 10), 0);
 }
 
 TEST(Wire, VectorOfBool_RoundTripsBitPacked) {

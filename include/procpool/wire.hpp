@@ -70,6 +70,24 @@ public:
     void write_bytes(const void* p, std::size_t n) {
         if (n == 0) return;  // `p` may be null for an empty range; memcpy must not see it
         const std::size_t old = buf_->size();
+        if (n >= 256) {
+            // One copy: resize() would first zero the new bytes (a memset as long as the
+            // copy). Small writes keep resize + memcpy: cheaper for a few bytes.
+            const auto* b = static_cast<const std::byte*>(p);
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+            // g++ 12, after inlining insert's growth path, reports copies out of bounds that
+            // cannot happen (e.g. a string's bytes read past its 16-byte local buffer).
+#pragma GCC diagnostic ignored "-Wstringop-overflow"
+#pragma GCC diagnostic ignored "-Warray-bounds"
+#pragma GCC diagnostic ignored "-Wstringop-overread"
+#endif
+            buf_->insert(buf_->end(), b, b + n);
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+            return;
+        }
         buf_->resize(old + n);
         std::memcpy(buf_->data() + old, p, n);
     }

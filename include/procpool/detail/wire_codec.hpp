@@ -403,8 +403,18 @@ struct sequence_codec {
             }
             if (raw > r.remaining() / min_size<T>) throw_bad_count(raw, min_size<T>, r.remaining());
             const auto n = static_cast<std::size_t>(raw);
-            C c(n);
-            r.read_contiguous(c.data(), n);
+            if (n > r.remaining() / sizeof(T)) throw_bad_count(raw, sizeof(T), r.remaining());
+            C c;
+            if (n != 0 && reinterpret_cast<std::uintptr_t>(r.data()) % alignof(T) == 0) {
+                // One copy: `C c(n)` would first zero the elements (a memset as long as
+                // the copy). The bytes were written from T objects (`write_contiguous`).
+                const T* first = reinterpret_cast<const T*>(r.data());
+                c.assign(first, first + n);
+                r.skip(n * sizeof(T));
+            } else {
+                c.resize(n);
+                r.read_contiguous(c.data(), n);
+            }
             check_bools(c.data(), n);  // one memcpy, then only the bool bytes are looked at
             return c;
         } else {
