@@ -618,6 +618,33 @@ TEST(Wire, VectorsAtAlignedAndUnalignedOffsets_DecodeTheSame) {
     }
 }
 
+// An element type with a const member (copyable, not assignable) and a bool: decoded by
+// constructing the vector, and its bools still checked.
+struct const_flag {
+    const int x = 0;
+    bool b = false;
+};
+TEST(Wire, VectorOfElementsWithAConstMember_RoundTrips) {
+    const std::vector<const_flag> v{{1, true}, {2, false}, {3, true}};
+    std::vector<std::byte> buf;
+    wire::writer w(buf);
+    wire::save(w, v);
+    std::vector<std::uint64_t> store((buf.size() + 7) / 8);  // aligned for the elements
+    std::memcpy(store.data(), buf.data(), buf.size());
+    wire::reader r(reinterpret_cast<const std::byte*>(store.data()), buf.size());
+    const auto back = wire::load<std::vector<const_flag>>(r);
+    ASSERT_EQ(back.size(), v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        EXPECT_EQ(back[i].x, v[i].x);
+        EXPECT_EQ(back[i].b, v[i].b);
+    }
+    // A bool byte that is neither 0 nor 1 is refused.
+    auto* bytes = reinterpret_cast<unsigned char*>(store.data());
+    bytes[8 + offsetof(const_flag, b)] = 2;
+    wire::reader bad(reinterpret_cast<const std::byte*>(store.data()), buf.size());
+    EXPECT_THROW(wire::load<std::vector<const_flag>>(bad), procpool::serialization_error);
+}
+
 // Large appends (one copy, no zeroing first) keep what the buffer held before them.
 TEST(Wire, LargeWrites_AppendAfterExistingContent) {
     std::vector<std::byte> buf(3, std::byte{0x7f});

@@ -152,9 +152,9 @@ void drop_env(const std::vector<std::string>& prefixes) {
         pfds.push_back({sock, POLLIN, 0});
         pfds.push_back({sigfd, POLLIN, 0});
         for (int ch : channels) pfds.push_back({ch, POLLIN, 0});
-        // Short of spares: make one once nothing has happened for spare_after_ms, so that
-        // forking it does not compete for the CPUs with the workers just started (nor
-        // delay the exit notices a pool's shutdown waits for).
+        // Short of spares: make them once nothing has happened for spare_after_ms, so that
+        // forking does not compete for the CPUs with the workers just started (nor delay
+        // the exit notices a pool's shutdown waits for).
         const bool short_of_spares = spares.size() < want_spares;
         const int ready = poll(pfds.data(), pfds.size(), short_of_spares ? spare_after_ms : 1000);
         if (ready < 0) {
@@ -163,9 +163,14 @@ void drop_env(const std::vector<std::string>& prefixes) {
         }
         if (getppid() != parent) kill_all_and_exit();
         if (ready == 0) {
-            // Every missing spare at once: a pool of two made after a pause then finds
-            // both, rather than one and a fork on its critical path.
-            while (spares.size() < want_spares) make_spare();
+            // Every missing spare, one after another while nothing arrives: a pool of two
+            // made after a pause then finds both (not one and a fork on its critical
+            // path), and a request or exit notice that comes meanwhile waits for one fork
+            // at most (a fork takes longer the more memory this process has).
+            while (spares.size() < want_spares) {
+                make_spare();
+                if (spares.size() < want_spares && poll(pfds.data(), pfds.size(), 0) != 0) break;
+            }
             continue;
         }
         if (pfds[0].revents != 0) {

@@ -384,7 +384,14 @@ struct sequence_codec {
                 r.read_bytes(&id, sizeof id);
                 const auto n = static_cast<std::size_t>(raw);
                 const void* p = a->get_bulk(id, n * sizeof(T));
-                if constexpr (holds_bool<T>()) {
+                if constexpr (!std::is_copy_assignable_v<T>) {
+                    // A const member: the vector can only be constructed from the block
+                    // (mapped at a page boundary, so aligned for T).
+                    C c(static_cast<const T*>(p), static_cast<const T*>(p) + n);
+                    a->bulk_copied(id);
+                    check_bools(c.data(), n);
+                    return c;
+                } else if constexpr (holds_bool<T>()) {
                     C c(n);
                     if (n != 0) std::memcpy(c.data(), p, n * sizeof(T));
                     a->bulk_copied(id);
@@ -404,17 +411,18 @@ struct sequence_codec {
             if (raw > r.remaining() / min_size<T>) throw_bad_count(raw, min_size<T>, r.remaining());
             const auto n = static_cast<std::size_t>(raw);
             if (n > r.remaining() / sizeof(T)) throw_bad_count(raw, sizeof(T), r.remaining());
-            C c;
             if (n != 0 && reinterpret_cast<std::uintptr_t>(r.data()) % alignof(T) == 0) {
                 // One copy: `C c(n)` would first zero the elements (a memset as long as
                 // the copy). The bytes were written from T objects (`write_contiguous`).
+                // Constructed from the range, not assigned: T may have const members.
                 const T* first = reinterpret_cast<const T*>(r.data());
-                c.assign(first, first + n);
+                C c(first, first + n);
                 r.skip(n * sizeof(T));
-            } else {
-                c.resize(n);
-                r.read_contiguous(c.data(), n);
+                check_bools(c.data(), n);  // only the bool bytes are looked at
+                return c;
             }
+            C c(n);
+            r.read_contiguous(c.data(), n);
             check_bools(c.data(), n);  // one memcpy, then only the bool bytes are looked at
             return c;
         } else {
