@@ -364,9 +364,19 @@ TEST(AdversarySpares, ForkServerKilledDuringAssignment_NoOrphans) {
                 EXPECT_EQ(e.signal(), SIGKILL);
             }
         }
-        // The same pool runs on a new server's workers.
+        // The same pool runs on a new server's workers. The old server's workers die with
+        // it (their death signal) a moment after the kill, which returns first: until then
+        // tasks may still run on them, or be cut short by that death.
+        const bool moved = eventually([&] {
+            try {
+                EXPECT_EQ(pool.submit(add, 2, 2).get(), 4);
+            } catch (const procpool::worker_died& e) {
+                EXPECT_EQ(e.signal(), SIGKILL);
+            }
+            return server() != old;
+        });
+        EXPECT_TRUE(moved) << "the pool did not start a new fork server after the kill";
         EXPECT_EQ(pool.submit(add, 2, 2).get(), 4);
-        EXPECT_NE(server(), old);
     }
     for (int pid : descendants) {
         EXPECT_TRUE(eventually([&] { return !alive(pid); }))
