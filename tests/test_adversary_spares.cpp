@@ -210,8 +210,11 @@ int settled_server_fds() {
     return fds;
 }
 
-// After pools are gone: the fork server back to `baseline` descriptors, two spares, no
-// zombies (bounded wait: the server learns of closed channels and exits asynchronously).
+// After pools are gone: the fork server back to at most `baseline` descriptors, two spares,
+// no zombies (bounded wait: the server learns of closed channels and exits asynchronously).
+// At most, not exactly: the baseline can include the channel of the pool that was just
+// closed, if the server was making its spares (two forks in a row) when the channel closed
+// and the count was taken before it noticed; fewer descriptors than that is not a leak.
 void expect_server_back_to(int baseline) {
     int fds = -1;
     std::size_t live = 0;
@@ -220,10 +223,11 @@ void expect_server_back_to(int baseline) {
         live = live_children_of(server()).size();
         zombies = zombie_children_of(server()).size();
         fds = fd_count_of(server());
-        return live == 2 && zombies == 0 && fds == baseline;
+        return live == 2 && zombies == 0 && fds <= baseline;
     });
-    EXPECT_TRUE(ok) << "fork server: " << fds << " descriptors (" << baseline << " before), "
-                    << live << " live children (2 spares expected), " << zombies << " zombies";
+    EXPECT_TRUE(ok) << "fork server: " << fds << " descriptors (at most " << baseline
+                    << " expected), " << live << " live children (2 spares expected), " << zombies
+                    << " zombies";
 }
 
 // Waits for a future with the watchdog; false (and a failure) if it did not resolve.
@@ -469,11 +473,11 @@ TEST(AdversarySpares, SpareStoppedBeforeItsSetUp_ServerKilled_PoolsStillRun) {
     std::printf("never caught a spare before its set-up: inconclusive\n");
 }
 
-// Found by this review and fixed (see the previous test). Any process holding a copy of the server's end keeps that socket
-// open after the server is dead: a spare (or a worker) stopped, or not yet scheduled,
-// between its fork and close_other_fds holds every descriptor of the server. Then pools
-// send their channel into a socket nobody reads, and their tasks never run. Here this test
-// process holds the copies itself (pidfd_getfd), which is what such a child does: the
+// Found by this review and fixed (see the previous test). Any process holding a copy of the
+// server's end keeps that socket open after the server is dead: a spare (or a worker) stopped, or
+// not yet scheduled, between its fork and close_other_fds holds every descriptor of the server.
+// Then pools send their channel into a socket nobody reads, and their tasks never run. Here this
+// test process holds the copies itself (pidfd_getfd), which is what such a child does: the
 // deterministic form of the previous test.
 TEST(AdversarySpares, ForkServerDeadButItsSocketHeldElsewhere_PoolsStillRun) {
     use_a_pool_once();
