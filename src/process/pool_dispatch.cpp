@@ -141,8 +141,11 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
         wake_supervisor();
     }
     ++w.sent;
+    // A worker runs max_tasks_per_child tasks and exits: it gets no more, whether it has
+    // started yet or not (a task sent beyond them would wait in the ring of a worker that
+    // never reads it, and be requeued as if that worker had died before starting it).
     if (opts.max_tasks_per_child > 0 && w.sent >= opts.max_tasks_per_child &&
-        w.state == slot_state::alive) {
+        (w.state == slot_state::alive || w.state == slot_state::spawning)) {
         w.state = slot_state::retiring;
     }
     last_worker = w.index;
