@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -219,6 +220,65 @@ TEST(ProcessPool, Map_RethrowsFirstFailingElement) {
         EXPECT_EQ(e.type_name(), "std::invalid_argument");
         EXPECT_EQ(e.message(), "negative -1");
     }
+}
+
+// Elements and results that travel as plain bytes are read and written in place by the
+// worker (detail::invoke_map_chunk): structs with padding, sizes that differ, a function
+// that changes its (copied) argument, chunk sizes that leave elements at odd offsets, and
+// chunks big enough to go through a shared block must all give map's results.
+struct reading {
+    int id;
+    double value;
+    char unit;
+};
+std::array<float, 3> spread(reading r) {
+    r.value *= 2;  // its own copy of the element
+    return {static_cast<float>(r.id), static_cast<float>(r.value), static_cast<float>(r.unit)};
+}
+double widen(char c) { return c * 1.5; }
+struct flagged {
+    bool on;
+    int x;
+};
+int pick_flagged(flagged f) { return f.on ? f.x : -f.x; }
+static_assert(procpool::detail::map_in_place<reading, std::array<float, 3>>);
+static_assert(procpool::detail::map_in_place<char, double>);
+static_assert(!procpool::detail::map_in_place<flagged, int>);
+
+TEST(ProcessPool, Map_PlainBytesInPlace_SameResultsAsAPlainLoop) {
+    process_pool pool({.workers = 2});
+    std::vector<reading> rs;
+    for (int i = 0; i < 5000; ++i) rs.push_back({i, i * 0.25, static_cast<char>('a' + i % 26)});
+    for (std::size_t chunk : {std::size_t{1}, std::size_t{3}, std::size_t{7}, std::size_t{0}}) {
+        const auto out = pool.map(spread, rs, chunk);
+        ASSERT_EQ(out.size(), rs.size());
+        for (std::size_t i = 0; i < rs.size(); ++i) {
+            ASSERT_EQ(out[i][0], static_cast<float>(rs[i].id)) << "chunksize " << chunk;
+            ASSERT_EQ(out[i][1], static_cast<float>(rs[i].value * 2)) << "chunksize " << chunk;
+            ASSERT_EQ(out[i][2], static_cast<float>(rs[i].unit)) << "chunksize " << chunk;
+        }
+    }
+    EXPECT_EQ(rs[10].value, 2.5);  // the caller's elements are not changed
+    EXPECT_TRUE(pool.map(widen, std::vector<char>{}).empty());
+    // Elements holding a bool go the decoding way (their bytes are checked).
+    const auto fl = pool.map(pick_flagged, std::vector<flagged>{{true, 4}, {false, 5}}, 1);
+    EXPECT_EQ(fl, (std::vector<int>{4, -5}));
+}
+
+TEST(ProcessPool, Map_ChunksAboveTheSharedThreshold_SameResults) {
+    // 4 KiB: a chunk of 1000 chars is sent in the ring, but its 8000 bytes of doubles come
+    // back in a shared block; 1000 doubles go both ways in blocks.
+    process_pool pool({.workers = 2, .shared_memory_threshold = 4096});
+    std::vector<char> cs(3000);
+    for (std::size_t i = 0; i < cs.size(); ++i) cs[i] = static_cast<char>(i % 100);
+    const auto ws = pool.map(widen, cs, 1000);
+    ASSERT_EQ(ws.size(), cs.size());
+    for (std::size_t i = 0; i < cs.size(); ++i) ASSERT_EQ(ws[i], cs[i] * 1.5);
+    std::vector<double> ds(3000);
+    for (std::size_t i = 0; i < ds.size(); ++i) ds[i] = static_cast<double>(i);
+    const auto halves = pool.map([](double d) { return d / 2; }, ds, 1000);
+    ASSERT_EQ(halves.size(), ds.size());
+    for (std::size_t i = 0; i < ds.size(); ++i) ASSERT_EQ(halves[i], ds[i] / 2);
 }
 
 TEST(ProcessPool, HundredThousandTasks_AllResolveCorrectly) {

@@ -2,8 +2,11 @@
 // type-specific functions that decode arguments in the worker and results in the parent.
 #pragma once
 
+#include <array>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <span>
 #include <string>
@@ -12,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "procpool/detail/attachments.hpp"
 #include "procpool/detail/shm.hpp"
 #include "procpool/detail/state.hpp"
 #include "procpool/error.hpp"
@@ -244,6 +248,66 @@ std::vector<R> map_chunk(std::uint64_t fn_off, std::vector<T> items) {
     out.reserve(items.size());
     for (auto& x : items) out.push_back(fn(x));
     return out;
+}
+
+/// Whether a `map` chunk of `T` to `R` can run in place (`invoke_map_chunk`): both are
+/// saved as their bytes (a vector of them is a size and one run of bytes) and hold no
+/// bool, whose bytes would need checking.
+template <class T, class R>
+inline constexpr bool map_in_place =
+    wire::detail::bulk<T>() && wire::detail::bulk<R>() && !wire::detail::holds_bool<T>() &&
+    !wire::detail::holds_bool<R>();
+
+/// The worker's side of a `map` chunk whose elements and results are plain bytes
+/// (`map_in_place`): the same message as a call of `map_chunk<Fn, T, R>` (its offset in
+/// `fn`; the user's function and the elements as its arguments) and the same reply, but
+/// the elements are read where they arrived (the transport's buffer) and each result is
+/// written straight into the reply: no decoded vector, no result vector, no second copy.
+/// A chunk whose elements or results are big enough to travel in a shared block (the
+/// transport's bulk threshold) goes through `map_chunk` itself.
+template <class Fn, class T, class R>
+run_status invoke_map_chunk(std::uint64_t fn, wire::reader& in, wire::writer& out) {
+    using chunk_fn = std::vector<R> (*)(std::uint64_t, std::vector<T>);
+    const auto generic = [&] {
+        return invoke_remote<chunk_fn, std::vector<R>, std::uint64_t, std::vector<T>>(fn, in, out);
+    };
+    wire::reader probe = in;
+    std::uint64_t fn_off = 0;
+    wire::detail::size_prefix n = 0;
+    if (probe.remaining() < sizeof fn_off + sizeof n) return generic();
+    probe.read_bytes(&fn_off, sizeof fn_off);
+    probe.read_bytes(&n, sizeof n);
+    if (n > probe.remaining() / sizeof(T)) return generic();  // it reports the bad count
+    const std::size_t count = static_cast<std::size_t>(n);
+    if (const attachments* a = current_attachments();
+        a != nullptr && (count * sizeof(T) >= a->bulk_threshold() ||
+                         count > SIZE_MAX / sizeof(R) ||
+                         count * sizeof(R) >= a->bulk_threshold())) {
+        return generic();
+    }
+    Fn f = callable_from<Fn>(fn_off);
+    const std::byte* src = probe.data();
+    const std::size_t mark = out.size();
+    try {
+        wire::detail::write_size(out, count);
+        std::vector<std::byte>& buf = out.buffer();
+        const std::size_t at = buf.size();
+        buf.resize(at + count * sizeof(R));
+        std::byte* dst = buf.data() + at;
+        for (std::size_t i = 0; i < count; ++i) {
+            // Elements may sit at any offset in the buffer: copied out, not pointed at.
+            std::array<std::byte, sizeof(T)> raw;
+            std::memcpy(raw.data(), src + i * sizeof(T), sizeof(T));
+            T x = std::bit_cast<T>(raw);
+            const R r = f(x);
+            std::memcpy(dst + i * sizeof(R), &r, sizeof(R));
+        }
+    } catch (...) {
+        out.buffer().resize(mark);
+        encode_current_exception(out);
+        return run_status::exception;
+    }
+    return run_status::value;
 }
 
 }  // namespace procpool::detail

@@ -141,18 +141,25 @@ private:
             const std::uint64_t fn_off = detail::callable_offset(static_cast<const Fn&>(f));
             using chunk_fn = std::vector<R> (*)(std::uint64_t, std::vector<T>);
             const chunk_fn chunk = &detail::map_chunk<Fn, T, R>;
+            // Plain bytes in and out: the worker reads the elements where they arrive and
+            // writes the results straight into its reply (same message, same reply).
+            invoker_fn invoker = nullptr;
+            if constexpr (detail::map_in_place<T, R>) {
+                invoker = &detail::invoke_map_chunk<Fn, T, R>;
+            } else {
+                invoker = detail::invoker_for<chunk_fn, std::uint64_t, std::vector<T>>();
+            }
             std::vector<future<std::vector<R>>> chunks;
             chunks.reserve((n + chunksize - 1) / chunksize);
             for (std::size_t lo = 0; lo < n; lo += chunksize) {
                 const std::size_t hi = std::min(n, lo + chunksize);
                 // Same bytes as submit(chunk, fn_off, std::vector<T>(base + lo, base + hi)),
                 // without building the vector.
-                chunks.push_back(
-                    submit_encoded<std::vector<R>, chunk_fn, std::uint64_t, std::vector<T>>(
-                        task_options{}, detail::callable_offset(chunk), [&](wire::writer& w) {
-                            wire::save(w, fn_off);
-                            wire::detail::save_vector_of(w, base + lo, hi - lo);
-                        }));
+                chunks.push_back(submit_encoded_with<std::vector<R>>(
+                    invoker, task_options{}, detail::callable_offset(chunk), [&](wire::writer& w) {
+                        wire::save(w, fn_off);
+                        wire::detail::save_vector_of(w, base + lo, hi - lo);
+                    }));
             }
             if (mopts != nullptr && mopts->show_progress) {
                 std::vector<std::size_t> sizes;
@@ -167,6 +174,9 @@ private:
             }
             std::vector<R> out;
             out.reserve(n);
+            // Fresh memory (a big result's first map, or one kept by the caller): its pages
+            // mapped in one call rather than one trap each as the results are copied in.
+            detail::populate_pages(out.data(), n * sizeof(R), true, true);
             std::exception_ptr first;
             for (auto& c : chunks) {
                 if (auto e = c.exception()) {
@@ -243,12 +253,19 @@ public:
     // arguments (as InvArgs would be written) and hands it to the executor.
     template <class R, class Fn, class... InvArgs, class Encode>
     future<R> submit_encoded(task_options topts, std::uint64_t fn_off, Encode&& encode) {
+        return submit_encoded_with<R>(detail::invoker_for<Fn, InvArgs...>(), topts, fn_off,
+                                      std::forward<Encode>(encode));
+    }
+
+    // As submit_encoded, with the worker's invoker named.
+    template <class R, class Encode>
+    future<R> submit_encoded_with(invoker_fn invoker, task_options topts, std::uint64_t fn_off,
+                                  Encode&& encode) {
         detail::check_timeout(topts.timeout, "task_options::timeout");
         auto* t = new remote_task<R, Record>();
         t->try_claim();  // the executor owns it from here; cancel() goes through it
         state_ptr<state<R>> owner(t);
-        t->invoker = detail::code_offset(
-            reinterpret_cast<const void*>(detail::invoker_for<Fn, InvArgs...>()));
+        t->invoker = detail::code_offset(reinterpret_cast<const void*>(invoker));
         t->fn = fn_off;
         t->timeout_ns =
             topts.timeout ? static_cast<std::int64_t>(topts.timeout->count()) * 1'000'000 : -1;
