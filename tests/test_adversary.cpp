@@ -189,8 +189,9 @@ TEST(AdversaryRing, ForgedRequestTail_DoesNotStallThePool) {
     const std::string stop = dir.path() + "/stop";
     // Sequential tasks go to the same (last used, idle) worker: push a ring's worth of
     // bytes through it so that its published head is past one capacity.
-    for (int i = 0; i < 6; ++i) {
-        EXPECT_EQ(pool.submit(consume, std::vector<char>(200'000, 'x')).get(), 200'000u);
+    // (Each small enough to travel in the ring, not out of band.)
+    for (int i = 0; i < 12; ++i) {
+        EXPECT_EQ(pool.submit(consume, std::vector<char>(100'000, 'x')).get(), 100'000u);
     }
     EXPECT_EQ(pool.submit(fake_full_request_ring, stop).get(), 1);
     std::vector<procpool::future<int>> victims;

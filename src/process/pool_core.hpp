@@ -41,7 +41,7 @@ namespace procpool::process {
 using detail::process_task_base;
 using detail::run_status;
 
-constexpr std::uint32_t ring_capacity = 1u << 20;
+constexpr std::uint32_t ring_capacity = 1u << 19;
 // How much queued work (in expected run time) a worker may hold: deep enough that tiny
 // tasks never leave a worker idle, shallow enough that long tasks stay balanced.
 constexpr std::int64_t window_ns = 2'000'000;
