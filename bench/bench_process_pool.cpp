@@ -343,6 +343,37 @@ void heavy_two_threads(benchmark::State& st) {
     set_rate(st, static_cast<std::int64_t>(kHeavySizes.size()));
 }
 
+// The same two, alternating within one benchmark: each repetition times a pool.map and
+// then the two plain threads, so a drift of the VM's speed between benchmarks (a minute
+// apart) does not decide the ratio. Counter: two threads' time / the pool's, per pair.
+void heavy_alternating(benchmark::State& st) {
+    procpool::process_pool pool(pool_opts());
+    warm_up(pool);
+    (void)pool.map(heavy_calc, kHeavySizes);  // settles the split (see heavy_procpool_map)
+    std::vector<double> pool_ms;
+    std::vector<double> threads_ms;
+    std::vector<double> ratio;
+    for (auto _ : st) {
+        const auto a = clk::now();
+        auto r = pool.map(heavy_calc, kHeavySizes);
+        const auto b = clk::now();
+        double x = 0;
+        double y = 0;
+        std::thread t([&x] { x = heavy_calc(8'000'000) + heavy_calc(5'000'000); });
+        y = heavy_calc(7'000'000) + heavy_calc(6'000'000);
+        t.join();
+        const auto c = clk::now();
+        benchmark::DoNotOptimize(r.data());
+        benchmark::DoNotOptimize(x + y);
+        pool_ms.push_back(std::chrono::duration<double, std::milli>(b - a).count());
+        threads_ms.push_back(std::chrono::duration<double, std::milli>(c - b).count());
+        ratio.push_back(threads_ms.back() / pool_ms.back());
+    }
+    st.counters["pool_ms"] = percentile(pool_ms, 0.5);
+    st.counters["threads_ms"] = percentile(threads_ms, 0.5);
+    st.counters["threads_over_pool"] = percentile(ratio, 0.5);
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. Idle and busy costs, from /proc (nanosecond schedstat of every thread).
 
@@ -599,6 +630,7 @@ int main(int argc, char** argv) {
     add("heavy_calc/procpool_map", heavy_procpool_map);
     add("heavy_calc/two_std_threads_ceiling", heavy_two_threads);
     add("heavy_calc/serial", heavy_serial);
+    add("heavy_calc/procpool_map_vs_two_threads_alternating", heavy_alternating)->Iterations(15);
 
     add("idle/procpool_process_pool", idle_procpool)->Iterations(1);
     add("busy/procpool_vs_two_std_threads", busy_procpool_vs_threads)->Iterations(1);
