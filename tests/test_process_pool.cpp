@@ -281,6 +281,24 @@ TEST(ProcessPool, Map_ChunksAboveTheSharedThreshold_SameResults) {
     for (std::size_t i = 0; i < ds.size(); ++i) ASSERT_EQ(halves[i], ds[i] / 2);
 }
 
+// map sends a chunk of plain elements in two pieces (a header, then the elements straight
+// from the caller's vector): into the ring, parked while every ring is full, out of band
+// when bigger than a ring's frame, and with results that are not plain bytes.
+TEST(ProcessPool, Map_ChunksInTwoPieces_RingParkedOutOfBandAndDecodedResults) {
+    process_pool pool({.workers = 2});
+    std::vector<int> xs(600'000);
+    for (std::size_t i = 0; i < xs.size(); ++i) xs[i] = static_cast<int>(i);
+    const auto big = pool.map([](int x) { return x ^ 0x5a5a; }, xs, 200'000);  // 800 KB each
+    ASSERT_EQ(big.size(), xs.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) ASSERT_EQ(big[i], xs[i] ^ 0x5a5a) << i;
+    const auto many = pool.map([](int x) { return x - 1; }, xs, 100);  // thousands parked
+    ASSERT_EQ(many.size(), xs.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) ASSERT_EQ(many[i], xs[i] - 1) << i;
+    const std::vector<int> few = {7, 8, 9, 10, 11};
+    const auto names = pool.map([](int x) { return std::to_string(x) + "!"; }, few, 2);
+    EXPECT_EQ(names, (std::vector<std::string>{"7!", "8!", "9!", "10!", "11!"}));
+}
+
 TEST(ProcessPool, HundredThousandTasks_AllResolveCorrectly) {
     process_pool pool({.workers = 2});
     std::vector<procpool::future<int>> fs;

@@ -8,6 +8,7 @@
 #include <optional>
 #include <ranges>
 #include <string>
+#include <span>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -232,6 +233,9 @@ private:
     friend class detail::remote_executor<process_pool, detail::process_task_base>;
     std::size_t auto_chunksize(std::size_t n) const noexcept;
     void enqueue(detail::process_task_base& t, const std::vector<std::byte>& args);
+    // As enqueue, with the arguments in two pieces copied straight into a worker's ring.
+    void enqueue_parts(detail::process_task_base& t, std::span<const std::byte> head,
+                       std::span<const std::byte> body);
 
     struct impl;
     std::unique_ptr<impl> impl_;

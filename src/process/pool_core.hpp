@@ -19,10 +19,12 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <latch>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <unordered_set>
@@ -40,6 +42,26 @@
 namespace procpool::process {
 using detail::process_task_base;
 using detail::run_status;
+
+// A task's encoded arguments, in up to two pieces that are sent as one: `map` passes a
+// chunk's elements straight from the caller's memory after a few bytes of header, so
+// that they are copied once, into the ring, rather than into a buffer and then the ring.
+struct task_args {
+    std::span<const std::byte> head;
+    std::span<const std::byte> body;
+
+    std::size_t size() const noexcept { return head.size() + body.size(); }
+    void copy_to(std::byte* dst) const noexcept {
+        if (!head.empty()) std::memcpy(dst, head.data(), head.size());
+        if (!body.empty()) std::memcpy(dst + head.size(), body.data(), body.size());
+    }
+    void assign_to(std::vector<std::byte>& v) const {
+        v.clear();
+        v.reserve(size());
+        v.insert(v.end(), head.begin(), head.end());
+        v.insert(v.end(), body.begin(), body.end());
+    }
+};
 
 constexpr std::uint32_t ring_capacity = 1u << 19;
 // How much queued work (in expected run time) a worker may hold: deep enough that tiny
@@ -273,13 +295,13 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::int64_t window() const noexcept;
     bool usable(const worker_slot& w) const noexcept;
     worker_slot* pick() noexcept;
-    bool send(worker_slot& w, process_task_base& t, const std::byte* args, std::size_t n);
+    bool send(worker_slot& w, process_task_base& t, task_args args);
     void flush_forgets(worker_slot& w) noexcept;
     void forget_block(std::uint64_t id) noexcept override;
     static void wake_worker(worker_slot& w) noexcept;
-    void place(process_task_base& t, const std::byte* args, std::size_t n);
+    void place(process_task_base& t, task_args args);
     void dispatch_pending();
-    void enqueue(process_task_base& t, const std::vector<std::byte>& args);
+    void enqueue(process_task_base& t, task_args args);
 
     // Records `t` in the statistics and trace as it resolves, before its waiters wake.
     struct resolving {

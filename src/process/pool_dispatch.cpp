@@ -64,8 +64,9 @@ worker_slot* pool_core::pick() noexcept {
 }
 
 // Writes a task into a worker's request ring. False if it does not fit now.
-bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args, std::size_t n) {
+bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     flush_forgets(w);
+    const std::size_t n = args.size();
     const bool oob = sizeof(task_header) + n > w.req.max_payload();
     const std::size_t len = sizeof(task_header) + (oob ? sizeof(std::uint64_t) : n);
     std::vector<detail::shm_ref> fresh;
@@ -102,15 +103,15 @@ bool pool_core::send(worker_slot& w, process_task_base& t, const std::byte* args
         if (!b->per_task()) w.cached.insert(b->id());
     }
     if (oob) {
-        if (t.parked.empty()) t.parked.assign(args, args + n);  // kept for requeue
-        if (!send_payload(w.ctl.get(), 'A', args, n, false, true)) {
+        if (t.parked.empty()) args.assign_to(t.parked);  // kept for requeue
+        if (!send_payload(w.ctl.get(), 'A', t.parked.data(), n, false, true)) {
             send_failed(w, errno);
             return false;
         }
         const std::uint64_t size = n;
         std::memcpy(dst + sizeof(task_header), &size, sizeof size);
-    } else if (n != 0) {
-        std::memcpy(dst + sizeof(task_header), args, n);
+    } else {
+        args.copy_to(dst + sizeof(task_header));
     }
     const task_header th{w.next_seq, t.invoker, t.fn, static_cast<std::uint32_t>(fresh.size()), 0};
     std::memcpy(dst, &th, sizeof th);
@@ -179,11 +180,11 @@ void pool_core::wake_worker(worker_slot& w) noexcept {
 }
 
 // Parks or sends a new task. Called with mu held.
-void pool_core::place(process_task_base& t, const std::byte* args, std::size_t n) {
+void pool_core::place(process_task_base& t, task_args args) {
     if (pending.empty()) {
-        if (worker_slot* w = pick(); w != nullptr && send(*w, t, args, n)) return;
+        if (worker_slot* w = pick(); w != nullptr && send(*w, t, args)) return;
     }
-    if (t.parked.empty() && n != 0) t.parked.assign(args, args + n);
+    if (t.parked.empty() && args.size() != 0) args.assign_to(t.parked);
     t.worker = -1;
     pending.push_back(&t);
 }
@@ -199,7 +200,7 @@ void pool_core::dispatch_pending() {
         process_task_base* t = pending.pop_front();
         std::vector<std::byte> args = std::move(t->parked);
         t->parked.clear();
-        if (!send(*w, *t, args.data(), args.size())) {
+        if (!send(*w, *t, task_args{args, {}})) {
             t->parked = std::move(args);
             pending.push_front(t);
             w->no_room = true;
@@ -208,7 +209,7 @@ void pool_core::dispatch_pending() {
     for (auto& s : slots) s->no_room = false;
 }
 
-void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args) {
+void pool_core::enqueue(process_task_base& t, task_args args) {
     const trace::submission_label label = trace::take_label();
     t.shared().queued_ns = trace::clock_ns();
     t.shared().attempt = label.attempt;
@@ -232,7 +233,7 @@ void pool_core::enqueue(process_task_base& t, const std::vector<std::byte>& args
             fail = broken;
         } else {
             try {
-                place(t, args.data(), args.size());
+                place(t, args);
             } catch (...) {  // out of memory parking or sending it: not linked anywhere
                 not_placed = std::current_exception();
             }

@@ -125,7 +125,12 @@ process_pool::~process_pool() {
 }
 
 void process_pool::enqueue(detail::process_task_base& t, const std::vector<std::byte>& args) {
-    impl_->enqueue(t, args);
+    impl_->enqueue(t, process::task_args{args, {}});
+}
+
+void process_pool::enqueue_parts(detail::process_task_base& t, std::span<const std::byte> head,
+                                 std::span<const std::byte> body) {
+    impl_->enqueue(t, process::task_args{head, body});
 }
 
 void process_pool::shutdown(shutdown_options opts) {

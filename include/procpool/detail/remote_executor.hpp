@@ -9,6 +9,7 @@
 #include <exception>
 #include <iterator>
 #include <ranges>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -56,6 +57,9 @@ using remote_result_t = typename remote_result<F, A...>::type;
 /// Base of executors whose tasks run in other processes (CRTP). `Self` provides, as
 /// members this class may call (befriend it):
 ///   void enqueue(Record& t, const std::vector<std::byte>& args);  // take ownership of t
+///   optionally void enqueue_parts(Record& t, std::span<const std::byte> head,
+///                                 std::span<const std::byte> body);
+///     the same with the arguments in two pieces, sent as one (else they are joined)
 ///   std::size_t auto_chunksize(std::size_t items) const noexcept; // map's default chunk
 ///   int workers() const noexcept;  // imap's default bound: twice this many chunks
 /// and sets `bulk_threshold_` (vectors of at least that many bytes travel out of band).
@@ -153,6 +157,18 @@ private:
             chunks.reserve((n + chunksize - 1) / chunksize);
             for (std::size_t lo = 0; lo < n; lo += chunksize) {
                 const std::size_t hi = std::min(n, lo + chunksize);
+                if constexpr (wire::detail::bulk<T>()) {
+                    // Plain bytes below the bulk threshold: the elements go from `items`
+                    // straight to the transport, after the two words before them.
+                    if ((hi - lo) * sizeof(T) < bulk_threshold_) {
+                        const std::uint64_t head[2] = {fn_off, hi - lo};
+                        chunks.push_back(submit_parts<std::vector<R>>(
+                            invoker, detail::callable_offset(chunk),
+                            std::as_bytes(std::span(head)),
+                            std::as_bytes(std::span(base + lo, hi - lo))));
+                        continue;
+                    }
+                }
                 // Same bytes as submit(chunk, fn_off, std::vector<T>(base + lo, base + hi)),
                 // without building the vector.
                 chunks.push_back(submit_encoded_with<std::vector<R>>(
@@ -283,6 +299,28 @@ public:
             return detail::make_future(std::move(owner));
         }
         self().enqueue(*t, buf);
+        return detail::make_future(std::move(owner));
+    }
+
+    // A task whose arguments are already encoded, in two pieces (see enqueue_parts).
+    template <class R>
+    future<R> submit_parts(invoker_fn invoker, std::uint64_t fn_off,
+                           std::span<const std::byte> head, std::span<const std::byte> body) {
+        auto* t = new remote_task<R, Record>();
+        t->try_claim();  // the executor owns it from here; cancel() goes through it
+        state_ptr<state<R>> owner(t);
+        t->invoker = detail::code_offset(reinterpret_cast<const void*>(invoker));
+        t->fn = fn_off;
+        if constexpr (requires { self().enqueue_parts(*t, head, body); }) {
+            self().enqueue_parts(*t, head, body);
+        } else {
+            std::vector<std::byte> own;
+            std::vector<std::byte>* shared = scratch();
+            std::vector<std::byte>& buf = shared != nullptr ? *shared : own;
+            buf.assign(head.begin(), head.end());
+            buf.insert(buf.end(), body.begin(), body.end());
+            self().enqueue(*t, buf);
+        }
         return detail::make_future(std::move(owner));
     }
 
