@@ -539,6 +539,33 @@ TEST(ProcessPool, ShutdownWithoutWait_StillResolvesEverything) {
     for (int i = 0; i < 100; ++i) EXPECT_EQ(fs[static_cast<std::size_t>(i)].get(), i + 1);
 }
 
+// Workers that exit while a shut-down pool still holds tasks (retiring at
+// max_tasks_per_child, or crashing) are replaced until the tasks have run: the destructor
+// used to wait forever for tasks no worker would ever take.
+TEST(ProcessPool, ShutdownWhileWorkersRetire_EveryTaskStillRuns) {
+    for (auto method : {procpool::start_method::forkserver, procpool::start_method::fork}) {
+        std::vector<procpool::future<int>> fs;
+        {
+            process_pool pool({.workers = 2, .max_tasks_per_child = 1, .start = method});
+            for (int i = 0; i < 7; ++i) fs.push_back(pool.submit(add, i, 1));
+        }  // the destructor shuts down and waits
+        for (int i = 0; i < 7; ++i) EXPECT_EQ(fs[static_cast<std::size_t>(i)].get(), i + 1);
+    }
+}
+
+TEST(ProcessPool, ShutdownWithoutWaitAfterCrashes_EveryTaskStillResolves) {
+    std::vector<procpool::future<int>> crashes;
+    std::vector<procpool::future<int>> fs;
+    {
+        process_pool pool({.workers = 2});
+        for (int i = 0; i < 2; ++i) crashes.push_back(pool.submit(do_abort, i));
+        for (int i = 0; i < 20; ++i) fs.push_back(pool.submit(add, i, 1));
+        pool.shutdown({.wait = false});
+    }
+    for (auto& c : crashes) EXPECT_THROW(c.get(), procpool::worker_died);
+    for (int i = 0; i < 20; ++i) EXPECT_EQ(fs[static_cast<std::size_t>(i)].get(), i + 1);
+}
+
 // ---- safe start --------------------------------------------------------------------------
 
 TEST(ProcessPoolStart, ThreadedParentHoldingLocks_WorkersDoNotDeadlock) {

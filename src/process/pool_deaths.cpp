@@ -126,7 +126,12 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
             dead_output = std::move(w.output);
         }
         release_slot(w);
-        if (!closed && !broken) {
+        // After shutdown() a worker is still replaced while tasks wait for one: accepted
+        // tasks run (a worker retiring at max_tasks_per_child, or dying, while the pool
+        // drains left them pending forever, and shutdown waiting for them). Not when the
+        // fork server is gone for good (server_lost fails what is pending).
+        const bool needed = !closed || !pending.empty();
+        if (needed && !broken && (method != start_method::forkserver || server)) {
             try {
                 spawn(w);
             } catch (const std::exception& e) {

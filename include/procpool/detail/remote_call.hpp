@@ -251,12 +251,14 @@ std::vector<R> map_chunk(std::uint64_t fn_off, std::vector<T> items) {
 }
 
 /// Whether a `map` chunk of `T` to `R` can run in place (`invoke_map_chunk`): both are
-/// saved as their bytes (a vector of them is a size and one run of bytes) and hold no
-/// bool, whose bytes would need checking.
+/// saved as their bytes (a vector of them is a size and one run of bytes), hold no bool,
+/// whose bytes would need checking, and are small: each element and result is copied to
+/// the stack, where a struct of megabytes would not fit (the elements then go through a
+/// vector, as `map_chunk` does).
 template <class T, class R>
 inline constexpr bool map_in_place =
     wire::detail::bulk<T>() && wire::detail::bulk<R>() && !wire::detail::holds_bool<T>() &&
-    !wire::detail::holds_bool<R>();
+    !wire::detail::holds_bool<R>() && sizeof(T) <= 4096 && sizeof(R) <= 4096;
 
 /// The worker's side of a `map` chunk whose elements and results are plain bytes
 /// (`map_in_place`): the same message as a call of `map_chunk<Fn, T, R>` (its offset in
