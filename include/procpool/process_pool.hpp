@@ -7,8 +7,8 @@
 #include <memory>
 #include <optional>
 #include <ranges>
-#include <string>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
