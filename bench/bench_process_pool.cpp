@@ -331,15 +331,17 @@ void heavy_procpool_map(benchmark::State& st) {
 }
 
 // The machine's ceiling: two plain threads given {8, 5} and {7, 6} million up front.
+double heavy_on_two_threads() {
+    double a = 0;
+    double b = 0;
+    std::thread t([&a] { a = heavy_calc(8'000'000) + heavy_calc(5'000'000); });
+    b = heavy_calc(7'000'000) + heavy_calc(6'000'000);
+    t.join();
+    return a + b;
+}
+
 void heavy_two_threads(benchmark::State& st) {
-    for (auto _ : st) {
-        double a = 0;
-        double b = 0;
-        std::thread t([&a] { a = heavy_calc(8'000'000) + heavy_calc(5'000'000); });
-        b = heavy_calc(7'000'000) + heavy_calc(6'000'000);
-        t.join();
-        benchmark::DoNotOptimize(a + b);
-    }
+    for (auto _ : st) benchmark::DoNotOptimize(heavy_on_two_threads());
     set_rate(st, static_cast<std::int64_t>(kHeavySizes.size()));
 }
 
@@ -357,14 +359,9 @@ void heavy_alternating(benchmark::State& st) {
         const auto a = clk::now();
         auto r = pool.map(heavy_calc, kHeavySizes);
         const auto b = clk::now();
-        double x = 0;
-        double y = 0;
-        std::thread t([&x] { x = heavy_calc(8'000'000) + heavy_calc(5'000'000); });
-        y = heavy_calc(7'000'000) + heavy_calc(6'000'000);
-        t.join();
+        benchmark::DoNotOptimize(heavy_on_two_threads());
         const auto c = clk::now();
         benchmark::DoNotOptimize(r.data());
-        benchmark::DoNotOptimize(x + y);
         pool_ms.push_back(std::chrono::duration<double, std::milli>(b - a).count());
         threads_ms.push_back(std::chrono::duration<double, std::milli>(c - b).count());
         ratio.push_back(threads_ms.back() / pool_ms.back());
