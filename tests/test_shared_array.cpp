@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <numeric>
 #include <string>
@@ -546,6 +547,98 @@ TEST(BulkVectorBlocks, CancelledBeforeSending_ItsBlockIsReusedByTheNextTask) {
             EXPECT_EQ(queued[i].get(), static_cast<double>(kBig) * (50 + static_cast<double>(i)));
         } catch (const procpool::task_cancelled&) {
         }
+    }
+}
+
+// ---- big std::vector arguments copied in while the worker copies out (bulk_writes) -------
+
+std::uint64_t pattern_at(std::uint64_t seed, std::size_t i) {
+    return (seed * 0x9E3779B97F4A7C15ULL) ^ (static_cast<std::uint64_t>(i) * 0xBF58476D1CE4E5B9ULL);
+}
+
+std::vector<std::uint64_t> patterned(std::size_t n, std::uint64_t seed) {
+    std::vector<std::uint64_t> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = pattern_at(seed, i);
+    return v;
+}
+
+// In the worker: the first index that is not pattern(seed), n if none; SIZE_MAX: wrong size.
+std::size_t first_wrong_of(std::vector<std::uint64_t> v, std::uint64_t seed, std::size_t n) {
+    if (v.size() != n) return SIZE_MAX;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (v[i] != pattern_at(seed, i)) return i;
+    }
+    return n;
+}
+
+TEST(BulkVectorBlocks, ArgumentCopiedInWhileTheWorkerCopiesOut_EveryElementIsItsOwn) {
+    // 16 MiB: 128 pieces that the worker copies out while the parent still copies the next
+    // in. Two patterns take turns in the one reused block, so a worker that read a piece
+    // before this task's bytes were there would find the other pattern's.
+    constexpr std::size_t n = std::size_t{2} << 20;
+    const std::vector<std::uint64_t> a = patterned(n, 1);
+    const std::vector<std::uint64_t> b = patterned(n, 2);
+    process_pool pool({.workers = 1});
+    for (int i = 0; i < 12; ++i) {
+        const bool odd = i % 2 != 0;
+        EXPECT_EQ(pool.submit(first_wrong_of, odd ? b : a, odd ? 2u : 1u, n).get(), n) << i;
+    }
+    // Moved in, and two in one task's arguments: each is written after the task is sent.
+    std::vector<std::uint64_t> moved = patterned(n, 3);
+    EXPECT_EQ(pool.submit(first_wrong_of, std::move(moved), 3u, n).get(), n);
+    EXPECT_EQ(procpool::detail::idle_bulk_blocks(), 1u) << "the one block, reused";
+}
+
+std::size_t both_right(std::vector<std::uint64_t> x, std::vector<std::uint64_t> y,
+                       std::size_t n) {
+    return first_wrong_of(std::move(x), 4, n) == n && first_wrong_of(std::move(y), 5, n) == n
+               ? n
+               : 0;
+}
+
+TEST(BulkVectorBlocks, TwoBigArgumentsOfOneTask_BothArriveWhole_OnTwoWorkersInFlight) {
+    constexpr std::size_t n = std::size_t{1} << 19;  // 4 MiB each
+    const auto x = patterned(n, 4);
+    const auto y = patterned(n, 5);
+    process_pool pool({.workers = 2});
+    std::vector<procpool::future<std::size_t>> fs;
+    for (int i = 0; i < 8; ++i) fs.push_back(pool.submit(both_right, x, y, n));
+    for (auto& f : fs) EXPECT_EQ(f.get(), n);
+}
+
+// A type whose serializer makes a big vector that lives only while it is being saved: its
+// bytes must be in the block before the temporary goes (only a task argument's own vector
+// is copied after the task is sent).
+struct made_on_save {
+    double value = 0;
+    std::size_t count = 0;
+    template <class Archive>
+    void save(Archive& ar) const {
+        std::vector<double> tmp(count, value);
+        ar(tmp);
+    }
+    template <class Archive>
+    void load(Archive& ar) {
+        std::vector<double> tmp;
+        ar(tmp);
+        count = tmp.size();
+        value = all_same(tmp) ? (tmp.empty() ? 0.0 : tmp[0]) : -1.0;
+    }
+    static bool all_same(const std::vector<double>& v) {
+        return std::all_of(v.begin(), v.end(), [&](double x) { return x == v[0]; });
+    }
+};
+
+double value_of(made_on_save m) {
+    return m.count == kBig * 4 ? m.value : -2.0;
+}
+
+TEST(BulkVectorBlocks, AVectorATypesSerializerMakes_IsCopiedBeforeItGoes) {
+    process_pool pool({.workers = 1});
+    for (int i = 1; i <= 6; ++i) {
+        EXPECT_EQ(pool.submit(value_of, made_on_save{static_cast<double>(i), kBig * 4}).get(),
+                  static_cast<double>(i))
+            << i;
     }
 }
 

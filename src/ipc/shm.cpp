@@ -8,12 +8,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <thread>
 
+#include "procpool/detail/sync.hpp"
 #include "procpool/error.hpp"
 
 namespace procpool::detail {
@@ -25,6 +28,7 @@ std::atomic<bool> in_worker{false};
 std::atomic<bool> keep_result_blocks{true};
 thread_local attachments* current = nullptr;
 thread_local bool current_read_only = false;
+thread_local const void* current_in_place = nullptr;
 
 std::mutex listeners_mutex;
 std::vector<shm_listener*>& listeners() {
@@ -65,6 +69,11 @@ returned_cache& returned_blocks() {
     return *c;
 }
 constexpr std::size_t return_word_bytes = 64;  // the last cache line of a returnable block
+constexpr std::size_t progress_bytes = 64;     // the last cache line of a progressive block
+// A progressive block's writer publishes its count after each piece: small enough that
+// the reader starts soon (a 1 MiB vector is 8 pieces), large enough that the count's
+// cache line moves between cores rarely next to the bytes.
+constexpr std::size_t progress_piece = 128 * 1024;
 constexpr std::uint32_t word_free = 0;
 constexpr std::uint32_t word_with_reader = 1;
 
@@ -193,6 +202,11 @@ void shm_block::recycle(shm_block* b) noexcept {
 }
 
 std::shared_ptr<shm_block> shm_block::reusable(std::size_t bytes) {
+    constexpr std::size_t page = 4096;
+    if (bytes > SIZE_MAX - progress_bytes - page) {
+        throw error("procpool: cannot allocate a shared block of " + std::to_string(bytes) +
+                    " bytes");
+    }
     shm_block* b = nullptr;
     {
         bulk_cache& c = bulk_blocks();
@@ -200,9 +214,9 @@ std::shared_ptr<shm_block> shm_block::reusable(std::size_t bytes) {
         // The smallest idle block that holds `bytes` without wasting more than half of it.
         auto best = c.idle.end();
         for (auto it = c.idle.begin(); it != c.idle.end(); ++it) {
-            const std::size_t n = (*it)->bytes_;
+            const std::size_t n = (*it)->usable_bytes();
             if (n < bytes || n / 2 > bytes) continue;
-            if (best == c.idle.end() || n < (*best)->bytes_) best = it;
+            if (best == c.idle.end() || n < (*best)->usable_bytes()) best = it;
         }
         if (best != c.idle.end()) {
             b = *best;
@@ -211,8 +225,11 @@ std::shared_ptr<shm_block> shm_block::reusable(std::size_t bytes) {
         }
     }
     if (b == nullptr) {
-        b = create_raw(bytes);
+        // Whole pages, the last 64 bytes of which are the count.
+        b = create_raw((bytes + progress_bytes + page - 1) / page * page);
         b->populate_once(true);  // a new memfd: every page would fault
+        b->progress_ = reinterpret_cast<std::uint64_t*>(static_cast<std::byte*>(b->addr_) +
+                                                        b->bytes_ - progress_bytes);
     }
     try {
         return std::shared_ptr<shm_block>(b, &shm_block::recycle);
@@ -294,6 +311,67 @@ void shm_block::mark_returned_on_free() noexcept {
     return_word_ = reinterpret_cast<std::uint32_t*>(static_cast<std::byte*>(addr_) + bytes_ -
                                                     return_word_bytes);
     mark_on_free_ = true;
+}
+
+std::size_t shm_block::usable_bytes() const noexcept {
+    return progress_ != nullptr ? bytes_ - progress_bytes : bytes_;
+}
+
+void shm_block::mark_progressive() noexcept {
+    if (addr_ == nullptr || bytes_ < progress_bytes || bytes_ % progress_bytes != 0) return;
+    progress_ = reinterpret_cast<std::uint64_t*>(static_cast<std::byte*>(addr_) + bytes_ -
+                                                 progress_bytes);
+}
+
+void shm_block::restart_progress() noexcept {
+    if (progress_ != nullptr) {
+        std::atomic_ref<std::uint64_t>(*progress_).store(0, std::memory_order_relaxed);
+    }
+}
+
+void shm_block::write_in_pieces(const void* src, std::size_t bytes) noexcept {
+    auto* dst = static_cast<std::byte*>(addr_);
+    const auto* from = static_cast<const std::byte*>(src);
+    if (progress_ == nullptr) {
+        if (bytes != 0) std::memcpy(dst, from, bytes);
+        return;
+    }
+    std::atomic_ref<std::uint64_t> count(*progress_);
+    for (std::size_t done = 0; done < bytes;) {
+        const std::size_t n = std::min(progress_piece, bytes - done);
+        std::memcpy(dst + done, from + done, n);
+        done += n;
+        count.store(done, std::memory_order_release);  // the piece before the count
+    }
+}
+
+std::size_t shm_block::arrived(std::size_t at_least) const noexcept {
+    if (progress_ == nullptr) return SIZE_MAX;
+    std::atomic_ref<std::uint64_t> count(*progress_);
+    std::uint64_t got = count.load(std::memory_order_acquire);
+    if (got >= at_least) return static_cast<std::size_t>(got);
+    // The writer is copying the piece before it: usually there within microseconds.
+    spin_until([&] { return (got = count.load(std::memory_order_acquire)) >= at_least; });
+    const auto start = std::chrono::steady_clock::now();
+    while (got < at_least) {
+        // A writer descheduled (or stopped): yield for a while, then look every 50 us.
+        if (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(2)) {
+            cpu_yield();
+        } else {
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
+        }
+        got = count.load(std::memory_order_acquire);
+    }
+    return static_cast<std::size_t>(got);
+}
+
+void bulk_writes::add(shm_ref b, const void* src, std::size_t bytes) {
+    items_.push_back(item{std::move(b), src, bytes});
+}
+
+void bulk_writes::finish() noexcept {
+    for (const item& i : items_) i.block->write_in_pieces(i.src, i.bytes);
+    items_.clear();
 }
 
 void shm_block::close_descriptor() noexcept {
@@ -398,6 +476,18 @@ void throw_not_received(std::uint64_t id) {
                               std::to_string(id) + ")");
 }
 
+bulk_in_place::bulk_in_place(const void* p) noexcept : old_(current_in_place) {
+    current_in_place = p;
+}
+
+bulk_in_place::~bulk_in_place() {
+    current_in_place = old_;
+}
+
+bool bulk_in_place::covers(const void* p) noexcept {
+    return p != nullptr && p == current_in_place;
+}
+
 read_only_attachments::read_only_attachments() noexcept : old_(current_read_only) {
     current_read_only = true;
 }
@@ -418,6 +508,12 @@ attachment_scope::attachment_scope(attachments* a) noexcept
 attachment_scope::attachment_scope(std::vector<shm_ref>* sink, const shm_table* source,
                                    std::size_t threshold) noexcept
     : own_(sink, source, threshold), old_(current) {
+    current = &own_;
+}
+
+attachment_scope::attachment_scope(std::vector<shm_ref>* sink, std::size_t threshold,
+                                   bulk_writes* later) noexcept
+    : own_(sink, nullptr, threshold, false, later), old_(current) {
     current = &own_;
 }
 
@@ -454,18 +550,35 @@ std::uint64_t shm_attachments::put_bulk(const void* p, std::size_t bytes) {
         return record(b);
     }
     shm_ref b = shm_block::reusable(bytes);
-    std::memcpy(b->data(), p, bytes);
+    if (later_ != nullptr && bulk_in_place::covers(p)) {
+        // A task argument's own vector, alive until its submit returns: copied in once the
+        // task is sent, so that the worker copies each piece out as it arrives.
+        b->restart_progress();
+        later_->add(b, p, bytes);
+    } else {
+        b->write_in_pieces(p, bytes);
+    }
     // A private copy, read-only parameter or not: a twin would buy nothing.
     return record(b);
 }
 
-const void* shm_attachments::get_bulk(std::uint64_t id, std::size_t bytes) {
+const void* shm_attachments::arriving_bulk(std::uint64_t id, std::size_t bytes) {
     shm_ref b = resolve(id);
-    if (b->bytes() < bytes) {
+    if (b->usable_bytes() < bytes) {
         throw serialization_error("a shared block is smaller than the vector that names it");
     }
     b->populate_once(false);  // mapped afresh here: read it without a trap per page
     return b->data();
+}
+
+std::size_t shm_attachments::bulk_arrived(std::uint64_t id, std::size_t at_least) {
+    return resolve(id)->arrived(at_least);
+}
+
+const void* shm_attachments::get_bulk(std::uint64_t id, std::size_t bytes) {
+    const void* p = arriving_bulk(id, bytes);
+    (void)bulk_arrived(id, bytes);
+    return p;
 }
 
 void shm_attachments::bulk_copied(std::uint64_t id) noexcept {

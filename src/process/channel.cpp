@@ -22,7 +22,8 @@ bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks,
                       bool nonblocking) noexcept {
     for (const auto& b : blocks) {
         const attach_msg m{b->id(), b->bytes(), b->writable() ? 1u : 0u,
-                           b->returnable() ? attach_returnable : 0u};
+                           (b->returnable() ? attach_returnable : 0u) |
+                               (b->progressive() ? attach_progressive : 0u)};
         const int fd = b->fd();
         if (!ipc::send_with_fds(sock, &m, sizeof m, std::span<const int>(&fd, 1), nonblocking)) {
             return false;
@@ -117,6 +118,7 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
         }
         detail::shm_ref b =
             detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0, from_worker);
+        if (!from_worker && (m.flags & attach_progressive) != 0) b->mark_progressive();
         if (returnable) {
             b->mark_returned_on_free();
             if (kept != nullptr && b->returnable_mapping() && b->data() != nullptr) {

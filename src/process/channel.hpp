@@ -28,12 +28,16 @@ struct attach_msg {
     std::uint64_t id;
     std::uint64_t bytes;
     std::uint32_t writable;
-    std::uint32_t flags;  // attach_returnable or 0
+    std::uint32_t flags;  // attach_returnable, attach_progressive or 0
 };
 
 /// attach_msg flag: a worker's result block the parent hands back when it lets go of it
 /// (shm_block::returned_by_reader, mark_returned_on_free).
 constexpr std::uint32_t attach_returnable = 1;
+/// attach_msg flag: a block of the parent's whose last 64 bytes count the bytes written
+/// in so far (shm_block::progressive). Honoured only from the parent: the parent never
+/// waits on a count a worker writes.
+constexpr std::uint32_t attach_progressive = 2;
 
 /// Sends the descriptors of `blocks` on `sock` as attach_msg records. False on error.
 /// `nonblocking`: fail rather than wait for room (the parent, which must never wait on a

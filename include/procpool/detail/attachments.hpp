@@ -28,6 +28,16 @@ public:
     virtual const void* get_bulk(std::uint64_t id, std::size_t bytes) = 0;
     /// The bytes of get_bulk(`id`) have been copied out: their sender may have them back.
     virtual void bulk_copied(std::uint64_t id) noexcept = 0;
+    /// As get_bulk, but without waiting for the bytes: a sender may still be copying them
+    /// in, front to back (see bulk_in_place). Read only what bulk_arrived says is there.
+    virtual const void* arriving_bulk(std::uint64_t id, std::size_t bytes) {
+        return get_bulk(id, bytes);
+    }
+    /// Waits until at least `at_least` bytes of `id` are there; returns how many are
+    /// (at least `at_least`; SIZE_MAX once they all are).
+    virtual std::size_t bulk_arrived(std::uint64_t /*id*/, std::size_t /*at_least*/) {
+        return SIZE_MAX;
+    }
     /// Records block `b` as travelling with the message (its read-only twin if
     /// `read_only`, see shm_block::read_only_twin); returns the id the message names it by.
     /// Throws serialization_error if this message cannot carry blocks.
@@ -58,6 +68,25 @@ attachments* current_attachments() noexcept;
 /// Throws the serialization_error for a message naming a shared array, as `id`, that did
 /// not come with it.
 [[noreturn]] void throw_not_received(std::uint64_t id);
+
+/// While alive, the bytes at `p` on this thread are a task argument's own vector storage,
+/// alive until its submit returns: its transport may copy them out of band after the
+/// message is sent, while the receiver copies the first pieces out (put_bulk then records
+/// the copy instead of making it; see shm_attachments). Set only around a vector saved
+/// in place, never around a codec's temporary.
+class bulk_in_place {
+public:
+    explicit bulk_in_place(const void* p) noexcept;
+    ~bulk_in_place();
+    bulk_in_place(const bulk_in_place&) = delete;
+    bulk_in_place& operator=(const bulk_in_place&) = delete;
+
+    /// True on this thread if `p` is the storage a live scope names.
+    static bool covers(const void* p) noexcept;
+
+private:
+    const void* old_;
+};
 
 /// While alive, shared arrays serialized on this thread travel as their read-only twins
 /// (see shm_block::read_only_twin). Set around a task argument whose parameter is a span

@@ -122,6 +122,12 @@ constexpr bool reads_only() noexcept {
     }
 }
 
+/// True for a std::vector whose elements travel as plain bytes (out of band when big).
+template <class T>
+struct is_bulk_vector : std::false_type {};
+template <class E, class Alloc>
+struct is_bulk_vector<std::vector<E, Alloc>> : std::bool_constant<wire::detail::bulk<E>()> {};
+
 /// Saves one task argument; with `ReadOnly`, the shared arrays in it travel read-only.
 template <bool ReadOnly, class A>
 void save_call_arg(wire::writer& w, A&& a) {
@@ -136,7 +142,14 @@ void save_call_arg(wire::writer& w, A&& a) {
         }
     };
     if constexpr (std::is_same_v<std::remove_cvref_t<A>, T>) {
-        save(a);
+        if constexpr (is_bulk_vector<T>::value) {
+            // The caller's own vector, alive until submit returns: a big one may be
+            // copied out of band after the task is sent (see bulk_in_place).
+            bulk_in_place in_place(a.data());
+            save(a);
+        } else {
+            save(a);
+        }
     } else {
         save(T(std::forward<A>(a)));
     }

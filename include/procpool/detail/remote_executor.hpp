@@ -63,6 +63,8 @@ using remote_result_t = typename remote_result<F, A...>::type;
 ///   std::size_t auto_chunksize(std::size_t items) const noexcept; // map's default chunk
 ///   int workers() const noexcept;  // imap's default bound: twice this many chunks
 /// and sets `bulk_threshold_` (vectors of at least that many bytes travel out of band).
+/// `enqueue` must not wait for the task to run: a big argument vector's block is written
+/// after it returns (bulk_writes), and the worker reading it waits for those bytes.
 /// `Record` is the executor's per-task record, derived from remote_task_base.
 /// Lets a relaying executor (mpi_pool's serving ranks) hand a task encoded by another
 /// process of the same binary to a remote executor, and get the worker's reply undecoded.
@@ -289,8 +291,11 @@ public:
         std::vector<std::byte>* shared = scratch();
         std::vector<std::byte>& buf = shared != nullptr ? *shared : own;
         buf.clear();
+        // Big argument vectors go into their blocks after the task is sent, while the
+        // worker copies them out (finished here at the latest: the arguments are alive).
+        bulk_writes later;
         try {
-            attachment_scope scope(&t->attachments, nullptr, bulk_threshold_);
+            attachment_scope scope(&t->attachments, bulk_threshold_, &later);
             wire::writer w(buf);
             encode(w);
         } catch (const std::exception& e) {
@@ -299,6 +304,7 @@ public:
             return detail::make_future(std::move(owner));
         }
         self().enqueue(*t, buf);
+        later.finish();
         return detail::make_future(std::move(owner));
     }
 

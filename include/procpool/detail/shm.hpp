@@ -30,7 +30,8 @@ public:
     /// earlier one is reused if one fits (its memory already touched here and mapped by the
     /// workers that had it), and this one goes back to the idle list when its last handle
     /// lets go (bounded; emptied when the last pool goes away). For the parent's blocks
-    /// only: a block is rewritten as soon as it is reused.
+    /// only: a block is rewritten as soon as it is reused. The block is `progressive`:
+    /// at least `bytes` usable bytes, written with write_in_pieces.
     static std::shared_ptr<shm_block> reusable(std::size_t bytes);
     /// As `create`, for the block of a big std::vector *result* in a worker: the block
     /// goes back to the worker once the parent has read it (the parent marks its last
@@ -75,6 +76,25 @@ public:
     void return_now() noexcept;
     /// Receiver: whether mark_returned_on_free took (a writable mapping of whole lines).
     bool returnable_mapping() const noexcept { return mark_on_free_; }
+
+    /// A block whose last 64 bytes count the bytes its writer has copied in so far
+    /// (`reusable`'s, or one received with that flag: mark_progressive), so that a reader
+    /// copies the first pieces out while the rest are still going in.
+    bool progressive() const noexcept { return progress_ != nullptr; }
+    /// The bytes a message may use: bytes(), less the count's line if progressive.
+    std::size_t usable_bytes() const noexcept;
+    /// Receiver: the block's sender counts its bytes in (see progressive). Ignored for a
+    /// mapping that is not of whole lines.
+    void mark_progressive() noexcept;
+    /// Writer: sets the count to 0; before the message naming the block is published.
+    void restart_progress() noexcept;
+    /// Writer: copies `bytes` bytes from `src` to the block's start, publishing the count
+    /// (release) after each piece. For a block that is not progressive: one memcpy.
+    void write_in_pieces(const void* src, std::size_t bytes) noexcept;
+    /// Reader: waits until at least `at_least` bytes have been written and returns the
+    /// count (acquire: those bytes may be read). SIZE_MAX if the block is not progressive.
+    /// Spins, then yields, then polls every 50 us: the writer is a memcpy under way.
+    std::size_t arrived(std::size_t at_least) const noexcept;
     /// Closes the descriptor, keeping the mapping: for a block only read here and never
     /// passed on (a worker's result block the parent keeps mapped), so that kept mappings
     /// cost no descriptors. fd() is -1 after.
@@ -112,12 +132,38 @@ private:
     bool per_task_ = false;
     bool mark_on_free_ = false;
     std::uint32_t* return_word_ = nullptr;  // in the mapping's last 64 bytes
+    std::uint64_t* progress_ = nullptr;     // in the mapping's last 64 bytes
     std::mutex twin_mutex_;
     std::shared_ptr<shm_block> twin_;
 };
 
 /// Blocks a message refers to, by the id written in the message.
 using shm_table = std::unordered_map<std::uint64_t, shm_ref>;
+
+/// Big vectors a message being written put in progressive blocks without copying them
+/// (see bulk_in_place): finish() copies them in once the message is sent, so that the
+/// receiver copies each piece out as it arrives instead of waiting for the whole. The
+/// destructor finishes what is left: a block is always written in the end.
+class bulk_writes {
+public:
+    bulk_writes() = default;
+    ~bulk_writes() { finish(); }
+    bulk_writes(const bulk_writes&) = delete;
+    bulk_writes& operator=(const bulk_writes&) = delete;
+
+    /// Records that `bytes` bytes at `src` go into `b` (progress restarted by the caller).
+    void add(shm_ref b, const void* src, std::size_t bytes);
+    /// Copies every recorded vector into its block, in order, and forgets them.
+    void finish() noexcept;
+
+private:
+    struct item {
+        shm_ref block;
+        const void* src;
+        std::size_t bytes;
+    };
+    std::vector<item> items_;
+};
 
 /// The process pool's attachments: blocks travel as memfd descriptors beside the message.
 /// Blocks a message being written sends are recorded in `sink` (each once); blocks a
@@ -130,16 +176,27 @@ public:
     /// sides use the pool's setting).
     /// `worker_results`: the messages written are a worker's results to its parent, whose
     /// big vectors go into blocks the parent hands back (shm_block::returned_by_reader).
+    /// `later`: where big vectors that are a task argument's own storage (bulk_in_place)
+    /// are recorded instead of copied; null: copied at once.
     shm_attachments(std::vector<shm_ref>* sink, const shm_table* source,
-                    std::size_t threshold = SIZE_MAX, bool worker_results = false) noexcept
-        : sink_(sink), source_(source), threshold_(threshold), worker_results_(worker_results) {}
+                    std::size_t threshold = SIZE_MAX, bool worker_results = false,
+                    bulk_writes* later = nullptr) noexcept
+        : sink_(sink),
+          source_(source),
+          threshold_(threshold),
+          worker_results_(worker_results),
+          later_(later) {}
 
     /// The threshold given to the constructor.
     std::size_t bulk_threshold() const noexcept override { return threshold_; }
     /// Copies the bytes into a new block of their own, sent with the message.
     std::uint64_t put_bulk(const void* p, std::size_t bytes) override;
-    /// The memory of received block `id`, checked to hold `bytes`.
+    /// The memory of received block `id`, checked to hold `bytes`, once they are all there.
     const void* get_bulk(std::uint64_t id, std::size_t bytes) override;
+    /// As get_bulk, without waiting for the bytes (see shm_block::arrived).
+    const void* arriving_bulk(std::uint64_t id, std::size_t bytes) override;
+    /// shm_block::arrived of block `id`.
+    std::size_t bulk_arrived(std::uint64_t id, std::size_t at_least) override;
     /// Hands a worker's result block back to it now (see shm_block::mark_returned_on_free).
     void bulk_copied(std::uint64_t id) noexcept override;
     /// Records `b` (or its read-only twin) in the sink; its id is the block's own.
@@ -153,6 +210,7 @@ private:
     const shm_table* source_;
     std::size_t threshold_;
     bool worker_results_;
+    bulk_writes* later_;
 };
 
 /// While alive, makes `a` (or the shm_attachments it owns) this thread's attachments
@@ -165,6 +223,10 @@ public:
     /// Installs shm_attachments(sink, source, threshold), owned by the scope.
     attachment_scope(std::vector<shm_ref>* sink, const shm_table* source,
                      std::size_t threshold = SIZE_MAX) noexcept;
+    /// Installs shm_attachments(sink, nullptr, threshold, false, later): a task's
+    /// arguments, whose own big vectors `later` copies in once the task is sent.
+    attachment_scope(std::vector<shm_ref>* sink, std::size_t threshold,
+                     bulk_writes* later) noexcept;
     ~attachment_scope();
     attachment_scope(const attachment_scope&) = delete;
     attachment_scope& operator=(const attachment_scope&) = delete;

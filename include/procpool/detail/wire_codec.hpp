@@ -383,7 +383,11 @@ struct sequence_codec {
                 std::uint64_t id;
                 r.read_bytes(&id, sizeof id);
                 const auto n = static_cast<std::size_t>(raw);
-                const void* p = a->get_bulk(id, n * sizeof(T));
+                if constexpr (!std::is_copy_assignable_v<T> || holds_bool<T>()) {
+                    // Read whole: these copies cannot go piece by piece.
+                    (void)a->get_bulk(id, n * sizeof(T));
+                }
+                const void* p = a->arriving_bulk(id, n * sizeof(T));
                 if constexpr (!std::is_copy_assignable_v<T>) {
                     // A const member: the vector can only be constructed from the block
                     // (mapped at a page boundary, so aligned for T).
@@ -399,11 +403,18 @@ struct sequence_codec {
                     return c;
                 } else {
                     // Fresh memory for a big vector: its pages mapped in one call, then
-                    // one copy (a page-by-page fault costs ~10x more on a VM).
+                    // one copy (a page-by-page fault costs ~10x more on a VM), piece by
+                    // piece as the sender copies them in (attachments::bulk_arrived).
                     C c;
                     c.reserve(n);
                     ::procpool::detail::populate_pages(c.data(), n * sizeof(T), true, true);
-                    c.assign(static_cast<const T*>(p), static_cast<const T*>(p) + n);
+                    const T* const src = static_cast<const T*>(p);
+                    for (std::size_t done = 0; done < n;) {
+                        const std::size_t ready =
+                            std::min(n, a->bulk_arrived(id, (done + 1) * sizeof(T)) / sizeof(T));
+                        c.insert(c.end(), src + done, src + ready);
+                        done = ready;
+                    }
                     a->bulk_copied(id);
                     return c;
                 }
