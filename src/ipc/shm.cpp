@@ -53,6 +53,9 @@ bulk_cache& bulk_blocks() {
 }
 constexpr std::size_t bulk_cache_blocks = 4;
 constexpr std::size_t bulk_cache_bytes = std::size_t{256} << 20;
+// Idle argument blocks: 256 MiB of vectors, and the page each adds for its count
+// (shm_block::reusable).
+constexpr std::size_t idle_cache_bytes = bulk_cache_bytes + bulk_cache_blocks * 4096;
 
 // A worker's blocks of big std::vector results (see shm_block::returned_by_reader). Each
 // ends in a word the parent sets to `word_free` when it lets go of its mapping (it copied
@@ -189,7 +192,7 @@ void shm_block::recycle(shm_block* b) noexcept {
         std::lock_guard listeners_lock(listeners_mutex);  // order: listeners, then cache
         std::lock_guard lock(c.mu);
         if (!listeners().empty() && c.idle.size() < bulk_cache_blocks &&
-            c.idle_bytes + b->bytes_ <= bulk_cache_bytes) {
+            c.idle_bytes + b->bytes_ <= idle_cache_bytes) {
             try {
                 c.idle.push_back(b);
                 c.idle_bytes += b->bytes_;
