@@ -16,10 +16,12 @@
 // every process), so that a pass splits exactly into its time in the task (the sum) and
 // the handoff around it (total - in task), without subtracting two noisy medians.
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -156,6 +158,66 @@ int passes_for(int mib) {
     return mib <= 4 ? 40 : mib <= 64 ? 10 : 3;
 }
 
+// The floor of handing `vec` to another process by copying: a bare child process (no pool)
+// spins on a shared word and copies each 128 KiB piece out of a shared block as the parent
+// copies it in, as a pool's worker does (both cores copying at once). One pass: from the
+// parent's first byte to the child's last; the child's buffer is touched beforehand.
+void floor_two_processes(int mib, int passes, const std::vector<double>& vec, results& out) {
+    const std::size_t bytes = vec.size() * sizeof(double);
+    constexpr std::size_t piece = 128 * 1024;
+    const int fd = memfd_create("floor", MFD_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes + 4096)) != 0) return;
+    void* m = mmap(nullptr, bytes + 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED) return;
+    auto* blk = static_cast<char*>(m);
+    std::memset(blk, 0, bytes + 4096);
+    // [0]: pass to run (-1: exit), [8]: bytes written, [16]: last pass the child finished.
+    auto* ctl = reinterpret_cast<std::atomic<long>*>(blk + bytes);
+    const pid_t pid = fork();
+    if (pid < 0) {
+        munmap(m, bytes + 4096);
+        return;
+    }
+    if (pid == 0) {
+        std::vector<char> dst(bytes, 1);
+        for (long pass = 1;; ++pass) {
+            long go;
+            while ((go = ctl[0].load(std::memory_order_acquire)) < pass) {
+                if (go < 0) _exit(0);
+            }
+            std::size_t done = 0;
+            while (done < bytes) {
+                const auto ready = static_cast<std::size_t>(ctl[8].load(std::memory_order_acquire));
+                if (ready > done) {
+                    std::memcpy(dst.data() + done, blk + done, ready - done);
+                    done = ready;
+                }
+            }
+            ctl[16].store(pass, std::memory_order_release);
+        }
+    }
+    const auto* src = reinterpret_cast<const char*>(vec.data());
+    for (long pass = 1; pass <= passes; ++pass) {
+        ctl[8].store(0, std::memory_order_relaxed);
+        const auto t0 = clock_type::now();
+        ctl[0].store(pass, std::memory_order_release);
+        for (std::size_t off = 0; off < bytes; off += piece) {
+            const std::size_t n = std::min(piece, bytes - off);
+            std::memcpy(blk + off, src + off, n);
+            ctl[8].store(static_cast<long>(off + n), std::memory_order_release);
+        }
+        while (ctl[16].load(std::memory_order_acquire) < pass) {
+        }
+        out.add(mib, "floor_two_processes",
+                "floor: a bare child copies out as the parent copies in (reference)", "",
+                ms_since(t0));
+    }
+    ctl[0].store(-1, std::memory_order_release);
+    waitpid(pid, nullptr, 0);
+    munmap(m, bytes + 4096);
+}
+
 void bench_size(int mib, int reps, results& out) {
     const std::size_t bytes = static_cast<std::size_t>(mib) << 20;
     const std::size_t n = bytes / sizeof(double);
@@ -263,6 +325,7 @@ void bench_size(int mib, int reps, results& out) {
             check(sum_kernel(dst, n), want, "memcpy");
             std::free(dst);
         }
+        floor_two_processes(mib, passes, vec, out);
         for (int i = 0; i < std::max(1, passes / 2); ++i) {
             // A copy into new memory: allocation, page faults and memcpy, what a copy
             // costs when its destination is fresh (as both copies of the vector path are).
