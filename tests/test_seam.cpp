@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -187,6 +188,22 @@ TYPED_TEST(BothExecutors, BigVectors_TravelAsAttachments_BothWays) {
     const auto back = ex.submit(ramp, 100000).get();
     ASSERT_EQ(back.size(), 100000u);
     EXPECT_DOUBLE_EQ(back[99999], 99999.0);
+}
+
+// A big argument vector is copied into its block after its task is sent (the worker copies
+// it out meanwhile), except for a task with a deadline, which starts when the task is sent.
+TEST(InprocExecutor, BigArgument_CopiedInAfterTheSend_UnlessTheTaskHasADeadline) {
+    inproc_executor ex(1, 4096);
+    std::vector<double> big(1 << 16, 0.5);
+    EXPECT_DOUBLE_EQ(ex.submit(sum, big).get(), 0.5 * (1 << 16));
+    EXPECT_EQ(ex.blocks_unwritten_at_send(), 1u) << "sent before its bytes";
+    EXPECT_DOUBLE_EQ(
+        ex.submit(procpool::task_options{.timeout = std::chrono::minutes(5)}, sum, big).get(),
+        0.5 * (1 << 16));
+    EXPECT_EQ(ex.blocks_unwritten_at_send(), 1u) << "a deadline: written before the send";
+    ex.copy_bulk_before_send();  // as a pool with a task_timeout for every task
+    EXPECT_DOUBLE_EQ(ex.submit(sum, big).get(), 0.5 * (1 << 16));
+    EXPECT_EQ(ex.blocks_unwritten_at_send(), 1u) << "every task has a deadline";
 }
 
 TYPED_TEST(BothExecutors, SharedArrays_AreAttachedNotCopied) {

@@ -109,6 +109,7 @@ process_pool::process_pool(process_pool_options opts) {
                                std::to_string(opts.output_limit) + " bytes)");
     }
     bulk_threshold_ = opts.shared_memory_threshold;
+    copy_bulk_after_send_ = !opts.task_timeout;  // a deadline must not count the copy
     impl_ = std::make_unique<impl>(std::move(opts));
     if (init) impl_->set_initializer(init.invoker_, init.fn_, init.args_);
     impl_->start();

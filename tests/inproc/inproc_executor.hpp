@@ -75,6 +75,17 @@ class inproc_executor
         return replies_;
     }
 
+    /// As a pool whose every task has a deadline: big argument vectors are copied into
+    /// their blocks before the task is sent (remote_executor::copy_bulk_after_send_).
+    void copy_bulk_before_send() noexcept { copy_bulk_after_send_ = false; }
+
+    /// Blocks that had none of their bytes yet when their task was sent: big argument
+    /// vectors copied in after the send, while the serving thread copies them out.
+    std::size_t blocks_unwritten_at_send() const {
+        std::lock_guard lock(mu_);
+        return unwritten_at_send_;
+    }
+
   private:
     friend class procpool::detail::remote_executor<inproc_executor, task>;
 
@@ -125,7 +136,9 @@ class inproc_executor
         message m;
         m.kind = procpool::remote::msg_task;
         m.args = args;
+        std::size_t unwritten = 0;
         for (const auto& b : t.attachments) {
+            if (b->progressive() && b->arrived(0) == 0) ++unwritten;
             // A read-only twin has no mapping in the sender: the receiving end maps it
             // from its descriptor, read-only, as a worker process would.
             m.blocks[b->id()] =
@@ -137,6 +150,7 @@ class inproc_executor
         {
             std::lock_guard lock(mu_);
             if (closed_) throw procpool::pool_shut_down("inproc_executor: submit after shutdown");
+            unwritten_at_send_ += unwritten;
             const std::uint64_t seq = next_seq_++;
             m.header = {seq, t.invoker, t.fn, static_cast<std::uint32_t>(m.blocks.size()), 0};
             t.shared().add_ref();  // the executor's reference, dropped when it resolves
@@ -184,6 +198,7 @@ class inproc_executor
     std::unordered_map<std::uint64_t, task*> running_;
     std::uint64_t next_seq_ = 1;
     std::size_t replies_ = 0;
+    std::size_t unwritten_at_send_ = 0;
     bool closed_ = false;
     std::vector<std::thread> threads_;
 };

@@ -240,6 +240,11 @@ public:
     /// Vectors of trivially copyable elements of at least this many bytes travel out of
     /// band (the transport's shared blocks); SIZE_MAX: never.
     std::size_t bulk_threshold_ = SIZE_MAX;
+    /// Whether a big argument vector may be copied into its block after its task is sent,
+    /// while the worker copies it out (bulk_writes). Set it false when every task has a
+    /// deadline (a pool-wide timeout): a deadline starts when the task is sent and must
+    /// not count the copy. A task with a timeout of its own is copied in first anyway.
+    bool copy_bulk_after_send_ = true;
 
   private:
     friend struct relay_access;
@@ -292,10 +297,13 @@ public:
         std::vector<std::byte>& buf = shared != nullptr ? *shared : own;
         buf.clear();
         // Big argument vectors go into their blocks after the task is sent, while the
-        // worker copies them out (finished here at the latest: the arguments are alive).
+        // worker copies them out (finished here at the latest: the arguments are alive);
+        // not for a task with a deadline, which starts when the task is sent.
         bulk_writes later;
+        const bool after_send = copy_bulk_after_send_ && !topts.timeout;
         try {
-            attachment_scope scope(&t->attachments, bulk_threshold_, &later);
+            attachment_scope scope(&t->attachments, bulk_threshold_,
+                                   after_send ? &later : nullptr);
             wire::writer w(buf);
             encode(w);
         } catch (const std::exception& e) {
