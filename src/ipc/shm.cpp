@@ -214,6 +214,18 @@ std::shared_ptr<shm_block> shm_block::reusable(std::size_t bytes) {
     {
         bulk_cache& c = bulk_blocks();
         std::lock_guard lock(c.mu);
+        // A process forked from the one that kept them (a fork() of your own, not a
+        // worker) inherits the list but not the mappings (MADV_DONTFORK): they are dropped
+        // without touching their memory; only the descriptors, copies made by fork, close.
+        std::erase_if(c.idle, [&](shm_block* b) {
+            if (b->owner_pid_ == static_cast<int>(getpid())) return false;
+            c.idle_bytes -= b->bytes_;
+            b->addr_ = nullptr;
+            b->progress_ = nullptr;
+            b->notify_ = false;
+            delete b;
+            return true;
+        });
         // The smallest idle block that holds `bytes` without wasting more than half of it.
         auto best = c.idle.end();
         for (auto it = c.idle.begin(); it != c.idle.end(); ++it) {
