@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -18,6 +19,19 @@
 #include <vector>
 
 namespace procpool_test {
+
+/// The value at `i` of the vector made for `seed`: every element of every such vector
+/// differs from the others'.
+inline std::uint64_t pattern(std::uint64_t seed, std::size_t i) {
+    return (seed * 0x9E3779B97F4A7C15ULL) ^ (static_cast<std::uint64_t>(i) * 0xBF58476D1CE4E5B9ULL);
+}
+
+/// `n` elements of pattern(seed).
+inline std::vector<std::uint64_t> patterned(std::size_t n, std::uint64_t seed) {
+    std::vector<std::uint64_t> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = pattern(seed, i);
+    return v;
+}
 
 /// A fresh directory under $TMPDIR (or /tmp), removed with everything in it at the end.
 class temp_dir {

@@ -48,16 +48,8 @@ constexpr auto watchdog = std::chrono::minutes(2);
 
 // ---- helpers ------------------------------------------------------------------------------
 
-// The value at `i` of the vector made for `seed`: every element of every result differs.
-std::uint64_t pattern(std::uint64_t seed, std::size_t i) {
-    return (seed * 0x9E3779B97F4A7C15ULL) ^ (static_cast<std::uint64_t>(i) * 0xBF58476D1CE4E5B9ULL);
-}
-
-std::vector<std::uint64_t> patterned(std::size_t n, std::uint64_t seed) {
-    std::vector<std::uint64_t> v(n);
-    for (std::size_t i = 0; i < n; ++i) v[i] = pattern(seed, i);
-    return v;
-}
+using procpool_test::pattern;
+using procpool_test::patterned;
 
 // The first index where `v` differs from pattern(seed), or SIZE_MAX if none (and the size
 // is right).

@@ -553,21 +553,14 @@ TEST(BulkVectorBlocks, CancelledBeforeSending_ItsBlockIsReusedByTheNextTask) {
 
 // ---- big std::vector arguments copied in while the worker copies out (bulk_writes) -------
 
-std::uint64_t pattern_at(std::uint64_t seed, std::size_t i) {
-    return (seed * 0x9E3779B97F4A7C15ULL) ^ (static_cast<std::uint64_t>(i) * 0xBF58476D1CE4E5B9ULL);
-}
-
-std::vector<std::uint64_t> patterned(std::size_t n, std::uint64_t seed) {
-    std::vector<std::uint64_t> v(n);
-    for (std::size_t i = 0; i < n; ++i) v[i] = pattern_at(seed, i);
-    return v;
-}
+using procpool_test::patterned;
+using procpool_test::pattern;
 
 // In the worker: the first index that is not pattern(seed), n if none; SIZE_MAX: wrong size.
 std::size_t first_wrong_of(std::vector<std::uint64_t> v, std::uint64_t seed, std::size_t n) {
     if (v.size() != n) return SIZE_MAX;
     for (std::size_t i = 0; i < n; ++i) {
-        if (v[i] != pattern_at(seed, i)) return i;
+        if (v[i] != pattern(seed, i)) return i;
     }
     return n;
 }
