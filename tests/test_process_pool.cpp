@@ -102,6 +102,30 @@ int lock_and_allocate(int n) {
 int init_value = 0;
 void set_init_value(int v) { init_value = v; }
 int read_init_value() { return init_value; }
+
+int parent_pid() { return static_cast<int>(getppid()); }
+
+// A task that makes a pool of its own with the default start method: how many of its
+// workers' answers say they were forked from this worker (the program's fork server is
+// the program's, not the worker's).
+int tasks_of_a_pool_of_its_own() {
+    process_pool inner({.workers = 2});
+    std::vector<procpool::future<int>> fs;
+    for (int i = 0; i < 6; ++i) fs.push_back(inner.submit(parent_pid));
+    int mine = 0;
+    for (auto& f : fs) mine += f.get() == static_cast<int>(getpid()) ? 1 : 0;
+    return mine;
+}
+
+// The message a worker's pool asking for the fork server explicitly fails with.
+std::string forkserver_pool_in_a_worker() {
+    try {
+        process_pool inner({.workers = 1, .start = procpool::start_method::forkserver});
+    } catch (const procpool::invalid_argument& e) {
+        return e.what();
+    }
+    return "made";
+}
 void failing_init() { throw std::runtime_error("initializer refused"); }
 void dying_init() { _exit(9); }
 
@@ -597,6 +621,20 @@ TEST(ProcessPoolStart, ForkMethod_SeesStateCreatedAfterInit) {
     process_pool server({.workers = 1, .start = procpool::start_method::forkserver});
     EXPECT_EQ(server.submit(read_init_value).get(), 0);  // the program as it was at init()
     init_value = 0;
+}
+
+TEST(ProcessPoolStart, APoolMadeInsideAWorker_ForksItsWorkersFromThatWorker) {
+    ASSERT_TRUE(procpool::initialized());
+    for (auto m : {procpool::start_method::forkserver, procpool::start_method::fork}) {
+        // ThreadSanitizer ends a process forked from a threaded one once it starts a thread.
+        if (m == procpool::start_method::fork && procpool_test::under_sanitizer()) continue;
+        process_pool pool({.workers = 2, .start = m});
+        std::vector<procpool::future<int>> fs;
+        for (int i = 0; i < 4; ++i) fs.push_back(pool.submit(tasks_of_a_pool_of_its_own));
+        for (auto& f : fs) EXPECT_EQ(f.get(), 6);
+        const std::string why = pool.submit(forkserver_pool_in_a_worker).get();
+        EXPECT_NE(why.find("start_method::fork"), std::string::npos) << why;
+    }
 }
 
 TEST(ProcessPoolStart, WorkersDoNotInheritUnrelatedFds) {

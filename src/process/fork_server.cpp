@@ -16,6 +16,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 #include <span>
 #include <string>
 #include <string_view>
@@ -378,6 +379,16 @@ bool start_fork_server() {
 void drop_env_in_workers(std::vector<std::string> prefixes) {
     std::lock_guard lock(server_mutex);
     dropped_env_prefixes = std::move(prefixes);
+}
+
+void forget_fork_server_in_worker() noexcept {
+    // Copied locked into every worker of the fork server (forked while this file's
+    // start_server_locked held it), and perhaps held by another thread of the parent when
+    // a fork-started worker was forked: the worker has one thread, so a fresh one is safe.
+    new (&server_mutex) std::mutex();
+    static_cast<void>(server_sock.release());   // closed already, with the other fds
+    static_cast<void>(server_pidfd.release());
+    server_pid = -1;
 }
 
 bool fork_server_running() noexcept {

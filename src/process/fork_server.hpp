@@ -31,6 +31,10 @@ bool process_exited(int pidfd) noexcept;
 /// Throws procpool::error if it cannot be forked.
 bool start_fork_server();
 
+/// In a worker, after its other descriptors are closed: the fork server belongs to the
+/// program, not to the worker, so a pool a task makes starts its workers with fork.
+void forget_fork_server_in_worker() noexcept;
+
 /// True once the fork server has been started.
 bool fork_server_running() noexcept;
 

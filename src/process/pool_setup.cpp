@@ -57,7 +57,8 @@ pool_core::pool_core(process_pool_options o) : opts(std::move(o)) {
         if (!server) {
             throw invalid_argument(
                 "process_pool: start_method::forkserver needs procpool::init(argc, argv) "
-                "at the top of main()");
+                "at the top of main(); a pool made inside a worker process starts its "
+                "workers with start_method::fork (or automatic)");
         }
     } else if (opts.start == start_method::automatic && current_thread_count() > 1) {
         static std::once_flag warned;
