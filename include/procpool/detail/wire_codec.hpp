@@ -383,11 +383,11 @@ struct sequence_codec {
                 std::uint64_t id;
                 r.read_bytes(&id, sizeof id);
                 const auto n = static_cast<std::size_t>(raw);
-                if constexpr (!std::is_copy_assignable_v<T> || holds_bool<T>()) {
-                    // Read whole: these copies cannot go piece by piece.
-                    (void)a->get_bulk(id, n * sizeof(T));
-                }
-                const void* p = a->arriving_bulk(id, n * sizeof(T));
+                // Elements read whole (below) wait for every byte; the others go piece
+                // by piece as the sender copies them in.
+                constexpr bool whole = !std::is_copy_assignable_v<T> || holds_bool<T>();
+                const void* p = whole ? a->get_bulk(id, n * sizeof(T))
+                                      : a->arriving_bulk(id, n * sizeof(T));
                 if constexpr (!std::is_copy_assignable_v<T>) {
                     // A const member: the vector can only be constructed from the block
                     // (mapped at a page boundary, so aligned for T).
