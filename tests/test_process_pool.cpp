@@ -11,6 +11,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "procpool/process_pool.hpp"
+#include "procpool/shared_array.hpp"
 #include "process_support.hpp"
 
 using namespace std::chrono_literals;
@@ -115,6 +117,38 @@ int tasks_of_a_pool_of_its_own() {
     int mine = 0;
     for (auto& f : fs) mine += f.get() == static_cast<int>(getpid()) ? 1 : 0;
     return mine;
+}
+
+// Mappings of procpool's shared blocks in this process.
+int shared_block_mappings() {
+    std::FILE* f = std::fopen("/proc/self/maps", "r");
+    if (f == nullptr) return -1;
+    int n = 0;
+    char line[512];
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (std::string(line).find("memfd:procpool") != std::string::npos) ++n;
+    }
+    std::fclose(f);
+    return n;
+}
+
+double sum_doubles(std::vector<double> v) {
+    double s = 0;
+    for (double x : v) s += x;
+    return s;
+}
+
+// A task whose own pool sends 40 big vector arguments (each a new block in a worker): how
+// many shared blocks the inner worker still maps after them (-1: a wrong sum).
+int blocks_an_inner_worker_keeps() {
+    process_pool inner({.workers = 1});
+    for (int i = 0; i < 40; ++i) {
+        std::vector<double> v(std::size_t{1} << 18, 1.0);  // 2 MiB
+        if (inner.submit(sum_doubles, std::move(v)).get() != static_cast<double>(1 << 18)) {
+            return -1;
+        }
+    }
+    return inner.submit(shared_block_mappings).get();
 }
 
 // The message a worker's pool asking for the fork server explicitly fails with.
@@ -635,6 +669,41 @@ TEST(ProcessPoolStart, APoolMadeInsideAWorker_ForksItsWorkersFromThatWorker) {
         const std::string why = pool.submit(forkserver_pool_in_a_worker).get();
         EXPECT_NE(why.find("start_method::fork"), std::string::npos) << why;
     }
+}
+
+// Each block a pool inside a worker sent is unmapped by its worker once the block is
+// freed, as at the top level (the inner worker mapped every one of them for good).
+TEST(ProcessPoolStart, APoolMadeInsideAWorker_ItsWorkersLetGoOfFreedBlocks) {
+    process_pool pool({.workers = 1});
+    const int kept = pool.submit(blocks_an_inner_worker_keeps).get();
+    EXPECT_GE(kept, 0);
+    EXPECT_LE(kept, 4);
+}
+
+// While another thread of the parent takes the library's locks (shared arrays made and
+// freed), fork-started workers make pools of their own: a lock copied held into a worker
+// would stop its pool's constructor for good.
+TEST(ProcessPoolStart, PoolsMadeInForkStartedWorkers_WhileTheParentTakesLibraryLocks) {
+    if (procpool_test::under_sanitizer()) {
+        GTEST_SKIP() << "ThreadSanitizer ends a process forked from a threaded one once it "
+                        "starts a thread";
+    }
+    std::atomic<bool> stop{false};
+    std::thread churn([&] {
+        while (!stop.load()) {
+            procpool::shared_array<double> a(16);
+            a[0] = 1;
+        }
+    });
+    {
+        process_pool pool({.workers = 2, .max_tasks_per_child = 1,
+                           .start = procpool::start_method::fork});
+        std::vector<procpool::future<int>> fs;
+        for (int i = 0; i < 24; ++i) fs.push_back(pool.submit(tasks_of_a_pool_of_its_own));
+        for (auto& f : fs) EXPECT_EQ(f.get(), 6);
+    }
+    stop = true;
+    churn.join();
 }
 
 TEST(ProcessPoolStart, WorkersDoNotInheritUnrelatedFds) {

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <exception>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -92,6 +93,11 @@ void cancel_hook::quiesce(const cancel_hook* hook) noexcept {
         if (!busy) return;
         std::this_thread::yield();
     }
+}
+
+void cancel_hook::forget_other_threads() noexcept {
+    new (&hazard_mutex) std::mutex();
+    for (hazard_slot* s : hazard_slots()) s->hook.store(nullptr, std::memory_order_relaxed);
 }
 
 state_base::~state_base() {

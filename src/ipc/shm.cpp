@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 
@@ -140,9 +141,9 @@ shm_block::~shm_block() {
     }
     if (addr_ != nullptr) munmap(addr_, bytes_);
     if (fd_ >= 0) close(fd_);
-    // Only the process that owns the pools may tell them (a forked worker has copies).
-    if (notify_ && owner_pid_ == static_cast<int>(getpid()) &&
-        !in_worker.load(std::memory_order_relaxed)) {
+    // Only the process that made the block tells its pools (in a worker, the pools a task
+    // made: the parent's are gone from its list, see shm_reseed_ids).
+    if (notify_ && owner_pid_ == static_cast<int>(getpid())) {
         std::lock_guard lock(listeners_mutex);
         for (shm_listener* l : listeners()) l->forget_block(id_);
     }
@@ -618,9 +619,15 @@ shm_ref shm_attachments::resolve(std::uint64_t id) {
 
 void shm_reseed_ids(std::uint64_t base) noexcept {
     next_id.store(base, std::memory_order_relaxed);
-    // The listener list is a copy of the parent's pools (and its mutex may have been
-    // copied locked): a worker never calls it.
     in_worker.store(true, std::memory_order_relaxed);
+    // A worker has one thread, forked from a program that may run others: a lock one of
+    // them held is copied locked. The listener list names the parent's pools, which do
+    // not exist here; a pool a task makes adds itself afresh. The idle blocks stay listed
+    // (reusable drops those of another process) but are never kept in a worker.
+    new (&listeners_mutex) std::mutex();
+    listeners().clear();
+    new (&bulk_blocks().mu) std::mutex();
+    new (&returned_blocks().mu) std::mutex();
 }
 
 void add_shm_listener(shm_listener* l) {

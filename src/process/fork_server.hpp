@@ -35,6 +35,9 @@ bool start_fork_server();
 /// program, not to the worker, so a pool a task makes starts its workers with fork.
 void forget_fork_server_in_worker() noexcept;
 
+/// True in a worker process of any pool (after forget_fork_server_in_worker).
+bool is_worker_process() noexcept;
+
 /// True once the fork server has been started.
 bool fork_server_running() noexcept;
 

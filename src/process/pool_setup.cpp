@@ -54,19 +54,27 @@ pool_core::pool_core(process_pool_options o) : opts(std::move(o)) {
         fork_server_link link = open_fork_server_channel();
         server = std::move(link.channel);
         server_pidfd = std::move(link.pidfd);
+        if (!server && is_worker_process()) {
+            throw invalid_argument(
+                "process_pool: start_method::forkserver is not available to a pool made "
+                "inside a worker process (the fork server belongs to the program); use "
+                "start_method::fork or automatic there");
+        }
         if (!server) {
             throw invalid_argument(
                 "process_pool: start_method::forkserver needs procpool::init(argc, argv) "
-                "at the top of main(); a pool made inside a worker process starts its "
-                "workers with start_method::fork (or automatic)");
+                "at the top of main()");
         }
     } else if (opts.start == start_method::automatic && current_thread_count() > 1) {
         static std::once_flag warned;
         std::call_once(warned, [] {
             std::fprintf(stderr,
                          "procpool: warning: forking workers from a multi-threaded program; "
-                         "a lock held by another thread stays locked in the workers. Call "
-                         "procpool::init(argc, argv) at the top of main() to avoid this.\n");
+                         "a lock held by another thread stays locked in the workers. %s\n",
+                         is_worker_process()
+                             ? "In a task, make the pool before the task starts threads."
+                             : "Call procpool::init(argc, argv) at the top of main() to "
+                               "avoid this.");
         });
     }
     worker_config cfg;

@@ -28,6 +28,7 @@
 #include "process/region.hpp"
 #include "procpool/detail/remote_call.hpp"
 #include "procpool/detail/shm.hpp"
+#include "procpool/detail/state.hpp"
 
 namespace procpool::process {
 
@@ -101,6 +102,7 @@ void keep_freed_memory_for_reuse() noexcept {
 [[noreturn]] void finish_worker(const worker_fds& fds, const worker_config& cfg) {
     detail::shm_reseed_ids((static_cast<std::uint64_t>(getpid()) << 32) | 1);
     forget_fork_server_in_worker();
+    detail::cancel_hook::forget_other_threads();
     // Under a memory limit the address space is what is counted: memory kept for reuse
     // would be taken from what the next task may allocate or map.
     if (cfg.memory_limit == 0) {

@@ -43,6 +43,11 @@ public:
     /// announced in per-thread hazard slots, checked here (hazard pointers, Michael 2004).
     static void quiesce(const cancel_hook* hook) noexcept;
 
+    /// In a new worker process (one thread, forked from a program that may run others):
+    /// the hazard slots' lock afresh and no slot announcing a call, as the threads that
+    /// held them do not exist there. Lets a task make pools of its own.
+    static void forget_other_threads() noexcept;
+
 protected:
     ~cancel_hook() = default;
 };
