@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -149,6 +150,25 @@ int blocks_an_inner_worker_keeps() {
         }
     }
     return inner.submit(shared_block_mappings).get();
+}
+
+// An inner task that leaves a process of its own behind: its pid.
+int leave_a_process_behind() {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        for (;;) pause();
+    }
+    return static_cast<int>(pid);
+}
+
+// A task whose own pool's task leaves a process behind; writes that process's pid to
+// `path`, then dies by SIGKILL as a crashing worker would.
+int die_after_an_inner_task_left_a_process(std::string path) {
+    process_pool inner({.workers = 1});
+    const int pid = inner.submit(leave_a_process_behind).get();
+    std::ofstream(path) << pid;
+    kill(getpid(), SIGKILL);
+    return pid;
 }
 
 // The message a worker's pool asking for the fork server explicitly fails with.
@@ -678,6 +698,29 @@ TEST(ProcessPoolStart, APoolMadeInsideAWorker_ItsWorkersLetGoOfFreedBlocks) {
     const int kept = pool.submit(blocks_an_inner_worker_keeps).get();
     EXPECT_GE(kept, 0);
     EXPECT_LE(kept, 4);
+}
+
+// A worker that dies takes with it what the tasks of a pool it made left running: their
+// workers share its process group, which its pool kills.
+TEST(ProcessPoolStart, AWorkerThatDies_TakesItsInnerPoolsTaskProcessesWithIt) {
+    procpool_test::temp_dir dir;
+    const std::string path = dir.path() + "/pid";
+    process_pool pool({.workers = 1});
+    EXPECT_THROW(pool.submit(die_after_an_inner_task_left_a_process, path).get(),
+                 procpool::worker_died);
+    int pid = 0;
+    std::ifstream(path) >> pid;
+    ASSERT_GT(pid, 0);
+    // Killed before the future failed; the watchdog only turns a survivor into a failure.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(1);
+    procpool_test::proc_entry e;
+    while (procpool_test::read_proc(pid, e) && e.state != 'Z') {
+        if (std::chrono::steady_clock::now() > until) {
+            kill(pid, SIGKILL);
+            FAIL() << "process " << pid << " outlived the worker whose inner task started it";
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
 }
 
 // While another thread of the parent takes the library's locks (shared arrays made and

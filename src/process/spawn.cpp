@@ -77,8 +77,11 @@ bool prepare_child(pid_t parent) noexcept {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) return false;
     // Its own process group: when it dies, the pool kills the group, so that processes a
-    // task started do not outlive the worker (see kill_worker_group).
-    setpgid(0, 0);
+    // task started do not outlive the worker (see kill_worker_group). A worker of a pool
+    // that a task made stays in the group of the worker that made it: when that worker
+    // dies, its pool's kill reaches this one's task processes too (which a group of their
+    // own would take out of reach); they then outlive this worker until that one ends.
+    if (!is_worker_process()) setpgid(0, 0);
     reset_signals_for_child();
     return true;
 }
