@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -169,6 +170,21 @@ int die_after_an_inner_task_left_a_process(std::string path) {
     std::ofstream(path) << pid;
     kill(getpid(), SIGKILL);
     return pid;
+}
+
+int add_ints(int a, int b) { return a + b; }
+
+// A task that makes three pools at once and lets them all go (the last one leaves the
+// worker without pools), then makes one more: the sum of what they returned.
+int pools_made_and_let_go(int i) {
+    std::vector<std::unique_ptr<process_pool>> pools;
+    for (int k = 0; k < 3; ++k) pools.push_back(std::make_unique<process_pool>(
+                                    procpool::process_pool_options{.workers = 1}));
+    int s = 0;
+    for (auto& p : pools) s += p->submit(add_ints, i, 1).get();
+    pools.clear();
+    process_pool again({.workers = 1});
+    return s + again.submit(add_ints, 0, 0).get();
 }
 
 // The message a worker's pool asking for the fork server explicitly fails with.
@@ -747,6 +763,27 @@ TEST(ProcessPoolStart, PoolsMadeInForkStartedWorkers_WhileTheParentTakesLibraryL
     }
     stop = true;
     churn.join();
+}
+
+// The parent keeps blocks of big vector arguments for reuse; a fork-started worker has
+// copies of that list but not the mappings. Its last own pool going away must not free
+// them (it unmapped whatever the worker had at those addresses by then: SIGSEGV).
+TEST(ProcessPoolStart, ForkStartedWorkers_DoNotFreeTheParentsIdleBlocks) {
+    if (procpool_test::under_sanitizer()) {
+        GTEST_SKIP() << "ThreadSanitizer ends a process forked from a threaded one once it "
+                        "starts a thread";
+    }
+    process_pool side({.workers = 2});
+    {
+        const std::vector<double> v(std::size_t{1} << 17, 1.0);  // 1 MiB: a block each
+        auto a = side.submit(sum_doubles, v);
+        auto b = side.submit(sum_doubles, v);
+        EXPECT_EQ(a.get(), static_cast<double>(1 << 17));
+        EXPECT_EQ(b.get(), static_cast<double>(1 << 17));
+    }
+    process_pool pool({.workers = 1, .max_tasks_per_child = 1,
+                       .start = procpool::start_method::fork});
+    for (int i = 0; i < 10; ++i) EXPECT_EQ(pool.submit(pools_made_and_let_go, i).get(), 3 * (i + 1));
 }
 
 TEST(ProcessPoolStart, WorkersDoNotInheritUnrelatedFds) {

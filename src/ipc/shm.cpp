@@ -622,11 +622,15 @@ void shm_reseed_ids(std::uint64_t base) noexcept {
     in_worker.store(true, std::memory_order_relaxed);
     // A worker has one thread, forked from a program that may run others: a lock one of
     // them held is copied locked. The listener list names the parent's pools, which do
-    // not exist here; a pool a task makes adds itself afresh. The idle blocks stay listed
-    // (reusable drops those of another process) but are never kept in a worker.
+    // not exist here; a pool a task makes adds itself afresh. The parent's idle blocks
+    // are forgotten, not freed: their mappings were not copied (MADV_DONTFORK) and their
+    // descriptors are closed, so the addresses and fd numbers may be another's by now.
     new (&listeners_mutex) std::mutex();
     listeners().clear();
-    new (&bulk_blocks().mu) std::mutex();
+    bulk_cache& idle = bulk_blocks();
+    new (&idle.mu) std::mutex();
+    idle.idle.clear();
+    idle.idle_bytes = 0;
     new (&returned_blocks().mu) std::mutex();
 }
 
