@@ -634,6 +634,10 @@ void shm_reseed_ids(std::uint64_t base) noexcept {
     new (&returned_blocks().mu) std::mutex();
 }
 
+bool in_worker_process() noexcept {
+    return in_worker.load(std::memory_order_relaxed);
+}
+
 void add_shm_listener(shm_listener* l) {
     std::lock_guard lock(listeners_mutex);
     listeners().push_back(l);

@@ -25,6 +25,7 @@
 
 #include "process/protocol.hpp"
 #include "process/spawn.hpp"
+#include "procpool/detail/shm.hpp"
 #include "procpool/process_pool.hpp"
 
 namespace procpool::process {
@@ -35,7 +36,6 @@ std::mutex server_mutex;
 ipc::unique_fd server_sock;
 ipc::unique_fd server_pidfd;  // of server_pid; empty without pidfd_open
 pid_t server_pid = -1;
-bool worker_process = false;  // set once in a worker (forget_fork_server_in_worker)
 
 std::vector<std::string> dropped_env_prefixes;  // under server_mutex
 
@@ -390,11 +390,10 @@ void forget_fork_server_in_worker() noexcept {
     static_cast<void>(server_sock.release());   // closed already, with the other fds
     static_cast<void>(server_pidfd.release());
     server_pid = -1;
-    worker_process = true;
 }
 
 bool is_worker_process() noexcept {
-    return worker_process;
+    return detail::in_worker_process();  // one flag, set by shm_reseed_ids in finish_worker
 }
 
 bool fork_server_running() noexcept {

@@ -35,7 +35,7 @@ bool start_fork_server();
 /// program, not to the worker, so a pool a task makes starts its workers with fork.
 void forget_fork_server_in_worker() noexcept;
 
-/// True in a worker process of any pool (after forget_fork_server_in_worker).
+/// True in a worker process of any pool (detail::in_worker_process: set as it starts).
 bool is_worker_process() noexcept;
 
 /// True once the fork server has been started.

@@ -246,7 +246,10 @@ protected:
 };
 void add_shm_listener(shm_listener* l);
 /// Called once in a new worker: its blocks get ids that cannot collide with the parent's.
+/// From then on in_worker_process() is true in that process.
 void shm_reseed_ids(std::uint64_t base) noexcept;
+/// True in a worker process of any pool (once shm_reseed_ids ran there).
+bool in_worker_process() noexcept;
 /// In a worker: whether big results go into blocks the worker keeps for reuse
 /// (shm_block::returned_by_reader; default on). Off under a memory limit, where kept
 /// blocks would count against the address space the next task may use.
