@@ -244,6 +244,10 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::latch initial_spawn{1};  // counted down once the first workers are forked
     std::exception_ptr broken;    // set (under mu) when the pool cannot run tasks any more
     std::atomic<bool> is_broken{false};
+    // Set (seq_cst, under mu) once a task with a deadline is accepted, and never cleared:
+    // until then check_deadlines has nothing to look for and skips `mu`, which the
+    // supervisor would otherwise take on every turn of its busy loop, against submitters.
+    std::atomic<bool> deadlines_used{false};
     int failed_starts = 0;  // workers in a row that died before running anything
     int last_worker = 0;
     // EWMA of task run time; 0 until the first completion, which sets it outright (a

@@ -229,6 +229,11 @@ void pool_core::enqueue(process_task_base& t, task_args args) {
         const std::uint64_t id = monitor->submitted();
         t.shared().trace_id = label.set ? label.id : id;
         if (t.timeout_ns < 0) t.timeout_ns = default_timeout_ns;
+        // Before the task can be sent; the supervisor's check_deadlines reads it after
+        // announcing that it sleeps, and enqueue reads that announcement below (Dekker).
+        if (t.timeout_ns > 0 && !deadlines_used.load(std::memory_order_relaxed)) {
+            deadlines_used.store(true, std::memory_order_seq_cst);
+        }
         if (broken) {
             fail = broken;
         } else {

@@ -40,6 +40,7 @@ namespace procpool::process {
 // A task's clock starts when it becomes the head of its worker's queue (head_since),
 // the parent's own observation: nothing the worker writes can delay it.
 std::int64_t pool_core::check_deadlines() {
+    if (!deadlines_used.load(std::memory_order_seq_cst)) return INT64_MAX;
     std::int64_t next = INT64_MAX;
     const std::int64_t now = now_ns();
     std::lock_guard lock(mu);
@@ -157,7 +158,7 @@ void pool_core::supervise() {
         bool progress = drain_all();
         if (progress && helpers.load(std::memory_order_relaxed) == 0) ask_workers_to_wake_us(0);
         if (is_broken.load(std::memory_order_acquire)) fail_all_broken();
-        {
+        if (!progress) {  // drain_all refilled the windows if it took completions
             std::lock_guard lock(mu);
             if (!pending.empty()) dispatch_pending();
         }
