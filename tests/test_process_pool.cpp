@@ -299,6 +299,30 @@ TEST(ProcessPool, Map_KeepsInputOrder) {
     EXPECT_EQ(small, (std::vector<int>{2, 3, 4}));
 }
 
+// A function taking its element by non-const reference is called on the worker's copy, as
+// imap calls it: map accepts it (it used to fail to compile), and the caller's elements
+// stay as they were. Both map paths: plain bytes in place, and decoded vectors (strings).
+TEST(ProcessPool, Map_FunctionTakingItsElementByReference_ChangesOnlyTheWorkersCopy) {
+    process_pool pool({.workers = 2});
+    std::vector<int> xs(5000);
+    for (int i = 0; i < 5000; ++i) xs[static_cast<std::size_t>(i)] = i;
+    auto ys = pool.map([](int& x) { return ++x; }, xs);
+    ASSERT_EQ(ys.size(), xs.size());
+    for (int i = 0; i < 5000; ++i) {
+        EXPECT_EQ(ys[static_cast<std::size_t>(i)], i + 1);
+        EXPECT_EQ(xs[static_cast<std::size_t>(i)], i);
+    }
+    std::vector<std::string> words{"a", "bb", "ccc"};
+    auto lens = pool.map(
+        [](std::string& w) {
+            w += "!";
+            return w.size();
+        },
+        words, 1);
+    EXPECT_EQ(lens, (std::vector<std::size_t>{2, 3, 4}));
+    EXPECT_EQ(words, (std::vector<std::string>{"a", "bb", "ccc"}));
+}
+
 TEST(ProcessPool, Map_RethrowsFirstFailingElement) {
     process_pool pool({.workers = 2});
     std::vector<int> xs = {1, 2, 3, -1, 5, -2};

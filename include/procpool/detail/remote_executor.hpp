@@ -124,6 +124,8 @@ class remote_executor {
     }
 
 private:
+    // Checks that `f` can take the elements, so that a function that cannot gets one
+    // readable error rather than pages about invoke_result; then map_checked does the work.
     template <class F, std::ranges::input_range Range>
     auto map_impl(F&& f, Range&& items, std::size_t chunksize, const map_options* mopts) {
         using Fn = std::decay_t<F>;
@@ -131,7 +133,25 @@ private:
         static_assert(remote_callable<F>,
                       "tasks run in worker processes must be free functions or captureless "
                       "lambdas");
-        using R = std::remove_cvref_t<std::invoke_result_t<Fn&, T>>;
+        if constexpr (!std::is_invocable_v<Fn&, T&>) {
+            static_assert(std::is_invocable_v<Fn&, T&>,
+                          "map: the function cannot be called with the range's elements (in "
+                          "the worker it gets each element of its copy of the chunk as an "
+                          "lvalue: take the element type by value or by reference)");
+            return std::vector<int>{};
+        } else {
+            return map_checked(std::forward<F>(f), std::forward<Range>(items), chunksize,
+                               mopts);
+        }
+    }
+
+    template <class F, std::ranges::input_range Range>
+    auto map_checked(F&& f, Range&& items, std::size_t chunksize, const map_options* mopts) {
+        using Fn = std::decay_t<F>;
+        using T = std::ranges::range_value_t<Range>;
+        // As the worker calls it (map_chunk, invoke_map_chunk): on an lvalue of its copy,
+        // so a function taking T& works, as with imap, and changes only that copy.
+        using R = std::remove_cvref_t<std::invoke_result_t<Fn&, T&>>;
         static_assert(!std::is_void_v<R>, "map needs a function that returns a value; use submit");
         if constexpr (!std::ranges::contiguous_range<Range> || !std::ranges::sized_range<Range>) {
             // Chunks are sent straight from contiguous memory: materialise other ranges
@@ -139,7 +159,7 @@ private:
             // range, and an input of unknown length has an iterator and a sentinel).
             std::vector<T> copy;
             for (auto&& e : items) copy.emplace_back(std::forward<decltype(e)>(e));
-            return map_impl(std::forward<F>(f), copy, chunksize, mopts);
+            return map_checked(std::forward<F>(f), copy, chunksize, mopts);
         } else {
             const T* base = std::ranges::data(items);
             const std::size_t n = std::ranges::size(items);
