@@ -563,7 +563,11 @@ void floor_shm_spin_handoff(benchmark::State& st) {
 }
 
 // fork, the child _exits, the parent reaps it: what starting any worker process costs
-// here at least (the fork server is a copy of this program as it was at init).
+// here at least (the fork server is a copy of this program as it was at init). Its cost
+// grows with the memory this program has mapped (the kernel copies the page tables and
+// the child's exit tears them down): `rss_mib` says how much that was. Run first, and
+// again right before the start-up rows, where a pool with start_method::fork forks this
+// program as the earlier rows left it.
 void floor_fork_exit_wait(benchmark::State& st) {
     std::vector<double> us;
     for (auto _ : st) {
@@ -576,6 +580,11 @@ void floor_fork_exit_wait(benchmark::State& st) {
         }
     }
     report_distribution(st, "", us);
+    long pages = 0;
+    long resident = 0;
+    if (std::ifstream("/proc/self/statm") >> pages >> resident) {
+        st.counters["rss_mib"] = static_cast<double>(resident) * 4096.0 / (1 << 20);
+    }
 }
 
 // memcpy of 1 MiB into memory already touched: the unit the large-vector path is
@@ -617,6 +626,7 @@ int main(int argc, char** argv) {
     add("map/procpool_process_pool_first_call", map_procpool_process_first_call);
     add("map/procpool_thread_pool", map_procpool_thread);
 
+    add("floor/fork_exit_wait_before_startup", floor_fork_exit_wait)->Iterations(1);
     add("startup/procpool_forkserver", startup_forkserver)->Iterations(1);
     add("startup/procpool_fork", startup_fork)->Iterations(1);
     add("startup/procpool_forkserver_spaced", startup_forkserver_spaced)->Iterations(1);

@@ -192,6 +192,13 @@ def main():
     ratio("P. start-up to first result, forkserver, 30 ms between pools (p50, ms)",
           None if fss is None else fss / 1e3, 1.0, 1.0, " ms", False)
     ratio("P. (context) start-up / fork+exit+wait of this program", fs, fk, None)
+    ff = g("startup/procpool_fork", "p50_us")
+    ratio("P. start-up to first result, start_method::fork (p50, ms)",
+          None if ff is None else ff / 1e3, 1.0, 2.0, " ms", False)
+    fkl = g("floor/fork_exit_wait_before_startup", "p50_us")
+    ratio("P. (context) fork+exit+wait of this program as it is then (p50, ms)",
+          None if fkl is None else fkl / 1e3, 1.0, None, " ms")
+    ratio("P. (context) fork start-up / that fork+exit+wait", ff, fkl, None)
     sd = g("startup/procpool_forkserver", "shutdown_p50_us")
     ratio("P. shutdown (p50, ms)", None if sd is None else sd / 1e3, 1.0, 1.0, " ms", False)
     ratio("P. killed worker to the replacement's result (p50, ms)",
