@@ -25,13 +25,9 @@ prog=$build/bench/bench_dispatch_counts
 events=raw_syscalls:sys_enter,syscalls:sys_enter_sched_yield,syscalls:sys_enter_futex
 events=$events,syscalls:sys_enter_epoll_wait,context-switches,page-faults
 
-commit=$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}")
-if [ -n "$(git -C "$src" status --porcelain -- src include bench 2>/dev/null)" ]; then
-  commit="$commit + uncommitted changes in src/, include/ or bench/"
-fi
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); nproc=$(nproc);" \
-  "$(lscpu | sed -n 's/^Model name: *//p'); load: $(cut -d' ' -f1-3 /proc/loadavg);" \
-  "commit $commit; N=$n, REPS=$reps"
+# shellcheck source=bench/run_header.sh
+. "$src/bench/run_header.sh"
+print_run_header "$src" "; N=$n, REPS=$reps"
 
 # Prints the six counts of one run of the program, in the order of $events.
 count() {

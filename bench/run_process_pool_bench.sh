@@ -39,14 +39,9 @@ cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROCPOOL_BUILD_TESTS=OF
   -DPROCPOOL_BUILD_EXAMPLES=OFF >/dev/null
 cmake --build "$build" --target bench_process_pool bench_pipe_pingpong bench_page_touch -j "$(nproc)" >/dev/null
 
-# A source tree exported with `git archive` has no .git: say its commit in $COMMIT.
-commit=$(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo "${COMMIT:-unknown}")
-if [ -n "$(git -C "$src" status --porcelain -- src include bench 2>/dev/null)" ]; then
-  commit="$commit + uncommitted changes in src/, include/ or bench/"
-fi
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); nproc=$(nproc);" \
-  "$(lscpu | sed -n 's/^Model name: *//p'); load: $(cut -d' ' -f1-3 /proc/loadavg);" \
-  "commit $commit"
+# shellcheck source=bench/run_header.sh
+. "$src/bench/run_header.sh"
+print_run_header "$src"
 
 wait_for_idle
 "$build/bench/bench_process_pool" --benchmark_repetitions="$reps" \
