@@ -179,7 +179,7 @@ void state_base::publish(std::uint32_t extra) noexcept {
 bool state_base::wait(const std::chrono::steady_clock::time_point* deadline) const noexcept {
     if (hook_ != nullptr) {
         const hook_guard guard(hook_);
-        if (is_done() || hook_->help_wait(*this)) return true;
+        if (is_done() || hook_->help_wait(*this, deadline)) return true;
     } else if (spin_until([this] { return is_done(); })) {
         return true;
     }

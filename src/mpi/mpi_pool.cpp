@@ -78,7 +78,10 @@ struct mpi_pool::impl final : detail::cancel_hook, mpi_impl::pool_ref {
         return false;
     }
 
-    bool help_wait(const detail::state_base& s) noexcept override { return s.is_done(); }
+    bool help_wait(const detail::state_base& s,
+                   const std::chrono::steady_clock::time_point* /*deadline*/) noexcept override {
+        return s.is_done();
+    }
 
     void wait_idle() {
         std::unique_lock lock(idle_mu);

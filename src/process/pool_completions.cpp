@@ -172,7 +172,8 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         t = pop_inflight(w);
         worker_pid = static_cast<int>(w.pid);
         const std::int64_t run = std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000);
-        avg_task_ns = avg_task_ns == 0 ? run : (avg_task_ns + run) / 2;
+        const std::int64_t avg = avg_task_ns.load(std::memory_order_relaxed);
+        avg_task_ns.store(avg == 0 ? run : (avg + run) / 2, std::memory_order_relaxed);
         // The next task's deadline now runs: the supervisor must not sleep through it.
         if (!w.inflight.empty() && w.inflight.head->timeout_ns > 0 &&
             supervisor_asleep.load(std::memory_order_seq_cst)) {
@@ -254,6 +255,8 @@ void pool_core::fail_all_broken() {
         }
     }
     for (auto* t : victims) finish(*t, [&] { resolve_error(*t, err); });
+    std::lock_guard lock(mu);
+    for (auto& s : slots) wake_waiters(*s);  // the failed tasks' waiters (help_wait)
 }
 
 // Drains every completion ring if no one else is; then refills windows from the
@@ -294,7 +297,9 @@ bool pool_core::completions_waiting() const noexcept {
     return false;
 }
 
-bool pool_core::help_wait(const detail::state_base& s) noexcept {
+// Drains the rings while spinning for `spin_budget`, as one of the `helpers` (while any
+// thread is one, workers do not wake the supervisor). Returns `s.is_done()`.
+bool pool_core::help_drain(const detail::state_base& s) noexcept {
     if (helpers.fetch_add(1, std::memory_order_seq_cst) == 0) {
         lock_draining();  // regions must not be unmapped under us
         ask_workers_to_wake_us(0);
@@ -314,6 +319,81 @@ bool pool_core::help_wait(const detail::state_base& s) noexcept {
         if (left && !drain_all()) wake_supervisor();
     }
     return done;
+}
+
+// Waits for `s`: drains while spinning first (unless tasks run long: long_task_ns), then,
+// while its task sits in a worker's queue, sleeps on that worker's `waiters` doorbell,
+// which the worker rings after each completion it publishes (one wake-up; through the
+// supervisor it is two). What else resolves a dispatched task rings it too: the worker's
+// death (release_slot), a cancel (cancel_task), a broken pool (fail_all_broken). Every
+// `waiter_recheck` the thread looks again whatever happened, so a worker that never rings
+// (a hostile task can clear the announcement) delays only its own tasks' waiters, and by
+// that much at most.
+bool pool_core::help_wait(const detail::state_base& s,
+                          const std::chrono::steady_clock::time_point* deadline) noexcept {
+    const auto* t = dynamic_cast<const process_task_base*>(&s);
+    for (;;) {
+        if (t != nullptr && avg_task_ns.load(std::memory_order_relaxed) >= long_task_ns) {
+            drain_all();  // one look: a spin would not see such a task end
+            if (s.is_done()) return true;
+        } else if (help_drain(s)) {
+            return true;
+        }
+        if (t == nullptr) return false;
+        const auto now = std::chrono::steady_clock::now();
+        if (deadline != nullptr && now >= *deadline) return false;
+        const std::atomic<std::uint32_t>* word = nullptr;
+        std::uint32_t seen = 0;
+        const waiter_arm armed = arm_waiter(s, *t, word, seen);
+        if (armed == waiter_arm::not_dispatched) return s.is_done();  // sleep on the state
+        if (armed == waiter_arm::look_again) continue;
+        auto until = now + waiter_recheck;
+        if (deadline != nullptr && *deadline < until) until = *deadline;
+        detail::futex_wait(word, seen, &until, true);
+    }
+}
+
+// Announces a thread about to sleep until `t`'s worker rings its `waiters` doorbell, and
+// gives the word to sleep on with the value seen before the announcement (a ring after it
+// changes the word, so the sleep returns at once). Under `draining`: a completion is
+// taken from the ring and resolved while it is held, so a task that is not done and has
+// no completion in the ring gets its completion after the announcement, and its worker
+// then rings (the ring's publication and the announcement are a Dekker pair). Under `mu`:
+// the task's worker and that worker's region (unmapped only under mu, which rings first).
+pool_core::waiter_arm pool_core::arm_waiter(const detail::state_base& s,
+                                            const process_task_base& t,
+                                            const std::atomic<std::uint32_t>*& word,
+                                            std::uint32_t& seen) noexcept {
+    waiter_arm armed = waiter_arm::not_dispatched;
+    lock_draining();
+    {
+        std::lock_guard lock(mu);
+        if (t.worker >= 0) {
+            worker_slot& w = *slots[static_cast<std::size_t>(t.worker)];
+            if (w.region != nullptr && w.gen == t.worker_gen) {
+                detail::doorbell& d = w.region->waiters;
+                word = &d.word;
+                seen = d.word.load(std::memory_order_acquire);
+                d.sleeping.store(1, std::memory_order_seq_cst);
+                // A ring not read any more (a worker that broke the protocol, being
+                // killed): its death rings, however full the ring looks.
+                const bool waiting = !w.ring_bad.load(std::memory_order_relaxed) && !w.cmp.empty();
+                armed = s.is_done() || waiting ? waiter_arm::look_again : waiter_arm::armed;
+            }
+        }
+    }
+    unlock_draining();
+    return armed;
+}
+
+// Wakes the threads sleeping on `w`'s doorbell (arm_waiter), whether or not they
+// announced themselves. Called with mu held, before its region can be unmapped.
+void pool_core::wake_waiters(worker_slot& w) noexcept {
+    if (w.region == nullptr) return;
+    detail::doorbell& d = w.region->waiters;
+    d.sleeping.store(0, std::memory_order_relaxed);
+    d.word.fetch_add(1, std::memory_order_release);
+    detail::futex_wake(&d.word, INT_MAX, true);
 }
 
 void pool_core::wake_supervisor() noexcept {

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
@@ -64,10 +65,17 @@ struct task_args {
 };
 
 constexpr std::uint32_t ring_capacity = 1u << 19;
+// How long a thread waiting on a future sleeps on a worker's doorbell before it looks
+// again anyway (help_wait): bounds what a worker that never rings can delay.
+inline std::chrono::steady_clock::duration waiter_recheck = std::chrono::milliseconds(100);
 // How much queued work (in expected run time) a worker may hold: deep enough that tiny
 // tasks never leave a worker idle, shallow enough that long tasks stay balanced.
 constexpr std::int64_t window_ns = 2'000'000;
 constexpr std::int64_t max_window = 4096;
+// Tasks this long on average will not end within a spin (spin_budget is 20 us): a thread
+// waiting on one, and the supervisor between completions, sleep at once instead of
+// spinning. On a machine with no idle core a spin takes that CPU from the workers.
+constexpr std::int64_t long_task_ns = 200'000;
 
 // Intrusive FIFO of tasks through process_task_base::link.
 struct task_list {
@@ -252,7 +260,8 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     int last_worker = 0;
     // EWMA of task run time; 0 until the first completion, which sets it outright (a
     // pool's first tasks say more about its work than any guess would).
-    std::int64_t avg_task_ns = 0;
+    // Atomic: threads waiting on futures read it without mu (help_drain).
+    std::atomic<std::int64_t> avg_task_ns{0};
     std::uint64_t next_token = 1;
 
     // Tasks not yet resolved by the pool; shutdown waits for zero.
@@ -368,7 +377,13 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
 
     void ask_workers_to_wake_us(std::uint32_t on) noexcept;
     bool completions_waiting() const noexcept;
-    bool help_wait(const detail::state_base& s) noexcept override;
+    bool help_drain(const detail::state_base& s) noexcept;
+    bool help_wait(const detail::state_base& s,
+                   const std::chrono::steady_clock::time_point* deadline) noexcept override;
+    enum class waiter_arm { not_dispatched, look_again, armed };
+    waiter_arm arm_waiter(const detail::state_base& s, const process_task_base& t,
+                          const std::atomic<std::uint32_t>*& word, std::uint32_t& seen) noexcept;
+    void wake_waiters(worker_slot& w) noexcept;
     void wake_supervisor() noexcept;
 
     // ---- supervisor loop -------------------------------------------------------------

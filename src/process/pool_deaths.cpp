@@ -243,6 +243,7 @@ void pool_core::release_slot(worker_slot& w) noexcept {
         unwatch(w.wake_rd.get());
         w.wake_rd.reset();
     }
+    wake_waiters(w);  // threads asleep on its doorbell look again (help_wait)
     if (w.map != nullptr) munmap(w.map, w.map_len);
     w.output = {};
     w.map = nullptr;

@@ -39,8 +39,9 @@
 namespace procpool::process {
 
 std::int64_t pool_core::window() const noexcept {
-    if (avg_task_ns == 0) return 2;  // nothing has completed yet: run time unknown
-    const std::int64_t n = window_ns / std::max<std::int64_t>(avg_task_ns, 1);
+    const std::int64_t avg = avg_task_ns.load(std::memory_order_relaxed);
+    if (avg == 0) return 2;  // nothing has completed yet: run time unknown
+    const std::int64_t n = window_ns / std::max<std::int64_t>(avg, 1);
     return std::clamp<std::int64_t>(n, 2, max_window);
 }
 

@@ -79,6 +79,8 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
     bool won = false;
     std::int64_t killed_start = 0;  // a running task stopped by killing its worker: its start
     int killed_pid = 0;
+    int dispatched_to = -1;  // its worker, whose doorbell its waiters may sleep on
+    std::uint32_t dispatched_gen = 0;
     {
         std::lock_guard lock(mu);
         if (s.is_done()) return false;
@@ -87,6 +89,8 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
             resolved_now = true;
         } else {
             worker_slot& w = *slots[static_cast<std::size_t>(t->worker)];
+            dispatched_to = t->worker;
+            dispatched_gen = t->worker_gen;
             // Its worker died and the slot was given a new one: the death is resolving
             // the task right now (it left the dead worker's queue under mu). The new
             // worker numbers its tasks from 1 again, so a cancel word for this task's
@@ -137,6 +141,13 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
         resolving r{this, t};
         const detail::observe_publish observe(&s, &on_resolved, &r);
         s.set_cancelled("task cancelled");
+        // Its waiters may sleep on its worker's doorbell (help_wait): the worker rings
+        // only when it gets to the task. `t` may be gone by now (its skip completion).
+        if (dispatched_to >= 0) {
+            std::lock_guard lock(mu);
+            worker_slot& w = *slots[static_cast<std::size_t>(dispatched_to)];
+            if (w.gen == dispatched_gen) wake_waiters(w);
+        }
     }
     if (resolved_now) {
         t->attachments.clear();
@@ -172,7 +183,8 @@ void pool_core::supervise() {
             idle_since = now;
             if ((++spins & 63) != 0) continue;  // poll events now and then while busy
         } else if (now - idle_since < detail::spin_budget.count() * 1000 &&
-                   helpers.load(std::memory_order_relaxed) == 0) {
+                   helpers.load(std::memory_order_relaxed) == 0 &&
+                   avg_task_ns.load(std::memory_order_relaxed) < long_task_ns) {
             detail::cpu_yield();
             if ((++spins & 15) != 0) continue;
         } else {

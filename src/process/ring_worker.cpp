@@ -3,6 +3,7 @@
 // replies go to its completion ring. The loop itself is remote::serve.
 #include <unistd.h>
 
+#include <climits>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -170,6 +171,7 @@ class ring_worker final : public remote::worker_transport {
         if (lead != 0) std::memcpy(dst + sizeof ch, output_.data(), lead);
         if (!out.empty()) std::memcpy(dst + sizeof ch + lead, out.data(), out.size());
         cmp_.commit(len, type);
+        r_->waiters.ring(true, INT_MAX);  // a thread waiting for this result, first
         if (r_->parent.take_sleeper()) wake_parent();
         // A task that broke the capture files (closed fd 1 and the private copy): the next
         // task would get its output or none, so this worker ends; the parent replaces it.

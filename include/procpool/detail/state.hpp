@@ -32,10 +32,13 @@ public:
     /// resolve as usual (skipped or run).
     virtual bool cancel_pending(state_base& s) noexcept = 0;
 
-    /// Called by a thread about to wait for `s`: the executor may use the waiting thread
-    /// to make progress itself for a short while (a process pool drains its completion
-    /// rings, saving a hand-off through its supervisor). Returns `s.is_done()`.
-    virtual bool help_wait(const state_base& s) noexcept = 0;
+    /// Called by a thread about to wait for `s`, until `*deadline` if it is not null: the
+    /// executor may use the waiting thread to make progress itself (a process pool drains
+    /// its completion rings) or let it sleep where the task's worker wakes it directly,
+    /// saving a hand-off through its supervisor. It may return before `s` is done; the
+    /// thread then sleeps on `s` itself. Returns `s.is_done()`.
+    virtual bool help_wait(const state_base& s,
+                           const std::chrono::steady_clock::time_point* deadline) noexcept = 0;
 
     /// Waits until no thread is inside a call to `hook` made through a future. An
     /// executor calls it before it frees the hook, once every task it resolved is done:

@@ -1,0 +1,195 @@
+// A thread blocked on a process-pool future sleeps on its task's worker's doorbell
+// (help_wait), and whatever resolves the task must wake it there: the worker's
+// completion, the worker's death, a cancel, the waiter's own deadline. These tests turn
+// the waiter's periodic second look off (`waiter_recheck`, one hour), so a path that
+// forgets to ring hangs its test, which the ctest timeout then fails.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "process/pool_core.hpp"
+#include "process_support.hpp"
+#include "procpool/procpool.hpp"
+
+using procpool::process_pool;
+using procpool_test::file_gate;
+
+namespace {
+
+int add(int a, int b) {
+    return a + b;
+}
+
+// Marks that it started, waits for the gate, then kills its own worker.
+int die_at_gate(std::string dir) {
+    file_gate::wait_then_return(std::move(dir), 0);
+    raise(SIGKILL);
+    return 0;
+}
+
+// Turns the waiters' periodic second look off for one test.
+class no_recheck {
+  public:
+    no_recheck() : saved_(procpool::process::waiter_recheck) {
+        procpool::process::waiter_recheck = std::chrono::hours(1);
+    }
+    no_recheck(const no_recheck&) = delete;
+    no_recheck& operator=(const no_recheck&) = delete;
+    ~no_recheck() { procpool::process::waiter_recheck = saved_; }
+
+  private:
+    std::chrono::steady_clock::duration saved_;
+};
+
+// The state letter of thread `tid` of this process ('S': asleep), from /proc.
+char thread_state(int tid) {
+    std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const auto close = stat.rfind(')');
+    return close != std::string::npos && close + 2 < stat.size() ? stat[close + 2] : '?';
+}
+
+// A thread that calls `wait()` and records that it returned. `asleep()` returns once the
+// thread is inside the call and the kernel shows it sleeping (a watchdog of minutes
+// fails the test if it never does).
+class blocked_waiter {
+  public:
+    template <class Wait>
+    explicit blocked_waiter(Wait wait)
+        : thread_([this, wait]() mutable {
+              tid_.store(static_cast<int>(syscall(SYS_gettid)));
+              wait();
+              returned_.store(true);
+          }) {}
+    blocked_waiter(const blocked_waiter&) = delete;
+    blocked_waiter& operator=(const blocked_waiter&) = delete;
+    ~blocked_waiter() {
+        if (thread_.joinable()) thread_.join();
+    }
+
+    void asleep() const {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+        while (tid_.load() == 0 || thread_state(tid_.load()) != 'S') {
+            ASSERT_LT(std::chrono::steady_clock::now(), until) << "the waiter never slept";
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        ASSERT_FALSE(returned_.load());
+    }
+    void join() { thread_.join(); }
+    bool returned() const { return returned_.load(); }
+
+  private:
+    std::atomic<int> tid_{0};
+    std::atomic<bool> returned_{false};
+    std::thread thread_;
+};
+
+TEST(DirectWake, TheWorkersCompletion_WakesTheThreadAsleepInGet) {
+    no_recheck quick_look_off;
+    process_pool pool({.workers = 1});
+    file_gate gate;
+    auto f = pool.submit(file_gate::wait_then_return, gate.path(), 7);
+    gate.wait_started();
+    int got = 0;
+    blocked_waiter w([&] { got = f.get(); });
+    w.asleep();
+    gate.open();
+    w.join();
+    EXPECT_EQ(got, 7);
+}
+
+TEST(DirectWake, TwoThreadsAsleepOnOneWorker_BothWake) {
+    no_recheck quick_look_off;
+    process_pool pool({.workers = 1});
+    file_gate gate;
+    auto first = pool.submit(file_gate::wait_then_return, gate.path(), 1);
+    auto second = pool.submit(add, 2, 3);  // dispatched behind it (a window of two)
+    gate.wait_started();
+    int a = 0;
+    int b = 0;
+    blocked_waiter wa([&] { a = first.get(); });
+    blocked_waiter wb([&] { b = second.get(); });
+    wa.asleep();
+    wb.asleep();
+    gate.open();
+    wa.join();
+    wb.join();
+    EXPECT_EQ(a, 1);
+    EXPECT_EQ(b, 5);
+}
+
+TEST(DirectWake, TheWorkersDeath_WakesTheThreadAsleepInGet) {
+    no_recheck quick_look_off;
+    process_pool pool({.workers = 1});
+    file_gate gate;
+    auto f = pool.submit(die_at_gate, gate.path());
+    gate.wait_started();
+    bool died = false;
+    blocked_waiter w([&] {
+        try {
+            (void)f.get();
+        } catch (const procpool::worker_died& e) {
+            died = e.signal() == SIGKILL;
+        }
+    });
+    w.asleep();
+    gate.open();
+    w.join();
+    EXPECT_TRUE(died);
+    EXPECT_EQ(pool.submit(add, 1, 1).get(), 2);  // and the pool goes on with a new worker
+}
+
+// A task dispatched to a busy worker and cancelled before it starts is resolved by the
+// cancel; its worker rings only when it gets to it, which here is never before the test
+// opens the gate, and the test opens it only after the waiter returned.
+TEST(DirectWake, CancellingADispatchedTask_WakesTheThreadAsleepInItsGet) {
+    no_recheck quick_look_off;
+    process_pool pool({.workers = 1});
+    file_gate gate;
+    auto running = pool.submit(file_gate::wait_then_return, gate.path(), 1);
+    auto queued = pool.submit(add, 2, 3);  // dispatched behind it (a window of two)
+    gate.wait_started();
+    bool cancelled = false;
+    blocked_waiter w([&] {
+        try {
+            (void)queued.get();
+        } catch (const procpool::task_cancelled&) {
+            cancelled = true;
+        }
+    });
+    w.asleep();
+    ASSERT_TRUE(queued.cancel_pending());
+    w.join();
+    EXPECT_TRUE(cancelled);
+    gate.open();
+    EXPECT_EQ(running.get(), 1);
+}
+
+TEST(DirectWake, WaitFor_ReturnsAtItsDeadline_WhileTheTaskRuns) {
+    no_recheck quick_look_off;
+    process_pool pool({.workers = 1});
+    file_gate gate;
+    auto f = pool.submit(file_gate::wait_then_return, gate.path(), 9);
+    gate.wait_started();
+    // Still running (the gate is shut): each wait ends at its deadline, not the task's end.
+    for (int i = 0; i < 3; ++i) EXPECT_FALSE(f.wait_for(std::chrono::milliseconds(20)));
+    gate.open();
+    EXPECT_EQ(f.get(), 9);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    procpool::init(argc, argv);
+    ::testing::InitGoogleTest(&argc, argv);
+    return RUN_ALL_TESTS();
+}
