@@ -322,12 +322,13 @@ bool pool_core::help_drain(const detail::state_base& s) noexcept {
 }
 
 // Waits for `s`: drains while spinning first (unless tasks run long: long_task_ns), then,
-// while its task sits in a worker's queue, sleeps on that worker's `waiters` doorbell,
-// which the worker rings after each completion it publishes (one wake-up; through the
-// supervisor it is two). What else resolves a dispatched task rings it too: the worker's
-// death (release_slot), a cancel (cancel_task), a broken pool (fail_all_broken). Every
+// while its task sits in a worker's queue, sleeps on that worker's `waiters` doorbell.
+// The worker rings it after each completion it publishes, instead of waking the
+// supervisor: one wake-up, where through the supervisor it is two, and this thread
+// drains. What else resolves a dispatched task rings it too: the worker's death
+// (release_slot), a cancel (cancel_task), a broken pool (fail_all_broken). Every
 // `waiter_recheck` the thread looks again whatever happened, so a worker that never rings
-// (a hostile task can clear the announcement) delays only its own tasks' waiters, and by
+// (a hostile task can write the doorbell) delays only its own tasks' waiters, and by
 // that much at most.
 bool pool_core::help_wait(const detail::state_base& s,
                           const std::chrono::steady_clock::time_point* deadline) noexcept {
@@ -342,28 +343,28 @@ bool pool_core::help_wait(const detail::state_base& s,
         if (t == nullptr) return false;
         const auto now = std::chrono::steady_clock::now();
         if (deadline != nullptr && now >= *deadline) return false;
-        const std::atomic<std::uint32_t>* word = nullptr;
-        std::uint32_t seen = 0;
-        const waiter_arm armed = arm_waiter(s, *t, word, seen);
+        waiter_seat seat;
+        const waiter_arm armed = arm_waiter(s, *t, seat);
         if (armed == waiter_arm::not_dispatched) return s.is_done();  // sleep on the state
         if (armed == waiter_arm::look_again) continue;
         auto until = now + waiter_recheck;
         if (deadline != nullptr && *deadline < until) until = *deadline;
-        detail::futex_wait(word, seen, &until, true);
+        detail::futex_wait(seat.word, seat.seen, &until, true);
+        leave_waiter_seat(seat);
     }
 }
 
-// Announces a thread about to sleep until `t`'s worker rings its `waiters` doorbell, and
-// gives the word to sleep on with the value seen before the announcement (a ring after it
-// changes the word, so the sleep returns at once). Under `draining`: a completion is
-// taken from the ring and resolved while it is held, so a task that is not done and has
-// no completion in the ring gets its completion after the announcement, and its worker
-// then rings (the ring's publication and the announcement are a Dekker pair). Under `mu`:
-// the task's worker and that worker's region (unmapped only under mu, which rings first).
+// Announces a thread about to sleep until `t`'s worker rings its `waiters` doorbell
+// (`sleeping` counts such threads), and gives the word to sleep on with the value seen
+// before the announcement (a ring after it changes the word, so the sleep returns at
+// once). Under `draining`: a completion is taken from the ring and resolved while it is
+// held, so a task that is not done and has no completion in the ring gets its completion
+// after the announcement, and its worker then rings (the ring's publication and the
+// announcement are a Dekker pair). Under `mu`: the task's worker and that worker's region
+// (unmapped only under mu, which rings first).
 pool_core::waiter_arm pool_core::arm_waiter(const detail::state_base& s,
                                             const process_task_base& t,
-                                            const std::atomic<std::uint32_t>*& word,
-                                            std::uint32_t& seen) noexcept {
+                                            waiter_seat& seat) noexcept {
     waiter_arm armed = waiter_arm::not_dispatched;
     lock_draining();
     {
@@ -372,13 +373,20 @@ pool_core::waiter_arm pool_core::arm_waiter(const detail::state_base& s,
             worker_slot& w = *slots[static_cast<std::size_t>(t.worker)];
             if (w.region != nullptr && w.gen == t.worker_gen) {
                 detail::doorbell& d = w.region->waiters;
-                word = &d.word;
-                seen = d.word.load(std::memory_order_acquire);
-                d.sleeping.store(1, std::memory_order_seq_cst);
+                seat.word = &d.word;
+                seat.seen = d.word.load(std::memory_order_acquire);
+                d.sleeping.fetch_add(1, std::memory_order_seq_cst);
                 // A ring not read any more (a worker that broke the protocol, being
                 // killed): its death rings, however full the ring looks.
                 const bool waiting = !w.ring_bad.load(std::memory_order_relaxed) && !w.cmp.empty();
-                armed = s.is_done() || waiting ? waiter_arm::look_again : waiter_arm::armed;
+                if (s.is_done() || waiting) {
+                    d.sleeping.fetch_sub(1, std::memory_order_seq_cst);
+                    armed = waiter_arm::look_again;
+                } else {
+                    seat.worker = t.worker;
+                    seat.gen = w.gen;
+                    armed = waiter_arm::armed;
+                }
             }
         }
     }
@@ -386,12 +394,30 @@ pool_core::waiter_arm pool_core::arm_waiter(const detail::state_base& s,
     return armed;
 }
 
+// After the sleep: takes back the announcement, then settles what the worker published
+// while it stood. A worker that saw it rang this thread and did not wake the supervisor,
+// so whatever is in the rings now is this thread's to take, or to hand to the
+// supervisor (the same Dekker pair as a helper's leaving, help_drain).
+void pool_core::leave_waiter_seat(const waiter_seat& seat) noexcept {
+    lock_draining();
+    {
+        std::lock_guard lock(mu);
+        worker_slot& w = *slots[static_cast<std::size_t>(seat.worker)];
+        // A region since unmapped took the count with it.
+        if (w.region != nullptr && w.gen == seat.gen) {
+            w.region->waiters.sleeping.fetch_sub(1, std::memory_order_seq_cst);
+        }
+    }
+    const bool left = completions_waiting();
+    unlock_draining();
+    if (left && !drain_all()) wake_supervisor();
+}
+
 // Wakes the threads sleeping on `w`'s doorbell (arm_waiter), whether or not they
 // announced themselves. Called with mu held, before its region can be unmapped.
 void pool_core::wake_waiters(worker_slot& w) noexcept {
     if (w.region == nullptr) return;
     detail::doorbell& d = w.region->waiters;
-    d.sleeping.store(0, std::memory_order_relaxed);
     d.word.fetch_add(1, std::memory_order_release);
     detail::futex_wake(&d.word, INT_MAX, true);
 }

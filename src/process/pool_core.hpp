@@ -381,8 +381,16 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     bool help_wait(const detail::state_base& s,
                    const std::chrono::steady_clock::time_point* deadline) noexcept override;
     enum class waiter_arm { not_dispatched, look_again, armed };
+    // Where a thread waiting on a future sleeps (help_wait): a worker's doorbell word.
+    struct waiter_seat {
+        const std::atomic<std::uint32_t>* word = nullptr;
+        std::uint32_t seen = 0;
+        int worker = -1;
+        std::uint32_t gen = 0;
+    };
     waiter_arm arm_waiter(const detail::state_base& s, const process_task_base& t,
-                          const std::atomic<std::uint32_t>*& word, std::uint32_t& seen) noexcept;
+                          waiter_seat& seat) noexcept;
+    void leave_waiter_seat(const waiter_seat& seat) noexcept;
     void wake_waiters(worker_slot& w) noexcept;
     void wake_supervisor() noexcept;
 

@@ -39,9 +39,9 @@ struct worker_region {
     /// pipe (`take_sleeper`; the parent's sleep is epoll, not this doorbell's futex word).
     alignas(64) detail::doorbell parent;
     /// Threads of the parent waiting for a task this worker has (help_wait) sleep on this
-    /// doorbell's word: after a completion the worker wakes them itself, one hand-off
-    /// instead of two (worker, then the supervisor, then the waiting thread). Several may
-    /// share the announcement, so the worker wakes them all.
+    /// doorbell's word, `sleeping` counting them: after a completion the worker wakes them
+    /// all, and not the supervisor, one hand-off instead of two (worker, supervisor,
+    /// waiting thread). They take the completion themselves.
     alignas(64) detail::doorbell waiters;
     /// Sequence number of the task the worker started last, and when (CLOCK_MONOTONIC ns).
     alignas(64) std::atomic<std::uint64_t> started_seq{0};

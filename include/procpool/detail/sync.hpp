@@ -128,12 +128,11 @@ struct doorbell {
                sleeping.exchange(0, std::memory_order_acq_rel) != 0;
     }
 
-    /// Waker, after publishing: wakes the sleeper if it announced itself (up to `count`
-    /// sleepers, where several threads may share one announcement).
-    void ring(bool shared, int count = 1) noexcept {
+    /// Waker, after publishing: wakes the sleeper if it announced itself.
+    void ring(bool shared) noexcept {
         if (!take_sleeper()) return;
         word.fetch_add(1, std::memory_order_release);
-        futex_wake(&word, count, shared);
+        futex_wake(&word, 1, shared);
     }
 };
 
