@@ -174,6 +174,41 @@ TEST(DirectWake, CancellingADispatchedTask_WakesTheThreadAsleepInItsGet) {
     EXPECT_EQ(running.get(), 1);
 }
 
+// A worker that rang its waiters leaves the completions after it to them until they
+// take themselves back; those for futures nobody waits on (callbacks only) must still be
+// resolved, by the leaving thread or by the supervisor it wakes.
+TEST(DirectWake, CompletionsAfterTheWaitersOwn_ReachFuturesThatOnlyHaveCallbacks) {
+    no_recheck quick_look_off;
+    process_pool pool({.workers = 1});
+    for (int i = 0; i < 200; ++i) ASSERT_EQ(pool.submit(add, i, 1).get(), i + 1);  // deep window
+    for (int round = 0; round < 20; ++round) {
+        file_gate gate;
+        auto head = pool.submit(file_gate::wait_then_return, gate.path(), 0);
+        auto mine = pool.submit(add, round, 1);
+        std::atomic<int> called{0};
+        std::vector<procpool::future<int>> rest;
+        for (int i = 0; i < 200; ++i) {
+            rest.push_back(pool.submit(add, i, 2));
+            rest.back().on_done([&called] { called.fetch_add(1); });
+        }
+        gate.wait_started();
+        int got = -1;
+        blocked_waiter w([&] { got = mine.get(); });
+        w.asleep();
+        gate.open();
+        w.join();
+        EXPECT_EQ(got, round + 1);
+        // Nobody waits on `rest`: their callbacks say whether their completions were taken.
+        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+        while (called.load() < 200) {
+            ASSERT_LT(std::chrono::steady_clock::now(), until)
+                << called.load() << " of 200 completions reached their futures";
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        EXPECT_EQ(head.get(), 0);
+    }
+}
+
 TEST(DirectWake, WaitFor_ReturnsAtItsDeadline_WhileTheTaskRuns) {
     no_recheck quick_look_off;
     process_pool pool({.workers = 1});

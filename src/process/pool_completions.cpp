@@ -354,8 +354,8 @@ bool pool_core::help_wait(const detail::state_base& s,
     }
 }
 
-// Announces a thread about to sleep until `t`'s worker rings its `waiters` doorbell
-// (`sleeping` counts such threads), and gives the word to sleep on with the value seen
+// Announces a thread about to sleep until `t`'s worker rings its `waiters` bell
+// (`sleepers` counts such threads; `armed` asks the next completion to ring), and gives the word to sleep on with the value seen
 // before the announcement (a ring after it changes the word, so the sleep returns at
 // once). Under `draining`: a completion is taken from the ring and resolved while it is
 // held, so a task that is not done and has no completion in the ring gets its completion
@@ -372,15 +372,17 @@ pool_core::waiter_arm pool_core::arm_waiter(const detail::state_base& s,
         if (t.worker >= 0) {
             worker_slot& w = *slots[static_cast<std::size_t>(t.worker)];
             if (w.region != nullptr && w.gen == t.worker_gen) {
-                detail::doorbell& d = w.region->waiters;
+                waiter_bell& d = w.region->waiters;
                 seat.word = &d.word;
                 seat.seen = d.word.load(std::memory_order_acquire);
-                d.sleeping.fetch_add(1, std::memory_order_seq_cst);
+                // `armed` first: a worker that reads the count this adds reads it too.
+                d.armed.store(1, std::memory_order_seq_cst);
+                d.sleepers.fetch_add(1, std::memory_order_seq_cst);
                 // A ring not read any more (a worker that broke the protocol, being
                 // killed): its death rings, however full the ring looks.
                 const bool waiting = !w.ring_bad.load(std::memory_order_relaxed) && !w.cmp.empty();
                 if (s.is_done() || waiting) {
-                    d.sleeping.fetch_sub(1, std::memory_order_seq_cst);
+                    d.sleepers.fetch_sub(1, std::memory_order_seq_cst);
                     armed = waiter_arm::look_again;
                 } else {
                     seat.worker = t.worker;
@@ -405,7 +407,7 @@ void pool_core::leave_waiter_seat(const waiter_seat& seat) noexcept {
         worker_slot& w = *slots[static_cast<std::size_t>(seat.worker)];
         // A region since unmapped took the count with it.
         if (w.region != nullptr && w.gen == seat.gen) {
-            w.region->waiters.sleeping.fetch_sub(1, std::memory_order_seq_cst);
+            w.region->waiters.sleepers.fetch_sub(1, std::memory_order_seq_cst);
         }
     }
     const bool left = completions_waiting();
@@ -416,10 +418,7 @@ void pool_core::leave_waiter_seat(const waiter_seat& seat) noexcept {
 // Wakes the threads sleeping on `w`'s doorbell (arm_waiter), whether or not they
 // announced themselves. Called with mu held, before its region can be unmapped.
 void pool_core::wake_waiters(worker_slot& w) noexcept {
-    if (w.region == nullptr) return;
-    detail::doorbell& d = w.region->waiters;
-    d.word.fetch_add(1, std::memory_order_release);
-    detail::futex_wake(&d.word, INT_MAX, true);
+    if (w.region != nullptr) w.region->waiters.wake();
 }
 
 void pool_core::wake_supervisor() noexcept {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 
@@ -23,6 +24,36 @@ enum worker_phase : std::uint32_t {
     phase_serving = 3,      ///< ready: reading requests
 };
 
+/// Where threads of the parent waiting for a worker's tasks sleep (help_wait). After a
+/// completion, the worker wakes them instead of the supervisor: one hand-off instead of
+/// two (worker, supervisor, waiting thread); they take the completion themselves.
+struct waiter_bell {
+    /// Threads announced (each takes itself back after its sleep). While it is not zero
+    /// the worker leaves its completions to them and does not wake the supervisor.
+    std::atomic<std::uint32_t> sleepers{0};
+    /// Set by each announcement, taken by the completion that rings: one wake-up for
+    /// however many completions follow before the woken threads take themselves back.
+    std::atomic<std::uint32_t> armed{0};
+    /// The futex word they sleep on; each ring bumps it.
+    std::atomic<std::uint32_t> word{0};
+
+    /// Worker, after publishing a completion: true if waiting threads take it (so the
+    /// supervisor need not be woken); wakes them if they announced since the last ring.
+    bool ring() noexcept {
+        if (sleepers.load(std::memory_order_seq_cst) == 0) return false;
+        if (armed.load(std::memory_order_relaxed) != 0 &&
+            armed.exchange(0, std::memory_order_acq_rel) != 0) {
+            wake();
+        }
+        return true;
+    }
+    /// Wakes every thread asleep here.
+    void wake() noexcept {
+        word.fetch_add(1, std::memory_order_release);
+        detail::futex_wake(&word, INT_MAX, true);
+    }
+};
+
 /// Everything a parent and one worker share: two rings and the words used to run,
 /// watch and steer tasks. Lives at the start of a memfd mapping; ring data follows.
 struct worker_region {
@@ -38,11 +69,8 @@ struct worker_region {
     /// The parent sleeps in epoll: after a completion the worker must write its wake-up
     /// pipe (`take_sleeper`; the parent's sleep is epoll, not this doorbell's futex word).
     alignas(64) detail::doorbell parent;
-    /// Threads of the parent waiting for a task this worker has (help_wait) sleep on this
-    /// doorbell's word, `sleeping` counting them: after a completion the worker wakes them
-    /// all, and not the supervisor, one hand-off instead of two (worker, supervisor,
-    /// waiting thread). They take the completion themselves.
-    alignas(64) detail::doorbell waiters;
+    /// Threads of the parent waiting for a task this worker has (help_wait) sleep here.
+    alignas(64) waiter_bell waiters;
     /// Sequence number of the task the worker started last, and when (CLOCK_MONOTONIC ns).
     alignas(64) std::atomic<std::uint64_t> started_seq{0};
     std::atomic<std::int64_t> started_ns{0};

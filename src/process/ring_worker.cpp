@@ -173,12 +173,7 @@ class ring_worker final : public remote::worker_transport {
         cmp_.commit(len, type);
         // Threads of the parent asleep waiting for our tasks take the completion
         // themselves (help_wait); otherwise the supervisor does, if it sleeps.
-        if (r_->waiters.sleeping.load(std::memory_order_seq_cst) != 0) {
-            r_->waiters.word.fetch_add(1, std::memory_order_release);
-            detail::futex_wake(&r_->waiters.word, INT_MAX, true);
-        } else if (r_->parent.take_sleeper()) {
-            wake_parent();
-        }
+        if (!r_->waiters.ring() && r_->parent.take_sleeper()) wake_parent();
         // A task that broke the capture files (closed fd 1 and the private copy): the next
         // task would get its output or none, so this worker ends; the parent replaces it.
         if (capture_.on() && !capture_.reset()) _exit(corrupt_exit_code);
