@@ -18,6 +18,7 @@
 
 #include "process/pool_core.hpp"
 #include "process_support.hpp"
+#include "worker_internals.hpp"
 #include "procpool/procpool.hpp"
 
 using procpool::process_pool;
@@ -146,6 +147,78 @@ TEST(DirectWake, TheWorkersDeath_WakesTheThreadAsleepInGet) {
     w.join();
     EXPECT_TRUE(died);
     EXPECT_EQ(pool.submit(add, 1, 1).get(), 2);  // and the pool goes on with a new worker
+}
+
+// The number of mappings of worker regions in this process (from /proc/self/maps).
+int region_mappings() {
+    std::ifstream in("/proc/self/maps");
+    int n = 0;
+    for (std::string line; std::getline(in, line);) {
+        n += line.find("procpool-worker") != std::string::npos ? 1 : 0;
+    }
+    return n;
+}
+
+// A worker that dies with a thread seated on its bell keeps its region mapped until that
+// thread leaves (no new mapping may take the address it is about to sleep on), and not
+// longer: after many such deaths and the pool, no region is left mapped.
+TEST(DirectWake, RegionsKeptForSeatedWaiters_AreUnmappedWhenTheyLeave) {
+    no_recheck quick_look_off;
+    const int before = region_mappings();
+    {
+        process_pool pool({.workers = 1});
+        for (int round = 0; round < 10; ++round) {
+            file_gate gate;
+            auto f = pool.submit(die_at_gate, gate.path());
+            gate.wait_started();
+            blocked_waiter w([&] {
+                try {
+                    (void)f.get();
+                } catch (const procpool::worker_died&) {
+                }
+            });
+            w.asleep();
+            gate.open();
+            w.join();
+        }
+        EXPECT_EQ(pool.submit(add, 1, 1).get(), 2);
+        EXPECT_EQ(region_mappings(), before + 1);  // the live worker's only
+    }
+    EXPECT_EQ(region_mappings(), before);
+}
+
+// A task writes its worker's wake-up words (they are in its memory): the count of
+// waiting threads, so that the worker leaves every later completion to threads that do
+// not exist, or the supervisor's "I sleep" flag, so that the worker does not wake it.
+// Futures that nobody waits on (a callback only) still resolve: the supervisor puts the
+// count back before it sleeps and, while tasks are outstanding, looks every
+// waiter_recheck anyway. And the pool's destructor returns.
+int claim_waiters() {
+    procpool_test::my_region()->waiters.sleepers.store(5);
+    return 1;
+}
+int clear_parent_flag() {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // the supervisor sleeps by now
+    procpool_test::my_region()->parent.sleeping.store(0);
+    return 2;
+}
+
+TEST(DirectWake, ATaskThatWritesItsWorkersWakeUpWords_DelaysOnlyItsOwnResults) {
+    for (auto* task : {&claim_waiters, &clear_parent_flag}) {
+        process_pool pool({.workers = 1});
+        std::atomic<int> fired{0};
+        auto hostile = pool.submit(task);
+        hostile.on_done([&fired] { fired.fetch_add(1); });
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        auto after = pool.submit(add, 2, 3);
+        after.on_done([&fired] { fired.fetch_add(1); });
+        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+        while (fired.load() < 2) {
+            ASSERT_LT(std::chrono::steady_clock::now(), until) << "a completion was stranded";
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        EXPECT_EQ(after.get(), 5);
+    }
 }
 
 // A task dispatched to a busy worker and cancelled before it starts is resolved by the

@@ -387,6 +387,7 @@ pool_core::waiter_arm pool_core::arm_waiter(const detail::state_base& s,
                 } else {
                     seat.worker = t.worker;
                     seat.gen = w.gen;
+                    ++w.waiters_seated;
                     armed = waiter_arm::armed;
                 }
             }
@@ -405,14 +406,39 @@ void pool_core::leave_waiter_seat(const waiter_seat& seat) noexcept {
     {
         std::lock_guard lock(mu);
         worker_slot& w = *slots[static_cast<std::size_t>(seat.worker)];
-        // A region since unmapped took the count with it.
         if (w.region != nullptr && w.gen == seat.gen) {
             w.region->waiters.sleepers.fetch_sub(1, std::memory_order_seq_cst);
+            --w.waiters_seated;
+        } else {
+            // Its worker died: the region was kept for the threads seated on it.
+            for (auto k = kept_regions.begin(); k != kept_regions.end(); ++k) {
+                if (k->slot != seat.worker || k->gen != seat.gen) continue;
+                if (--k->seated == 0) {
+                    munmap(k->map, k->len);
+                    kept_regions.erase(k);
+                }
+                break;
+            }
         }
     }
     const bool left = completions_waiting();
     unlock_draining();
     if (left && !drain_all()) wake_supervisor();
+}
+
+// Before the supervisor sleeps: each bell's count back to the parent's own. A task can
+// write its worker's count (the region is in its memory); a count left above zero would
+// make the worker leave every completion to waiting threads that do not exist, and never
+// wake the supervisor again. Under mu, which seats and unseats take.
+void pool_core::reset_waiter_counts() noexcept {
+    std::lock_guard lock(mu);
+    for (auto& s : slots) {
+        if (s->region == nullptr) continue;
+        const auto n = static_cast<std::uint32_t>(s->waiters_seated);
+        if (s->region->waiters.sleepers.load(std::memory_order_relaxed) != n) {
+            s->region->waiters.sleepers.store(n, std::memory_order_seq_cst);
+        }
+    }
 }
 
 // Wakes the threads sleeping on `w`'s doorbell (arm_waiter), whether or not they

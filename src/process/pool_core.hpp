@@ -65,8 +65,9 @@ struct task_args {
 };
 
 constexpr std::uint32_t ring_capacity = 1u << 19;
-// How long a thread waiting on a future sleeps on a worker's doorbell before it looks
-// again anyway (help_wait): bounds what a worker that never rings can delay.
+// How long a thread waiting on a future sleeps on a worker's bell before it looks again
+// anyway (help_wait), and the longest the supervisor sleeps while tasks are outstanding:
+// bounds what a task that writes its worker's wake-up words can delay (its own results).
 inline std::chrono::steady_clock::duration waiter_recheck = std::chrono::milliseconds(100);
 // How much queued work (in expected run time) a worker may hold: deep enough that tiny
 // tasks never leave a worker idle, shallow enough that long tasks stay balanced.
@@ -144,6 +145,10 @@ struct worker_slot {
     // or make it blocking (O_NONBLOCK belongs to the open file, which all would share).
     ipc::unique_fd wake_rd;
     bool no_room = false;  // its request ring had no room in this dispatch round
+    // Threads seated on its region's waiters bell (arm_waiter to leave_waiter_seat): the
+    // parent's own count, which the bell's count (in memory its tasks can write) is reset
+    // to before the supervisor sleeps.
+    int waiters_seated = 0;
     void* map = nullptr;
     std::size_t map_len = 0;
     std::size_t req_populated = 0;  // bytes of the request ring's data populated (prefault_until)
@@ -282,6 +287,17 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::atomic<bool> joined{false};
     std::mutex join_mu;
     std::unique_ptr<trace::pool_monitor> monitor;  // statistics and the opt-in trace
+    // Regions of dead workers with threads still seated on their bell: unmapped when the
+    // last of them leaves (leave_waiter_seat), so that no new mapping can take the
+    // address a thread is about to sleep on. Under mu.
+    struct kept_region {
+        void* map;
+        std::size_t len;
+        int slot;
+        std::uint32_t gen;
+        int seated;
+    };
+    std::vector<kept_region> kept_regions;
 
     // ---- setup ---------------------------------------------------------------------
     explicit pool_core(process_pool_options o);
@@ -292,6 +308,7 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
             if (s->map != nullptr) munmap(s->map, s->map_len);
             s->map = nullptr;
         }
+        for (const kept_region& k : kept_regions) munmap(k.map, k.len);
     }
     pool_core(const pool_core&) = delete;
     pool_core& operator=(const pool_core&) = delete;
@@ -391,6 +408,7 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     waiter_arm arm_waiter(const detail::state_base& s, const process_task_base& t,
                           waiter_seat& seat) noexcept;
     void leave_waiter_seat(const waiter_seat& seat) noexcept;
+    void reset_waiter_counts() noexcept;
     void wake_waiters(worker_slot& w) noexcept;
     void wake_supervisor() noexcept;
 

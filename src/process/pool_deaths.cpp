@@ -243,7 +243,17 @@ void pool_core::release_slot(worker_slot& w) noexcept {
         unwatch(w.wake_rd.get());
         w.wake_rd.reset();
     }
-    wake_waiters(w);  // threads asleep on its doorbell look again (help_wait)
+    wake_waiters(w);  // threads asleep on its bell look again (help_wait)
+    if (w.map != nullptr && w.waiters_seated > 0) {
+        // They leave their seats after this: the mapping stays until the last has left,
+        // so that no new mapping takes the address one is about to sleep on.
+        try {
+            kept_regions.push_back({w.map, w.map_len, w.index, w.gen, w.waiters_seated});
+            w.map = nullptr;
+        } catch (...) {  // NOLINT(bugprone-empty-catch): unmapped now; the sleeper's
+        }                // second look (waiter_recheck) bounds what that costs it
+    }
+    w.waiters_seated = 0;
     if (w.map != nullptr) munmap(w.map, w.map_len);
     w.output = {};
     w.map = nullptr;

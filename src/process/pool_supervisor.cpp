@@ -197,6 +197,16 @@ void pool_core::supervise() {
                 timeout_ms = static_cast<int>(
                     std::clamp<std::int64_t>((next_deadline - now) / 1'000'000 + 1, 1, 1000));
             }
+            // A task can clear its worker's wake-up words (they are in its memory):
+            // while tasks are outstanding, look every waiter_recheck anyway, and put the
+            // waiters bells' counts back to the parent's own.
+            if (timeout_ms < 0 && outstanding.load(std::memory_order_relaxed) != 0) {
+                timeout_ms = static_cast<int>(std::clamp<std::int64_t>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(waiter_recheck)
+                        .count(),
+                    1, INT_MAX));
+            }
+            reset_waiter_counts();
             if (stopping.load(std::memory_order_acquire)) timeout_ms = 10;
             // While threads waiting on futures drain the rings (help_wait), they own
             // the wake-up flags; otherwise workers must wake us through the eventfd.
