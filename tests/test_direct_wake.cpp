@@ -221,6 +221,69 @@ TEST(DirectWake, ATaskThatWritesItsWorkersWakeUpWords_DelaysOnlyItsOwnResults) {
     }
 }
 
+// The same, from a thread the task leaves behind in its worker, writing after the pool
+// has gone idle (so after the supervisor last put the count back and went to sleep).
+template <int Which>
+int leave_a_writer() {
+    std::thread([] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        for (;;) {
+            if (Which == 0) procpool_test::my_region()->waiters.sleepers.store(1);
+            if (Which == 1) procpool_test::my_region()->parent.sleeping.store(0);
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+    }).detach();
+    return 0;
+}
+
+TEST(DirectWake, AThreadATaskLeavesBehind_WritingWakeUpWordsWhileIdle_StrandsNothing) {
+    for (auto* task : {&leave_a_writer<0>, &leave_a_writer<1>}) {
+        process_pool pool({.workers = 1});
+        EXPECT_EQ(pool.submit(task).get(), 0);
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));  // idle; it writes
+        std::atomic<bool> fired{false};
+        auto after = pool.submit(add, 2, 3);
+        after.on_done([&fired] { fired.store(true); });
+        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+        while (!fired.load()) {
+            ASSERT_LT(std::chrono::steady_clock::now(), until) << "a completion was stranded";
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        EXPECT_EQ(after.get(), 5);
+    }  // and the destructor returns (the writer dies with its worker)
+}
+
+int spin_us(int us) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+    return us;
+}
+
+// A callback runs on the thread that drains its task's completion, often a thread
+// waiting in get(), which holds the pool's drain lock meanwhile. Blocking there on another
+// future of the pool is not supported (docs/guide.md), but a bounded wait_for must return
+// at its deadline rather than take the lock again. Tiny tasks (the waiting thread spins
+// and drains) and long ones (it sleeps on the worker's bell).
+TEST(DirectWake, WaitForInsideACallback_OnAnotherFutureOfThePool_ReturnsAtItsDeadline) {
+    for (const int us : {0, 1000}) {
+        process_pool pool({.workers = 1});
+        for (int i = 0; i < 3; ++i) ASSERT_EQ(pool.submit(spin_us, us).get(), us);
+        std::atomic<int> polled{0};
+        for (int i = 0; i < 10; ++i) {
+            auto a = pool.submit(spin_us, us);
+            auto b = pool.submit(spin_us, 20'000);
+            a.on_done([b, &polled] {
+                (void)b.wait_for(std::chrono::milliseconds(1));
+                polled.fetch_add(1);
+            });
+            EXPECT_EQ(a.get(), us);
+            EXPECT_EQ(b.get(), 20'000);
+        }
+        EXPECT_EQ(polled.load(), 10);
+    }
+}
+
 // A task dispatched to a busy worker and cancelled before it starts is resolved by the
 // cancel; its worker rings only when it gets to it, which here is never before the test
 // opens the gate, and the test opens it only after the waiter returned.

@@ -263,10 +263,12 @@ void pool_core::fail_all_broken() {
 // pending queue, since completions are what make room.
 bool pool_core::drain_all() {
     if (!draining.try_lock()) return false;
+    draining_owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
     bool any = false;
     for (auto& s : slots) {
         if (s->region != nullptr && drain(*s)) any = true;
     }
+    draining_owner.store(std::thread::id(), std::memory_order_relaxed);
     draining.unlock();
     if (any) {
         std::lock_guard lock(mu);
@@ -277,6 +279,7 @@ bool pool_core::drain_all() {
 
 void pool_core::lock_draining() noexcept {
     draining.lock();
+    draining_owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
 }
 
 // Whether workers must write the eventfd after a completion. Cleared while some thread
@@ -332,6 +335,13 @@ bool pool_core::help_drain(const detail::state_base& s) noexcept {
 // that much at most.
 bool pool_core::help_wait(const detail::state_base& s,
                           const std::chrono::steady_clock::time_point* deadline) noexcept {
+    // Called from a callback that this thread runs while it drains (it holds `draining`):
+    // neither draining nor a seat is possible here; the thread sleeps on the future until
+    // its deadline. Blocking in a callback on a future of the same pool is not supported
+    // (docs/guide.md), but a bounded wait_for must return, not deadlock.
+    if (draining_owner.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
+        return s.is_done();
+    }
     const auto* t = dynamic_cast<const process_task_base*>(&s);
     for (;;) {
         if (t != nullptr && avg_task_ns.load(std::memory_order_relaxed) >= long_task_ns) {

@@ -281,6 +281,9 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     // Completion rings have one consumer at a time: the supervisor or a thread waiting on
     // a future (help_wait), whoever holds `draining`.
     detail::spin_lock draining;
+    // The thread holding `draining`: a callback run under it (a future resolved by that
+    // drain) that waits on another of this pool's futures must not take it again.
+    std::atomic<std::thread::id> draining_owner{};
     std::atomic<int> helpers{0};  // threads inside help_wait
     std::atomic<bool> supervisor_asleep{false};
     std::atomic<bool> stopping{false};
@@ -390,7 +393,10 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     // ---- waiting threads help -------------------------------------------------------
     bool drain_all();
     void lock_draining() noexcept;
-    void unlock_draining() noexcept { draining.unlock(); }
+    void unlock_draining() noexcept {
+        draining_owner.store(std::thread::id(), std::memory_order_relaxed);
+        draining.unlock();
+    }
 
     void ask_workers_to_wake_us(std::uint32_t on) noexcept;
     bool completions_waiting() const noexcept;

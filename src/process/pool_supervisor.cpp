@@ -197,10 +197,11 @@ void pool_core::supervise() {
                 timeout_ms = static_cast<int>(
                     std::clamp<std::int64_t>((next_deadline - now) / 1'000'000 + 1, 1, 1000));
             }
-            // A task can clear its worker's wake-up words (they are in its memory):
-            // while tasks are outstanding, look every waiter_recheck anyway, and put the
-            // waiters bells' counts back to the parent's own.
-            if (timeout_ms < 0 && outstanding.load(std::memory_order_relaxed) != 0) {
+            // A task can write its worker's wake-up words (they are in its memory), and
+            // a thread it leaves behind can do so while the pool is idle: look every
+            // waiter_recheck anyway, and put the waiters bells' counts back to the
+            // parent's own.
+            if (timeout_ms < 0) {
                 timeout_ms = static_cast<int>(std::clamp<std::int64_t>(
                     std::chrono::duration_cast<std::chrono::milliseconds>(waiter_recheck)
                         .count(),
