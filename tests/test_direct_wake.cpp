@@ -18,8 +18,8 @@
 
 #include "process/pool_core.hpp"
 #include "process_support.hpp"
-#include "worker_internals.hpp"
 #include "procpool/procpool.hpp"
+#include "worker_internals.hpp"
 
 using procpool::process_pool;
 using procpool_test::file_gate;
@@ -50,6 +50,18 @@ class no_recheck {
   private:
     std::chrono::steady_clock::duration saved_;
 };
+
+// Waits until `done()` is true; false if it is not within minutes (a watchdog: the test
+// then fails instead of hanging).
+template <class Done>
+bool eventually(Done done) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+    while (!done()) {
+        if (std::chrono::steady_clock::now() >= until) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
+}
 
 // The state letter of thread `tid` of this process ('S': asleep), from /proc.
 char thread_state(int tid) {
@@ -212,11 +224,7 @@ TEST(DirectWake, ATaskThatWritesItsWorkersWakeUpWords_DelaysOnlyItsOwnResults) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
         auto after = pool.submit(add, 2, 3);
         after.on_done([&fired] { fired.fetch_add(1); });
-        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
-        while (fired.load() < 2) {
-            ASSERT_LT(std::chrono::steady_clock::now(), until) << "a completion was stranded";
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        }
+        ASSERT_TRUE(eventually([&] { return fired.load() == 2; })) << "a completion was stranded";
         EXPECT_EQ(after.get(), 5);
     }
 }
@@ -244,11 +252,7 @@ TEST(DirectWake, AThreadATaskLeavesBehind_WritingWakeUpWordsWhileIdle_StrandsNot
         std::atomic<bool> fired{false};
         auto after = pool.submit(add, 2, 3);
         after.on_done([&fired] { fired.store(true); });
-        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
-        while (!fired.load()) {
-            ASSERT_LT(std::chrono::steady_clock::now(), until) << "a completion was stranded";
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        }
+        ASSERT_TRUE(eventually([&] { return fired.load(); })) << "a completion was stranded";
         EXPECT_EQ(after.get(), 5);
     }  // and the destructor returns (the writer dies with its worker)
 }
@@ -335,12 +339,8 @@ TEST(DirectWake, CompletionsAfterTheWaitersOwn_ReachFuturesThatOnlyHaveCallbacks
         w.join();
         EXPECT_EQ(got, round + 1);
         // Nobody waits on `rest`: their callbacks say whether their completions were taken.
-        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
-        while (called.load() < 200) {
-            ASSERT_LT(std::chrono::steady_clock::now(), until)
-                << called.load() << " of 200 completions reached their futures";
-            std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        }
+        ASSERT_TRUE(eventually([&] { return called.load() == 200; }))
+            << called.load() << " of 200 completions reached their futures";
         EXPECT_EQ(head.get(), 0);
     }
 }
