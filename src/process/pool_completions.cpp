@@ -365,15 +365,14 @@ bool pool_core::help_wait(const detail::state_base& s,
 }
 
 // Announces a thread about to sleep until `t`'s worker rings its `waiters` bell
-// (`sleepers` counts such threads; `armed` asks the next completion to ring), and gives the word to sleep on with the value seen
-// before the announcement (a ring after it changes the word, so the sleep returns at
-// once). Under `draining`: a completion is taken from the ring and resolved while it is
-// held, so a task that is not done and has no completion in the ring gets its completion
-// after the announcement, and its worker then rings (the ring's publication and the
-// announcement are a Dekker pair). Under `mu`: the task's worker and that worker's region
+// (`sleepers` counts such threads; `armed` asks the next completion to ring), and gives
+// the word to sleep on with the value seen before the announcement (a ring after it
+// changes the word, so the sleep returns at once). Under `draining`: a completion is taken from the
+// ring and resolved while it is held, so a task that is not done and has no completion in the ring
+// gets its completion after the announcement, and its worker then rings (the ring's publication and
+// the announcement are a Dekker pair). Under `mu`: the task's worker and that worker's region
 // (unmapped only under mu, which rings first).
-pool_core::waiter_arm pool_core::arm_waiter(const detail::state_base& s,
-                                            const process_task_base& t,
+pool_core::waiter_arm pool_core::arm_waiter(const detail::state_base& s, const process_task_base& t,
                                             waiter_seat& seat) noexcept {
     waiter_arm armed = waiter_arm::not_dispatched;
     lock_draining();

@@ -66,8 +66,8 @@ struct task_args {
 
 constexpr std::uint32_t ring_capacity = 1u << 19;
 // How long a thread waiting on a future sleeps on a worker's bell before it looks again
-// anyway (help_wait), and the longest the supervisor sleeps while tasks are outstanding:
-// bounds what a task that writes its worker's wake-up words can delay (its own results).
+// anyway (help_wait), and the longest the supervisor sleeps: bounds what a task that
+// writes its worker's wake-up words can delay (its own worker's results).
 inline std::chrono::steady_clock::duration waiter_recheck = std::chrono::milliseconds(100);
 // How much queued work (in expected run time) a worker may hold: deep enough that tiny
 // tasks never leave a worker idle, shallow enough that long tasks stay balanced.

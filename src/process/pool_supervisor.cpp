@@ -203,8 +203,7 @@ void pool_core::supervise() {
             // parent's own.
             if (timeout_ms < 0) {
                 timeout_ms = static_cast<int>(std::clamp<std::int64_t>(
-                    std::chrono::duration_cast<std::chrono::milliseconds>(waiter_recheck)
-                        .count(),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(waiter_recheck).count(),
                     1, INT_MAX));
             }
             reset_waiter_counts();
