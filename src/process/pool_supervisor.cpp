@@ -201,11 +201,10 @@ void pool_core::supervise() {
             // a thread it leaves behind can do so while the pool is idle: look every
             // waiter_recheck anyway, and put the waiters bells' counts back to the
             // parent's own.
-            if (timeout_ms < 0) {
-                timeout_ms = static_cast<int>(std::clamp<std::int64_t>(
-                    std::chrono::duration_cast<std::chrono::milliseconds>(waiter_recheck).count(),
-                    1, INT_MAX));
-            }
+            const int look = static_cast<int>(std::clamp<std::int64_t>(
+                std::chrono::duration_cast<std::chrono::milliseconds>(waiter_recheck).count(), 1,
+                INT_MAX));
+            if (timeout_ms < 0 || timeout_ms > look) timeout_ms = look;  // a deadline's too
             reset_waiter_counts();
             if (stopping.load(std::memory_order_acquire)) timeout_ms = 10;
             // While threads waiting on futures drain the rings (help_wait), they own
