@@ -265,10 +265,9 @@ int spin_us(int us) {
 }
 
 // A callback runs on the thread that drains its task's completion, often a thread
-// waiting in get(), which holds the pool's drain lock meanwhile. Blocking there on another
-// future of the pool is not supported (docs/guide.md), but a bounded wait_for must return
-// at its deadline rather than take the lock again. Tiny tasks (the waiting thread spins
-// and drains) and long ones (it sleeps on the worker's bell).
+// waiting in get(), once it has let go of the pool's drain lock: a wait_for there on
+// another future of the pool must return, not take the lock again. Tiny tasks (the
+// waiting thread spins and drains) and long ones (it sleeps on the worker's bell).
 TEST(DirectWake, WaitForInsideACallback_OnAnotherFutureOfThePool_ReturnsAtItsDeadline) {
     for (const int us : {0, 1000}) {
         process_pool pool({.workers = 1});
@@ -355,6 +354,98 @@ TEST(DirectWake, WaitFor_ReturnsAtItsDeadline_WhileTheTaskRuns) {
     for (int i = 0; i < 3; ++i) EXPECT_FALSE(f.wait_for(std::chrono::milliseconds(20)));
     gate.open();
     EXPECT_EQ(f.get(), 9);
+}
+
+// A pool runs its futures' callbacks after it lets go of its drain lock, so a callback may
+// block on any future. Two pools whose callbacks wait in get() on each other's tasks
+// deadlocked when the callbacks ran under the lock: each held its own pool's lock and
+// needed the other's to take the result it waited for. The main thread only watches, so
+// the callbacks run on the pools' own threads.
+TEST(CallbacksThatBlock, TwoPoolsCallbacksWaitingInGetOnEachOther_BothReturn) {
+    process_pool a({.workers = 1});
+    process_pool b({.workers = 1});
+    // Gated, so that the callbacks are in place before the tasks end (a callback added to
+    // a finished future runs on the thread adding it).
+    file_gate gate_first;
+    file_gate gate_a;
+    file_gate gate_b;
+    auto first_a = a.submit(file_gate::wait_then_return, gate_first.path(), 1);
+    auto first_b = b.submit(file_gate::wait_then_return, gate_first.path(), 2);
+    auto later_a = a.submit(file_gate::wait_then_return, gate_a.path(), 11);
+    auto later_b = b.submit(file_gate::wait_then_return, gate_b.path(), 22);
+    std::atomic<int> entered{0};
+    std::atomic<int> got_a{0};
+    std::atomic<int> got_b{0};
+    // Each callback waits until the other one is running too, so that both are in
+    // progress at once (each on the thread that drained its pool), then blocks.
+    first_a.on_done([&, later_b] {
+        entered.fetch_add(1);
+        if (eventually([&] { return entered.load() == 2; })) got_b = later_b.get();
+    });
+    first_b.on_done([&, later_a] {
+        entered.fetch_add(1);
+        if (eventually([&] { return entered.load() == 2; })) got_a = later_a.get();
+    });
+    gate_first.open();
+    ASSERT_TRUE(eventually([&] { return entered.load() == 2; }));
+    gate_a.open();
+    gate_b.open();
+    ASSERT_TRUE(eventually([&] { return got_a.load() != 0 && got_b.load() != 0; }))
+        << "the callbacks did not return";
+    EXPECT_EQ(got_a.load(), 11);
+    EXPECT_EQ(got_b.load(), 22);
+}
+
+// A callback blocking in get() on a later task of its own pool: the result it waits for
+// must be taken from the rings, which the thread running the callback (or any other)
+// can do because the lock is not held while callbacks run.
+TEST(CallbacksThatBlock, ACallbackWaitingInGetOnALaterTaskOfItsPool_Returns) {
+    for (const int workers : {1, 2}) {
+        process_pool pool({.workers = workers});
+        file_gate gate_first;
+        file_gate gate;
+        auto first = pool.submit(file_gate::wait_then_return, gate_first.path(), 7);
+        auto later = pool.submit(file_gate::wait_then_return, gate.path(), 5);
+        std::atomic<bool> entered{false};
+        std::atomic<int> got{0};
+        first.on_done([&, later] {
+            entered = true;
+            got = later.get();
+        });
+        gate_first.open();
+        ASSERT_TRUE(eventually([&] { return entered.load(); }));
+        gate.open();
+        ASSERT_TRUE(eventually([&] { return got.load() != 0; })) << "the callback did not return";
+        EXPECT_EQ(got.load(), 5);
+        EXPECT_EQ(first.get(), 7);
+    }
+}
+
+// Shutdown waits for the tasks' callbacks too, though they now run after the pool lets go
+// of its drain lock: a callback still running when shutdown returned could touch what
+// the caller frees next. Here the callback runs on a thread woken on its worker's bell,
+// which drains the ring itself (the supervisor, which shutdown joins, never sees it).
+TEST(CallbacksThatBlock, ShutdownReturns_OnlyAfterTheCallbacksOfItsTasksRan) {
+    no_recheck quick_look_off;
+    for (int round = 0; round < 5; ++round) {
+        process_pool pool({.workers = 1});
+        // Long tasks: a waiting thread then goes straight to the worker's bell.
+        for (int i = 0; i < 3; ++i) ASSERT_EQ(pool.submit(spin_us, 2000).get(), 2000);
+        file_gate gate;
+        auto f = pool.submit(file_gate::wait_then_return, gate.path(), 1);
+        std::atomic<bool> ran{false};
+        f.on_done([&ran] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            ran = true;
+        });
+        gate.wait_started();
+        blocked_waiter w([&] { (void)f.get(); });
+        w.asleep();
+        gate.open();
+        pool.shutdown({.wait = true});
+        EXPECT_TRUE(ran.load()) << "round " << round;
+        w.join();
+    }
 }
 
 }  // namespace

@@ -208,6 +208,70 @@ void state_base::add_callback(callback_node* cb) noexcept {
     delete cb;
 }
 
+namespace {
+
+void run_list(callback_node* list) noexcept {
+    while (list != nullptr) {
+        callback_node* next = list->next;
+        list->run();
+        delete list;
+        list = next;
+    }
+}
+
+// What a thread holds back (defer_callbacks): a state's callbacks (with a reference on
+// the state, as its completer held one while they would have run) or an `after` hook.
+struct held_back {
+    state_base* state = nullptr;
+    callback_node* list = nullptr;
+    void (*fn)(void*) noexcept = nullptr;
+    void* ctx = nullptr;
+};
+
+struct deferral {
+    int depth = 0;
+    std::vector<held_back> queue;
+};
+
+thread_local deferral tl_deferral;
+
+}  // namespace
+
+void defer_callbacks::begin() noexcept { ++tl_deferral.depth; }
+
+bool defer_callbacks::active() noexcept { return tl_deferral.depth > 0; }
+
+void defer_callbacks::end() noexcept {
+    deferral& d = tl_deferral;
+    if (--d.depth > 0) return;
+    // Callbacks run here may complete states and hold back again (a drain of their own):
+    // a nested holder runs its own queue, so this loop only sees what was queued before.
+    while (!d.queue.empty()) {
+        std::vector<held_back> now;
+        now.swap(d.queue);
+        for (held_back& h : now) {
+            if (h.state != nullptr) {
+                run_list(h.list);
+                h.state->release();
+            } else {
+                h.fn(h.ctx);
+            }
+        }
+    }
+}
+
+void defer_callbacks::after(void (*fn)(void*) noexcept, void* ctx) noexcept {
+    deferral& d = tl_deferral;
+    if (d.depth > 0) {
+        try {
+            d.queue.push_back(held_back{nullptr, nullptr, fn, ctx});
+            return;
+        } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: run it now
+        }
+    }
+    fn(ctx);
+}
+
 void state_base::run_callbacks() noexcept {
     callback_node* list = nullptr;
     {
@@ -215,12 +279,17 @@ void state_base::run_callbacks() noexcept {
         list = cb_head_;
         cb_head_ = cb_tail_ = nullptr;
     }
-    while (list != nullptr) {
-        callback_node* next = list->next;
-        list->run();
-        delete list;
-        list = next;
+    if (list == nullptr) return;
+    deferral& d = tl_deferral;
+    if (d.depth > 0) {
+        try {
+            d.queue.push_back(held_back{this, list, nullptr, nullptr});
+            add_ref();  // the completer's reference may go before the queue runs
+            return;
+        } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: run them now
+        }
     }
+    run_list(list);
 }
 
 }  // namespace procpool::detail

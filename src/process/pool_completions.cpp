@@ -264,6 +264,9 @@ void pool_core::fail_all_broken() {
 bool pool_core::drain_all() {
     if (!draining.try_lock()) return false;
     draining_owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    // The callbacks of what it resolves run after `draining` is let go (and after the
+    // windows are refilled): a callback may wait on a future that needs a drain.
+    detail::defer_callbacks::begin();
     bool any = false;
     for (auto& s : slots) {
         if (s->region != nullptr && drain(*s)) any = true;
@@ -274,12 +277,14 @@ bool pool_core::drain_all() {
         std::lock_guard lock(mu);
         if (!pending.empty()) dispatch_pending();
     }
+    detail::defer_callbacks::end();
     return any;
 }
 
 void pool_core::lock_draining() noexcept {
     draining.lock();
     draining_owner.store(std::this_thread::get_id(), std::memory_order_relaxed);
+    detail::defer_callbacks::begin();
 }
 
 // Whether workers must write the eventfd after a completion. Cleared while some thread
@@ -335,10 +340,10 @@ bool pool_core::help_drain(const detail::state_base& s) noexcept {
 // that much at most.
 bool pool_core::help_wait(const detail::state_base& s,
                           const std::chrono::steady_clock::time_point* deadline) noexcept {
-    // Called from a callback that this thread runs while it drains (it holds `draining`):
-    // neither draining nor a seat is possible here; the thread sleeps on the future until
-    // its deadline. Blocking in a callback on a future of the same pool is not supported
-    // (docs/guide.md), but a bounded wait_for must return, not deadlock.
+    // Called while this thread holds `draining`: callbacks run after it is let go
+    // (defer_callbacks), unless queueing them ran out of memory and they ran at once.
+    // Neither draining nor a seat is possible here; the thread sleeps on the future
+    // until its deadline.
     if (draining_owner.load(std::memory_order_relaxed) == std::this_thread::get_id()) {
         return s.is_done();
     }

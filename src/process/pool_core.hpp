@@ -355,9 +355,15 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
             resolve();
         }
         t.shared().release();
-        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            std::lock_guard lock(idle_mu);
-            idle_cv.notify_all();
+        // Counted as finished once its callbacks ran: under `draining` they are held back
+        // until it is let go (defer_callbacks), and shutdown must wait for them.
+        detail::defer_callbacks::after(&task_settled, this);
+    }
+    static void task_settled(void* self) noexcept {
+        auto* p = static_cast<pool_core*>(self);
+        if (p->outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            std::lock_guard lock(p->idle_mu);
+            p->idle_cv.notify_all();
         }
     }
 
@@ -396,6 +402,7 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     void unlock_draining() noexcept {
         draining_owner.store(std::thread::id(), std::memory_order_relaxed);
         draining.unlock();
+        detail::defer_callbacks::end();  // the callbacks of what it resolved, unlocked
     }
 
     void ask_workers_to_wake_us(std::uint32_t on) noexcept;

@@ -80,6 +80,29 @@ private:
     publish_observer saved_;
 };
 
+/// Holds back, on this thread, the callbacks of the states it completes until the
+/// outermost holder ends: an executor completes tasks while it holds a lock (a process
+/// pool's `draining`), and a callback run under that lock could block on a future that
+/// only the lock's next holder can complete (a future of another pool whose own drainer
+/// waits on this pool, or of this pool itself). Nestable; callbacks and `after` hooks run
+/// in the order queued, on this thread, when the outermost holder ends.
+class defer_callbacks {
+public:
+    defer_callbacks() noexcept { begin(); }
+    ~defer_callbacks() { end(); }
+    defer_callbacks(const defer_callbacks&) = delete;
+    defer_callbacks& operator=(const defer_callbacks&) = delete;
+
+    /// The same as a holder's construction and destruction, for a lock's own lock and unlock.
+    static void begin() noexcept;
+    static void end() noexcept;
+    /// Whether this thread holds callbacks back now.
+    static bool active() noexcept;
+    /// Runs `fn(ctx)` after the callbacks held back so far have run (at once when none
+    /// are held back): how an executor counts a task as finished only after its callbacks.
+    static void after(void (*fn)(void*) noexcept, void* ctx) noexcept;
+};
+
 /// A node in a state's callback list; run exactly once when the state completes.
 struct callback_node {
     callback_node* next = nullptr;
