@@ -237,9 +237,13 @@ thread_local deferral tl_deferral;
 
 }  // namespace
 
-void defer_callbacks::begin() noexcept { ++tl_deferral.depth; }
+void defer_callbacks::begin() noexcept {
+    ++tl_deferral.depth;
+}
 
-bool defer_callbacks::active() noexcept { return tl_deferral.depth > 0; }
+bool defer_callbacks::active() noexcept {
+    return tl_deferral.depth > 0;
+}
 
 void defer_callbacks::end() noexcept {
     deferral& d = tl_deferral;
