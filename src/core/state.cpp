@@ -98,6 +98,7 @@ void cancel_hook::quiesce(const cancel_hook* hook) noexcept {
 void cancel_hook::forget_other_threads() noexcept {
     new (&hazard_mutex) std::mutex();
     for (hazard_slot* s : hazard_slots()) s->hook.store(nullptr, std::memory_order_relaxed);
+    defer_callbacks::forget();
 }
 
 state_base::~state_base() {
@@ -262,6 +263,13 @@ void defer_callbacks::end() noexcept {
             }
         }
     }
+}
+
+void defer_callbacks::forget() noexcept {
+    // Forked by a thread that held callbacks back (a pool's supervisor forks a worker
+    // while it holds `draining`): they are the parent's, and nothing here ends the hold.
+    tl_deferral.depth = 0;
+    tl_deferral.queue.clear();
 }
 
 void defer_callbacks::after(void (*fn)(void*) noexcept, void* ctx) noexcept {

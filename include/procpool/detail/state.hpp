@@ -48,7 +48,8 @@ public:
 
     /// In a new worker process (one thread, forked from a program that may run others):
     /// the hazard slots' lock afresh and no slot announcing a call, as the threads that
-    /// held them do not exist there. Lets a task make pools of its own.
+    /// held them do not exist there, and no callbacks held back (defer_callbacks). Lets a
+    /// task make pools of its own.
     static void forget_other_threads() noexcept;
 
 protected:
@@ -101,6 +102,9 @@ public:
     /// Runs `fn(ctx)` after the callbacks held back so far have run (at once when none
     /// are held back): how an executor counts a task as finished only after its callbacks.
     static void after(void (*fn)(void*) noexcept, void* ctx) noexcept;
+    /// In a new worker process forked by a thread that held callbacks back: no hold, and
+    /// nothing held (the callbacks are the parent's). Called by `forget_other_threads`.
+    static void forget() noexcept;
 };
 
 /// A node in a state's callback list; run exactly once when the state completes.
