@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -255,6 +256,37 @@ TEST(DirectWake, AThreadATaskLeavesBehind_WritingWakeUpWordsWhileIdle_StrandsNot
         ASSERT_TRUE(eventually([&] { return fired.load(); })) << "a completion was stranded";
         EXPECT_EQ(after.get(), 5);
     }  // and the destructor returns (the writer dies with its worker)
+}
+
+// The number of times the thread named `name` in this process went to sleep and was woken
+// (voluntary context switches), or -1 if there is no such thread.
+long wake_ups_of(const std::string& name) {
+    for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+        std::ifstream comm(task.path() / "comm");
+        std::string n;
+        std::getline(comm, n);
+        if (n != name) continue;
+        std::ifstream status(task.path() / "status");
+        for (std::string line; std::getline(status, line);) {
+            if (line.rfind("voluntary_ctxt_switches:", 0) == 0) return std::stol(line.substr(24));
+        }
+    }
+    return -1;
+}
+
+// An idle pool's supervisor sleeps until something happens: no task, so nothing a task
+// could strand, so no periodic look (that look would be 10 wake-ups a second here).
+TEST(DirectWake, AnIdlePoolsSupervisor_IsNotWokenWhileNothingHappens) {
+    process_pool pool({.workers = 2});
+    EXPECT_EQ(pool.submit(add, 1, 1).get(), 2);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // spares made, all settled
+    const long before = wake_ups_of("procpool-super");
+    ASSERT_GE(before, 0) << "no supervisor thread found";
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const long woken = wake_ups_of("procpool-super") - before;
+    EXPECT_LT(woken, 5) << "an idle supervisor was woken " << woken << " times in a second";
+    // And it still looks after the next task.
+    EXPECT_EQ(pool.submit(add, 2, 3).get(), 5);
 }
 
 int spin_us(int us) {

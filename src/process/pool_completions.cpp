@@ -11,6 +11,7 @@
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -464,6 +465,17 @@ void pool_core::wake_waiters(worker_slot& w) noexcept {
 void pool_core::wake_supervisor() noexcept {
     const std::uint64_t one = 1;
     [[maybe_unused]] auto r = write(evfd.get(), &one, sizeof one);
+}
+
+// Wakes the supervisor once, `waiter_recheck` from now (not now: the task it looks after
+// has only just been given, and the look is for what a task might strand).
+void pool_core::arm_look() noexcept {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(waiter_recheck).count();
+    itimerspec at{};
+    at.it_value.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    at.it_value.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    if (at.it_value.tv_sec == 0 && at.it_value.tv_nsec == 0) at.it_value.tv_nsec = 1;
+    timerfd_settime(lookfd.get(), 0, &at, nullptr);
 }
 
 }  // namespace procpool::process

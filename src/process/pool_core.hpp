@@ -194,6 +194,7 @@ enum : std::uint64_t {
     ev_pidfd = 4,
     ev_worker_wake = 5,
     ev_server_exit = 6,  // the fork server's pidfd
+    ev_look = 7,         // lookfd: the supervisor's look after an idle pool got a task
 };
 constexpr std::uint64_t ev(std::uint64_t kind, int index, std::uint32_t gen = 0) {
     return (kind << 56) | (static_cast<std::uint64_t>(gen & 0xffffffu) << 32) |
@@ -275,6 +276,10 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::condition_variable idle_cv;
     ipc::unique_fd epfd;
     ipc::unique_fd evfd;
+    // A timerfd armed by a submitter that gives an idle pool its first task while the
+    // supervisor sleeps without a bound (`idle_unbounded`): see supervise().
+    ipc::unique_fd lookfd;
+    std::atomic<bool> idle_unbounded{false};
     ipc::unique_fd server;         // fork-server channel (forkserver method)
     ipc::unique_fd server_pidfd;   // that server's pidfd: readable once it has exited
     std::thread supervisor;
@@ -424,6 +429,7 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     void reset_waiter_counts() noexcept;
     void wake_waiters(worker_slot& w) noexcept;
     void wake_supervisor() noexcept;
+    void arm_look() noexcept;
 
     // ---- supervisor loop -------------------------------------------------------------
     void supervise();

@@ -226,7 +226,10 @@ void pool_core::enqueue(process_task_base& t, task_args args) {
             throw pool_shut_down("process_pool: submit after shutdown(); create a new pool");
         }
         // seq_cst: the Dekker pair of wake_for_output and bound_output.
-        outstanding.fetch_add(1, std::memory_order_seq_cst);
+        if (outstanding.fetch_add(1, std::memory_order_seq_cst) == 0 &&
+            idle_unbounded.load(std::memory_order_seq_cst)) {
+            arm_look();  // the supervisor sleeps without a bound: bound it
+        }
         const std::uint64_t id = monitor->submitted();
         t.shared().trace_id = label.set ? label.id : id;
         if (t.timeout_ns < 0) t.timeout_ns = default_timeout_ns;

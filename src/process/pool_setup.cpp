@@ -11,6 +11,7 @@
 #include <sys/pidfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -90,8 +91,10 @@ pool_core::pool_core(process_pool_options o) : opts(std::move(o)) {
 
     epfd.reset(epoll_create1(EPOLL_CLOEXEC));
     evfd.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!epfd || !evfd) ipc::throw_errno("epoll/eventfd for process_pool");
+    lookfd.reset(timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+    if (!epfd || !evfd || !lookfd) ipc::throw_errno("epoll/eventfd/timerfd for process_pool");
     watch(evfd.get(), ev(ev_wake, 0), EPOLLIN);
+    watch(lookfd.get(), ev(ev_look, 0), EPOLLIN);
     if (server) watch(server.get(), ev(ev_server, 0), EPOLLIN);
     if (server_pidfd) watch(server_pidfd.get(), ev(ev_server_exit, 0), EPOLLIN);
 }
@@ -130,6 +133,8 @@ void pool_core::start() {
     // CPUs were busy.)
     if (method == start_method::forkserver) initial_spawn.count_down();
     supervisor = std::thread([this] { supervise(); });
+    // Named for `top -H` and /proc (15 characters at most).
+    pthread_setname_np(supervisor.native_handle(), "procpool-super");
     detail::add_shm_listener(this);
     // The fork method's workers are forked by the supervisor: they exist (have pids) once
     // the pool is made, as a fork server's do once it has the requests.

@@ -199,12 +199,20 @@ void pool_core::supervise() {
             }
             // A task can write its worker's wake-up words (they are in its memory), and
             // a thread it leaves behind can do so while the pool is idle: look every
-            // waiter_recheck anyway, and put the waiters bells' counts back to the
-            // parent's own.
-            const int look = static_cast<int>(std::clamp<std::int64_t>(
-                std::chrono::duration_cast<std::chrono::milliseconds>(waiter_recheck).count(), 1,
-                INT_MAX));
-            if (timeout_ms < 0 || timeout_ms > look) timeout_ms = look;  // a deadline's too
+            // waiter_recheck anyway while the pool holds a task, and put the waiters
+            // bells' counts back to the parent's own. With no task (and no deadline)
+            // there is no completion to strand: sleep until woken. The submitter that
+            // gives the pool its next task arms `lookfd` if it sees `idle_unbounded`;
+            // one that got in before it was set is seen here (Dekker pair).
+            idle_unbounded.store(true, std::memory_order_seq_cst);
+            if (timeout_ms >= 0 || outstanding.load(std::memory_order_seq_cst) != 0) {
+                idle_unbounded.store(false, std::memory_order_relaxed);
+                const int look = static_cast<int>(std::clamp<std::int64_t>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(waiter_recheck)
+                        .count(),
+                    1, INT_MAX));
+                if (timeout_ms < 0 || timeout_ms > look) timeout_ms = look;  // a deadline's too
+            }
             reset_waiter_counts();
             if (stopping.load(std::memory_order_acquire)) timeout_ms = 10;
             // While threads waiting on futures drain the rings (help_wait), they own
@@ -217,6 +225,7 @@ void pool_core::supervise() {
         const int n =
             epoll_wait(epfd.get(), events.data(), static_cast<int>(events.size()), timeout_ms);
         supervisor_asleep.store(false, std::memory_order_relaxed);
+        idle_unbounded.store(false, std::memory_order_relaxed);
         if (timeout_ms != 0) idle_since = now_ns();
         for (int i = 0; i < n; ++i) handle_event(events[static_cast<std::size_t>(i)]);
     }
@@ -234,6 +243,11 @@ void pool_core::handle_event(const epoll_event& e) {
         case ev_wake: {
             std::uint64_t v = 0;
             [[maybe_unused]] auto r = read(evfd.get(), &v, sizeof v);
+            break;
+        }
+        case ev_look: {
+            std::uint64_t expirations = 0;
+            [[maybe_unused]] auto r = read(lookfd.get(), &expirations, sizeof expirations);
             break;
         }
         case ev_worker_wake: {
