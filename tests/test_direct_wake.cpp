@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -451,6 +452,45 @@ TEST(CallbacksThatBlock, ACallbackWaitingInGetOnALaterTaskOfItsPool_Returns) {
         EXPECT_EQ(got.load(), 5);
         EXPECT_EQ(first.get(), 7);
     }
+}
+
+// A chain in which each task's callback submits the next task, gives it the same callback
+// and waits for it in get(): the next callback runs inside that get() (the waiting thread
+// drains the completion and runs what it held back), one level deeper per step. Runs
+// nested past a fixed depth leave their callbacks to a run further out, so the chain's
+// stack stays bounded however long it is (unbounded, 5000 steps took megabytes).
+struct callback_chain {
+    process_pool* pool = nullptr;
+    int limit = 0;
+    std::atomic<int> steps{0};
+    std::atomic<std::uintptr_t> deepest{0};  // bytes below a thread's first step, at most
+
+    void step(int k) {
+        char here = 0;
+        const auto at = reinterpret_cast<std::uintptr_t>(&here);
+        // The chain may move between threads (whoever drains runs the callback): depth is
+        // measured from each thread's first step.
+        thread_local std::uintptr_t first = at;
+        const std::uintptr_t depth = first > at ? first - at : at - first;
+        if (depth > deepest.load()) deepest = depth;
+        steps.fetch_add(1);
+        if (k >= limit) return;
+        auto f = pool->submit(add, k, 1);
+        f.on_done([this, k] { step(k + 1); });
+        (void)f.get();
+    }
+};
+
+TEST(CallbacksThatBlock, AChainOfCallbacksWaitingOnTheNextTask_KeepsItsStackBounded) {
+    process_pool pool({.workers = 1});
+    callback_chain chain;
+    chain.pool = &pool;
+    chain.limit = 5000;
+    auto first = pool.submit(add, 0, 0);
+    first.on_done([&chain] { chain.step(0); });
+    ASSERT_TRUE(eventually([&] { return chain.steps.load() > chain.limit; }))
+        << chain.steps.load() << " steps of " << chain.limit;
+    EXPECT_LT(chain.deepest.load(), 1u << 20);
 }
 
 // Shutdown waits for the tasks' callbacks too, though they now run after the pool lets go

@@ -1,5 +1,6 @@
 #include "procpool/detail/state.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdio>
@@ -16,9 +17,14 @@ namespace procpool::detail {
 
 namespace {
 
-// One slot per thread that has called into a cancel hook: the hook it is inside, or null.
+// One slot per thread that has called into a cancel hook: the hooks it is inside, or null.
+// A few deep: a callback run inside one pool's help_wait may wait on another pool's future
+// (callbacks run after a pool's lock is let go, defer_callbacks), and both calls must stay
+// announced. Past the last entry, a deeper call saves and restores that entry's hook.
+constexpr int hazard_depth = 4;
 struct hazard_slot {
-    std::atomic<const cancel_hook*> hook{nullptr};
+    std::atomic<const cancel_hook*> hook[hazard_depth] = {};
+    int used = 0;  // calls in progress on the owning thread (may exceed hazard_depth)
 };
 
 std::mutex hazard_mutex;
@@ -47,11 +53,16 @@ struct thread_hazard {
 // state: if the task is done by then, the executor may already be gone (do not call).
 class hook_guard {
   public:
-    explicit hook_guard(const cancel_hook* hook) noexcept : slot_(slot()) {
+    explicit hook_guard(const cancel_hook* hook) noexcept
+        : slot_(slot()), index_(std::min(slot_.used, hazard_depth - 1)) {
+        ++slot_.used;
         // An exchange, not a store plus fence: a full barrier that TSan also understands.
-        slot_.hook.exchange(hook, std::memory_order_seq_cst);
+        prev_ = slot_.hook[index_].exchange(hook, std::memory_order_seq_cst);
     }
-    ~hook_guard() { slot_.hook.store(nullptr, std::memory_order_release); }
+    ~hook_guard() {
+        slot_.hook[index_].store(prev_, std::memory_order_release);
+        --slot_.used;
+    }
     hook_guard(const hook_guard&) = delete;
     hook_guard& operator=(const hook_guard&) = delete;
 
@@ -77,6 +88,8 @@ class hook_guard {
         return late->slot;
     }
     hazard_slot& slot_;
+    int index_;
+    const cancel_hook* prev_ = nullptr;
 };
 
 }  // namespace
@@ -87,7 +100,9 @@ void cancel_hook::quiesce(const cancel_hook* hook) noexcept {
         {
             std::lock_guard lock(hazard_mutex);
             for (const hazard_slot* s : hazard_slots()) {
-                if (s->hook.load(std::memory_order_seq_cst) == hook) busy = true;
+                for (const auto& h : s->hook) {
+                    if (h.load(std::memory_order_seq_cst) == hook) busy = true;
+                }
             }
         }
         if (!busy) return;
@@ -97,7 +112,10 @@ void cancel_hook::quiesce(const cancel_hook* hook) noexcept {
 
 void cancel_hook::forget_other_threads() noexcept {
     new (&hazard_mutex) std::mutex();
-    for (hazard_slot* s : hazard_slots()) s->hook.store(nullptr, std::memory_order_relaxed);
+    for (hazard_slot* s : hazard_slots()) {
+        for (auto& h : s->hook) h.store(nullptr, std::memory_order_relaxed);
+        s->used = 0;
+    }
     defer_callbacks::forget();
 }
 
@@ -178,6 +196,9 @@ void state_base::publish(std::uint32_t extra) noexcept {
 }
 
 bool state_base::wait(const std::chrono::steady_clock::time_point* deadline) const noexcept {
+    // A callback about to block: the callbacks queued behind it on this thread run first
+    // (one of them may be what completes this state).
+    if (!is_done()) defer_callbacks::run_pending();
     if (hook_ != nullptr) {
         const hook_guard guard(hook_);
         if (is_done() || hook_->help_wait(*this, deadline)) return true;
@@ -221,7 +242,9 @@ void run_list(callback_node* list) noexcept {
 }
 
 // What a thread holds back (defer_callbacks): a state's callbacks (with a reference on
-// the state, as its completer held one while they would have run) or an `after` hook.
+// the state, as its completer held one while they would have run), then an `after` hook
+// (the count of a task as finished, which must follow its own callbacks); either may be
+// absent.
 struct held_back {
     state_base* state = nullptr;
     callback_node* list = nullptr;
@@ -229,12 +252,39 @@ struct held_back {
     void* ctx = nullptr;
 };
 
+// One queue per thread, consumed in order from `next` by whichever run on this thread
+// comes: the run at the end of the outermost hold, or one nested in a callback (its own
+// drain's, or a wait's: run_pending). So a callback that blocks does not keep the entries
+// queued behind it from running (one of them may be what it waits for), and the buffer
+// is kept from one drain to the next.
 struct deferral {
-    int depth = 0;
+    int depth = 0;         // holds in progress (begin without end)
+    int running = 0;       // runs in progress, nested in callbacks
+    std::size_t next = 0;  // the first entry not yet taken
     std::vector<held_back> queue;
 };
 
+// Runs nested deeper than this leave their entries to a run further out: a callback that
+// waits on a task whose callback waits on the next task... would otherwise take one
+// stack frame of callbacks per task.
+constexpr int max_nested_runs = 32;
+
 thread_local deferral tl_deferral;
+
+void run_queued(deferral& d) noexcept {
+    if (d.depth > 0 || d.running >= max_nested_runs) return;
+    ++d.running;
+    while (d.next < d.queue.size()) {
+        const held_back h = d.queue[d.next++];  // a copy: callbacks may grow the queue
+        if (h.list != nullptr) run_list(h.list);
+        if (h.state != nullptr) h.state->release();
+        if (h.fn != nullptr) h.fn(h.ctx);
+    }
+    if (--d.running == 0) {
+        d.queue.clear();  // capacity kept
+        d.next = 0;
+    }
+}
 
 }  // namespace
 
@@ -248,33 +298,35 @@ bool defer_callbacks::active() noexcept {
 
 void defer_callbacks::end() noexcept {
     deferral& d = tl_deferral;
-    if (--d.depth > 0) return;
-    // Callbacks run here may complete states and hold back again (a drain of their own):
-    // a nested holder runs its own queue, so this loop only sees what was queued before.
-    while (!d.queue.empty()) {
-        std::vector<held_back> now;
-        now.swap(d.queue);
-        for (held_back& h : now) {
-            if (h.state != nullptr) {
-                run_list(h.list);
-                h.state->release();
-            } else {
-                h.fn(h.ctx);
-            }
-        }
-    }
+    if (--d.depth == 0) run_queued(d);
+}
+
+void defer_callbacks::run_pending() noexcept {
+    deferral& d = tl_deferral;
+    if (d.next < d.queue.size()) run_queued(d);
 }
 
 void defer_callbacks::forget() noexcept {
     // Forked by a thread that held callbacks back (a pool's supervisor forks a worker
     // while it holds `draining`): they are the parent's, and nothing here ends the hold.
-    tl_deferral.depth = 0;
-    tl_deferral.queue.clear();
+    deferral& d = tl_deferral;
+    d.depth = 0;
+    d.running = 0;
+    d.next = 0;
+    d.queue.clear();
 }
 
-void defer_callbacks::after(void (*fn)(void*) noexcept, void* ctx) noexcept {
+void defer_callbacks::after(const state_base* s, void (*fn)(void*) noexcept,
+                            void* ctx) noexcept {
     deferral& d = tl_deferral;
     if (d.depth > 0) {
+        // Behind the state's own callbacks if it has some queued (the last entry, as it
+        // has just been published); otherwise an entry of its own.
+        if (d.queue.size() > d.next && d.queue.back().state == s && d.queue.back().fn == nullptr) {
+            d.queue.back().fn = fn;
+            d.queue.back().ctx = ctx;
+            return;
+        }
         try {
             d.queue.push_back(held_back{nullptr, nullptr, fn, ctx});
             return;

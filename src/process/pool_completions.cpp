@@ -309,6 +309,9 @@ bool pool_core::completions_waiting() const noexcept {
 // Drains the rings while spinning for `spin_budget`, as one of the `helpers` (while any
 // thread is one, workers do not wake the supervisor). Returns `s.is_done()`.
 bool pool_core::help_drain(const detail::state_base& s) noexcept {
+    // Callbacks of what it drains run once it is no longer a helper: while it is one the
+    // workers do not wake the supervisor, and a callback may block for long.
+    const detail::defer_callbacks hold;
     if (helpers.fetch_add(1, std::memory_order_seq_cst) == 0) {
         lock_draining();  // regions must not be unmapped under us
         ask_workers_to_wake_us(0);

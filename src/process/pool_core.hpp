@@ -359,10 +359,11 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
             const detail::observe_publish observe(&t.shared(), &on_resolved, &r);
             resolve();
         }
+        const detail::state_base* const s = &t.shared();  // compared, never read, below
         t.shared().release();
         // Counted as finished once its callbacks ran: under `draining` they are held back
         // until it is let go (defer_callbacks), and shutdown must wait for them.
-        detail::defer_callbacks::after(&task_settled, this);
+        detail::defer_callbacks::after(s, &task_settled, this);
     }
     static void task_settled(void* self) noexcept {
         auto* p = static_cast<pool_core*>(self);

@@ -86,7 +86,8 @@ private:
 /// pool's `draining`), and a callback run under that lock could block on a future that
 /// only the lock's next holder can complete (a future of another pool whose own drainer
 /// waits on this pool, or of this pool itself). Nestable; callbacks and `after` hooks run
-/// in the order queued, on this thread, when the outermost holder ends.
+/// in the order queued, on this thread, when the outermost holder ends (or earlier, from a
+/// callback that waits: run_pending).
 class defer_callbacks {
 public:
     defer_callbacks() noexcept { begin(); }
@@ -99,9 +100,13 @@ public:
     static void end() noexcept;
     /// Whether this thread holds callbacks back now.
     static bool active() noexcept;
-    /// Runs `fn(ctx)` after the callbacks held back so far have run (at once when none
-    /// are held back): how an executor counts a task as finished only after its callbacks.
-    static void after(void (*fn)(void*) noexcept, void* ctx) noexcept;
+    /// Runs `fn(ctx)` after the callbacks of `s` held back on this thread have run (at once
+    /// when none are held back): how an executor counts a task as finished only after its
+    /// callbacks. Call it right after publishing `s`.
+    static void after(const state_base* s, void (*fn)(void*) noexcept, void* ctx) noexcept;
+    /// Outside any hold: runs what this thread queued and has not run yet (a callback that
+    /// is about to block lets the callbacks queued behind it run first).
+    static void run_pending() noexcept;
     /// In a new worker process forked by a thread that held callbacks back: no hold, and
     /// nothing held (the callbacks are the parent's). Called by `forget_other_threads`.
     static void forget() noexcept;
