@@ -280,6 +280,10 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     // supervisor sleeps without a bound (`idle_unbounded`): see supervise().
     ipc::unique_fd lookfd;
     std::atomic<bool> idle_unbounded{false};
+    // Set by the submitter that arms lookfd, cleared by the supervisor when it fires: a
+    // pool whose tasks run one at a time (outstanding 0, 1, 0, ...) arms it once per look,
+    // not once per task (a system call on the round trip).
+    std::atomic<bool> look_armed{false};
     ipc::unique_fd server;         // fork-server channel (forkserver method)
     ipc::unique_fd server_pidfd;   // that server's pidfd: readable once it has exited
     std::thread supervisor;

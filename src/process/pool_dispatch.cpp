@@ -227,7 +227,8 @@ void pool_core::enqueue(process_task_base& t, task_args args) {
         }
         // seq_cst: the Dekker pair of wake_for_output and bound_output.
         if (outstanding.fetch_add(1, std::memory_order_seq_cst) == 0 &&
-            idle_unbounded.load(std::memory_order_seq_cst)) {
+            idle_unbounded.load(std::memory_order_seq_cst) &&
+            !look_armed.exchange(true, std::memory_order_relaxed)) {
             arm_look();  // the supervisor sleeps without a bound: bound it
         }
         const std::uint64_t id = monitor->submitted();

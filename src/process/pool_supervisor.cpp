@@ -248,6 +248,7 @@ void pool_core::handle_event(const epoll_event& e) {
         case ev_look: {
             std::uint64_t expirations = 0;
             [[maybe_unused]] auto r = read(lookfd.get(), &expirations, sizeof expirations);
+            look_armed.store(false, std::memory_order_relaxed);
             break;
         }
         case ev_worker_wake: {
