@@ -520,6 +520,31 @@ TEST(CallbacksThatBlock, ShutdownReturns_OnlyAfterTheCallbacksOfItsTasksRan) {
     }
 }
 
+// A task sent to a busy worker and cancelled before it starts: its callbacks run on the
+// cancelling thread, while the worker's reply (it skips the task) is taken by another and
+// counts the task out. Shutdown must still wait for those callbacks.
+TEST(CallbacksThatBlock, ShutdownWaits_ForTheCallbacksOfATaskCancelledOnAnotherThread) {
+    process_pool pool({.workers = 1});
+    file_gate gate;
+    auto head = pool.submit(file_gate::wait_then_return, gate.path(), 1);
+    auto behind = pool.submit(add, 1, 1);
+    gate.wait_started();
+    std::atomic<bool> entered{false};
+    std::atomic<bool> finished{false};
+    behind.on_done([&] {
+        entered = true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        finished = true;
+    });
+    std::thread canceller([&] { EXPECT_TRUE(behind.cancel()); });
+    ASSERT_TRUE(eventually([&] { return entered.load(); }));
+    gate.open();
+    pool.shutdown({.wait = true});
+    EXPECT_TRUE(finished.load()) << "shutdown returned while a callback of its task ran";
+    canceller.join();
+    EXPECT_EQ(head.get(), 1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -272,7 +272,19 @@ constexpr int max_nested_runs = 32;
 thread_local deferral tl_deferral;
 
 void run_queued(deferral& d) noexcept {
-    if (d.depth > 0 || d.running >= max_nested_runs) return;
+    if (d.depth > 0) return;
+    if (d.running >= max_nested_runs) {
+        // Too deep for more callbacks, but the entries that carry none (a task counted as
+        // finished) run here: they call no user code, and a run further out may be a
+        // frame that waits for them (a pool destroyed in a callback waits for its count).
+        for (std::size_t i = d.next; i < d.queue.size(); ++i) {
+            held_back& h = d.queue[i];
+            if (h.list != nullptr || h.fn == nullptr) continue;
+            const auto fn = std::exchange(h.fn, nullptr);
+            fn(h.ctx);
+        }
+        return;
+    }
     ++d.running;
     while (d.next < d.queue.size()) {
         const held_back h = d.queue[d.next++];  // a copy: callbacks may grow the queue

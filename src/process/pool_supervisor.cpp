@@ -140,7 +140,12 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
         }
         resolving r{this, t};
         const detail::observe_publish observe(&s, &on_resolved, &r);
+        // A dispatched task is counted out when its worker's reply is taken (finish), which
+        // may come before its callbacks, run here, return: count them in the meantime, so
+        // that shutdown waits for them.
+        if (!resolved_now) outstanding.fetch_add(1, std::memory_order_seq_cst);
         s.set_cancelled("task cancelled");
+        if (!resolved_now) detail::defer_callbacks::after(&s, &task_settled, this);
         // Its waiters may sleep on its worker's doorbell (help_wait): the worker rings
         // only when it gets to the task. `t` may be gone by now (its skip completion).
         if (dispatched_to >= 0) {
