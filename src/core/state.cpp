@@ -304,10 +304,6 @@ void defer_callbacks::begin() noexcept {
     ++tl_deferral.depth;
 }
 
-bool defer_callbacks::active() noexcept {
-    return tl_deferral.depth > 0;
-}
-
 void defer_callbacks::end() noexcept {
     deferral& d = tl_deferral;
     if (--d.depth == 0) run_queued(d);

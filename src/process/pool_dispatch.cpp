@@ -254,10 +254,7 @@ void pool_core::enqueue(process_task_base& t, task_args args) {
         // statistics would count it forever and shutdown would wait for it forever.
         monitor->unsubmitted();
         t.shared().release();
-        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            std::lock_guard lock(idle_mu);
-            idle_cv.notify_all();
-        }
+        task_settled(this);
         std::rethrow_exception(not_placed);
     }
     if (fail) finish(t, [&] { resolve_error(t, fail); });

@@ -157,10 +157,7 @@ bool pool_core::cancel_task(detail::state_base& s, bool stop_running) noexcept {
     if (resolved_now) {
         t->attachments.clear();
         t->shared().release();
-        if (outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            std::lock_guard lock(idle_mu);
-            idle_cv.notify_all();
-        }
+        task_settled(this);
     }
     return won;
 }

@@ -98,8 +98,6 @@ public:
     /// The same as a holder's construction and destruction, for a lock's own lock and unlock.
     static void begin() noexcept;
     static void end() noexcept;
-    /// Whether this thread holds callbacks back now.
-    static bool active() noexcept;
     /// Runs `fn(ctx)` after the callbacks of `s` held back on this thread have run (at once
     /// when none are held back): how an executor counts a task as finished only after its
     /// callbacks. Call it right after publishing `s`.
