@@ -44,7 +44,30 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1}
 export TSAN_OPTIONS=${TSAN_OPTIONS:-ignore_noninstrumented_modules=1:second_deadlock_stack=1:suppressions=$PWD/tests/tsan.supp}
 
 declare -a summary=()
+declare -a failed_logs=()
 failures=0
+
+# show_failures DIR: the names of DIR's failed tests and the end of each one's output, so
+# that the last lines of a long log say what failed and why.
+show_failures() {
+    local dir=$1 name
+    echo
+    echo "==== failed in $dir"
+    sed -n '/^The following tests FAILED:/,$p' "$dir/ctest.log" | grep -E '^[[:space:]]+[0-9]+ - ' || true
+    local log=$dir/Testing/Temporary/LastTest.log
+    [ -f "$log" ] || return 0
+    sed -n '/^The following tests FAILED:/,$p' "$dir/ctest.log" |
+        sed -nE 's/^[[:space:]]+[0-9]+ - ([^ ]+) .*/\1/p' | while read -r name; do
+        local out
+        out=$(awk -v t="$name" '
+            /^[0-9]+\/[0-9]+ Testing: / { on = ($3 == t) }
+            on { print }' "$log")
+        echo "---- $name: its failure lines"
+        grep -E 'Failure|FAILED|ERROR|Expected|Which is|Value of|Actual|Timeout|SUMMARY|    #[0-5] ' <<<"$out" | head -40
+        echo "---- $name: the end of its output"
+        tail -25 <<<"$out"
+    done
+}
 
 # run_config NAME CXX [cmake args...]: configure, build and test one configuration.
 run_config() {
@@ -77,6 +100,7 @@ run_config() {
                 if grep -q 'unexpected memory mapping' "$dir/ctest.log"; then
                     result+=" (TSan could not map its shadow memory: run 'sysctl vm.mmap_rnd_bits=28' or allow setarch -R)"
                 fi
+                failed_logs+=("$dir")
             fi
         fi
     fi
@@ -99,6 +123,8 @@ for config in $configs; do
             ;;
     esac
 done
+
+for dir in "${failed_logs[@]}"; do show_failures "$dir"; done
 
 echo
 echo "==== summary ($(nproc) CPUs, $((SECONDS - started)) s in all)"

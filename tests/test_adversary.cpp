@@ -24,6 +24,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -385,6 +386,21 @@ TEST(AdversaryLifetime, PoolDestroyedWhileThreadsWaitOnItsFutures) {
 
 // ---- 6. pools used after main returned ---------------------------------------------
 
+// Tiny tasks with callbacks, waited for one by one: the waiting thread drains most
+// completions itself and holds their callbacks back in its per-thread queue until it lets
+// go of the pool's lock. With `then_shut_down`, shuts the pool down, which waits for the
+// callbacks, and returns how many ran.
+int tiny_tasks_with_callbacks(process_pool& p, bool then_shut_down) {
+    auto ran = std::make_shared<std::atomic<int>>(0);
+    for (int i = 0; i < 200; ++i) {
+        auto f = p.submit(add, i, 1);
+        f.on_done([ran] { ran->fetch_add(1); });
+        if (f.get() != i + 1) return -1;
+    }
+    if (then_shut_down) p.shutdown({.wait = true});
+    return ran->load();
+}
+
 // Submits, waits and cancels through pools from its destructor. Static, constructed after
 // the pools: destroyed before them, after main returned, when the main thread's
 // thread_local objects (procpool's encoding buffer and cancel slot among them) are gone.
@@ -401,8 +417,8 @@ struct uses_pools_at_exit {
         slow.wait();
         auto t = threads->submit([] { return 7; });
         const int w = t.get();
-        std::fprintf(stderr, "at exit: %d %d %d %d\n", v, cancelled ? 1 : 0,
-                     slow.cancelled() ? 1 : 0, w);
+        std::fprintf(stderr, "at exit: %d %d %d %d %d\n", v, cancelled ? 1 : 0,
+                     slow.cancelled() ? 1 : 0, w, tiny_tasks_with_callbacks(*pool, true));
     }
 };
 
@@ -415,19 +431,22 @@ struct uses_pools_at_exit {
     auto c = pool.submit(sleep_then, 60'000, 1);
     static_cast<void>(c.cancel());
     static_cast<void>(threads.submit([] { return 1; }).get());
+    // This thread's callback queue exists before the user below too.
+    static_cast<void>(tiny_tasks_with_callbacks(pool, false));
     static uses_pools_at_exit user(&pool, &threads);
     std::exit(0);
 }
 
 // Failed before the fix under ASan: the submit wrote its arguments into the encoding
-// buffer, a thread_local vector already destroyed (heap-use-after-free).
+// buffer, a thread_local vector already destroyed (heap-use-after-free). Later the same
+// with the queue in which a thread that drains completions holds their callbacks back.
 TEST(AdversaryAtExitDeathTest, SubmitWaitCancelFromAStaticDestructor_AfterMain) {
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     EXPECT_EXIT(
         {
             use_pools_then_exit();
         },
-        ::testing::ExitedWithCode(0), "at exit: 49 1 1 7");
+        ::testing::ExitedWithCode(0), "at exit: 49 1 1 7 200");
 }
 
 }  // namespace

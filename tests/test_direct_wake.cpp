@@ -9,11 +9,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <thread>
 #include <vector>
@@ -277,15 +279,21 @@ long wake_ups_of(const std::string& name) {
 
 // An idle pool's supervisor sleeps until something happens: no task, so nothing a task
 // could strand, so no periodic look (that look would be 10 wake-ups a second here).
+// Settling (the fork server's spares, the last look after the task) takes longer on a
+// busy machine, so the test watches up to 20 one-second windows and wants one quiet
+// one; a periodic look wakes it about 10 times in every window, loaded or not.
 TEST(DirectWake, AnIdlePoolsSupervisor_IsNotWokenWhileNothingHappens) {
     process_pool pool({.workers = 2});
     EXPECT_EQ(pool.submit(add, 1, 1).get(), 2);
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // spares made, all settled
-    const long before = wake_ups_of("procpool-super");
-    ASSERT_GE(before, 0) << "no supervisor thread found";
-    std::this_thread::sleep_for(std::chrono::seconds(1));
-    const long woken = wake_ups_of("procpool-super") - before;
-    EXPECT_LT(woken, 5) << "an idle supervisor was woken " << woken << " times in a second";
+    long fewest = std::numeric_limits<long>::max();
+    for (int window = 0; window < 20 && fewest >= 5; ++window) {
+        const long before = wake_ups_of("procpool-super");
+        ASSERT_GE(before, 0) << "no supervisor thread found";
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        fewest = std::min(fewest, wake_ups_of("procpool-super") - before);
+    }
+    EXPECT_LT(fewest, 5) << "an idle supervisor was woken at least " << fewest
+                         << " times in each idle second";
     // And it still looks after the next task.
     EXPECT_EQ(pool.submit(add, 2, 3).get(), 5);
 }
@@ -316,6 +324,9 @@ TEST(DirectWake, WaitForInsideACallback_OnAnotherFutureOfThePool_ReturnsAtItsDea
             EXPECT_EQ(a.get(), us);
             EXPECT_EQ(b.get(), 20'000);
         }
+        // The callback may run on another thread that a loaded machine has not yet let
+        // finish; shutdown returns only after the callbacks of the pool's tasks ran.
+        pool.shutdown();
         EXPECT_EQ(polled.load(), 10);
     }
 }

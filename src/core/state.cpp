@@ -257,11 +257,28 @@ struct held_back {
 // drain's, or a wait's: run_pending). So a callback that blocks does not keep the entries
 // queued behind it from running (one of them may be what it waits for), and the buffer
 // is kept from one drain to the next.
+//
+// The thread-local itself is trivially destructible and its buffer lives on the heap:
+// destructors that run on a thread after its thread_local objects are destroyed (a
+// static object's, at exit, waiting on a process-pool future) still find a usable
+// queue. `queue_reaper` frees the buffer when the thread's thread_locals go, and a run
+// that empties the queue after that frees it again.
 struct deferral {
     int depth = 0;         // holds in progress (begin without end)
     int running = 0;       // runs in progress, nested in callbacks
     std::size_t next = 0;  // the first entry not yet taken
-    std::vector<held_back> queue;
+    std::vector<held_back>* queue = nullptr;  // allocated at the first entry
+    bool reaped = false;                      // this thread's thread_locals are gone
+
+    std::size_t size() const noexcept { return queue == nullptr ? 0 : queue->size(); }
+    // Frees the buffer if nothing is queued or running, once the thread is ending.
+    void free_if_done() noexcept {
+        if (reaped && running == 0 && next >= size()) {
+            delete queue;
+            queue = nullptr;
+            next = 0;
+        }
+    }
 };
 
 // Runs nested deeper than this leave their entries to a run further out: a callback that
@@ -269,7 +286,28 @@ struct deferral {
 // stack frame of callbacks per task.
 constexpr int max_nested_runs = 32;
 
-thread_local deferral tl_deferral;
+constinit thread_local deferral tl_deferral;
+
+struct queue_reaper {
+    queue_reaper() = default;
+    queue_reaper(const queue_reaper&) = delete;
+    queue_reaper& operator=(const queue_reaper&) = delete;
+    ~queue_reaper() {
+        tl_deferral.reaped = true;
+        tl_deferral.free_if_done();
+    }
+};
+
+thread_local queue_reaper tl_reaper;
+
+// Appends one entry; throws std::bad_alloc when out of memory.
+void enqueue(deferral& d, const held_back& h) {
+    if (d.queue == nullptr) {
+        d.queue = new std::vector<held_back>;
+        if (!d.reaped) (void)&tl_reaper;  // its first use registers its destructor
+    }
+    d.queue->push_back(h);
+}
 
 void run_queued(deferral& d) noexcept {
     if (d.depth > 0) return;
@@ -277,8 +315,8 @@ void run_queued(deferral& d) noexcept {
         // Too deep for more callbacks, but the entries that carry none (a task counted as
         // finished) run here: they call no user code, and a run further out may be a
         // frame that waits for them (a pool destroyed in a callback waits for its count).
-        for (std::size_t i = d.next; i < d.queue.size(); ++i) {
-            held_back& h = d.queue[i];
+        for (std::size_t i = d.next; i < d.size(); ++i) {
+            held_back& h = (*d.queue)[i];
             if (h.list != nullptr || h.fn == nullptr) continue;
             const auto fn = std::exchange(h.fn, nullptr);
             fn(h.ctx);
@@ -286,15 +324,16 @@ void run_queued(deferral& d) noexcept {
         return;
     }
     ++d.running;
-    while (d.next < d.queue.size()) {
-        const held_back h = d.queue[d.next++];  // a copy: callbacks may grow the queue
+    while (d.next < d.size()) {
+        const held_back h = (*d.queue)[d.next++];  // a copy: callbacks may grow the queue
         if (h.list != nullptr) run_list(h.list);
         if (h.state != nullptr) h.state->release();
         if (h.fn != nullptr) h.fn(h.ctx);
     }
     if (--d.running == 0) {
-        d.queue.clear();  // capacity kept
+        if (d.queue != nullptr) d.queue->clear();  // capacity kept
         d.next = 0;
+        d.free_if_done();
     }
 }
 
@@ -311,7 +350,7 @@ void defer_callbacks::end() noexcept {
 
 void defer_callbacks::run_pending() noexcept {
     deferral& d = tl_deferral;
-    if (d.next < d.queue.size()) run_queued(d);
+    if (d.next < d.size()) run_queued(d);
 }
 
 void defer_callbacks::forget() noexcept {
@@ -321,7 +360,7 @@ void defer_callbacks::forget() noexcept {
     d.depth = 0;
     d.running = 0;
     d.next = 0;
-    d.queue.clear();
+    if (d.queue != nullptr) d.queue->clear();
 }
 
 void defer_callbacks::after(const state_base* s, void (*fn)(void*) noexcept,
@@ -330,13 +369,13 @@ void defer_callbacks::after(const state_base* s, void (*fn)(void*) noexcept,
     if (d.depth > 0) {
         // Behind the state's own callbacks if it has some queued (the last entry, as it
         // has just been published); otherwise an entry of its own.
-        if (d.queue.size() > d.next && d.queue.back().state == s && d.queue.back().fn == nullptr) {
-            d.queue.back().fn = fn;
-            d.queue.back().ctx = ctx;
+        if (d.size() > d.next && d.queue->back().state == s && d.queue->back().fn == nullptr) {
+            d.queue->back().fn = fn;
+            d.queue->back().ctx = ctx;
             return;
         }
         try {
-            d.queue.push_back(held_back{nullptr, nullptr, fn, ctx});
+            enqueue(d, held_back{nullptr, nullptr, fn, ctx});
             return;
         } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: run it now
         }
@@ -355,7 +394,7 @@ void state_base::run_callbacks() noexcept {
     deferral& d = tl_deferral;
     if (d.depth > 0) {
         try {
-            d.queue.push_back(held_back{this, list, nullptr, nullptr});
+            enqueue(d, held_back{this, list, nullptr, nullptr});
             add_ref();  // the completer's reference may go before the queue runs
             return;
         } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: run them now

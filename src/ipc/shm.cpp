@@ -32,9 +32,11 @@ thread_local bool current_read_only = false;
 thread_local const void* current_in_place = nullptr;
 
 std::mutex listeners_mutex;
+// Never destroyed: a pool with static storage may leave the list at exit, after the
+// statics made later than the list are gone.
 std::vector<shm_listener*>& listeners() {
-    static std::vector<shm_listener*> l;
-    return l;
+    static auto* l = new std::vector<shm_listener*>;
+    return *l;
 }
 
 // Blocks of big std::vector arguments, kept for reuse once their task is over (see
