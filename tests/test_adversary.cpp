@@ -7,6 +7,7 @@
 // unsticks the pool (killing workers, opening gates) so that it fails instead of hanging.
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -447,6 +448,46 @@ TEST(AdversaryAtExitDeathTest, SubmitWaitCancelFromAStaticDestructor_AfterMain) 
             use_pools_then_exit();
         },
         ::testing::ExitedWithCode(0), "at exit: 49 1 1 7 200");
+}
+
+// A thread's pthread key destructors run after its thread_local objects are destroyed.
+// One that waits on futures with callbacks makes the thread's callback queue there, the
+// first time this thread needs one; it must still be freed when the thread ends (under
+// LeakSanitizer the child's exit status fails the test if it is not) and every callback
+// must run. The thread submits once while it lives, so the encoding buffer it needs is
+// made in time; only the queue is made late.
+pthread_key_t late_key;
+std::atomic<int> late_callbacks{0};
+
+void wait_with_callbacks_at_key_destruction(void* p) {
+    auto* pool = static_cast<process_pool*>(p);
+    for (int i = 0; i < 50; ++i) {
+        auto f = pool->submit(add, i, 1);
+        f.on_done([] { late_callbacks.fetch_add(1); });
+        if (f.get() != i + 1) return;
+    }
+}
+
+[[noreturn]] void use_a_pool_in_a_key_destructor_then_exit() {
+    process_pool pool({.workers = 1});
+    if (pthread_key_create(&late_key, wait_with_callbacks_at_key_destruction) != 0) std::exit(3);
+    std::thread t([&pool] {
+        static_cast<void>(pool.submit(add, 0, 0));  // not waited for: no callback queue yet
+        pthread_setspecific(late_key, &pool);
+    });
+    t.join();
+    pool.shutdown({.wait = true});
+    std::fprintf(stderr, "callbacks run: %d\n", late_callbacks.load());
+    std::exit(0);
+}
+
+TEST(AdversaryAtExitDeathTest, FuturesWaitedForInAThreadsKeyDestructor_LeakNothing) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    EXPECT_EXIT(
+        {
+            use_a_pool_in_a_key_destructor_then_exit();
+        },
+        ::testing::ExitedWithCode(0), "callbacks run: 50");
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "procpool/detail/state.hpp"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -49,6 +51,33 @@ struct thread_hazard {
     thread_hazard& operator=(const thread_hazard&) = delete;
 };
 
+// A pthread key whose destructor frees a thread's heap object when the thread ends. Key
+// destructors run after the thread's thread_local ones, and again (a few rounds) after
+// one that sets a key anew: an object first made in a destructor that runs on a thread
+// after its thread_local objects are gone (another key's) is freed too. Such objects are
+// reached through trivially destructible thread_local pointers, usable in any destructor,
+// also a static object's at exit on the main thread (whose objects no key destructor
+// frees; they stay reachable until the process ends).
+struct thread_end_key {
+    pthread_key_t key{};
+    bool made = false;
+    explicit thread_end_key(void (*free_it)(void*)) noexcept {
+        made = pthread_key_create(&key, free_it) == 0;
+    }
+    // Without a key (the process ran out of them) the thread's object outlives it.
+    void set(void* value) const noexcept {
+        if (made) (void)pthread_setspecific(key, value);
+    }
+};
+
+constinit thread_local thread_hazard* tl_hazard = nullptr;
+
+void free_hazard_at_thread_end(void* h) noexcept {
+    if (tl_hazard != h || tl_hazard->slot.used != 0) return;
+    delete tl_hazard;
+    tl_hazard = nullptr;
+}
+
 // Announces a call into `hook` for as long as it lives. Announce first, then look at the
 // state: if the task is done by then, the executor may already be gone (do not call).
 class hook_guard {
@@ -67,30 +96,21 @@ class hook_guard {
     hook_guard& operator=(const hook_guard&) = delete;
 
   private:
-    static hazard_slot& slot() noexcept {
-        static constinit thread_local bool gone = false;  // trivial: never destroyed
-        struct owned {
-            thread_hazard h;
-            owned() = default;
-            owned(const owned&) = delete;
-            owned& operator=(const owned&) = delete;
-            ~owned() { gone = true; }
-        };
-        if (!gone) {
-            thread_local owned mine;
-            return mine.h.slot;
-        }
-        // This thread's thread_local objects are destroyed already (a cancel from the
-        // destructor of a static object, after main returned): a slot that lives for good,
-        // registered once per such thread.
-        static constinit thread_local thread_hazard* late = nullptr;
-        if (late == nullptr) late = new thread_hazard();
-        return late->slot;
-    }
+    static hazard_slot& slot() noexcept;
     hazard_slot& slot_;
     int index_;
     const cancel_hook* prev_ = nullptr;
 };
+
+hazard_slot& hook_guard::slot() noexcept {
+    if (tl_hazard == nullptr) {
+        tl_hazard = new thread_hazard();
+        // Never destroyed: threads may end after the program's statics are gone.
+        static const auto* const key = new thread_end_key(free_hazard_at_thread_end);
+        key->set(tl_hazard);
+    }
+    return tl_hazard->slot;
+}
 
 }  // namespace
 
@@ -261,24 +281,14 @@ struct held_back {
 // The thread-local itself is trivially destructible and its buffer lives on the heap:
 // destructors that run on a thread after its thread_local objects are destroyed (a
 // static object's, at exit, waiting on a process-pool future) still find a usable
-// queue. `queue_reaper` frees the buffer when the thread's thread_locals go, and a run
-// that empties the queue after that frees it again.
+// queue. A thread_end_key frees the buffer when the thread ends.
 struct deferral {
     int depth = 0;         // holds in progress (begin without end)
     int running = 0;       // runs in progress, nested in callbacks
     std::size_t next = 0;  // the first entry not yet taken
     std::vector<held_back>* queue = nullptr;  // allocated at the first entry
-    bool reaped = false;                      // this thread's thread_locals are gone
 
     std::size_t size() const noexcept { return queue == nullptr ? 0 : queue->size(); }
-    // Frees the buffer if nothing is queued or running, once the thread is ending.
-    void free_if_done() noexcept {
-        if (reaped && running == 0 && next >= size()) {
-            delete queue;
-            queue = nullptr;
-            next = 0;
-        }
-    }
 };
 
 // Runs nested deeper than this leave their entries to a run further out: a callback that
@@ -288,23 +298,22 @@ constexpr int max_nested_runs = 32;
 
 constinit thread_local deferral tl_deferral;
 
-struct queue_reaper {
-    queue_reaper() = default;
-    queue_reaper(const queue_reaper&) = delete;
-    queue_reaper& operator=(const queue_reaper&) = delete;
-    ~queue_reaper() {
-        tl_deferral.reaped = true;
-        tl_deferral.free_if_done();
-    }
-};
-
-thread_local queue_reaper tl_reaper;
+// The key's destructor: runs when the thread ends, with nothing of the queue running.
+void free_queue_at_thread_end(void* q) noexcept {
+    deferral& d = tl_deferral;
+    if (d.queue != q || d.running != 0 || d.next < d.queue->size()) return;  // not idle: kept
+    delete d.queue;
+    d.queue = nullptr;
+    d.next = 0;
+}
 
 // Appends one entry; throws std::bad_alloc when out of memory.
 void enqueue(deferral& d, const held_back& h) {
     if (d.queue == nullptr) {
         d.queue = new std::vector<held_back>;
-        if (!d.reaped) (void)&tl_reaper;  // its first use registers its destructor
+        // Never destroyed: threads may end after the program's statics are gone.
+        static const auto* const key = new thread_end_key(free_queue_at_thread_end);
+        key->set(d.queue);
     }
     d.queue->push_back(h);
 }
@@ -333,7 +342,6 @@ void run_queued(deferral& d) noexcept {
     if (--d.running == 0) {
         if (d.queue != nullptr) d.queue->clear();  // capacity kept
         d.next = 0;
-        d.free_if_done();
     }
 }
 
