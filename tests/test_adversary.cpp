@@ -451,11 +451,10 @@ TEST(AdversaryAtExitDeathTest, SubmitWaitCancelFromAStaticDestructor_AfterMain) 
 }
 
 // A thread's pthread key destructors run after its thread_local objects are destroyed.
-// One that waits on futures with callbacks makes the thread's callback queue there, the
-// first time this thread needs one; it must still be freed when the thread ends (under
-// LeakSanitizer the child's exit status fails the test if it is not) and every callback
-// must run. The thread submits once while it lives, so the encoding buffer it needs is
-// made in time; only the queue is made late.
+// One that submits and waits on futures with callbacks makes the thread's encoding
+// buffer, hazard slot and callback queue there, the first time this thread needs them;
+// they must still be freed when the thread ends (under LeakSanitizer the child's exit
+// status fails the test if they are not) and every callback must run.
 pthread_key_t late_key;
 std::atomic<int> late_callbacks{0};
 
@@ -471,10 +470,7 @@ void wait_with_callbacks_at_key_destruction(void* p) {
 [[noreturn]] void use_a_pool_in_a_key_destructor_then_exit() {
     process_pool pool({.workers = 1});
     if (pthread_key_create(&late_key, wait_with_callbacks_at_key_destruction) != 0) std::exit(3);
-    std::thread t([&pool] {
-        static_cast<void>(pool.submit(add, 0, 0));  // not waited for: no callback queue yet
-        pthread_setspecific(late_key, &pool);
-    });
+    std::thread t([&pool] { pthread_setspecific(late_key, &pool); });
     t.join();
     pool.shutdown({.wait = true});
     std::fprintf(stderr, "callbacks run: %d\n", late_callbacks.load());

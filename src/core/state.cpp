@@ -1,7 +1,5 @@
 #include "procpool/detail/state.hpp"
 
-#include <pthread.h>
-
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -13,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/thread_end.hpp"
 #include "procpool/error.hpp"
 
 namespace procpool::detail {
@@ -31,10 +30,11 @@ struct hazard_slot {
 
 std::mutex hazard_mutex;
 // Never destroyed: a cancel may come from a static object's destructor, after the
-// static objects constructed later than this list are gone.
+// static objects constructed later than this list are gone. Constant-initialized: no
+// guard that a fork could copy half-taken.
+constinit never_destroyed<std::vector<hazard_slot*>> hazard_list;
 std::vector<hazard_slot*>& hazard_slots() {
-    static auto* slots = new std::vector<hazard_slot*>();
-    return *slots;
+    return hazard_list.value;
 }
 
 struct thread_hazard {
@@ -49,25 +49,6 @@ struct thread_hazard {
     }
     thread_hazard(const thread_hazard&) = delete;
     thread_hazard& operator=(const thread_hazard&) = delete;
-};
-
-// A pthread key whose destructor frees a thread's heap object when the thread ends. Key
-// destructors run after the thread's thread_local ones, and again (a few rounds) after
-// one that sets a key anew: an object first made in a destructor that runs on a thread
-// after its thread_local objects are gone (another key's) is freed too. Such objects are
-// reached through trivially destructible thread_local pointers, usable in any destructor,
-// also a static object's at exit on the main thread (whose objects no key destructor
-// frees; they stay reachable until the process ends).
-struct thread_end_key {
-    pthread_key_t key{};
-    bool made = false;
-    explicit thread_end_key(void (*free_it)(void*)) noexcept {
-        made = pthread_key_create(&key, free_it) == 0;
-    }
-    // Without a key (the process ran out of them) the thread's object outlives it.
-    void set(void* value) const noexcept {
-        if (made) (void)pthread_setspecific(key, value);
-    }
 };
 
 constinit thread_local thread_hazard* tl_hazard = nullptr;
@@ -105,9 +86,7 @@ class hook_guard {
 hazard_slot& hook_guard::slot() noexcept {
     if (tl_hazard == nullptr) {
         tl_hazard = new thread_hazard();
-        // Never destroyed: threads may end after the program's statics are gone.
-        static const auto* const key = new thread_end_key(free_hazard_at_thread_end);
-        key->set(tl_hazard);
+        thread_end_key<free_hazard_at_thread_end>::set(tl_hazard);
     }
     return tl_hazard->slot;
 }
@@ -281,7 +260,7 @@ struct held_back {
 // The thread-local itself is trivially destructible and its buffer lives on the heap:
 // destructors that run on a thread after its thread_local objects are destroyed (a
 // static object's, at exit, waiting on a process-pool future) still find a usable
-// queue. A thread_end_key frees the buffer when the thread ends.
+// queue. A thread_end_key frees the buffer when the thread ends (thread_end.hpp).
 struct deferral {
     int depth = 0;         // holds in progress (begin without end)
     int running = 0;       // runs in progress, nested in callbacks
@@ -311,9 +290,7 @@ void free_queue_at_thread_end(void* q) noexcept {
 void enqueue(deferral& d, const held_back& h) {
     if (d.queue == nullptr) {
         d.queue = new std::vector<held_back>;
-        // Never destroyed: threads may end after the program's statics are gone.
-        static const auto* const key = new thread_end_key(free_queue_at_thread_end);
-        key->set(d.queue);
+        thread_end_key<free_queue_at_thread_end>::set(d.queue);
     }
     d.queue->push_back(h);
 }
@@ -409,6 +386,31 @@ void state_base::run_callbacks() noexcept {
         }
     }
     run_list(list);
+}
+
+namespace {
+
+constinit thread_local std::vector<std::byte>* tl_scratch = nullptr;
+
+void free_scratch_at_thread_end(void* v) noexcept {
+    if (tl_scratch != v) return;
+    delete tl_scratch;
+    tl_scratch = nullptr;
+}
+
+}  // namespace
+
+std::vector<std::byte>* encoding_scratch() noexcept {
+    if (tl_scratch == nullptr) {
+        // A plain new (a program may replace it and its delete, not the nothrow form).
+        try {
+            tl_scratch = new std::vector<std::byte>;
+        } catch (const std::bad_alloc&) {
+            return nullptr;
+        }
+        thread_end_key<free_scratch_at_thread_end>::set(tl_scratch);
+    }
+    return tl_scratch;
 }
 
 }  // namespace procpool::detail

@@ -26,6 +26,12 @@
 
 namespace procpool::detail {
 
+/// The calling thread's encoding buffer, kept between submits and freed when the thread
+/// ends; usable in any destructor on the thread (also after its thread_local objects are
+/// gone). Null if it cannot be made (out of memory): the caller then encodes into a
+/// buffer of its own.
+std::vector<std::byte>* encoding_scratch() noexcept;
+
 /// True if a task result of type R can come back from a worker (void always can).
 template <class R>
 constexpr bool result_crosses() {
@@ -390,25 +396,8 @@ public:
         return stream<R>(std::move(source), ordered, max_in_flight);
     }
 
-    // The calling thread's encoding buffer, kept between submits; null once the thread's
-    // thread_local objects are destroyed (a submit from the destructor of a static object,
-    // after main returned): the caller then encodes into a buffer of its own.
-    static std::vector<std::byte>* scratch() noexcept {
-        struct holder {
-            std::vector<std::byte> buf;
-            holder() = default;
-            holder(const holder&) = delete;
-            holder& operator=(const holder&) = delete;
-            ~holder() { scratch_gone() = true; }
-        };
-        if (scratch_gone()) return nullptr;
-        thread_local holder h;
-        return &h.buf;
-    }
-    static bool& scratch_gone() noexcept {
-        static constinit thread_local bool gone = false;  // trivial: never destroyed
-        return gone;
-    }
+    // The calling thread's encoding buffer (encoding_scratch).
+    static std::vector<std::byte>* scratch() noexcept { return encoding_scratch(); }
 };
 
 }  // namespace procpool::detail
