@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -383,6 +384,47 @@ TEST(AdversaryLifetime, PoolDestroyedWhileThreadsWaitOnItsFutures) {
         for (auto& t : waiters) t.join();
         EXPECT_EQ(ok.load(), 64);
     }
+}
+
+// ---- 5b. a serializer that submits ------------------------------------------------------
+
+int identity(int x) {
+    return x;
+}
+
+process_pool* inner_pool = nullptr;
+
+// Its save() submits to another pool, and waits for that task, while the outer submit is
+// still encoding its arguments into the thread's encoding buffer.
+struct submits_while_saved {
+    int v = 0;
+    template <class Archive>
+    void save(Archive& ar) const {
+        if (inner_pool->submit(identity, v).get() != v) throw std::runtime_error("inner task");
+        ar(v);
+    }
+    template <class Archive>
+    void load(Archive& ar) {
+        ar(v);
+    }
+};
+
+std::string joined(std::string a, submits_while_saved m, std::string b) {
+    return a + "|" + std::to_string(m.v) + "|" + b;
+}
+
+// The inner submit encoded into the same buffer, clearing what the outer one had written:
+// the task failed with "corrupt input" (or, with other sizes, ran on wrong arguments).
+TEST(AdversaryNestedSubmit, ASerializerThatSubmits_LeavesTheOuterArgumentsIntact) {
+    process_pool inner({.workers = 1});
+    process_pool outer({.workers = 1});
+    inner_pool = &inner;
+    for (int i = 0; i < 20; ++i) {
+        auto f = outer.submit(joined, std::string("left-argument"), submits_while_saved{i},
+                              std::string("right"));
+        EXPECT_EQ(f.get(), "left-argument|" + std::to_string(i) + "|right");
+    }
+    inner_pool = nullptr;
 }
 
 // ---- 6. pools used after main returned ---------------------------------------------

@@ -391,16 +391,18 @@ void state_base::run_callbacks() noexcept {
 namespace {
 
 constinit thread_local std::vector<std::byte>* tl_scratch = nullptr;
+constinit thread_local bool tl_scratch_taken = false;
 
 void free_scratch_at_thread_end(void* v) noexcept {
-    if (tl_scratch != v) return;
+    if (tl_scratch != v || tl_scratch_taken) return;
     delete tl_scratch;
     tl_scratch = nullptr;
 }
 
 }  // namespace
 
-std::vector<std::byte>* encoding_scratch() noexcept {
+std::vector<std::byte>* acquire_encoding_scratch() noexcept {
+    if (tl_scratch_taken) return nullptr;  // a submit nested in an outer one's encoding
     if (tl_scratch == nullptr) {
         // A plain new (a program may replace it and its delete, not the nothrow form).
         try {
@@ -410,7 +412,12 @@ std::vector<std::byte>* encoding_scratch() noexcept {
         }
         thread_end_key<free_scratch_at_thread_end>::set(tl_scratch);
     }
+    tl_scratch_taken = true;
     return tl_scratch;
+}
+
+void release_encoding_scratch() noexcept {
+    tl_scratch_taken = false;
 }
 
 }  // namespace procpool::detail

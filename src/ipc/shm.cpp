@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "core/thread_end.hpp"
 #include "procpool/detail/sync.hpp"
 #include "procpool/error.hpp"
 
@@ -33,26 +34,28 @@ thread_local const void* current_in_place = nullptr;
 
 std::mutex listeners_mutex;
 // Never destroyed: a pool with static storage may leave the list at exit, after the
-// statics made later than the list are gone.
+// statics made later than the list are gone. Constant-initialized, as are the caches
+// below: a function-local static's guard, copied "in progress" into a worker forked while
+// another thread made it, stopped the worker for good in shm_reseed_ids.
+constinit never_destroyed<std::vector<shm_listener*>> listener_list;
 std::vector<shm_listener*>& listeners() {
-    static auto* l = new std::vector<shm_listener*>;
-    return *l;
+    return listener_list.value;
 }
 
 // Blocks of big std::vector arguments, kept for reuse once their task is over (see
 // shm_block::reusable). A reused block is memory this process and the workers that cached it
 // have already touched, so the copy into it runs at memcpy speed instead of paying for
 // fresh pages, and the worker's mapping of it is reused too. Idle blocks are bounded in
-// number and bytes and freed when the last pool goes away. Allocated once and never
-// destroyed: a block's last handle may let go during static destruction.
+// number and bytes and freed when the last pool goes away. Never destroyed: a block's last
+// handle may let go during static destruction.
 struct bulk_cache {
     std::mutex mu;
     std::vector<shm_block*> idle;
     std::size_t idle_bytes = 0;
 };
+constinit never_destroyed<bulk_cache> bulk_cache_storage;
 bulk_cache& bulk_blocks() {
-    static auto* c = new bulk_cache;
-    return *c;
+    return bulk_cache_storage.value;
 }
 constexpr std::size_t bulk_cache_blocks = 4;
 constexpr std::size_t bulk_cache_bytes = std::size_t{256} << 20;
@@ -70,9 +73,9 @@ struct returned_cache {
     std::size_t bytes = 0;
     int pid = 0;  // whose blocks: a process forked from a worker inherits the list, not them
 };
+constinit never_destroyed<returned_cache> returned_cache_storage;
 returned_cache& returned_blocks() {
-    static auto* c = new returned_cache;
-    return *c;
+    return returned_cache_storage.value;
 }
 constexpr std::size_t return_word_bytes = 64;  // the last cache line of a returnable block
 constexpr std::size_t progress_bytes = 64;     // the last cache line of a progressive block

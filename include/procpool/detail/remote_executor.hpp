@@ -26,11 +26,31 @@
 
 namespace procpool::detail {
 
-/// The calling thread's encoding buffer, kept between submits and freed when the thread
-/// ends; usable in any destructor on the thread (also after its thread_local objects are
-/// gone). Null if it cannot be made (out of memory): the caller then encodes into a
-/// buffer of its own.
-std::vector<std::byte>* encoding_scratch() noexcept;
+/// Takes the calling thread's encoding buffer, kept between submits and freed when the
+/// thread ends; usable in any destructor on the thread (also after its thread_local
+/// objects are gone). Null while an outer submit on this thread holds it (a serializer
+/// that submits, to any remote executor) or if it cannot be made (out of memory): the
+/// caller then encodes into a buffer of its own. Give it back with
+/// release_encoding_scratch.
+std::vector<std::byte>* acquire_encoding_scratch() noexcept;
+/// Gives back the buffer a non-null acquire_encoding_scratch returned.
+void release_encoding_scratch() noexcept;
+
+/// Holds the thread's encoding buffer (acquire_encoding_scratch) for its lifetime.
+class scratch_lease {
+  public:
+    scratch_lease() noexcept : buf_(acquire_encoding_scratch()) {}
+    scratch_lease(const scratch_lease&) = delete;
+    scratch_lease& operator=(const scratch_lease&) = delete;
+    ~scratch_lease() {
+        if (buf_ != nullptr) release_encoding_scratch();
+    }
+    /// The buffer, or null: encode into one of the caller's own then.
+    std::vector<std::byte>* get() const noexcept { return buf_; }
+
+  private:
+    std::vector<std::byte>* buf_;
+};
 
 /// True if a task result of type R can come back from a worker (void always can).
 template <class R>
@@ -288,7 +308,8 @@ public:
         t->timeout_ns = timeout_ns;
         t->attachments = std::move(attachments);
         std::vector<std::byte> own;
-        std::vector<std::byte>* shared = scratch();
+        const scratch_lease lease;
+        std::vector<std::byte>* shared = lease.get();
         std::vector<std::byte>& buf = shared != nullptr ? *shared : own;
         buf.assign(args, args + n);
         self().enqueue(*t, buf);
@@ -319,7 +340,8 @@ public:
         t->timeout_ns =
             topts.timeout ? static_cast<std::int64_t>(topts.timeout->count()) * 1'000'000 : -1;
         std::vector<std::byte> own;
-        std::vector<std::byte>* shared = scratch();
+        const scratch_lease lease;
+        std::vector<std::byte>* shared = lease.get();
         std::vector<std::byte>& buf = shared != nullptr ? *shared : own;
         buf.clear();
         // Big argument vectors go into their blocks after the task is sent, while the
@@ -355,7 +377,8 @@ public:
             self().enqueue_parts(*t, head, body);
         } else {
             std::vector<std::byte> own;
-            std::vector<std::byte>* shared = scratch();
+            const scratch_lease lease;
+        std::vector<std::byte>* shared = lease.get();
             std::vector<std::byte>& buf = shared != nullptr ? *shared : own;
             buf.assign(head.begin(), head.end());
             buf.insert(buf.end(), body.begin(), body.end());
@@ -396,8 +419,6 @@ public:
         return stream<R>(std::move(source), ordered, max_in_flight);
     }
 
-    // The calling thread's encoding buffer (encoding_scratch).
-    static std::vector<std::byte>* scratch() noexcept { return encoding_scratch(); }
 };
 
 }  // namespace procpool::detail
