@@ -378,7 +378,7 @@ public:
         } else {
             std::vector<std::byte> own;
             const scratch_lease lease;
-        std::vector<std::byte>* shared = lease.get();
+            std::vector<std::byte>* shared = lease.get();
             std::vector<std::byte>& buf = shared != nullptr ? *shared : own;
             buf.assign(head.begin(), head.end());
             buf.insert(buf.end(), body.begin(), body.end());
