@@ -59,16 +59,22 @@ class ring {
     /// Producer: room for a `len`-byte payload, or nullptr if the ring is too full now
     /// (or `corrupt()`). Nothing is visible to the consumer until `commit`.
     std::byte* try_reserve(std::uint32_t len) noexcept {
-        const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
-        if (tail > head_ || head_ - tail > cap_) {
-            corrupt_ = true;
-            return nullptr;
-        }
         const std::uint64_t need = frame_size(len);
         const auto pos = static_cast<std::uint32_t>(head_ % cap_);
         const std::uint32_t to_end = cap_ - pos;
         const std::uint32_t pad = to_end < need ? to_end : 0;
-        if (head_ + pad + need - tail > cap_) return nullptr;
+        if (head_ + pad + need - tail_seen_ > cap_) {
+            // No room as far as this side last looked: read the consumer's index again.
+            // While there is room it is not read at all, so the consumer's line stays in
+            // the consumer's cache (one cache-line transfer fewer per frame).
+            const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
+            if (tail > head_ || head_ - tail > cap_) {
+                corrupt_ = true;
+                return nullptr;
+            }
+            tail_seen_ = tail;
+            if (head_ + pad + need - tail > cap_) return nullptr;
+        }
         if (pad != 0) {
             header_at(pos) =
                 frame_header{to_end - static_cast<std::uint32_t>(sizeof(frame_header)), frame_pad};
@@ -91,9 +97,15 @@ class ring {
     /// them until `pop`, though a hostile one may still change them: read each once).
     peek_result peek(frame_header& h, const std::byte*& payload) noexcept {
         for (;;) {
-            const std::uint64_t head = ctl_->head.load(std::memory_order_acquire);
-            if (head == tail_) return peek_result::empty;
-            if (head < tail_ || head - tail_ > cap_) return peek_result::corrupt;
+            if (head_seen_ == tail_) {
+                // Everything seen so far is consumed: read the producer's index again.
+                // Frames it published together are then read without reading it again.
+                const std::uint64_t head = ctl_->head.load(std::memory_order_acquire);
+                if (head == tail_) return peek_result::empty;
+                if (head < tail_ || head - tail_ > cap_) return peek_result::corrupt;
+                head_seen_ = head;
+            }
+            const std::uint64_t head = head_seen_;
             const auto pos = static_cast<std::uint32_t>(tail_ % cap_);
             std::memcpy(&h, data_ + pos, sizeof h);
             const std::uint64_t size = frame_size(h.len);
@@ -147,7 +159,13 @@ class ring {
     std::uint32_t cap_ = 0;
     bool corrupt_ = false;
     std::uint64_t head_ = 0;  ///< producer's own index: what it has published
+    /// Producer: the consumer's index when last read and checked (at most its true value,
+    /// so the room computed from it is never more than there is).
+    std::uint64_t tail_seen_ = 0;
     alignas(8) std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
+    /// Consumer: the producer's index when last read and checked (at most its true value;
+    /// never behind tail_).
+    std::uint64_t head_seen_ = 0;
     std::uint64_t reserved_at_ = 0;
 };
 

@@ -153,9 +153,11 @@ struct worker_slot {
     std::size_t map_len = 0;
     std::size_t req_populated = 0;  // bytes of the request ring's data populated (prefault_until)
     worker_region* region = nullptr;
+    // Each on a cache line of its own (alignas): `req` is the submitter's, `cmp` the
+    // drainer's, and they run on different cores.
     ipc::ring req;
-    ipc::ring cmp;
-    task_list inflight;
+    alignas(64) ipc::ring cmp;
+    alignas(64) task_list inflight;
     // When the task at the head of `inflight` became the head: the earliest it can have
     // started. Deadlines run from here, on the parent's clock alone, so a worker cannot
     // stretch its task's deadline and a timed task queued behind others is never missed.
@@ -250,7 +252,10 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::vector<std::byte> config;
     std::int64_t default_timeout_ns = 0;
 
-    detail::spin_lock mu;  // guards everything below except what only the supervisor touches
+    // Fields that threads on different cores write (the lock, the counters, the drainers'
+    // lock) each start a cache line of their own (alignas): sharing one made the submitter
+    // and the drainer take turns at it even where they touch different fields.
+    alignas(64) detail::spin_lock mu;  // guards everything below except what only the supervisor touches
     std::vector<std::unique_ptr<worker_slot>> slots;
     task_list pending;
     bool closed = false;
@@ -267,12 +272,12 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     // EWMA of task run time; 0 until the first completion, which sets it outright (a
     // pool's first tasks say more about its work than any guess would).
     // Atomic: threads waiting on futures read it without mu (help_drain).
-    std::atomic<std::int64_t> avg_task_ns{0};
+    alignas(64) std::atomic<std::int64_t> avg_task_ns{0};
     std::uint64_t next_token = 1;
 
     // Tasks not yet resolved by the pool; shutdown waits for zero.
-    std::atomic<std::uint64_t> outstanding{0};
-    std::mutex idle_mu;
+    alignas(64) std::atomic<std::uint64_t> outstanding{0};
+    alignas(64) std::mutex idle_mu;
     std::condition_variable idle_cv;
     ipc::unique_fd epfd;
     ipc::unique_fd evfd;
@@ -289,12 +294,12 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::thread supervisor;
     // Completion rings have one consumer at a time: the supervisor or a thread waiting on
     // a future (help_wait), whoever holds `draining`.
-    detail::spin_lock draining;
+    alignas(64) detail::spin_lock draining;
     // The thread holding `draining`: a callback run under it (a future resolved by that
     // drain) that waits on another of this pool's futures must not take it again.
     std::atomic<std::thread::id> draining_owner{};
     std::atomic<int> helpers{0};  // threads inside help_wait
-    std::atomic<bool> supervisor_asleep{false};
+    alignas(64) std::atomic<bool> supervisor_asleep{false};
     std::atomic<bool> stopping{false};
     std::atomic<bool> joined{false};
     std::mutex join_mu;
