@@ -8,11 +8,14 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <string>
 #include <vector>
 
+#include "ipc/ring.hpp"
 #include "procpool/process_pool.hpp"
 #include "procpool/shared_array.hpp"
 
@@ -35,6 +38,98 @@ bool wait_stopped(int pid) {
         usleep(1000);
     }
     return false;
+}
+
+// ---- the ring itself (src/ipc/ring.hpp), in private memory -----------------------------
+
+// A ring over a buffer of this process, with its producer and consumer views.
+struct local_ring {
+    static constexpr std::uint32_t cap = 1024;
+    procpool::ipc::ring_ctl ctl;
+    alignas(64) std::byte data[cap]{};
+    procpool::ipc::ring producer{&ctl, data, cap};
+    procpool::ipc::ring consumer{&ctl, data, cap};
+
+    bool put(std::uint32_t value) {
+        std::byte* p = producer.try_reserve(sizeof value);
+        if (p == nullptr) return false;
+        std::memcpy(p, &value, sizeof value);
+        producer.commit(sizeof value, 1);
+        return true;
+    }
+    // The next value, or -1 if the ring is empty, or -2 if it is corrupt.
+    long long take() {
+        procpool::ipc::frame_header h{};
+        const std::byte* p = nullptr;
+        const auto r = consumer.peek(h, p);
+        if (r == procpool::ipc::peek_result::empty) return -1;
+        if (r == procpool::ipc::peek_result::corrupt) return -2;
+        std::uint32_t v = 0;
+        std::memcpy(&v, p, sizeof v);
+        consumer.pop(h);
+        return v;
+    }
+};
+
+// The consumer reads the producer's index once for the frames published together, then
+// again when it has consumed them: frames published after its last look still arrive.
+TEST(RingUnit, FramesPublishedAfterTheConsumersLastLook_AllArriveInOrder) {
+    local_ring r;
+    ASSERT_TRUE(r.put(1));
+    ASSERT_TRUE(r.put(2));
+    EXPECT_EQ(r.take(), 1);  // its look saw two frames
+    ASSERT_TRUE(r.put(3));
+    ASSERT_TRUE(r.put(4));
+    EXPECT_EQ(r.take(), 2);
+    EXPECT_EQ(r.take(), 3);
+    EXPECT_EQ(r.take(), 4);
+    EXPECT_EQ(r.take(), -1);
+    ASSERT_TRUE(r.put(5));
+    EXPECT_EQ(r.take(), 5);
+    EXPECT_EQ(r.take(), -1);
+}
+
+// The producer reads the consumer's index only when its last look leaves no room: room
+// freed since then is found, through many wraps of the buffer.
+TEST(RingUnit, RoomTheConsumerFreedSinceTheProducersLastLook_IsFound) {
+    local_ring r;
+    std::uint32_t next_put = 0;
+    std::uint32_t next_take = 0;
+    for (int round = 0; round < 50; ++round) {
+        int added = 0;
+        while (r.put(next_put)) {
+            ++next_put;
+            ++added;
+        }
+        ASSERT_GT(added, 0) << "round " << round << ": no room after the consumer freed some";
+        // Free a different amount each round, so the frames straddle the end differently.
+        const int free_now = 1 + round % 7;
+        for (int i = 0; i < free_now; ++i) ASSERT_EQ(r.take(), next_take++);
+    }
+    while (next_take < next_put) ASSERT_EQ(r.take(), next_take++);
+    EXPECT_EQ(r.take(), -1);
+}
+
+// A peer that forges the other side's index is still caught when the index is read.
+TEST(RingUnit, ForgedIndices_AreReportedCorrupt) {
+    {
+        local_ring r;
+        ASSERT_TRUE(r.put(7));
+        EXPECT_EQ(r.take(), 7);
+        // The producer's index claims more than the buffer holds.
+        r.ctl.head.store(r.ctl.head.load() + 10ull * local_ring::cap);
+        EXPECT_EQ(r.take(), -2);
+    }
+    {
+        local_ring r;
+        while (r.put(1)) {
+        }
+        ASSERT_FALSE(r.producer.corrupt());
+        // The consumer's index claims to be ahead of what was published.
+        r.ctl.tail.store(r.ctl.head.load() + 8);
+        EXPECT_FALSE(r.put(1));
+        EXPECT_TRUE(r.producer.corrupt());
+    }
 }
 
 // Their forget notices wait in the worker's ring while it is stopped; the worker must not
