@@ -110,6 +110,34 @@ TEST(RingUnit, RoomTheConsumerFreedSinceTheProducersLastLook_IsFound) {
     EXPECT_EQ(r.take(), -1);
 }
 
+// The producer stamps a frame, then stores its index: a consumer that took the frame by
+// its stamp in between finds the index behind its own, which means "nothing more yet",
+// not a broken ring.
+TEST(RingUnit, FrameTakenByItsStampBeforeTheIndexIsStored_ThenEmptyNotCorrupt) {
+    local_ring r;
+    const std::uint64_t before = r.ctl.head.load();
+    ASSERT_TRUE(r.put(9));
+    r.ctl.head.store(before);  // as if the index had not been stored yet
+    EXPECT_EQ(r.take(), 9);
+    EXPECT_EQ(r.take(), -1);
+    EXPECT_TRUE(r.consumer.empty());
+    r.ctl.head.store(before + procpool::ipc::ring::frame_size(sizeof(std::uint32_t)));
+    EXPECT_EQ(r.take(), -1);
+    ASSERT_TRUE(r.put(10));
+    EXPECT_EQ(r.take(), 10);
+}
+
+// A stamped header is checked against the buffer: a frame that would run past its end is
+// reported, never read.
+TEST(RingUnit, StampedFrameLongerThanTheBuffer_IsCorrupt) {
+    local_ring r;
+    procpool::ipc::frame_header h{local_ring::cap, 1};
+    std::memcpy(r.data, &h, sizeof h);
+    const std::uint64_t stamp = procpool::ipc::ring::stamp_of(0);
+    std::memcpy(r.data + offsetof(procpool::ipc::frame_header, stamp), &stamp, sizeof stamp);
+    EXPECT_EQ(r.take(), -2);
+}
+
 // A peer that forges the other side's index is still caught when the index is read.
 TEST(RingUnit, ForgedIndices_AreReportedCorrupt) {
     {

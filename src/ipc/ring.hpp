@@ -21,18 +21,22 @@ struct ring_ctl {
     detail::doorbell space;
 };
 
-/// One message in a ring: an 8-byte header (payload length, type) then the payload,
-/// padded to 8 bytes. A `pad` frame fills the end of the buffer when a frame would wrap.
+/// One message in a ring: a 16-byte header (payload length, type, stamp) then the
+/// payload, padded to 16 bytes. A `pad` frame fills the end of the buffer when a frame
+/// would wrap. The stamp, written last, says the frame is published (see ring::stamp_of).
 struct frame_header {
     std::uint32_t len;
     std::uint32_t type;
+    std::uint64_t stamp = 0;
 };
+static_assert(sizeof(frame_header) == 16);
 inline constexpr std::uint32_t frame_pad = 0;
 
 /// What `ring::peek` found.
 enum class peek_result {
     empty,    ///< nothing published
-    frame,    ///< a frame, checked to lie wholly inside the published bytes
+    frame,    ///< a frame, checked to lie wholly inside the buffer (and, unless stamped,
+              ///< inside the bytes the producer's index says are published)
     corrupt,  ///< the other side broke the ring's invariants (a hostile or broken peer)
 };
 
@@ -51,7 +55,14 @@ class ring {
 
     /// Bytes a frame with a `len`-byte payload occupies (64-bit: no wrap for any `len`).
     static constexpr std::uint64_t frame_size(std::uint64_t len) noexcept {
-        return sizeof(frame_header) + ((len + 7u) & ~std::uint64_t{7});
+        return sizeof(frame_header) + ((len + 15u) & ~std::uint64_t{15});
+    }
+    /// The stamp of a frame published at ring position `pos`: the consumer finds the next
+    /// frame published by reading its stamp, on the frame's own cache line, instead of the
+    /// producer's index, on a line of its own. Positions never repeat, and the constant
+    /// keeps a stale header or payload (or zeroed memory) from passing for one.
+    static constexpr std::uint64_t stamp_of(std::uint64_t pos) noexcept {
+        return pos ^ 0x9e3779b97f4a7c15ull;
     }
     /// The largest payload one frame may carry.
     std::uint32_t max_payload() const noexcept { return cap_ / 4; }
@@ -76,8 +87,10 @@ class ring {
             if (head_ + pad + need - tail > cap_) return nullptr;
         }
         if (pad != 0) {
-            header_at(pos) =
-                frame_header{to_end - static_cast<std::uint32_t>(sizeof(frame_header)), frame_pad};
+            // Field by field: the consumer may be reading the stamp word (atomically). The
+            // pad is stamped by `commit`, with the frame after it.
+            header_at(pos).len = to_end - static_cast<std::uint32_t>(sizeof(frame_header));
+            header_at(pos).type = frame_pad;
         }
         reserved_at_ = head_ + pad;
         return data_ + (reserved_at_ % cap_) + sizeof(frame_header);
@@ -85,7 +98,13 @@ class ring {
     /// Producer: publishes the frame reserved last, with its final payload length.
     /// Returns the ring position of the payload (for reading it back later).
     std::uint64_t commit(std::uint32_t len, std::uint32_t type) noexcept {
-        header_at(static_cast<std::uint32_t>(reserved_at_ % cap_)) = frame_header{len, type};
+        const auto pos = static_cast<std::uint32_t>(reserved_at_ % cap_);
+        header_at(pos).len = len;
+        header_at(pos).type = type;
+        // After the payload and the header; the frame before a pad it needed, so that a
+        // consumer that sees the pad and skips it finds the frame stamped.
+        publish_stamp(pos, reserved_at_);
+        if (reserved_at_ != head_) publish_stamp(static_cast<std::uint32_t>(head_ % cap_), head_);
         head_ = reserved_at_ + frame_size(len);
         // seq_cst: pairs with the consumer's seq_cst announcement that it sleeps.
         ctl_->head.store(head_, std::memory_order_seq_cst);
@@ -97,12 +116,39 @@ class ring {
     /// them until `pop`, though a hostile one may still change them: read each once).
     peek_result peek(frame_header& h, const std::byte*& payload) noexcept {
         for (;;) {
-            if (head_seen_ == tail_) {
+            const auto at = static_cast<std::uint32_t>(tail_ % cap_);
+            if (stamp_at(at) == stamp_of(tail_)) {
+                // Published (the stamp is stored last, with release): its header and
+                // payload are there. Checked against the buffer, as the producer's index is
+                // not read; a peer that stamps a frame it did not publish only moves this
+                // side's index past its own, which it sees as `corrupt` when it reads it.
+                std::memcpy(&h, data_ + at, sizeof h);
+                const std::uint64_t size = frame_size(h.len);
+                const std::uint64_t to_end = cap_ - at;
+                if (h.type == frame_pad ? size != to_end : size > to_end) {
+                    return peek_result::corrupt;
+                }
+                if (h.type == frame_pad) {
+                    std::atomic_ref<std::uint64_t>(tail_).store(tail_ + size,
+                                                                 std::memory_order_relaxed);
+                    ctl_->tail.store(tail_, std::memory_order_release);
+                    continue;
+                }
+                payload = data_ + at + sizeof(frame_header);
+                return peek_result::frame;
+            }
+            // Not stamped: nothing published yet, or a frame from a peer that does not
+            // stamp (checked against the producer's index, as before stamps).
+            if (head_seen_ <= tail_) {
                 // Everything seen so far is consumed: read the producer's index again.
                 // Frames it published together are then read without reading it again.
-                const std::uint64_t head = ctl_->head.load(std::memory_order_acquire);
-                if (head == tail_) return peek_result::empty;
-                if (head < tail_ || head - tail_ > cap_) return peek_result::corrupt;
+                // seq_cst: with the sleeper's announcement, the Dekker pair of `doorbell`.
+                const std::uint64_t head = ctl_->head.load(std::memory_order_seq_cst);
+                // Behind this side's index: the frames taken by their stamps are published
+                // before the producer's index says so (it stores the index after the
+                // stamp), so "nothing more yet".
+                if (head <= tail_) return peek_result::empty;
+                if (head - tail_ > cap_) return peek_result::corrupt;
                 head_seen_ = head;
             }
             const std::uint64_t head = head_seen_;
@@ -130,13 +176,16 @@ class ring {
         std::atomic_ref<std::uint64_t>(tail_).store(tail, std::memory_order_relaxed);
         ctl_->tail.store(tail, std::memory_order_seq_cst);
     }
-    /// Consumer: true if nothing is published beyond what this side has consumed. Any
-    /// thread may ask (a hint: the answer may be stale by the time it is used).
+    /// Consumer: true if the producer's index says nothing is published beyond what this
+    /// side has consumed. Any thread may ask (a hint: the answer may be stale by the time
+    /// it is used, and a frame stamped a moment before its index is stored is not seen).
     bool empty() const noexcept {
         const std::uint64_t tail =
             std::atomic_ref<std::uint64_t>(const_cast<std::uint64_t&>(tail_))
                 .load(std::memory_order_relaxed);
-        return ctl_->head.load(std::memory_order_seq_cst) == tail;
+        // At or behind this side's index: frames taken by their stamps may be ahead of
+        // the producer's index for a moment (see peek).
+        return ctl_->head.load(std::memory_order_seq_cst) <= tail;
     }
     /// Producer: bytes published and not yet released by the consumer (as it claims).
     std::uint64_t unconsumed() const noexcept {
@@ -153,6 +202,17 @@ class ring {
   private:
     frame_header& header_at(std::uint32_t pos) noexcept {
         return *reinterpret_cast<frame_header*>(data_ + pos);
+    }
+    // The stamp word of the header at buffer offset `pos` (16-byte aligned).
+    std::uint64_t* stamp_word(std::uint32_t pos) const noexcept {
+        return reinterpret_cast<std::uint64_t*>(data_ + pos + offsetof(frame_header, stamp));
+    }
+    void publish_stamp(std::uint32_t pos, std::uint64_t at) noexcept {
+        std::atomic_ref<std::uint64_t>(*stamp_word(pos)).store(stamp_of(at),
+                                                               std::memory_order_release);
+    }
+    std::uint64_t stamp_at(std::uint32_t pos) const noexcept {
+        return std::atomic_ref<std::uint64_t>(*stamp_word(pos)).load(std::memory_order_acquire);
     }
     ring_ctl* ctl_ = nullptr;
     std::byte* data_ = nullptr;
