@@ -600,6 +600,39 @@ void floor_memcpy_1mib(benchmark::State& st) {
     st.SetBytesProcessed(st.iterations() * static_cast<std::int64_t>(a.size()));
 }
 
+// The copies the parent makes in a `map` of kMapItems ints, with nothing else: the input
+// into a 512 KiB ring in 64 KiB pieces, each piece of results out of another 512 KiB ring
+// into a new vector (as a chunk's result is decoded), and that vector into the output
+// (docs/architecture.md, "What one map element costs"). The worker's two copies run on
+// the other core at the same time, so this is the bound the parent's side puts on `map`.
+void floor_map_parent_copies(benchmark::State& st) {
+    const auto in = map_input();
+    constexpr std::size_t ring_bytes = 512 * 1024;
+    constexpr std::size_t piece = 64 * 1024 / sizeof(int);
+    std::vector<std::byte> ring_out(ring_bytes);
+    std::vector<std::byte> ring_back(ring_bytes);
+    std::memset(ring_back.data(), 1, ring_bytes);
+    std::vector<int> out;
+    out.reserve(in.size());
+    for (auto _ : st) {
+        out.clear();
+        std::size_t at = 0;
+        for (std::size_t lo = 0; lo < in.size(); lo += piece) {
+            const std::size_t n = std::min(piece, in.size() - lo);
+            if (at + n * sizeof(int) > ring_bytes) at = 0;
+            std::memcpy(ring_out.data() + at, in.data() + lo, n * sizeof(int));
+            benchmark::DoNotOptimize(ring_out.data());
+            const int* back = reinterpret_cast<const int*>(ring_back.data() + at);
+            std::vector<int> part(back, back + n);
+            out.insert(out.end(), part.begin(), part.end());
+            at += n * sizeof(int);
+        }
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+    }
+    set_rate(st, kMapItems);
+}
+
 // Registers `fn` as "group/variant", timed by the wall clock. Runs go in this order.
 benchmark::internal::Benchmark* add(const char* name, void (*fn)(benchmark::State&)) {
     return benchmark::RegisterBenchmark(name, fn)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -625,6 +658,7 @@ int main(int argc, char** argv) {
     add("map/procpool_process_pool", map_procpool_process);
     add("map/procpool_process_pool_first_call", map_procpool_process_first_call);
     add("map/procpool_thread_pool", map_procpool_thread);
+    add("floor/map_parent_copies", floor_map_parent_copies);
 
     add("floor/fork_exit_wait_before_startup", floor_fork_exit_wait)->Iterations(1);
     add("startup/procpool_forkserver", startup_forkserver)->Iterations(1);

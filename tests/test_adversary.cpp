@@ -214,6 +214,86 @@ TEST(AdversaryRing, ForgedRequestTail_DoesNotStallThePool) {
     for (auto& f : victims) (void)f.wait_for(60s);
 }
 
+// A leftover thread that keeps writing the request ring's read index, in and out of range
+// (found by an adversarial review): the parent, believing frames consumed, writes over
+// ones the worker never read. When the worker is killed for it, a task whose frame was
+// written over must fail, not be copied back out of the ring and run elsewhere on other
+// bytes: no task that another worker ran may return a wrong value.
+int forge_request_tail_in_a_loop(std::string stop, int seed) {
+    auto* r = my_region();
+    const std::uint64_t cap = r->ring_capacity;
+    std::thread([r, cap, stop, seed] {
+        std::uint64_t x = static_cast<std::uint64_t>(seed) * 0x9e3779b97f4a7c15ull + 1;
+        for (unsigned i = 0;; ++i) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            auto& q = r->requests;
+            const std::uint64_t h = q.head.load();
+            std::uint64_t v = 0;
+            switch (x % 5) {
+                case 0: v = x; break;
+                case 1: v = h + 8; break;
+                case 2: v = h > cap ? h - cap + 8 : 0; break;
+                case 3: v = h; break;
+                default: v = h > cap ? h - cap : 0; break;
+            }
+            q.tail.store(v);
+            if ((i & 1023) == 0 && exists(stop)) return;
+        }
+    }).detach();
+    return static_cast<int>(getpid());
+}
+
+std::uint64_t tagged_sum(const std::vector<char>& v, int tag) {
+    std::uint64_t s = static_cast<std::uint64_t>(tag) << 40;
+    for (char c : v) s += static_cast<unsigned char>(c);
+    return s;
+}
+std::vector<std::uint64_t> tagged_sum_and_pid(std::vector<char> v, int tag) {
+    return {tagged_sum(v, tag), static_cast<std::uint64_t>(getpid())};
+}
+
+TEST(AdversaryRing, ForgedRequestTailInALoop_NoTaskElsewhereReturnsAWrongValue) {
+    int wrong_elsewhere = 0;
+    int hung = 0;
+    for (int round = 0; round < 40 && hung == 0; ++round) {
+        process_pool pool({.workers = 3});
+        temp_dir dir;
+        const std::string stop = dir.path() + "/stop";
+        auto hostile = pool.submit(forge_request_tail_in_a_loop, stop, round);
+        std::vector<procpool::future<std::vector<std::uint64_t>>> others;
+        std::vector<std::uint64_t> want;
+        for (int i = 0; i < 600; ++i) {
+            std::vector<char> v(static_cast<std::size_t>((i * 7919) % 120'000),
+                                static_cast<char>(i));
+            want.push_back(tagged_sum(v, i));
+            others.push_back(pool.submit(tagged_sum_and_pid, std::move(v), i));
+        }
+        int hostile_pid = -1;
+        try {
+            hostile_pid = hostile.get();
+        } catch (const procpool::error&) {  // NOLINT(bugprone-empty-catch): killed for it
+        }
+        for (std::size_t i = 0; i < others.size(); ++i) {
+            if (!others[i].wait_for(60s)) {
+                ++hung;
+                break;
+            }
+            try {
+                const auto r = others[i].get();
+                if (r[0] != want[i] && static_cast<int>(r[1]) != hostile_pid) ++wrong_elsewhere;
+            } catch (const procpool::error&) {  // NOLINT(bugprone-empty-catch)
+                // Failing is allowed: the task was sent to the hostile worker.
+            }
+        }
+        std::ofstream(stop) << 1;
+        if (hung != 0) kill_workers(pool);
+    }
+    EXPECT_EQ(hung, 0) << "a task was never resolved";
+    EXPECT_EQ(wrong_elsewhere, 0) << "tasks run by other workers returned wrong values";
+}
+
 // ---- 3. a file-backed shared block in a result ------------------------------------------
 
 // Returns a file-backed array of `n` ints; the worker keeps the file (and could keep a

@@ -340,6 +340,38 @@ TEST(ProcessPool, Map_RethrowsFirstFailingElement) {
     }
 }
 
+// A map of more chunks than the workers' rings hold submits them as it collects (see
+// process_pool::map_window): every result arrives, in input order, and the error thrown is
+// the first in input order, also when a later chunk, submitted after it was collected,
+// fails too.
+TEST(ProcessPool, Map_MoreChunksThanTheRingsHold_AllResultsInOrder_FirstErrorFirst) {
+    process_pool pool({.workers = 2});
+    constexpr int chunk = 4096;  // 16 KiB of ints: about 30 chunks per worker's ring
+    std::vector<int> xs(300 * chunk);
+    for (std::size_t i = 0; i < xs.size(); ++i) xs[i] = static_cast<int>(i);
+    const auto ys = pool.map([](int x) { return 3 * x + 1; }, xs, chunk);
+    ASSERT_EQ(ys.size(), xs.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+        ASSERT_EQ(ys[i], 3 * xs[i] + 1) << "element " << i;
+    }
+    xs[5 * chunk + 7] = -1;
+    xs[290 * chunk + 3] = -2;
+    try {
+        pool.map(
+            [](int x) {
+                if (x < 0) throw std::invalid_argument("negative " + std::to_string(x));
+                return x;
+            },
+            xs, chunk);
+        FAIL() << "map did not throw";
+    } catch (const procpool::remote_exception& e) {
+        EXPECT_EQ(e.message(), "negative -1");
+    }
+    // The pool serves on.
+    EXPECT_EQ(pool.map([](int x) { return x + 1; }, std::vector<int>{1, 2, 3}),
+              (std::vector<int>{2, 3, 4}));
+}
+
 // Elements and results that travel as plain bytes are read and written in place by the
 // worker (detail::invoke_map_chunk): structs with padding, sizes that differ, a function
 // that changes its (copied) argument, chunk sizes that leave elements at odd offsets, and

@@ -45,10 +45,12 @@ bool wait_stopped(int pid) {
 // A ring over a buffer of this process, with its producer and consumer views.
 struct local_ring {
     static constexpr std::uint32_t cap = 1024;
+    explicit local_ring(std::uint64_t key = procpool::ipc::random_stamp_key())
+        : producer{(ctl.stamp_key = key, &ctl), data, cap}, consumer{&ctl, data, cap} {}
     procpool::ipc::ring_ctl ctl;
     alignas(64) std::byte data[cap]{};
-    procpool::ipc::ring producer{&ctl, data, cap};
-    procpool::ipc::ring consumer{&ctl, data, cap};
+    procpool::ipc::ring producer;
+    procpool::ipc::ring consumer;
 
     bool put(std::uint32_t value) {
         std::byte* p = producer.try_reserve(sizeof value);
@@ -133,9 +135,41 @@ TEST(RingUnit, StampedFrameLongerThanTheBuffer_IsCorrupt) {
     local_ring r;
     procpool::ipc::frame_header h{local_ring::cap, 1};
     std::memcpy(r.data, &h, sizeof h);
-    const std::uint64_t stamp = procpool::ipc::ring::stamp_of(0);
+    const std::uint64_t stamp = r.producer.stamp_of(0);
     std::memcpy(r.data + offsetof(procpool::ipc::frame_header, stamp), &stamp, sizeof stamp);
     EXPECT_EQ(r.take(), -2);
+}
+
+// A consumer with nothing to read looks for a stamp where the next frame will start,
+// which still holds what an earlier frame left there: data a user chose. Data made to
+// look like stamped frames (headers, and stamps for the positions it will be found at, as
+// anyone who knows the stamp rule but not the ring's key can compute them) is never taken
+// for a frame.
+TEST(RingUnit, PayloadShapedLikeStampedFrames_IsNeverTakenForOne) {
+    local_ring r;
+    // One big frame from offset 0 whose payload, at every 16-byte-aligned offset of the
+    // buffer, holds a header {4, 7} and the stamp of that offset one lap later, made with
+    // the key 0 (the attacker's best guess); then small frames through the wrap while the
+    // consumer looks whenever it has nothing to read.
+    std::vector<std::uint64_t> fake((local_ring::cap / 4 - 16) / sizeof(std::uint64_t));
+    for (std::size_t i = 0; i + 1 < fake.size(); i += 2) {
+        const std::uint64_t offset = 16 + 8 * i;  // the buffer offset of fake[i]
+        fake[i] = (std::uint64_t{7} << 32) | 4u;
+        fake[i + 1] = (offset + local_ring::cap) | 1;
+    }
+    std::byte* p = r.producer.try_reserve(static_cast<std::uint32_t>(fake.size() * 8));
+    ASSERT_NE(p, nullptr);
+    std::memcpy(p, fake.data(), fake.size() * 8);
+    r.producer.commit(static_cast<std::uint32_t>(fake.size() * 8), 1);
+    procpool::ipc::frame_header h{};
+    const std::byte* payload = nullptr;
+    ASSERT_EQ(r.consumer.peek(h, payload), procpool::ipc::peek_result::frame);
+    r.consumer.pop(h);
+    for (std::uint32_t i = 0; i < 200; ++i) {
+        ASSERT_TRUE(r.put(i));
+        ASSERT_EQ(r.take(), i);
+        EXPECT_EQ(r.take(), -1) << "after frame " << i << ": a frame nobody sent";
+    }
 }
 
 // A peer that forges the other side's index is still caught when the index is read.

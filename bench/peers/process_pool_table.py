@@ -183,6 +183,8 @@ def main():
           g("submit_get/asio_thread_pool_promise", "items_per_second"), 1.5)
     w = g(mp, "items_per_second")
     ratio("P. map 1M ints, warm (M items/s)", None if w is None else w / 1e6, 1.0, 500, "M/s")
+    ratio("P. (context) map warm / the parent's own copies alone (floor/map_parent_copies)",
+          w, g("floor/map_parent_copies", "items_per_second"), None)
     ratio("P. map 1M ints: first call on a new pool / warm",
           g("map/procpool_process_pool_first_call", "items_per_second"), w, 0.5)
     fs = g("startup/procpool_forkserver", "p50_us")

@@ -232,6 +232,8 @@ public:
 private:
     friend class detail::remote_executor<process_pool, detail::process_task_base>;
     std::size_t auto_chunksize(std::size_t n) const noexcept;
+    // How many map chunks of `chunk_bytes` the workers' request rings hold at once.
+    std::size_t map_window(std::size_t chunk_bytes) const noexcept;
     void enqueue(detail::process_task_base& t, const std::vector<std::byte>& args);
     // As enqueue, with the arguments in two pieces copied straight into a worker's ring.
     void enqueue_parts(detail::process_task_base& t, std::span<const std::byte> head,

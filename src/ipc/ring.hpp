@@ -19,7 +19,14 @@ struct ring_ctl {
     alignas(64) detail::doorbell data;
     /// The producer sleeps here for space; the consumer rings it after releasing a frame.
     detail::doorbell space;
+    /// The secret the frames' stamps are made with (see ring::stamp_of): written by whoever
+    /// creates the ring before either side makes its view, which keeps a copy.
+    std::uint64_t stamp_key = 0;
 };
+
+/// A fresh random key for ring_ctl::stamp_key (getrandom, or the clock and addresses mixed
+/// where the kernel has none to give).
+std::uint64_t random_stamp_key() noexcept;
 
 /// One message in a ring: a 16-byte header (payload length, type, stamp) then the
 /// payload, padded to 16 bytes. A `pad` frame fills the end of the buffer when a frame
@@ -51,7 +58,7 @@ class ring {
   public:
     ring() = default;
     ring(ring_ctl* ctl, std::byte* data, std::uint32_t capacity) noexcept
-        : ctl_(ctl), data_(data), cap_(capacity) {}
+        : ctl_(ctl), data_(data), cap_(capacity), key_(ctl->stamp_key | 1) {}
 
     /// Bytes a frame with a `len`-byte payload occupies (64-bit: no wrap for any `len`).
     static constexpr std::uint64_t frame_size(std::uint64_t len) noexcept {
@@ -59,11 +66,11 @@ class ring {
     }
     /// The stamp of a frame published at ring position `pos`: the consumer finds the next
     /// frame published by reading its stamp, on the frame's own cache line, instead of the
-    /// producer's index, on a line of its own. Positions never repeat, and the constant
-    /// keeps a stale header or payload (or zeroed memory) from passing for one.
-    static constexpr std::uint64_t stamp_of(std::uint64_t pos) noexcept {
-        return pos ^ 0x9e3779b97f4a7c15ull;
-    }
+    /// producer's index, on a line of its own. Positions never repeat, and the ring's
+    /// random key (ring_ctl::stamp_key) keeps what an earlier frame left there (a payload
+    /// the user chose, say) from passing for one: data cannot be made to match a key it
+    /// does not know. Odd, so zeroed memory never matches.
+    std::uint64_t stamp_of(std::uint64_t pos) const noexcept { return (pos ^ key_) | 1; }
     /// The largest payload one frame may carry.
     std::uint32_t max_payload() const noexcept { return cap_ / 4; }
 
@@ -74,16 +81,21 @@ class ring {
         const auto pos = static_cast<std::uint32_t>(head_ % cap_);
         const std::uint32_t to_end = cap_ - pos;
         const std::uint32_t pad = to_end < need ? to_end : 0;
-        if (head_ + pad + need - tail_seen_ > cap_) {
+        if (head_ + pad + need - tail_seen_ > cap_ || head_ >= check_at_) {
             // No room as far as this side last looked: read the consumer's index again.
             // While there is room it is not read at all, so the consumer's line stays in
             // the consumer's cache (one cache-line transfer fewer per frame).
-            const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
+            // seq_cst: with the sleeper's announcement, the Dekker pair of `doorbell` (this
+            // is the ready check of a producer waiting for space).
+            const std::uint64_t tail = ctl_->tail.load(std::memory_order_seq_cst);
             if (tail > head_ || head_ - tail > cap_) {
                 corrupt_ = true;
                 return nullptr;
             }
             tail_seen_ = tail;
+            // Looked at again after half a ring's worth of frames at the latest, so that a
+            // consumer that forges its index is caught within that much.
+            check_at_ = head_ + cap_ / 2;
             if (head_ + pad + need - tail > cap_) return nullptr;
         }
         if (pad != 0) {
@@ -192,6 +204,10 @@ class ring {
         const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
         return tail <= head_ ? head_ - tail : 0;
     }
+    /// Producer: true if the frame that started at ring position `pos` may have been
+    /// written over since (a lap's worth or more was published after it): only a consumer
+    /// that forged its index lets that happen.
+    bool overwritten(std::uint64_t pos) const noexcept { return head_ > pos + cap_; }
     /// Producer: true once the consumer's published index broke the ring's invariants.
     bool corrupt() const noexcept { return corrupt_; }
     /// Bytes at ring position `pos` (from `commit`), valid while not overwritten.
@@ -217,11 +233,13 @@ class ring {
     ring_ctl* ctl_ = nullptr;
     std::byte* data_ = nullptr;
     std::uint32_t cap_ = 0;
+    std::uint64_t key_ = 1;  ///< this side's copy of ring_ctl::stamp_key, made odd
     bool corrupt_ = false;
     std::uint64_t head_ = 0;  ///< producer's own index: what it has published
     /// Producer: the consumer's index when last read and checked (at most its true value,
     /// so the room computed from it is never more than there is).
     std::uint64_t tail_seen_ = 0;
+    std::uint64_t check_at_ = 0;  ///< producer: read the consumer's index by this head_
     alignas(8) std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
     /// Consumer: the producer's index when last read and checked (at most its true value;
     /// never behind tail_).

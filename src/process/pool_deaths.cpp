@@ -60,6 +60,7 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
     w.result_blocks.clear();  // its result blocks die with it (a replacement makes its own)
     std::vector<process_task_base*> requeue;
     std::vector<process_task_base*> settled;
+    std::vector<process_task_base*> lost;  // their frames were written over (see below)
     process_task_base* failed = nullptr;
     std::int64_t failed_start = 0;  // when it started, as its worker said (or became the head)
     int failed_pid = 0;
@@ -91,10 +92,10 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
                 (w.ready && ++front->requeues >= max_requeues);
             if (started) {
                 // It ran from when the worker said it started (or became the head) to now.
-                const std::int64_t said = w.region->started_seq.load(std::memory_order_relaxed) ==
-                                                  front->seq
-                                              ? w.region->started_ns.load(std::memory_order_relaxed)
-                                              : 0;
+                const std::int64_t said =
+                    w.region->started_seq.load(std::memory_order_relaxed) == front->seq
+                        ? w.region->started_ns.load(std::memory_order_relaxed)
+                        : 0;
                 failed_start = said != 0 ? said : w.head_since;
                 failed_pid = static_cast<int>(w.pid);
                 failed = pop_inflight(w);
@@ -107,7 +108,16 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
                     settled.push_back(t);
                     continue;
                 }
-                // Copy the arguments back out of the dead worker's ring.
+                // Copy the arguments back out of the dead worker's ring, unless the parent
+                // has written a lap's worth since: a worker that forged its read index got
+                // frames written over ones it had not read, and a copy would run the task
+                // on other bytes elsewhere, to a wrong value. Those fail instead.
+                if (t->parked.empty() &&
+                    w.req.overwritten(t->payload_pos - sizeof(ipc::frame_header))) {
+                    t->worker = -1;
+                    lost.push_back(t);
+                    continue;
+                }
                 if (t->parked.empty()) {
                     const std::byte* p = w.req.at(t->payload_pos) + sizeof(task_header);
                     t->parked.assign(p, p + (t->payload_len - sizeof(task_header)));
@@ -147,11 +157,18 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
             // Its times are written only by the thread that resolves it (a cancel() may
             // have won, and then owns them).
             failed->end_ns = trace::clock_ns();
-            failed->start_ns =
-                std::clamp(failed_start, failed->shared().queued_ns, failed->end_ns);
+            failed->start_ns = std::clamp(failed_start, failed->shared().queued_ns, failed->end_ns);
             failed->pid = failed_pid;
             if (dead_output) failed->output = read_output(dead_output, opts.output_limit);
             resolve_error(*failed, why);
+        });
+    }
+    for (auto* t : lost) {
+        finish(*t, [&] {
+            resolve_error(*t, std::make_exception_ptr(protocol_error(
+                                  "worker broke the protocol (its request ring's read index "
+                                  "was forged) before it read this task, whose arguments "
+                                  "were written over; it was killed and replaced")));
         });
     }
     for (auto* t : settled) finish(*t, [] {});

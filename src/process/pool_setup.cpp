@@ -188,6 +188,9 @@ void pool_core::spawn(worker_slot& w) {
     madvise(p, len, MADV_DONTFORK);
     auto* region = ::new (p) worker_region();
     region->ring_capacity = ring_capacity;
+    // Before either side makes its view of the rings, which keeps a copy.
+    region->requests.stamp_key = ipc::random_stamp_key();
+    region->completions.stamp_key = ipc::random_stamp_key();
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) {
         munmap(p, len);

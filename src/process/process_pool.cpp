@@ -160,6 +160,18 @@ bool process_pool::captures_output() const noexcept {
     return impl_->opts.capture_output;
 }
 
+// A chunk that finds its worker's ring full waits in the parked list, as a copy of its
+// bytes made there and then copied into the ring later: a `map` keeps no more chunks
+// submitted than the rings hold, and submits the next as it collects one. Chunks that
+// travel out of band (larger than a frame may be) are copied aside anyway: no bound.
+std::size_t process_pool::map_window(std::size_t chunk_bytes) const noexcept {
+    // A frame: its header, the task header, the two words before the elements, rounding.
+    const std::size_t frame = chunk_bytes + 128;
+    if (frame > process::ring_capacity / 4) return SIZE_MAX;
+    const auto workers = static_cast<std::size_t>(impl_->opts.workers);
+    return workers * std::max<std::size_t>(2, process::ring_capacity / frame - 1);
+}
+
 std::size_t process_pool::auto_chunksize(std::size_t n) const noexcept {
     const std::size_t per = n / (static_cast<std::size_t>(impl_->opts.workers) * 4);
     return std::clamp<std::size_t>(per, 1, 16384);

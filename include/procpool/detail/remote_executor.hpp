@@ -87,6 +87,9 @@ using remote_result_t = typename remote_result<F, A...>::type;
 ///                                 std::span<const std::byte> body);
 ///     the same with the arguments in two pieces, sent as one (else they are joined)
 ///   std::size_t auto_chunksize(std::size_t items) const noexcept; // map's default chunk
+///   optionally std::size_t map_window(std::size_t chunk_bytes) const noexcept;
+///     how many `map` chunks of that size to keep submitted ahead of the one collected
+///     (else all are submitted at once)
 ///   int workers() const noexcept;  // imap's default bound: twice this many chunks
 /// and sets `bulk_threshold_` (vectors of at least that many bytes travel out of band).
 /// `enqueue` must not wait for the task to run: a big argument vector's block is written
@@ -201,31 +204,45 @@ private:
             } else {
                 invoker = detail::invoker_for<chunk_fn, std::uint64_t, std::vector<T>>();
             }
-            std::vector<future<std::vector<R>>> chunks;
-            chunks.reserve((n + chunksize - 1) / chunksize);
-            for (std::size_t lo = 0; lo < n; lo += chunksize) {
+            const std::size_t nchunks = (n + chunksize - 1) / chunksize;
+            // The chunk starting at element `lo`.
+            const auto submit_chunk = [&](std::size_t lo) {
                 const std::size_t hi = std::min(n, lo + chunksize);
                 if constexpr (wire::detail::bulk<T>()) {
                     // Plain bytes below the bulk threshold: the elements go from `items`
                     // straight to the transport, after the two words before them.
                     if ((hi - lo) * sizeof(T) < bulk_threshold_) {
                         const std::uint64_t head[2] = {fn_off, hi - lo};
-                        chunks.push_back(submit_parts<std::vector<R>>(
+                        return submit_parts<std::vector<R>>(
                             invoker, detail::callable_offset(chunk),
                             std::as_bytes(std::span(head)),
-                            std::as_bytes(std::span(base + lo, hi - lo))));
-                        continue;
+                            std::as_bytes(std::span(base + lo, hi - lo)));
                     }
                 }
                 // Same bytes as submit(chunk, fn_off, std::vector<T>(base + lo, base + hi)),
                 // without building the vector.
-                chunks.push_back(submit_encoded_with<std::vector<R>>(
+                return submit_encoded_with<std::vector<R>>(
                     invoker, task_options{}, detail::callable_offset(chunk), [&](wire::writer& w) {
                         wire::save(w, fn_off);
                         wire::detail::save_vector_of(w, base + lo, hi - lo);
-                    }));
+                    });
+            };
+            std::vector<future<std::vector<R>>> chunks;
+            chunks.reserve(nchunks);
+            const bool progress_shown = mopts != nullptr && mopts->show_progress;
+            // How many chunks may be submitted ahead of the one being collected: all of
+            // them, unless the transport says how many it holds without setting them aside
+            // (a process pool's rings: a chunk that finds them full is copied aside first,
+            // then copied in when there is room; submitted later, it is copied once).
+            std::size_t ahead = nchunks;
+            if constexpr (requires { self().map_window(std::size_t{}); }) {
+                if (!progress_shown) {
+                    ahead = std::clamp<std::size_t>(self().map_window(chunksize * sizeof(T)), 1,
+                                                    nchunks);
+                }
             }
-            if (mopts != nullptr && mopts->show_progress) {
+            for (std::size_t c = 0; c < ahead; ++c) chunks.push_back(submit_chunk(c * chunksize));
+            if (progress_shown) {
                 std::vector<std::size_t> sizes;
                 sizes.reserve(chunks.size());
                 for (std::size_t lo = 0; lo < n; lo += chunksize) {
@@ -242,7 +259,11 @@ private:
             // mapped in one call rather than one trap each as the results are copied in.
             detail::populate_pages(out.data(), n * sizeof(R), true, true);
             std::exception_ptr first;
-            for (auto& c : chunks) {
+            for (std::size_t i = 0; i < nchunks; ++i) {
+                // The chunk `ahead` places on goes in as this one is collected; every chunk
+                // runs, as when all are submitted at once, whatever an earlier one threw.
+                if (chunks.size() < nchunks) chunks.push_back(submit_chunk(chunks.size() * chunksize));
+                auto& c = chunks[i];
                 if (auto e = c.exception()) {
                     if (!first) first = e;
                     continue;
