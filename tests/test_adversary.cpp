@@ -232,11 +232,21 @@ int forge_request_tail_in_a_loop(std::string stop, int seed) {
             const std::uint64_t h = q.head.load();
             std::uint64_t v = 0;
             switch (x % 5) {
-                case 0: v = x; break;
-                case 1: v = h + 8; break;
-                case 2: v = h > cap ? h - cap + 8 : 0; break;
-                case 3: v = h; break;
-                default: v = h > cap ? h - cap : 0; break;
+                case 0:
+                    v = x;
+                    break;
+                case 1:
+                    v = h + 8;
+                    break;
+                case 2:
+                    v = h > cap ? h - cap + 8 : 0;
+                    break;
+                case 3:
+                    v = h;
+                    break;
+                default:
+                    v = h > cap ? h - cap : 0;
+                    break;
             }
             q.tail.store(v);
             if ((i & 1023) == 0 && exists(stop)) return;

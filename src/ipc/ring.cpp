@@ -30,7 +30,8 @@ std::uint64_t random_stamp_key() noexcept {
     static std::atomic<std::uint64_t> count{0};
     timespec ts{};
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    key = mix(static_cast<std::uint64_t>(ts.tv_nsec) ^ (static_cast<std::uint64_t>(ts.tv_sec) << 30));
+    key =
+        mix(static_cast<std::uint64_t>(ts.tv_nsec) ^ (static_cast<std::uint64_t>(ts.tv_sec) << 30));
     key = mix(key ^ static_cast<std::uint64_t>(getpid()) ^
               (count.fetch_add(1, std::memory_order_relaxed) << 40));
     return mix(key ^ reinterpret_cast<std::uintptr_t>(&key));

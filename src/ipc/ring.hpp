@@ -142,7 +142,7 @@ class ring {
                 }
                 if (h.type == frame_pad) {
                     std::atomic_ref<std::uint64_t>(tail_).store(tail_ + size,
-                                                                 std::memory_order_relaxed);
+                                                                std::memory_order_relaxed);
                     ctl_->tail.store(tail_, std::memory_order_release);
                     continue;
                 }
@@ -224,8 +224,8 @@ class ring {
         return reinterpret_cast<std::uint64_t*>(data_ + pos + offsetof(frame_header, stamp));
     }
     void publish_stamp(std::uint32_t pos, std::uint64_t at) noexcept {
-        std::atomic_ref<std::uint64_t>(*stamp_word(pos)).store(stamp_of(at),
-                                                               std::memory_order_release);
+        std::atomic_ref<std::uint64_t>(*stamp_word(pos))
+            .store(stamp_of(at), std::memory_order_release);
     }
     std::uint64_t stamp_at(std::uint32_t pos) const noexcept {
         return std::atomic_ref<std::uint64_t>(*stamp_word(pos)).load(std::memory_order_acquire);
@@ -239,7 +239,7 @@ class ring {
     /// Producer: the consumer's index when last read and checked (at most its true value,
     /// so the room computed from it is never more than there is).
     std::uint64_t tail_seen_ = 0;
-    std::uint64_t check_at_ = 0;  ///< producer: read the consumer's index by this head_
+    std::uint64_t check_at_ = 0;         ///< producer: read the consumer's index by this head_
     alignas(8) std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
     /// Consumer: the producer's index when last read and checked (at most its true value;
     /// never behind tail_).

@@ -214,8 +214,7 @@ private:
                     if ((hi - lo) * sizeof(T) < bulk_threshold_) {
                         const std::uint64_t head[2] = {fn_off, hi - lo};
                         return submit_parts<std::vector<R>>(
-                            invoker, detail::callable_offset(chunk),
-                            std::as_bytes(std::span(head)),
+                            invoker, detail::callable_offset(chunk), std::as_bytes(std::span(head)),
                             std::as_bytes(std::span(base + lo, hi - lo)));
                     }
                 }
@@ -262,7 +261,8 @@ private:
             for (std::size_t i = 0; i < nchunks; ++i) {
                 // The chunk `ahead` places on goes in as this one is collected; every chunk
                 // runs, as when all are submitted at once, whatever an earlier one threw.
-                if (chunks.size() < nchunks) chunks.push_back(submit_chunk(chunks.size() * chunksize));
+                if (chunks.size() < nchunks)
+                    chunks.push_back(submit_chunk(chunks.size() * chunksize));
                 auto& c = chunks[i];
                 if (auto e = c.exception()) {
                     if (!first) first = e;
