@@ -218,7 +218,9 @@ TEST(AdversaryRing, ForgedRequestTail_DoesNotStallThePool) {
 // (found by an adversarial review): the parent, believing frames consumed, writes over
 // ones the worker never read. When the worker is killed for it, a task whose frame was
 // written over must fail, not be copied back out of the ring and run elsewhere on other
-// bytes: no task that another worker ran may return a wrong value.
+// bytes: with a worker that forges only its read index, no task that another worker ran
+// may return a wrong value. (A task can also write its queued neighbours' frames
+// directly: those tasks are its to corrupt, see "Trust boundaries".)
 int forge_request_tail_in_a_loop(std::string stop, int seed) {
     auto* r = my_region();
     const std::uint64_t cap = r->ring_capacity;

@@ -353,6 +353,12 @@ bool pool_core::help_wait(const detail::state_base& s,
     }
     const auto* t = dynamic_cast<const process_task_base*>(&s);
     for (;;) {
+        if (deadline != nullptr && std::chrono::steady_clock::now() >= *deadline) {
+            // Past it already (a wait_until of many futures with one deadline): one look,
+            // no spin, which on a loaded machine can outlast the wait itself.
+            drain_all();
+            return s.is_done();
+        }
         if (t != nullptr && avg_task_ns.load(std::memory_order_relaxed) >= long_task_ns) {
             drain_all();  // one look: a spin would not see such a task end
             if (s.is_done()) return true;

@@ -168,7 +168,7 @@ void pool_core::finalize(worker_slot& w, int wstatus) {
             resolve_error(*t, std::make_exception_ptr(protocol_error(
                                   "worker broke the protocol (its request ring's read index "
                                   "was forged) before it read this task, whose arguments "
-                                  "were written over; it was killed and replaced")));
+                                  "were written over; the worker ended")));
         });
     }
     for (auto* t : settled) finish(*t, [] {});

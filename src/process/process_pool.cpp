@@ -162,8 +162,10 @@ bool process_pool::captures_output() const noexcept {
 
 // A chunk that finds its worker's ring full waits in the parked list, as a copy of its
 // bytes made there and then copied into the ring later: a `map` keeps no more chunks
-// submitted than the rings hold, and submits the next as it collects one. Chunks that
-// travel out of band (larger than a frame may be) are copied aside anyway: no bound.
+// submitted than the rings hold, and submits the next as it collects one. (The pool's
+// dispatch window, smaller than this until tasks' run times are known, can still park
+// some of a new pool's first chunks.) Chunks that travel out of band (larger than a
+// frame may be) are copied aside anyway: no bound.
 std::size_t process_pool::map_window(std::size_t chunk_bytes) const noexcept {
     // A frame: its header, the task header, the two words before the elements, rounding.
     const std::size_t frame = chunk_bytes + 128;

@@ -140,7 +140,9 @@ class remote_executor {
     /// input order, like Python's `ProcessPoolExecutor.map`. Elements travel in chunks of
     /// `chunksize` (0 picks a size from the item and worker counts: large chunks make tiny
     /// tasks cheap). If a call fails, the error of the first failing element (in input
-    /// order) is thrown after every chunk has finished.
+    /// order) is thrown after every chunk has finished. Chunks are submitted as earlier
+    /// ones are collected (as many ahead as the transport holds at once), so a `shutdown()`
+    /// from another thread during a `map` makes it throw `pool_shut_down`.
     template <class F, std::ranges::input_range Range>
     auto map(F&& f, Range&& items, std::size_t chunksize = 0) {
         return map_impl(std::forward<F>(f), std::forward<Range>(items), chunksize, nullptr);
@@ -236,8 +238,9 @@ private:
             std::size_t ahead = nchunks;
             if constexpr (requires { self().map_window(std::size_t{}); }) {
                 if (!progress_shown) {
-                    ahead = std::clamp<std::size_t>(self().map_window(chunksize * sizeof(T)), 1,
-                                                    nchunks);
+                    ahead = std::min(
+                        std::max<std::size_t>(self().map_window(chunksize * sizeof(T)), 1),
+                        nchunks);
                 }
             }
             for (std::size_t c = 0; c < ahead; ++c) chunks.push_back(submit_chunk(c * chunksize));

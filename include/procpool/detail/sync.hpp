@@ -49,8 +49,7 @@ bool spin_until(Pred&& ready) {
         cpu_relax();
     }
     // The clock is read after every yield: on a loaded machine one yield can last a time
-    // slice, and sixteen of them in a row made a wait_until overshoot its deadline by
-    // seconds (an adversarial review measured 51 s for a 20 s wait).
+    // slice, so sixteen between looks at the clock stretched each spin far past its budget.
     const auto until = std::chrono::steady_clock::now() + spin_budget;
     do {
         if (ready()) return true;
