@@ -238,9 +238,9 @@ private:
             std::size_t ahead = nchunks;
             if constexpr (requires { self().map_window(std::size_t{}); }) {
                 if (!progress_shown) {
-                    ahead = std::min(
-                        std::max<std::size_t>(self().map_window(chunksize * sizeof(T)), 1),
-                        nchunks);
+                    ahead =
+                        std::min(std::max<std::size_t>(self().map_window(chunksize * sizeof(T)), 1),
+                                 nchunks);
                 }
             }
             for (std::size_t c = 0; c < ahead; ++c) chunks.push_back(submit_chunk(c * chunksize));
