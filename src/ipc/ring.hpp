@@ -242,7 +242,7 @@ class ring {
     std::uint64_t check_at_ = 0;         ///< producer: read the consumer's index by this head_
     alignas(8) std::uint64_t tail_ = 0;  ///< consumer's own index: what it has consumed
     /// Consumer: the producer's index when last read and checked (at most its true value;
-    /// never behind tail_).
+    /// behind tail_ once frames taken by their stamps pass it).
     std::uint64_t head_seen_ = 0;
     std::uint64_t reserved_at_ = 0;
 };
