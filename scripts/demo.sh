@@ -11,7 +11,7 @@ bash scripts/install-deps.sh
 # after the other rebuilds nothing.
 build=build/release
 cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=g++ -DCMAKE_BUILD_TYPE=Release \
-    -DPROCPOOL_WERROR=ON >/dev/null
+    -DPROCPOOL_WERROR=ON -DPROCPOOL_BUILD_TESTS=ON -DPROCPOOL_BUILD_EXAMPLES=ON >/dev/null
 
 if ninja -C "$build" -t query procpool-demo >/dev/null 2>&1; then
     target=procpool-demo

@@ -78,7 +78,10 @@ run_config() {
     echo
     echo "==== $name: configure ($cxx $*)"
     local result
+    # Tests and examples named explicitly: a build directory configured by a benchmark
+    # script (which turns them off) must not leave the suite empty.
     if ! cmake -S . -B "$dir" -G Ninja -DCMAKE_CXX_COMPILER="$cxx" \
+        -DPROCPOOL_BUILD_TESTS=ON -DPROCPOOL_BUILD_EXAMPLES=ON \
         -DPROCPOOL_TEST_TIMEOUT="$test_timeout" "$@"; then
         result="FAILED (configure)"
     else
