@@ -817,6 +817,90 @@ TEST(WorkerMemory, MoreThanTheKeptBoundFreed_IsGivenBack) {
     EXPECT_LT(pool.submit(worker_rss_mib).get(), base + 300);
 }
 
+// The VmFlags line of /proc/self/smaps for the mapping holding `addr` ("" if none).
+std::string vm_flags_at(const void* addr) {
+    const auto a = reinterpret_cast<std::uintptr_t>(addr);
+    std::FILE* f = std::fopen("/proc/self/smaps", "r");
+    if (f == nullptr) return "";
+    char line[512];
+    bool inside = false;
+    std::string flags;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        unsigned long lo = 0;
+        unsigned long hi = 0;
+        char dash = 0;
+        if (std::sscanf(line, "%lx%c%lx", &lo, &dash, &hi) == 3 && dash == '-') {
+            inside = a >= lo && a < hi;
+        } else if (inside && std::string(line).rfind("VmFlags:", 0) == 0) {
+            flags = line;
+            break;
+        }
+    }
+    std::fclose(f);
+    return flags;
+}
+bool has_flag(const std::string& flags, const char* flag) {
+    return flags.find(std::string(" ") + flag + " ") != std::string::npos ||
+           flags.find(std::string(" ") + flag + "\n") != std::string::npos;
+}
+bool thp_built() { return access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0; }
+
+constexpr std::size_t two_mib = std::size_t{2} << 20;
+
+// A fresh private range (a big vector's first decode): the whole 2 MiB blocks inside it
+// are asked for huge pages and populated; the pages before the first block are not
+// marked, so memory outside the range never is.
+TEST(PopulatePages, FreshPrivateRange_AlignedBlocksInsideAskForHugePages) {
+    if (!thp_built()) GTEST_SKIP() << "kernel built without transparent huge pages";
+    constexpr std::size_t len = std::size_t{16} << 20;
+    void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(m, MAP_FAILED);
+    const auto aligned = (reinterpret_cast<std::uintptr_t>(m) + two_mib - 1) & ~(two_mib - 1);
+    auto* p = reinterpret_cast<char*>(aligned + 4096);  // one page past a 2 MiB boundary
+    procpool::detail::populate_pages(p, std::size_t{9} << 20, true, true);
+    EXPECT_TRUE(has_flag(vm_flags_at(p + two_mib), "hg")) << vm_flags_at(p + two_mib);
+    EXPECT_FALSE(has_flag(vm_flags_at(p), "hg")) << "the first, partial block: " << vm_flags_at(p);
+    unsigned char resident = 0;
+    ASSERT_EQ(mincore(p + (std::size_t{5} << 20), 4096, &resident), 0);
+    EXPECT_EQ(resident & 1, 1) << "populated";
+    munmap(m, len);
+}
+
+// Memory already in use (a reused heap block) and ranges only read are left as they are.
+TEST(PopulatePages, ResidentOrReadOnlyUse_NotMarked) {
+    if (!thp_built()) GTEST_SKIP() << "kernel built without transparent huge pages";
+    constexpr std::size_t len = std::size_t{16} << 20;
+    void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(m, MAP_FAILED);
+    auto* p = static_cast<char*>(m);
+    procpool::detail::populate_pages(p, len / 2, false, true);
+    EXPECT_FALSE(has_flag(vm_flags_at(p + (len / 4)), "hg")) << vm_flags_at(p + (len / 4));
+    char* q = p + len / 2;
+    std::fill(q, q + len / 2, 'x');
+    procpool::detail::populate_pages(q, len / 2, true, true);
+    EXPECT_FALSE(has_flag(vm_flags_at(q + (len / 4)), "hg")) << vm_flags_at(q + (len / 4));
+    munmap(m, len);
+}
+
+// End to end: a big result decoded in the parent, content intact.
+std::vector<std::uint32_t> counting(std::size_t n) {
+    std::vector<std::uint32_t> v(n);
+    std::iota(v.begin(), v.end(), 7u);
+    return v;
+}
+
+TEST(PopulatePages, BigVectorResultIntoFreshMemory_ArrivesIntact) {
+    process_pool pool({.workers = 1});
+    constexpr std::size_t n = (std::size_t{40} << 20) / sizeof(std::uint32_t);
+    for (int round = 0; round < 2; ++round) {
+        const std::vector<std::uint32_t> v = pool.submit(counting, n).get();
+        ASSERT_EQ(v.size(), n);
+        std::size_t wrong = 0;
+        for (std::size_t i = 0; i < n; ++i) wrong += v[i] != static_cast<std::uint32_t>(i + 7);
+        EXPECT_EQ(wrong, 0u) << "round " << round;
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
