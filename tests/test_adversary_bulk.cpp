@@ -656,8 +656,9 @@ TEST(BulkAdversary, AWorkersIdleMemoryAfterBigResults_IsBounded) {
 TEST(BulkAdversary, ResultsAroundTheKeptBlockBound_256MiB_EachIsItsOwn) {
     process_pool pool({.workers = 1});
     constexpr std::size_t mib256 = std::size_t{256} << 20;
-    // Whole block with its word just fits the bound; one byte more does not; exactly the
-    // bound; over it. As u64: sizes in elements.
+    // Under the bound (256 MiB of vector, its block one page more); the vector that just
+    // fills a block's pages with the word; exactly the bound; over it (never kept). As
+    // u64: sizes in elements.
     const std::size_t sizes[] = {(mib256 - 64) / 8 - 512, (mib256 - 64) / 8, mib256 / 8,
                                  mib256 / 8 + 1, (mib256 - 64) / 8 - 512};
     std::uint64_t seed = 1;
@@ -666,6 +667,35 @@ TEST(BulkAdversary, ResultsAroundTheKeptBlockBound_256MiB_EachIsItsOwn) {
         ++seed;
     }
     EXPECT_LE(memfd_mappings_settling_at_most(4), 4);
+}
+
+// This process's mappings of procpool memfds of at least `bytes`.
+int big_memfd_mappings(std::size_t bytes) {
+    FILE* f = std::fopen("/proc/self/maps", "r");
+    if (f == nullptr) return -1;
+    char line[512];
+    int n = 0;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        unsigned long lo = 0;
+        unsigned long hi = 0;
+        if (std::strstr(line, "procpool-shared-array") != nullptr &&
+            std::sscanf(line, "%lx-%lx", &lo, &hi) == 2 && hi - lo >= bytes) {
+            ++n;
+        }
+    }
+    std::fclose(f);
+    return n;
+}
+
+TEST(BulkAdversary, AResultOfExactly256MiB_ItsBlockIsKeptAndServesTheNext) {
+    process_pool pool({.workers = 1});
+    constexpr std::size_t mib256 = std::size_t{256} << 20;
+    for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+        EXPECT_EQ(first_wrong(pool.submit(make, mib256 / 8, seed).get(), mib256 / 8, seed),
+                  SIZE_MAX);
+        // The vector is gone; the block's mapping stays, one for all three results.
+        EXPECT_EQ(big_memfd_mappings(mib256), 1) << "after result " << seed;
+    }
 }
 
 TEST(BulkAdversary, RepeatedResults_TheKeptPath_LeaksNoDescriptorsInTheParent) {

@@ -59,8 +59,8 @@ bulk_cache& bulk_blocks() {
 }
 constexpr std::size_t bulk_cache_blocks = 4;
 constexpr std::size_t bulk_cache_bytes = std::size_t{256} << 20;
-// Idle argument blocks: 256 MiB of vectors, and the page each adds for its count
-// (shm_block::reusable).
+// Idle argument blocks (shm_block::reusable) and a worker's kept result blocks
+// (returned_by_reader): 256 MiB of vectors, and the page each adds for its count or word.
 constexpr std::size_t idle_cache_bytes = bulk_cache_bytes + bulk_cache_blocks * 4096;
 
 // A worker's blocks of big std::vector results (see shm_block::returned_by_reader). Each
@@ -274,10 +274,12 @@ std::shared_ptr<shm_block> shm_block::reusable(std::size_t bytes) {
 std::shared_ptr<shm_block> shm_block::returned_by_reader(std::size_t bytes) {
     constexpr std::size_t page = 4096;
     // Whole pages, the last 64 bytes of which are the word.
+    // Kept: vectors of up to 256 MiB, in all at most 256 MiB and the page each block adds
+    // for its word (as idle argument blocks), so that a 256 MiB result is kept too.
     const std::size_t want = bytes <= bulk_cache_bytes
                                  ? (bytes + return_word_bytes + page - 1) / page * page
                                  : SIZE_MAX;
-    if (want > bulk_cache_bytes || !keep_result_blocks.load(std::memory_order_relaxed)) {
+    if (want == SIZE_MAX || !keep_result_blocks.load(std::memory_order_relaxed)) {
         // Never kept: the blocks kept for smaller results stay.
         std::shared_ptr<shm_block> b = create(bytes);
         b->populate_once(true);  // a new memfd: every page would fault
@@ -315,13 +317,13 @@ std::shared_ptr<shm_block> shm_block::returned_by_reader(std::size_t bytes) {
         return *best;
     }
     // Room for a new one: free blocks that do not fit go first.
-    while (c.blocks.size() >= bulk_cache_blocks || c.bytes + want > bulk_cache_bytes) {
+    while (c.blocks.size() >= bulk_cache_blocks || c.bytes + want > idle_cache_bytes) {
         auto it = std::find_if(c.blocks.begin(), c.blocks.end(), is_free);
         if (it == c.blocks.end()) break;
         c.bytes -= (*it)->bytes_;
         c.blocks.erase(it);
     }
-    const bool keep = c.blocks.size() < bulk_cache_blocks && c.bytes + want <= bulk_cache_bytes;
+    const bool keep = c.blocks.size() < bulk_cache_blocks && c.bytes + want <= idle_cache_bytes;
     std::shared_ptr<shm_block> b = create(keep ? want : bytes);
     b->populate_once(true);  // a new memfd: every page would fault
     if (keep) {

@@ -64,7 +64,8 @@ namespace {
 // Makes room in `kept` for a mapping of `bytes` (see receive_attachments).
 void make_room(detail::shm_table& kept, std::uint64_t bytes) {
     constexpr std::size_t max_kept = 4;
-    constexpr std::uint64_t max_kept_bytes = std::uint64_t{256} << 20;
+    // The worker's own bound (shm_block::returned_by_reader): 256 MiB and a page a block.
+    constexpr std::uint64_t max_kept_bytes = (std::uint64_t{256} << 20) + max_kept * 4096;
     std::uint64_t total = bytes;
     for (const auto& [id, b] : kept) total += b->bytes();
     while (!kept.empty() && (kept.size() >= max_kept || total > max_kept_bytes)) {
