@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <numeric>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -847,39 +848,66 @@ bool thp_built() { return access("/sys/kernel/mm/transparent_hugepage/enabled", 
 
 constexpr std::size_t two_mib = std::size_t{2} << 20;
 
-// A fresh private range (a big vector's first decode): the whole 2 MiB blocks inside it
-// are asked for huge pages and populated; the pages before the first block are not
-// marked, so memory outside the range never is.
-TEST(PopulatePages, FreshPrivateRange_AlignedBlocksInsideAskForHugePages) {
+// A fresh private range of 32 MiB or more from malloc (a big result's first decode in the
+// parent): the whole 2 MiB blocks inside it are asked for huge pages and populated; the
+// pages before the first block are not marked, so memory outside the range never is.
+TEST(PopulatePages, FreshMallocRangeOf32MiB_AlignedBlocksInsideAskForHugePages) {
     if (!thp_built()) GTEST_SKIP() << "kernel built without transparent huge pages";
-    constexpr std::size_t len = std::size_t{16} << 20;
+    constexpr std::size_t len = std::size_t{48} << 20;
     void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     ASSERT_NE(m, MAP_FAILED);
     const auto aligned = (reinterpret_cast<std::uintptr_t>(m) + two_mib - 1) & ~(two_mib - 1);
     auto* p = reinterpret_cast<char*>(aligned + 4096);  // one page past a 2 MiB boundary
-    procpool::detail::populate_pages(p, std::size_t{9} << 20, true, true);
+    procpool::detail::populate_pages(p, std::size_t{34} << 20, true, true, true);
     EXPECT_TRUE(has_flag(vm_flags_at(p + two_mib), "hg")) << vm_flags_at(p + two_mib);
     EXPECT_FALSE(has_flag(vm_flags_at(p), "hg")) << "the first, partial block: " << vm_flags_at(p);
     unsigned char resident = 0;
-    ASSERT_EQ(mincore(p + (std::size_t{5} << 20), 4096, &resident), 0);
+    ASSERT_EQ(mincore(p + (std::size_t{20} << 20), 4096, &resident), 0);
     EXPECT_EQ(resident & 1, 1) << "populated";
     munmap(m, len);
 }
 
-// Memory already in use (a reused heap block) and ranges only read are left as they are.
-TEST(PopulatePages, ResidentOrReadOnlyUse_NotMarked) {
+// Left as they are: memory already in use (a reused block), ranges only read, ranges
+// below 32 MiB (heap memory, which a mark would outlive), and memory not from malloc.
+TEST(PopulatePages, ResidentReadSmallOrNotMalloced_NotMarked) {
     if (!thp_built()) GTEST_SKIP() << "kernel built without transparent huge pages";
-    constexpr std::size_t len = std::size_t{16} << 20;
+    constexpr std::size_t part = std::size_t{40} << 20;
+    constexpr std::size_t len = 4 * part;
     void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     ASSERT_NE(m, MAP_FAILED);
     auto* p = static_cast<char*>(m);
-    procpool::detail::populate_pages(p, len / 2, false, true);
-    EXPECT_FALSE(has_flag(vm_flags_at(p + (len / 4)), "hg")) << vm_flags_at(p + (len / 4));
-    char* q = p + len / 2;
-    std::fill(q, q + len / 2, 'x');
-    procpool::detail::populate_pages(q, len / 2, true, true);
-    EXPECT_FALSE(has_flag(vm_flags_at(q + (len / 4)), "hg")) << vm_flags_at(q + (len / 4));
+    procpool::detail::populate_pages(p, part, false, true, true);
+    EXPECT_FALSE(has_flag(vm_flags_at(p + part / 2), "hg")) << "read: " << vm_flags_at(p + part / 2);
+    char* q = p + part;
+    std::fill(q, q + part, 'x');
+    procpool::detail::populate_pages(q, part, true, true, true);
+    EXPECT_FALSE(has_flag(vm_flags_at(q + part / 2), "hg")) << "resident: " << vm_flags_at(q + part / 2);
+    char* r = p + 2 * part;
+    procpool::detail::populate_pages(r, std::size_t{24} << 20, true, true, true);
+    EXPECT_FALSE(has_flag(vm_flags_at(r + (std::size_t{12} << 20)), "hg")) << "24 MiB";
+    char* u = p + 3 * part;
+    procpool::detail::populate_pages(u, part, true, true, false);
+    EXPECT_FALSE(has_flag(vm_flags_at(u + part / 2), "hg")) << "not malloc's";
     munmap(m, len);
+}
+
+// In a worker (whose big allocations stay on its heap) nothing is marked.
+bool worker_marks_huge_pages() {
+    constexpr std::size_t len = std::size_t{48} << 20;
+    void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw std::runtime_error("mmap failed");
+    auto* p = static_cast<char*>(m);
+    procpool::detail::populate_pages(p, len, true, true, true);
+    const bool marked = has_flag(vm_flags_at(p + len / 2), "hg");
+    munmap(m, len);
+    return marked;
+}
+
+TEST(PopulatePages, InAWorker_NothingIsMarked) {
+    if (!thp_built()) GTEST_SKIP() << "kernel built without transparent huge pages";
+    process_pool pool({.workers = 1});
+    EXPECT_FALSE(pool.submit(worker_marks_huge_pages).get());
+    EXPECT_TRUE(worker_marks_huge_pages()) << "the same call in the parent marks (control)";
 }
 
 // End to end: a big result decoded in the parent, content intact.

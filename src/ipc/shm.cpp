@@ -105,7 +105,8 @@ void* map_fd(int fd, std::size_t bytes, bool writable) {
 
 }  // namespace
 
-void populate_pages(const void* p, std::size_t bytes, bool write, bool private_memory) noexcept {
+void populate_pages(const void* p, std::size_t bytes, bool write, bool private_memory,
+                    bool malloc_allocation) noexcept {
     constexpr std::size_t page = 4096;
     constexpr std::size_t worth_it = 64 * 1024;  // below this a few traps cost as much
     if (p == nullptr || bytes < worth_it) return;
@@ -123,13 +124,19 @@ void populate_pages(const void* p, std::size_t bytes, bool write, bool private_m
         (last & 1) != 0) {
         return;
     }
-    // Fresh private memory of a few MiB or more (a big vector's first decode, glibc's
-    // mmap of 32 MiB and up every time): huge pages where the system allows them on
+    // Fresh private memory of 32 MiB or more in the parent: glibc gives such an allocation
+    // a mapping of its own (unless the program changed malloc's settings) and unmaps it
+    // when it is freed, so it is asked for huge pages where the system allows them on
     // request. One fault per 2 MiB instead of 512 halved a 64 MiB copy into new memory on
-    // the VMs measured (docs/architecture.md, "Huge pages for fresh vectors"). Only the
-    // aligned 2 MiB blocks inside the range, so memory outside it is never marked.
+    // the VMs measured (docs/architecture.md, "Huge pages for fresh vectors"). Not heap
+    // memory, which a mark would outlive (pages given back would come back 2 MiB at a
+    // time, and the heap's mapping would split), so not in a worker either: workers keep
+    // big allocations on their heap (keep_freed_memory_for_reuse). Only the aligned 2 MiB
+    // blocks inside the range: memory outside it is never marked.
     constexpr std::size_t huge = std::size_t{2} << 20;
-    if (private_memory && write && hi - lo >= 2 * huge) {
+    constexpr std::size_t own_mapping = std::size_t{32} << 20;  // glibc's mmap threshold cap
+    if (malloc_allocation && private_memory && write && bytes >= own_mapping &&
+        !in_worker.load(std::memory_order_relaxed)) {
         const std::uintptr_t hlo = (lo + huge - 1) & ~(huge - 1);
         const std::uintptr_t hhi = hi & ~(huge - 1);
         if (hhi > hlo) madvise(reinterpret_cast<void*>(hlo), hhi - hlo, MADV_HUGEPAGE);
@@ -138,6 +145,7 @@ void populate_pages(const void* p, std::size_t bytes, bool write, bool private_m
 #else
     (void)write;
     (void)private_memory;
+    (void)malloc_allocation;
 #endif
 }
 

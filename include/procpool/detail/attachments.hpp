@@ -55,12 +55,14 @@ protected:
 /// (or out of) fresh memory does not take one trap per 4 KiB page; several times cheaper
 /// on a VM (docs/architecture.md, "First use"). Only a hint: does nothing where the kernel
 /// lacks it, for small ranges, or if it fails. `private_memory`: the range is this
-/// process's own (heap) memory: nothing is done if its first and last pages are resident;
-/// if they are not and it is written, the aligned 2 MiB blocks inside a range of 4 MiB or
-/// more are first marked for transparent huge pages (MADV_HUGEPAGE), where the system
-/// allows them on request.
-void populate_pages(const void* p, std::size_t bytes, bool write,
-                    bool private_memory = false) noexcept;
+/// process's own (heap) memory: nothing is done if its first and last pages are resident.
+/// `malloc_allocation`: the range is one allocation from malloc (a `std::allocator`
+/// vector's storage); if it is 32 MiB or more (memory glibc maps for that allocation
+/// alone), is written and is not resident, and this is not a worker, the aligned 2 MiB
+/// blocks inside it are first marked for transparent huge pages (MADV_HUGEPAGE), where
+/// the system allows them on request.
+void populate_pages(const void* p, std::size_t bytes, bool write, bool private_memory = false,
+                    bool malloc_allocation = false) noexcept;
 
 /// The attachments installed on this thread (see attachment_scope); null outside any.
 attachments* current_attachments() noexcept;

@@ -259,7 +259,7 @@ private:
             out.reserve(n);
             // Fresh memory (a big result's first map, or one kept by the caller): its pages
             // mapped in one call rather than one trap each as the results are copied in.
-            detail::populate_pages(out.data(), n * sizeof(R), true, true);
+            detail::populate_pages(out.data(), n * sizeof(R), true, true, true);
             std::exception_ptr first;
             for (std::size_t i = 0; i < nchunks; ++i) {
                 // The chunk `ahead` places on goes in as this one is collected; every chunk

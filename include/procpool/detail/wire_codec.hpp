@@ -407,7 +407,9 @@ struct sequence_codec {
                     // piece as the sender copies them in (attachments::bulk_arrived).
                     C c;
                     c.reserve(n);
-                    ::procpool::detail::populate_pages(c.data(), n * sizeof(T), true, true);
+                    ::procpool::detail::populate_pages(
+                        c.data(), n * sizeof(T), true, true,
+                        std::is_same_v<typename C::allocator_type, std::allocator<T>>);
                     const T* const src = static_cast<const T*>(p);
                     for (std::size_t done = 0; done < n;) {
                         const std::size_t ready =
