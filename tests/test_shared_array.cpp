@@ -844,7 +844,9 @@ bool has_flag(const std::string& flags, const char* flag) {
     return flags.find(std::string(" ") + flag + " ") != std::string::npos ||
            flags.find(std::string(" ") + flag + "\n") != std::string::npos;
 }
-bool thp_built() { return access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0; }
+bool thp_built() {
+    return access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0;
+}
 
 constexpr std::size_t two_mib = std::size_t{2} << 20;
 
@@ -877,11 +879,13 @@ TEST(PopulatePages, ResidentReadSmallOrNotMalloced_NotMarked) {
     ASSERT_NE(m, MAP_FAILED);
     auto* p = static_cast<char*>(m);
     procpool::detail::populate_pages(p, part, false, true, true);
-    EXPECT_FALSE(has_flag(vm_flags_at(p + part / 2), "hg")) << "read: " << vm_flags_at(p + part / 2);
+    EXPECT_FALSE(has_flag(vm_flags_at(p + part / 2), "hg"))
+        << "read: " << vm_flags_at(p + part / 2);
     char* q = p + part;
     std::fill(q, q + part, 'x');
     procpool::detail::populate_pages(q, part, true, true, true);
-    EXPECT_FALSE(has_flag(vm_flags_at(q + part / 2), "hg")) << "resident: " << vm_flags_at(q + part / 2);
+    EXPECT_FALSE(has_flag(vm_flags_at(q + part / 2), "hg"))
+        << "resident: " << vm_flags_at(q + part / 2);
     char* r = p + 2 * part;
     procpool::detail::populate_pages(r, std::size_t{24} << 20, true, true, true);
     EXPECT_FALSE(has_flag(vm_flags_at(r + (std::size_t{12} << 20)), "hg")) << "24 MiB";
