@@ -103,6 +103,38 @@ void* map_fd(int fd, std::size_t bytes, bool writable) {
     return p;
 }
 
+// A sanitizer's allocator replaces malloc: its blocks carry no glibc chunk header.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define PROCPOOL_SANITIZER_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define PROCPOOL_SANITIZER_MALLOC 1
+#endif
+#endif
+
+// Whether [p, p + bytes) is a block glibc's malloc mapped for that allocation alone,
+// which it unmaps when the block is freed: the chunk header just before `p` (on the same
+// page, so readable) says "mmapped", with a size that fits the request. Anything else (the
+// heap, a chunk carved from a big free one, another allocator, a sanitizer's) is not.
+bool own_malloc_mapping(const void* p, std::size_t bytes) noexcept {
+#if defined(__GLIBC__) && !defined(PROCPOOL_SANITIZER_MALLOC)
+    constexpr std::size_t page = 4096;
+    constexpr std::size_t header = 2 * sizeof(std::size_t);  // prev_size, size
+    const auto at = reinterpret_cast<std::uintptr_t>(p);
+    if (at % page != header) return false;
+    std::size_t word[2];
+    std::memcpy(word, reinterpret_cast<const void*>(at - header), sizeof word);
+    constexpr std::size_t is_mmapped = 2;
+    const std::size_t size = word[1] & ~std::size_t{7};
+    return word[0] == 0 && (word[1] & 7) == is_mmapped && size % page == 0 &&
+           size >= bytes + header && size - (bytes + header) < 2 * page;
+#else
+    (void)p;
+    (void)bytes;
+    return false;
+#endif
+}
+
 }  // namespace
 
 void populate_pages(const void* p, std::size_t bytes, bool write, bool private_memory,
@@ -124,19 +156,18 @@ void populate_pages(const void* p, std::size_t bytes, bool write, bool private_m
         (last & 1) != 0) {
         return;
     }
-    // Fresh private memory of 32 MiB or more in the parent: glibc gives such an allocation
-    // a mapping of its own (unless the program changed malloc's settings) and unmaps it
-    // when it is freed, so it is asked for huge pages where the system allows them on
+    // Fresh memory of 32 MiB or more that glibc mapped for this allocation alone (and
+    // unmaps when it is freed): asked for huge pages where the system allows them on
     // request. One fault per 2 MiB instead of 512 halved a 64 MiB copy into new memory on
-    // the VMs measured (docs/architecture.md, "Huge pages for fresh vectors"). Not heap
+    // the VMs measured (docs/architecture.md, "Huge pages for fresh vectors"). Never heap
     // memory, which a mark would outlive (pages given back would come back 2 MiB at a
-    // time, and the heap's mapping would split), so not in a worker either: workers keep
-    // big allocations on their heap (keep_freed_memory_for_reuse). Only the aligned 2 MiB
-    // blocks inside the range: memory outside it is never marked.
+    // time, and the heap's mapping would split): so not in a worker without a memory
+    // limit, whose big allocations stay on its heap (keep_freed_memory_for_reuse). Only
+    // the aligned 2 MiB blocks inside the range: memory outside it is never marked.
     constexpr std::size_t huge = std::size_t{2} << 20;
     constexpr std::size_t own_mapping = std::size_t{32} << 20;  // glibc's mmap threshold cap
     if (malloc_allocation && private_memory && write && bytes >= own_mapping &&
-        !in_worker.load(std::memory_order_relaxed)) {
+        own_malloc_mapping(p, bytes)) {
         const std::uintptr_t hlo = (lo + huge - 1) & ~(huge - 1);
         const std::uintptr_t hhi = hi & ~(huge - 1);
         if (hhi > hlo) madvise(reinterpret_cast<void*>(hlo), hhi - hlo, MADV_HUGEPAGE);

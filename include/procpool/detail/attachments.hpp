@@ -57,10 +57,10 @@ protected:
 /// lacks it, for small ranges, or if it fails. `private_memory`: the range is this
 /// process's own (heap) memory: nothing is done if its first and last pages are resident.
 /// `malloc_allocation`: the range is one allocation from malloc (a `std::allocator`
-/// vector's storage); if it is 32 MiB or more (memory glibc maps for that allocation
-/// alone), is written and is not resident, and this is not a worker, the aligned 2 MiB
-/// blocks inside it are first marked for transparent huge pages (MADV_HUGEPAGE), where
-/// the system allows them on request.
+/// vector's storage); if it is 32 MiB or more, is written, its first and last pages are
+/// not resident, and glibc's chunk header says it mapped the block for this allocation
+/// alone, the aligned 2 MiB blocks inside it are first marked for transparent huge pages
+/// (MADV_HUGEPAGE), where the system allows them on request.
 void populate_pages(const void* p, std::size_t bytes, bool write, bool private_memory = false,
                     bool malloc_allocation = false) noexcept;
 
