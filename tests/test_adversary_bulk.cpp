@@ -61,13 +61,19 @@ std::size_t first_wrong(const std::vector<std::uint64_t>& v, std::size_t n, std:
     return SIZE_MAX;
 }
 
-int memfd_mappings() {
+// This process's mappings of procpool memfds (of at least `min_bytes` each).
+int memfd_mappings(std::size_t min_bytes = 0) {
     FILE* f = std::fopen("/proc/self/maps", "r");
     if (f == nullptr) return -1;
     char line[512];
     int n = 0;
     while (std::fgets(line, sizeof line, f) != nullptr) {
-        if (std::strstr(line, "procpool-shared-array") != nullptr) ++n;
+        unsigned long lo = 0;
+        unsigned long hi = 0;
+        if (std::strstr(line, "procpool-shared-array") != nullptr &&
+            std::sscanf(line, "%lx-%lx", &lo, &hi) == 2 && hi - lo >= min_bytes) {
+            ++n;
+        }
     }
     std::fclose(f);
     return n;
@@ -669,24 +675,6 @@ TEST(BulkAdversary, ResultsAroundTheKeptBlockBound_256MiB_EachIsItsOwn) {
     EXPECT_LE(memfd_mappings_settling_at_most(4), 4);
 }
 
-// This process's mappings of procpool memfds of at least `bytes`.
-int big_memfd_mappings(std::size_t bytes) {
-    FILE* f = std::fopen("/proc/self/maps", "r");
-    if (f == nullptr) return -1;
-    char line[512];
-    int n = 0;
-    while (std::fgets(line, sizeof line, f) != nullptr) {
-        unsigned long lo = 0;
-        unsigned long hi = 0;
-        if (std::strstr(line, "procpool-shared-array") != nullptr &&
-            std::sscanf(line, "%lx-%lx", &lo, &hi) == 2 && hi - lo >= bytes) {
-            ++n;
-        }
-    }
-    std::fclose(f);
-    return n;
-}
-
 TEST(BulkAdversary, AResultOfExactly256MiB_ItsBlockIsKeptAndServesTheNext) {
     process_pool pool({.workers = 1});
     constexpr std::size_t mib256 = std::size_t{256} << 20;
@@ -694,7 +682,7 @@ TEST(BulkAdversary, AResultOfExactly256MiB_ItsBlockIsKeptAndServesTheNext) {
         EXPECT_EQ(first_wrong(pool.submit(make, mib256 / 8, seed).get(), mib256 / 8, seed),
                   SIZE_MAX);
         // The vector is gone; the block's mapping stays, one for all three results.
-        EXPECT_EQ(big_memfd_mappings(mib256), 1) << "after result " << seed;
+        EXPECT_EQ(memfd_mappings(mib256), 1) << "after result " << seed;
     }
 }
 
