@@ -29,8 +29,9 @@ struct ring_ctl {
 std::uint64_t random_stamp_key() noexcept;
 
 /// One message in a ring: a 16-byte header (payload length, type, stamp) then the
-/// payload, padded to 16 bytes. A `pad` frame fills the end of the buffer when a frame
-/// would wrap. The stamp, written last, says the frame is published (see ring::stamp_of).
+/// payload, the whole padded to a multiple of 64 bytes (ring::frame_align). A `pad` frame
+/// fills the end of the buffer when a frame would wrap. The stamp, written last, says the
+/// frame is published (see ring::stamp_of).
 struct frame_header {
     std::uint32_t len;
     std::uint32_t type;
@@ -60,9 +61,14 @@ class ring {
     ring(ring_ctl* ctl, std::byte* data, std::uint32_t capacity) noexcept
         : ctl_(ctl), data_(data), cap_(capacity), key_(ctl->stamp_key | 1) {}
 
+    /// Frames start and end on cache-line boundaries: a frame of up to 48 payload bytes
+    /// (a no-op task's request, a small result) is one line, which crosses between the
+    /// cores once; at 16-byte granularity three of four such requests straddled two lines,
+    /// and the consumer paid a second transfer for the second (docs/architecture.md).
+    static constexpr std::uint64_t frame_align = 64;
     /// Bytes a frame with a `len`-byte payload occupies (64-bit: no wrap for any `len`).
     static constexpr std::uint64_t frame_size(std::uint64_t len) noexcept {
-        return sizeof(frame_header) + ((len + 15u) & ~std::uint64_t{15});
+        return (sizeof(frame_header) + len + (frame_align - 1)) & ~(frame_align - 1);
     }
     /// The stamp of a frame published at ring position `pos`: the consumer finds the next
     /// frame published by reading its stamp, on the frame's own cache line, instead of the
@@ -126,7 +132,14 @@ class ring {
     /// Consumer: the next frame, skipping padding. `h` is a private copy of the header;
     /// `payload` points at `h.len` bytes inside the ring (the producer cannot publish over
     /// them until `pop`, though a hostile one may still change them: read each once).
-    peek_result peek(frame_header& h, const std::byte*& payload) noexcept {
+    /// With `read_index`, a look that finds no stamped frame reads the producer's index (a
+    /// sequentially consistent load: the check after a sleeper's announcement, or a look
+    /// that must see every frame published). Without it, such a look says `empty` and
+    /// reads the index only every `quiet_looks_per_index` such looks: a consumer polling
+    /// an empty ring then keeps off the index's line, so the producer's store of it does not
+    /// wait for that line to come back (the frames of a peer that stores its index without
+    /// stamping are still found, that many looks later).
+    peek_result peek(frame_header& h, const std::byte*& payload, bool read_index = true) noexcept {
         for (;;) {
             const auto at = static_cast<std::uint32_t>(tail_ % cap_);
             if (stamp_at(at) == stamp_of(tail_)) {
@@ -152,6 +165,9 @@ class ring {
             // Not stamped: nothing published yet, or a frame from a peer that does not
             // stamp (checked against the producer's index, as before stamps).
             if (head_seen_ <= tail_) {
+                if (!read_index && (++quiet_looks_ % quiet_looks_per_index) != 0) {
+                    return peek_result::empty;
+                }
                 // Everything seen so far is consumed: read the producer's index again.
                 // Frames it published together are then read without reading it again.
                 // seq_cst: with the sleeper's announcement, the Dekker pair of `doorbell`.
@@ -245,6 +261,9 @@ class ring {
     /// behind tail_ once frames taken by their stamps pass it).
     std::uint64_t head_seen_ = 0;
     std::uint64_t reserved_at_ = 0;
+    /// Consumer: looks without `read_index` that found nothing stamped (see peek).
+    std::uint32_t quiet_looks_ = 0;
+    static constexpr std::uint32_t quiet_looks_per_index = 256;
 };
 
 }  // namespace procpool::ipc

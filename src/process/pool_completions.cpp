@@ -42,13 +42,14 @@ namespace procpool::process {
 // Resolves every completion waiting in `w`'s ring. One drainer at a time (`draining`).
 // Everything read from the ring or the control socket is checked: a worker that
 // breaks the protocol is killed, and the task it was running fails (see violation).
-bool pool_core::drain(worker_slot& w) {
+// `read_index`: see ring::peek (without it, frames are found by their stamps).
+bool pool_core::drain(worker_slot& w, bool read_index) {
     if (w.ring_bad.load(std::memory_order_acquire)) return false;  // not to be read again
     bool any = false;
     ipc::frame_header h{};
     const std::byte* payload = nullptr;
     for (;;) {
-        const ipc::peek_result r = w.cmp.peek(h, payload);
+        const ipc::peek_result r = w.cmp.peek(h, payload, read_index);
         if (r == ipc::peek_result::empty) break;
         if (r == ipc::peek_result::corrupt) {
             violation(w, "its completion ring's index or a frame length is out of bounds");
@@ -270,7 +271,10 @@ bool pool_core::drain_all() {
     detail::defer_callbacks::begin();
     bool any = false;
     for (auto& s : slots) {
-        if (s->region != nullptr && drain(*s)) any = true;
+        // By stamps: drains are the pollers (helpers spin on them), and a look at each
+        // worker's index after its last frame would pull that line back from the worker
+        // each time. Whoever decides to sleep asks completions_waiting (the indices).
+        if (s->region != nullptr && drain(*s, false)) any = true;
     }
     draining_owner.store(std::thread::id(), std::memory_order_relaxed);
     draining.unlock();

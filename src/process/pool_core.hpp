@@ -383,7 +383,7 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     }
 
     // ---- completions -----------------------------------------------------------------
-    bool drain(worker_slot& w);
+    bool drain(worker_slot& w, bool read_index = true);
     void send_failed(worker_slot& w, int err) noexcept;
     void violation(worker_slot& w, const std::string& what) noexcept;
     void violation_locked(worker_slot& w, const std::string& what) noexcept;

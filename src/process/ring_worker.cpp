@@ -50,7 +50,9 @@ class ring_worker final : public remote::worker_transport {
 
     remote::request next() override {
         for (;;) {
-            req_.ctl()->data.wait([&] { return peek(); }, [] {}, true);
+            // Spinning, it looks for the next frame's stamp only (see ring::peek).
+            req_.ctl()->data.wait([&] { return peek(false); }, [&] { return peek(true); },
+                                  [] {}, true);
             if (h_.type == msg_forget && h_.len == sizeof(std::uint64_t)) {
                 std::uint64_t id = 0;
                 std::memcpy(&id, payload_, sizeof id);
@@ -198,8 +200,8 @@ class ring_worker final : public remote::worker_transport {
 
     // True if a request is there; a corrupt request ring means the region was damaged (by
     // a task of ours: the parent only writes well-formed frames), so the worker stops.
-    bool peek() {
-        const ipc::peek_result r = req_.peek(h_, payload_);
+    bool peek(bool read_index) {
+        const ipc::peek_result r = req_.peek(h_, payload_, read_index);
         if (r == ipc::peek_result::corrupt) _exit(corrupt_exit_code);
         return r == ipc::peek_result::frame;
     }

@@ -108,7 +108,15 @@ struct doorbell {
     /// sure the peer is awake to make progress). `shared`: the word is in a shared mapping.
     template <class Ready, class BeforeSleep>
     void wait(Ready&& ready, BeforeSleep&& before_sleep, bool shared) {
-        if (spin_until(ready)) return;
+        wait(ready, ready, before_sleep, shared);
+    }
+
+    /// As `wait(ready, ...)`, spinning on `look()`: a cheaper check that may miss for a
+    /// while what `ready()` sees but never reports what is not there (e.g. one that keeps
+    /// off a line the waker writes). `ready()` is the check after the announcement.
+    template <class Look, class Ready, class BeforeSleep>
+    void wait(Look&& look, Ready&& ready, BeforeSleep&& before_sleep, bool shared) {
+        if (spin_until(look) || ready()) return;
         for (;;) {
             const std::uint32_t seen = word.load(std::memory_order_acquire);
             sleeping.store(1, std::memory_order_seq_cst);
