@@ -96,7 +96,7 @@ class ring_worker final : public remote::worker_transport {
     }
 
     bool begin(remote::request& r) noexcept override {
-        r_->started_ns.store(remote::now_ns(), std::memory_order_relaxed);
+        r_->started_ns.store(r.start_ns, std::memory_order_relaxed);
         // seq_cst store then seq_cst reads of the cancel words: pairs with the parent,
         // which writes a cancel word and then reads started_seq (see cancel_running).
         r_->started_seq.store(r.task.seq, std::memory_order_seq_cst);
@@ -128,7 +128,7 @@ class ring_worker final : public remote::worker_transport {
     detail::attachments* attachments() noexcept override { return &attachments_; }
 
     // Publishes one completion and wakes the parent if it sleeps.
-    void reply(std::uint64_t seq, remote::run_status st, std::int64_t run_ns,
+    void reply(std::uint64_t seq, remote::run_status st, std::int64_t run_ns, std::int64_t end_ns,
                std::vector<std::byte>& out) override {
         // The task's captured output leads the payload (output_flag): it is read before
         // the completion is published, and the files are emptied only after, so a worker
@@ -145,7 +145,7 @@ class ring_worker final : public remote::worker_transport {
             fail_with(out, st, "worker could not send a shared array back");
         }
         const completion_header ch{seq, run_ns, static_cast<std::uint32_t>(outgoing_.size()), 0,
-                                   seq != 0 ? remote::now_ns() : 0};
+                                   end_ns};
         outgoing_.clear();
         if (sizeof ch + lead + out.size() > cmp_.max_payload()) {
             if (lead != 0) {  // one payload: the output, then the result

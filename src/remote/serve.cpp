@@ -33,13 +33,15 @@ bool run_initializer(worker_transport& t, const worker_config& cfg, std::vector<
         detail::encode_message(mw, text);
         out = std::move(msg);
     }
-    t.reply(0, run_status::init_failed, 0, out);
+    t.reply(0, run_status::init_failed, 0, 0, out);
     return false;
 }
 
 // Runs one task request and replies.
 void run_task(worker_transport& t, request& r, std::vector<std::byte>& out) {
+    // Two clock reads per task: its start (also what begin() publishes) and its end.
     const std::int64_t start = now_ns();
+    r.start_ns = start;
     out.clear();
     run_status st = run_status::cancelled;
     if (t.begin(r)) {
@@ -54,7 +56,8 @@ void run_task(worker_transport& t, request& r, std::vector<std::byte>& out) {
         }
     }
     t.release();
-    t.reply(r.task.seq, st, now_ns() - start, out);
+    const std::int64_t end = now_ns();
+    t.reply(r.task.seq, st, end - start, end, out);
 }
 
 }  // namespace
@@ -69,7 +72,7 @@ serve_end serve(worker_transport& t, const worker_config& cfg) {
     // Tells the parent, before any task can run, that start-up is over: from then on a
     // death is a task's doing, not a failed start (the parent keeps that fact itself).
     out.clear();
-    t.reply(0, run_status::ready, 0, out);
+    t.reply(0, run_status::ready, 0, 0, out);
     std::int32_t done = 0;
     for (;;) {
         request r = t.next();

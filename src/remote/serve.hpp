@@ -23,6 +23,9 @@ struct request {
     /// Set if the transport could not deliver the arguments (e.g. map them): the task then
     /// fails with serialization_error and this message, without running.
     std::string failure;
+    /// When serve() started the task (CLOCK_MONOTONIC ns; set before `begin`), for a
+    /// transport that publishes it: one clock read serves both.
+    std::int64_t start_ns = 0;
 };
 
 /// Where serve() is in its start-up, for a parent diagnosing a worker that dies starting.
@@ -44,9 +47,10 @@ class worker_transport {
     /// written with (shared arrays, out-of-band vectors).
     virtual detail::attachments* attachments() noexcept = 0;
     /// Sends one reply: `status` and `payload`, plus whatever the reply's encoding gave to
-    /// attachments(). `seq` 0 is a worker message (ready, initializer failed).
+    /// attachments(). `seq` 0 is a worker message (ready, initializer failed), with
+    /// `run_ns` and `end_ns` 0. `end_ns`: when the task ended (CLOCK_MONOTONIC ns).
     virtual void reply(std::uint64_t seq, run_status status, std::int64_t run_ns,
-                       std::vector<std::byte>& payload) = 0;
+                       std::int64_t end_ns, std::vector<std::byte>& payload) = 0;
     /// Start-up progress (a transport may publish it for the parent). Default: nothing.
     virtual void phase(serve_phase) noexcept {}
 

@@ -119,7 +119,7 @@ class inproc_executor
             attachments_.emplace(&outgoing_, &current_.blocks, ex_.bulk_threshold_);
             return &*attachments_;
         }
-        void reply(std::uint64_t seq, procpool::remote::run_status st, std::int64_t,
+        void reply(std::uint64_t seq, procpool::remote::run_status st, std::int64_t, std::int64_t,
                    std::vector<std::byte>& payload) override {
             ex_.on_reply(seq, st, payload, outgoing_);
             outgoing_.clear();
