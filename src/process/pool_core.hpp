@@ -279,6 +279,10 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     alignas(64) std::atomic<std::uint64_t> outstanding{0};
     alignas(64) std::mutex idle_mu;
     std::condition_variable idle_cv;
+    // Threads in wait_idle: the task that brings `outstanding` to zero takes idle_mu and
+    // notifies only if there is one (seq_cst on both sides, a Dekker pair), so a pool that
+    // goes idle after every task (one submit and get at a time) pays no lock for it.
+    std::atomic<std::uint32_t> idle_waiters{0};
     ipc::unique_fd epfd;
     ipc::unique_fd evfd;
     // A timerfd armed by a submitter that gives an idle pool its first task while the
@@ -376,7 +380,8 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     }
     static void task_settled(void* self) noexcept {
         auto* p = static_cast<pool_core*>(self);
-        if (p->outstanding.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        if (p->outstanding.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+            p->idle_waiters.load(std::memory_order_seq_cst) != 0) {
             std::lock_guard lock(p->idle_mu);
             p->idle_cv.notify_all();
         }

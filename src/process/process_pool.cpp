@@ -58,8 +58,12 @@ void pool_core::close_and_cancel(bool cancel_pending) {
 }
 
 void pool_core::wait_idle() {
-    std::unique_lock lock(idle_mu);
-    idle_cv.wait(lock, [this] { return outstanding.load(std::memory_order_acquire) == 0; });
+    idle_waiters.fetch_add(1, std::memory_order_seq_cst);
+    {
+        std::unique_lock lock(idle_mu);
+        idle_cv.wait(lock, [this] { return outstanding.load(std::memory_order_seq_cst) == 0; });
+    }
+    idle_waiters.fetch_sub(1, std::memory_order_relaxed);
 }
 
 // Asks every worker to exit, waits until all are reaped, stops the supervisor.
