@@ -51,8 +51,8 @@ class ring_worker final : public remote::worker_transport {
     remote::request next() override {
         for (;;) {
             // Spinning, it looks for the next frame's stamp only (see ring::peek).
-            req_.ctl()->data.wait([&] { return peek(false); }, [&] { return peek(true); },
-                                  [] {}, true);
+            req_.ctl()->data.wait([&] { return peek(false); }, [&] { return peek(true); }, [] {},
+                                  true);
             if (h_.type == msg_forget && h_.len == sizeof(std::uint64_t)) {
                 std::uint64_t id = 0;
                 std::memcpy(&id, payload_, sizeof id);
