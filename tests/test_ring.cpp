@@ -172,6 +172,62 @@ TEST(RingUnit, PayloadShapedLikeStampedFrames_IsNeverTakenForOne) {
     }
 }
 
+// Frames start on cache lines: a frame of up to 48 payload bytes (a no-op task's request
+// is 48) fills one line, so the consumer that sees its stamp has the whole frame.
+TEST(RingUnit, SmallFrames_EachStartsOnACacheLineAndFitsInIt) {
+    local_ring r;
+    std::uint32_t expect_at = 0;
+    for (std::uint32_t len = 1; len <= 48; ++len) {
+        std::byte* p = r.producer.try_reserve(len);
+        ASSERT_NE(p, nullptr);
+        const auto at = static_cast<std::uint32_t>(p - r.data) - 16;
+        EXPECT_EQ(at % 64, 0u) << "a " << len << "-byte frame starts mid-line";
+        EXPECT_EQ(at, expect_at);
+        r.producer.commit(len, 1);
+        expect_at = (at + 64) % local_ring::cap;
+        procpool::ipc::frame_header h{};
+        const std::byte* payload = nullptr;
+        ASSERT_EQ(r.consumer.peek(h, payload), procpool::ipc::peek_result::frame);
+        r.consumer.pop(h);
+    }
+    EXPECT_EQ(procpool::ipc::ring::frame_size(48), 64u);
+    EXPECT_EQ(procpool::ipc::ring::frame_size(49), 128u);
+}
+
+// A spinning look (read_index false) finds frames by their stamps only, and reads the
+// producer's index every 256th look that finds none: a frame published without a stamp
+// (only a hostile peer does that) is found then, and by a look that reads the index at once.
+TEST(RingUnit, UnstampedFrame_FoundByTheIndexOnlyEvery256thSpinningLook) {
+    local_ring r;
+    ASSERT_TRUE(r.put(41));
+    std::memset(r.data + offsetof(procpool::ipc::frame_header, stamp), 0, 8);  // no stamp
+    procpool::ipc::frame_header h{};
+    const std::byte* p = nullptr;
+    for (int i = 1; i < 256; ++i) {
+        ASSERT_EQ(r.consumer.peek(h, p, false), procpool::ipc::peek_result::empty) << "look " << i;
+    }
+    ASSERT_EQ(r.consumer.peek(h, p, false), procpool::ipc::peek_result::frame);
+    r.consumer.pop(h);
+    ASSERT_TRUE(r.put(42));
+    std::memset(r.data + 64 + offsetof(procpool::ipc::frame_header, stamp), 0, 8);
+    EXPECT_EQ(r.take(), 42);  // read_index true: the index at once
+    // Stamped frames are found by a spinning look at once.
+    ASSERT_TRUE(r.put(43));
+    ASSERT_EQ(r.consumer.peek(h, p, false), procpool::ipc::peek_result::frame);
+}
+
+// No honest producer writes a pad at offset 0 (every frame fits there): a stamped pad that
+// claims the whole buffer is reported, so a peer rewriting it each lap cannot keep the
+// consumer skipping pads.
+TEST(RingUnit, StampedPadFillingTheWholeBuffer_IsCorrupt) {
+    local_ring r;
+    procpool::ipc::frame_header h{local_ring::cap - 16, procpool::ipc::frame_pad};
+    std::memcpy(r.data, &h, sizeof h);
+    const std::uint64_t stamp = r.producer.stamp_of(0);
+    std::memcpy(r.data + offsetof(procpool::ipc::frame_header, stamp), &stamp, sizeof stamp);
+    EXPECT_EQ(r.take(), -2);
+}
+
 // A peer that forges the other side's index is still caught when the index is read.
 TEST(RingUnit, ForgedIndices_AreReportedCorrupt) {
     {
@@ -197,11 +253,12 @@ TEST(RingUnit, ForgedIndices_AreReportedCorrupt) {
 // Their forget notices wait in the worker's ring while it is stopped; the worker must not
 // be taken for one that holds its read index back, and the task must run once it resumes
 // (not stay parked with nothing in flight to bring it back).
-TEST(RingBurst, ForgetNoticesForAStoppedWorker_ThenALargeTask_RunsWithoutRestart) {
-    constexpr int n = 5000;
+// `n` arrays freed while the worker is stopped, then a task whose argument is a string of
+// `arg_bytes`.
+void forget_burst_then_task(int n, std::size_t arg_bytes) {
     // Each cached array holds a descriptor here and one in the worker (forked from this
     // process with its limit): raise the soft limit if it is lower.
-    constexpr rlim_t want = 2 * n + 1000;
+    const rlim_t want = 2 * static_cast<rlim_t>(n) + 1000;
     rlimit old{};
     ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
     struct restore {
@@ -241,13 +298,25 @@ TEST(RingBurst, ForgetNoticesForAStoppedWorker_ThenALargeTask_RunsWithoutRestart
         ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
         ASSERT_TRUE(wait_stopped(pids[0]));
         arrays.clear();  // n forget notices for the stopped worker
-        auto f = pool.submit(text_size, std::string(200'000, 'x'));
+        auto f = pool.submit(text_size, std::string(arg_bytes, 'x'));
         ASSERT_EQ(kill(pids[0], SIGCONT), 0);
-        EXPECT_EQ(f.get(), 200'000u);
+        EXPECT_EQ(f.get(), arg_bytes);
         EXPECT_EQ(pool.worker_pids(), pids);
     }
     pool.shutdown();
     EXPECT_EQ(pool.stats().worker_restarts, 0u);
+}
+
+// A task too large for the ring: its frame is small (the bytes go out of band).
+TEST(RingBurst, ForgetNoticesForAStoppedWorker_ThenALargeTask_RunsWithoutRestart) {
+    forget_burst_then_task(5000, 200'000);
+}
+
+// Found by an adversarial review: 7000 notices (a 64-byte frame each) and a task whose
+// 100 kB frame does not fit after them. The worker, stopped, was taken for one that holds
+// its read index back (more than half a ring unconsumed) and killed.
+TEST(RingBurst, ManyForgetNoticesForAStoppedWorker_ThenATaskInTheRing_RunsWithoutRestart) {
+    forget_burst_then_task(7000, 100'000);
 }
 
 }  // namespace

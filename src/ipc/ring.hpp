@@ -148,13 +148,9 @@ class ring {
                 // not read; a peer that stamps a frame it did not publish only moves this
                 // side's index past its own, which it sees as `corrupt` when it reads it.
                 std::memcpy(&h, data_ + at, sizeof h);
-                const std::uint64_t size = frame_size(h.len);
-                const std::uint64_t to_end = cap_ - at;
-                if (h.type == frame_pad ? size != to_end : size > to_end) {
-                    return peek_result::corrupt;
-                }
+                if (bad_frame(h, at)) return peek_result::corrupt;
                 if (h.type == frame_pad) {
-                    std::atomic_ref<std::uint64_t>(tail_).store(tail_ + size,
+                    std::atomic_ref<std::uint64_t>(tail_).store(tail_ + frame_size(h.len),
                                                                 std::memory_order_relaxed);
                     ctl_->tail.store(tail_, std::memory_order_release);
                     continue;
@@ -183,9 +179,7 @@ class ring {
             const auto pos = static_cast<std::uint32_t>(tail_ % cap_);
             std::memcpy(&h, data_ + pos, sizeof h);
             const std::uint64_t size = frame_size(h.len);
-            const std::uint64_t to_end = cap_ - pos;
-            // A pad frame fills exactly the rest of the buffer; any other frame fits in it.
-            if (h.type == frame_pad ? size != to_end : size > to_end) return peek_result::corrupt;
+            if (bad_frame(h, pos)) return peek_result::corrupt;
             if (size > head - tail_) return peek_result::corrupt;
             if (h.type == frame_pad) {
                 std::atomic_ref<std::uint64_t>(tail_).store(tail_ + size,
@@ -215,6 +209,8 @@ class ring {
         // the producer's index for a moment (see peek).
         return ctl_->head.load(std::memory_order_seq_cst) <= tail;
     }
+    /// Producer: bytes published so far (pads included).
+    std::uint64_t published() const noexcept { return head_; }
     /// Producer: bytes published and not yet released by the consumer (as it claims).
     std::uint64_t unconsumed() const noexcept {
         const std::uint64_t tail = ctl_->tail.load(std::memory_order_acquire);
@@ -232,6 +228,15 @@ class ring {
     ring_ctl* ctl() const noexcept { return ctl_; }
 
   private:
+    // A header at buffer offset `pos` that no honest producer writes: a pad frame fills
+    // exactly the rest of the buffer, and never the whole of it (at offset 0 every frame
+    // fits: payloads are at most a quarter of the buffer), so a consumer skips at most one
+    // pad per frame it takes; any other frame fits before the end.
+    bool bad_frame(const frame_header& h, std::uint32_t pos) const noexcept {
+        const std::uint64_t size = frame_size(h.len);
+        const std::uint64_t to_end = cap_ - pos;
+        return h.type == frame_pad ? size != to_end || pos == 0 : size > to_end;
+    }
     frame_header& header_at(std::uint32_t pos) noexcept {
         return *reinterpret_cast<frame_header*>(data_ + pos);
     }

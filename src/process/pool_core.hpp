@@ -182,6 +182,9 @@ struct worker_slot {
     /// `kept`); touched only by whoever holds `draining`.
     detail::shm_table result_blocks;
     std::vector<std::uint64_t> forget_backlog;  ///< forget notices the ring had no room for
+    /// Bytes of the request ring published after its last task frame (forget notices and
+    /// their pads): with no task in flight, the most the worker can have left unconsumed.
+    std::uint64_t forget_bytes_since_task = 0;
     /// Its stdout and stderr files (capture_output). Replaced and closed only by the
     /// supervisor thread, which is what lets bound_output use them without `mu`.
     output_files output;

@@ -86,10 +86,13 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     }
     if (dst == nullptr) {
         if (w.req.corrupt()) violation_locked(w, "it overwrote its request ring's read index");
-        // A worker with no task in flight has consumed every task frame; only forget
-        // notices (16 bytes each) can wait in its ring. Half a ring of them is not
-        // plausible: its read index was held back on purpose.
-        if (w.inflight.empty() && w.req.unconsumed() > ring_capacity / 2) {
+        // A worker with no task in flight has consumed every task frame (it releases a
+        // request before it publishes the completion): only the forget notices published
+        // after the last one can wait in its ring. More than those unconsumed means its
+        // read index was moved back. (A count of bytes, not a share of the ring: a worker
+        // stopped while thousands of shared arrays are freed has that many notices, a
+        // 64-byte frame each, and is not to be killed for it.)
+        if (w.inflight.empty() && w.req.unconsumed() > w.forget_bytes_since_task) {
             violation_locked(w, "its request ring stays full while it runs nothing");
         }
         return false;
@@ -117,6 +120,7 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     const task_header th{w.next_seq, t.invoker, t.fn, static_cast<std::uint32_t>(fresh.size()), 0};
     std::memcpy(dst, &th, sizeof th);
     t.payload_pos = w.req.commit(static_cast<std::uint32_t>(len), oob ? msg_task_oob : msg_task);
+    w.forget_bytes_since_task = 0;
     t.payload_len = static_cast<std::uint32_t>(len);
     // A per-task copy (shm_block::relayed) is dropped by the worker once this task is over:
     // the notice follows the task's frame in the ring.
@@ -158,10 +162,12 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
 // Tells the worker it may unmap shared blocks the parent has freed. Called with mu held.
 void pool_core::flush_forgets(worker_slot& w) noexcept {
     while (!w.forget_backlog.empty()) {
+        const std::uint64_t before = w.req.published();
         std::byte* p = w.req.try_reserve(sizeof(std::uint64_t));
         if (p == nullptr) return;
         std::memcpy(p, &w.forget_backlog.back(), sizeof(std::uint64_t));
         w.req.commit(sizeof(std::uint64_t), msg_forget);
+        w.forget_bytes_since_task += w.req.published() - before;
         w.forget_backlog.pop_back();
     }
 }

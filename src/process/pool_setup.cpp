@@ -220,6 +220,7 @@ void pool_core::spawn(worker_slot& w) {
     w.pidfd.reset();
     w.cached.clear();
     w.forget_backlog.clear();
+    w.forget_bytes_since_task = 0;
     w.state = slot_state::spawning;
     w.spawned_ns = now_ns();
     ++w.gen;
