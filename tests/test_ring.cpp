@@ -7,12 +7,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ipc/ring.hpp"
@@ -26,6 +29,14 @@ int first_element(procpool::shared_array<int> a) { return a[0]; }
 int plus_one(int x) { return x + 1; }
 
 // True once `pid` is stopped (T, or t under a tracer) in /proc/PID/stat, or false after ~60 s.
+// Descriptors open in process `pid`.
+std::size_t open_fds(int pid) {
+    std::error_code ec;
+    const std::filesystem::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec);
+    return ec ? 0
+              : static_cast<std::size_t>(std::distance(it, std::filesystem::directory_iterator()));
+}
+
 bool wait_stopped(int pid) {
     for (int i = 0; i < 60'000; ++i) {
         std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
@@ -254,8 +265,10 @@ TEST(RingUnit, ForgedIndices_AreReportedCorrupt) {
 // be taken for one that holds its read index back, and the task must run once it resumes
 // (not stay parked with nothing in flight to bring it back).
 // `n` arrays freed while the worker is stopped, then a task whose argument is a string of
-// `arg_bytes`.
-void forget_burst_then_task(int n, std::size_t arg_bytes) {
+// `arg_bytes`. With `resume`, the worker is continued and must run it without a restart;
+// without, it stays stopped and the task's deadline must kill it (the task must have been
+// sent, not left parked behind notices that fill the ring).
+void forget_burst_then_task(int n, std::size_t arg_bytes, bool resume = true) {
     // Each cached array holds a descriptor here and one in the worker (forked from this
     // process with its limit): raise the soft limit if it is lower.
     const rlim_t want = 2 * static_cast<rlim_t>(n) + 1000;
@@ -276,15 +289,18 @@ void forget_burst_then_task(int n, std::size_t arg_bytes) {
                          << old.rlim_max << ")";
         }
     }
-    procpool::process_pool pool({.workers = 1});
+    procpool::process_pool_options opts{.workers = 1};
+    if (!resume) opts.task_timeout = std::chrono::seconds(1);
+    procpool::process_pool pool(opts);
     ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
     const std::vector<int> pids = pool.worker_pids();
     ASSERT_EQ(pids.size(), 1u);
     // Whatever fails below, the worker is not left stopped (the pool would wait for it).
-    struct resume {
+    struct resume_at_exit {
         int pid;
-        ~resume() { kill(pid, SIGCONT); }
+        ~resume_at_exit() { kill(pid, SIGCONT); }
     } resume_worker{pids[0]};
+    const std::size_t fds_before = open_fds(pids[0]);
     {
         std::vector<procpool::shared_array<int>> arrays;
         arrays.reserve(n);
@@ -299,9 +315,27 @@ void forget_burst_then_task(int n, std::size_t arg_bytes) {
         ASSERT_TRUE(wait_stopped(pids[0]));
         arrays.clear();  // n forget notices for the stopped worker
         auto f = pool.submit(text_size, std::string(arg_bytes, 'x'));
+        if (!resume) {
+            // A watchdog of minutes: a task never sent has no deadline and never resolves.
+            ASSERT_TRUE(f.wait_for(std::chrono::minutes(2))) << "the task was never sent";
+            EXPECT_THROW(f.get(), procpool::task_timeout);
+            EXPECT_EQ(pool.submit(plus_one, 1).get(), 2);  // on its replacement
+            EXPECT_NE(pool.worker_pids(), pids);
+            return;
+        }
         ASSERT_EQ(kill(pids[0], SIGCONT), 0);
         EXPECT_EQ(f.get(), arg_bytes);
         EXPECT_EQ(pool.worker_pids(), pids);
+        // The notices held back (beyond a quarter of the ring) reach it with no further
+        // task: it closes every array's descriptor. A watchdog of minutes, not a timing.
+        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+        while (open_fds(pids[0]) > fds_before) {
+            ASSERT_LT(std::chrono::steady_clock::now(), until)
+                << open_fds(pids[0]) << " descriptors open, " << fds_before << " before";
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        // The notices held back (beyond a quarter of the ring) go out before the next task.
+        EXPECT_EQ(pool.submit(plus_one, 2).get(), 3);
     }
     pool.shutdown();
     EXPECT_EQ(pool.stats().worker_restarts, 0u);
@@ -317,6 +351,14 @@ TEST(RingBurst, ForgetNoticesForAStoppedWorker_ThenALargeTask_RunsWithoutRestart
 // its read index back (more than half a ring unconsumed) and killed.
 TEST(RingBurst, ManyForgetNoticesForAStoppedWorker_ThenATaskInTheRing_RunsWithoutRestart) {
     forget_burst_then_task(7000, 100'000);
+}
+
+// Found by an adversarial review: the same worker never resumed. Its notices filled the
+// ring, the task did not fit, was never sent, and its deadline never started: a 1-worker
+// pool with a task_timeout stalled for good. Notices now fill a quarter of the ring at
+// most, so the task is sent and the deadline kills the worker.
+TEST(RingBurst, ManyForgetNoticesForAWorkerThatStaysStopped_ThenATask_TimesOut) {
+    forget_burst_then_task(7000, 100'000, false);
 }
 
 }  // namespace

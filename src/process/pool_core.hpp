@@ -65,6 +65,15 @@ struct task_args {
 };
 
 constexpr std::uint32_t ring_capacity = 1u << 19;
+/// The most of a request ring that forget notices may hold unconsumed; the rest wait in
+/// the slot's `forget_backlog`. With a quarter of the ring at most in notices, a task
+/// frame of any size (at most max_payload, a quarter, plus a pad as large before it)
+/// fits whenever the worker has nothing in flight: a worker that stopped reading (frozen,
+/// stopped) still gets its next task, whose deadline then applies.
+constexpr std::uint32_t forget_budget = ring_capacity / 4;
+/// How often an idle supervisor retries a forget backlog (a worker that reads its ring
+/// makes room within microseconds; one that does not costs a wake-up this often).
+constexpr int forget_retry_ms = 10;
 // How long a thread waiting on a future sleeps on a worker's bell before it looks again
 // anyway (help_wait), and the longest the supervisor sleeps: bounds what a task that
 // writes its worker's wake-up words can delay (its own worker's results).
@@ -181,7 +190,9 @@ struct worker_slot {
     /// Mappings of the worker's result blocks, kept while it lives (receive_attachments'
     /// `kept`); touched only by whoever holds `draining`.
     detail::shm_table result_blocks;
-    std::vector<std::uint64_t> forget_backlog;  ///< forget notices the ring had no room for
+    /// Forget notices not yet in the ring (beyond forget_budget); flushed by the next send
+    /// to this worker or by the supervisor (retry_forgets).
+    std::vector<std::uint64_t> forget_backlog;
     /// Bytes of the request ring published after its last task frame (forget notices and
     /// their pads): with no task in flight, the most the worker can have left unconsumed.
     std::uint64_t forget_bytes_since_task = 0;
@@ -307,6 +318,8 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     std::atomic<std::thread::id> draining_owner{};
     std::atomic<int> helpers{0};  // threads inside help_wait
     alignas(64) std::atomic<bool> supervisor_asleep{false};
+    // Some slot has a forget_backlog: the supervisor retries it while idle (retry_forgets).
+    std::atomic<bool> forgets_waiting{false};
     std::atomic<bool> stopping{false};
     std::atomic<bool> joined{false};
     std::mutex join_mu;
@@ -351,6 +364,7 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     worker_slot* pick() noexcept;
     bool send(worker_slot& w, process_task_base& t, task_args args);
     void flush_forgets(worker_slot& w) noexcept;
+    bool retry_forgets() noexcept;
     void forget_block(std::uint64_t id) noexcept override;
     static void wake_worker(worker_slot& w) noexcept;
     void place(process_task_base& t, task_args args);

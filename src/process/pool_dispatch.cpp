@@ -159,17 +159,43 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     return true;
 }
 
-// Tells the worker it may unmap shared blocks the parent has freed. Called with mu held.
+// Tells the worker it may unmap shared blocks the parent has freed, up to forget_budget
+// bytes of its ring unconsumed; the rest stay in the backlog. Called with mu held.
 void pool_core::flush_forgets(worker_slot& w) noexcept {
-    while (!w.forget_backlog.empty()) {
+    if (w.forget_backlog.empty()) return;
+    constexpr std::uint64_t notice = ipc::ring::frame_size(sizeof(std::uint64_t));
+    const std::uint64_t unconsumed = w.req.unconsumed();
+    std::uint64_t room = unconsumed < forget_budget ? forget_budget - unconsumed : 0;
+    bool published = false;
+    while (!w.forget_backlog.empty() && room >= notice) {
         const std::uint64_t before = w.req.published();
         std::byte* p = w.req.try_reserve(sizeof(std::uint64_t));
-        if (p == nullptr) return;
+        if (p == nullptr) break;
         std::memcpy(p, &w.forget_backlog.back(), sizeof(std::uint64_t));
         w.req.commit(sizeof(std::uint64_t), msg_forget);
-        w.forget_bytes_since_task += w.req.published() - before;
+        const std::uint64_t used = w.req.published() - before;
+        w.forget_bytes_since_task += used;
+        room = room > used ? room - used : 0;
         w.forget_backlog.pop_back();
+        published = true;
     }
+    if (published) wake_worker(w);
+    // seq_cst: the Dekker pair with the supervisor's look before it sleeps (retry_forgets).
+    if (!w.forget_backlog.empty()) forgets_waiting.store(true, std::memory_order_seq_cst);
+}
+
+// Supervisor: flushes what the workers have made room for since. True if some notices
+// still wait (a worker that is not reading: the supervisor looks again soon).
+bool pool_core::retry_forgets() noexcept {
+    std::lock_guard lock(mu);
+    forgets_waiting.store(false, std::memory_order_relaxed);
+    bool left = false;
+    for (auto& s : slots) {
+        if (s->region == nullptr || s->forget_backlog.empty()) continue;
+        flush_forgets(*s);
+        left = left || !s->forget_backlog.empty();
+    }
+    return left;
 }
 
 void pool_core::forget_block(std::uint64_t id) noexcept {
@@ -177,8 +203,13 @@ void pool_core::forget_block(std::uint64_t id) noexcept {
     for (auto& s : slots) {
         if (s->region == nullptr || s->cached.erase(id) == 0) continue;
         s->forget_backlog.push_back(id);
-        flush_forgets(*s);
-        wake_worker(*s);
+        flush_forgets(*s);  // wakes the worker if it published
+    }
+    // A backlog left with the supervisor asleep and nothing else to wake it: wake it so
+    // that it retries (it sees forgets_waiting if it went to sleep before this look).
+    if (forgets_waiting.load(std::memory_order_seq_cst) &&
+        supervisor_asleep.load(std::memory_order_seq_cst)) {
+        wake_supervisor();
     }
 }
 

@@ -199,6 +199,13 @@ void pool_core::supervise() {
                 timeout_ms = static_cast<int>(
                     std::clamp<std::int64_t>((next_deadline - now) / 1'000'000 + 1, 1, 1000));
             }
+            // Forget notices beyond forget_budget wait until their worker reads the ones
+            // in its ring: look again soon (forget_block wakes us if it left some after
+            // this look, the Dekker pair with supervisor_asleep).
+            if (forgets_waiting.load(std::memory_order_seq_cst) && retry_forgets() &&
+                (timeout_ms < 0 || timeout_ms > forget_retry_ms)) {
+                timeout_ms = forget_retry_ms;
+            }
             // A task can write its worker's wake-up words (they are in its memory), and
             // a thread it leaves behind can do so while the pool is idle: look every
             // waiter_recheck anyway while the pool holds a task, and put the waiters
