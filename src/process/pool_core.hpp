@@ -71,9 +71,11 @@ constexpr std::uint32_t ring_capacity = 1u << 19;
 /// fits whenever the worker has nothing in flight: a worker that stopped reading (frozen,
 /// stopped) still gets its next task, whose deadline then applies.
 constexpr std::uint32_t forget_budget = ring_capacity / 4;
-/// How often an idle supervisor retries a forget backlog (a worker that reads its ring
-/// makes room within microseconds; one that does not costs a wake-up this often).
+/// How soon an idle supervisor retries a forget backlog (a worker that reads its ring
+/// makes room within microseconds). Doubled after each retry that sent nothing, up to
+/// forget_retry_max_ms: a worker that stays stopped costs a wake-up a second.
 constexpr int forget_retry_ms = 10;
+constexpr int forget_retry_max_ms = 1000;
 // How long a thread waiting on a future sleeps on a worker's bell before it looks again
 // anyway (help_wait), and the longest the supervisor sleeps: bounds what a task that
 // writes its worker's wake-up words can delay (its own worker's results).
@@ -363,8 +365,8 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     bool usable(const worker_slot& w) const noexcept;
     worker_slot* pick() noexcept;
     bool send(worker_slot& w, process_task_base& t, task_args args);
-    void flush_forgets(worker_slot& w) noexcept;
-    bool retry_forgets() noexcept;
+    bool flush_forgets(worker_slot& w) noexcept;
+    bool retry_forgets(bool& published) noexcept;
     void forget_block(std::uint64_t id) noexcept override;
     static void wake_worker(worker_slot& w) noexcept;
     void place(process_task_base& t, task_args args);

@@ -160,9 +160,10 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
 }
 
 // Tells the worker it may unmap shared blocks the parent has freed, up to forget_budget
-// bytes of its ring unconsumed; the rest stay in the backlog. Called with mu held.
-void pool_core::flush_forgets(worker_slot& w) noexcept {
-    if (w.forget_backlog.empty()) return;
+// bytes of its ring unconsumed; the rest stay in the backlog. True if it sent any.
+// Called with mu held.
+bool pool_core::flush_forgets(worker_slot& w) noexcept {
+    if (w.forget_backlog.empty()) return false;
     constexpr std::uint64_t notice = ipc::ring::frame_size(sizeof(std::uint64_t));
     const std::uint64_t unconsumed = w.req.unconsumed();
     std::uint64_t room = unconsumed < forget_budget ? forget_budget - unconsumed : 0;
@@ -182,17 +183,19 @@ void pool_core::flush_forgets(worker_slot& w) noexcept {
     if (published) wake_worker(w);
     // seq_cst: the Dekker pair with the supervisor's look before it sleeps (retry_forgets).
     if (!w.forget_backlog.empty()) forgets_waiting.store(true, std::memory_order_seq_cst);
+    return published;
 }
 
 // Supervisor: flushes what the workers have made room for since. True if some notices
-// still wait (a worker that is not reading: the supervisor looks again soon).
-bool pool_core::retry_forgets() noexcept {
+// still wait (a worker that is not reading: the supervisor looks again soon);
+// `published`: whether this retry sent any.
+bool pool_core::retry_forgets(bool& published) noexcept {
     std::lock_guard lock(mu);
     forgets_waiting.store(false, std::memory_order_relaxed);
     bool left = false;
     for (auto& s : slots) {
         if (s->region == nullptr || s->forget_backlog.empty()) continue;
-        flush_forgets(*s);
+        if (flush_forgets(*s)) published = true;
         left = left || !s->forget_backlog.empty();
     }
     return left;

@@ -166,6 +166,7 @@ void pool_core::supervise() {
     if (method == start_method::fork) spawn_initial();  // forkserver: start() counted down
     std::int64_t idle_since = now_ns();
     unsigned spins = 0;
+    int forget_wait_ms = forget_retry_ms;  // the next retry of a forget backlog, if any
     std::vector<epoll_event> events(16 + slots.size() * 2);
     for (;;) {
         bool progress = drain_all();
@@ -200,11 +201,18 @@ void pool_core::supervise() {
                     std::clamp<std::int64_t>((next_deadline - now) / 1'000'000 + 1, 1, 1000));
             }
             // Forget notices beyond forget_budget wait until their worker reads the ones
-            // in its ring: look again soon (forget_block wakes us if it left some after
-            // this look, the Dekker pair with supervisor_asleep).
-            if (forgets_waiting.load(std::memory_order_seq_cst) && retry_forgets() &&
-                (timeout_ms < 0 || timeout_ms > forget_retry_ms)) {
-                timeout_ms = forget_retry_ms;
+            // in its ring: look again soon, later each time nothing could be sent
+            // (forget_block wakes us if it left some after this look, the Dekker pair
+            // with supervisor_asleep).
+            if (forgets_waiting.load(std::memory_order_seq_cst)) {
+                bool published = false;
+                if (retry_forgets(published)) {
+                    forget_wait_ms = published ? forget_retry_ms
+                                               : std::min(2 * forget_wait_ms, forget_retry_max_ms);
+                    if (timeout_ms < 0 || timeout_ms > forget_wait_ms) timeout_ms = forget_wait_ms;
+                } else {
+                    forget_wait_ms = forget_retry_ms;
+                }
             }
             // A task can write its worker's wake-up words (they are in its memory), and
             // a thread it leaves behind can do so while the pool is idle: look every
