@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,7 +29,6 @@ std::size_t text_size(std::string s) { return s.size(); }
 int first_element(procpool::shared_array<int> a) { return a[0]; }
 int plus_one(int x) { return x + 1; }
 
-// True once `pid` is stopped (T, or t under a tracer) in /proc/PID/stat, or false after ~60 s.
 // Descriptors open in process `pid`.
 std::size_t open_fds(int pid) {
     std::error_code ec;
@@ -37,6 +37,7 @@ std::size_t open_fds(int pid) {
               : static_cast<std::size_t>(std::distance(it, std::filesystem::directory_iterator()));
 }
 
+// True once `pid` is stopped (T, or t under a tracer) in /proc/PID/stat, or false after ~60 s.
 bool wait_stopped(int pid) {
     for (int i = 0; i < 60'000; ++i) {
         std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
@@ -239,6 +240,28 @@ TEST(RingUnit, StampedPadFillingTheWholeBuffer_IsCorrupt) {
     EXPECT_EQ(r.take(), -2);
 }
 
+// The pool's forget budget (a quarter of a request ring in notices, pool_core.hpp): at any
+// ring position, with that much unconsumed, a frame of any payload up to max_payload (the
+// largest task frame) still fits, the pad before it at the wrap included.
+TEST(RingUnit, AQuarterInNotices_LeavesRoomForTheLargestFrameAtEveryPosition) {
+    for (std::uint32_t start = 0; start < local_ring::cap; start += 64) {
+        for (std::uint32_t len = 0; len <= local_ring::cap / 4; len += 8) {
+            local_ring r;
+            ASSERT_EQ(r.producer.max_payload(), local_ring::cap / 4);
+            for (std::uint32_t i = 0; i < start / 64; ++i) {  // both indices to `start`
+                ASSERT_TRUE(r.put(i));
+                ASSERT_EQ(r.take(), i);
+            }
+            while (r.producer.unconsumed() + procpool::ipc::ring::frame_size(8) <=
+                   local_ring::cap / 4) {
+                ASSERT_TRUE(r.put(0));
+            }
+            ASSERT_EQ(r.producer.unconsumed(), local_ring::cap / 4);
+            EXPECT_NE(r.producer.try_reserve(len), nullptr) << "at " << start << ", " << len;
+        }
+    }
+}
+
 // A peer that forges the other side's index is still caught when the index is read.
 TEST(RingUnit, ForgedIndices_AreReportedCorrupt) {
     {
@@ -289,9 +312,7 @@ void forget_burst_then_task(int n, std::size_t arg_bytes, bool resume = true) {
                          << old.rlim_max << ")";
         }
     }
-    procpool::process_pool_options opts{.workers = 1};
-    if (!resume) opts.task_timeout = std::chrono::seconds(1);
-    procpool::process_pool pool(opts);
+    procpool::process_pool pool({.workers = 1});
     ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
     const std::vector<int> pids = pool.worker_pids();
     ASSERT_EQ(pids.size(), 1u);
@@ -314,10 +335,14 @@ void forget_burst_then_task(int n, std::size_t arg_bytes, bool resume = true) {
         ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
         ASSERT_TRUE(wait_stopped(pids[0]));
         arrays.clear();  // n forget notices for the stopped worker
-        auto f = pool.submit(text_size, std::string(arg_bytes, 'x'));
+        // Only this task has a deadline (none of the setup's may time out on a busy machine).
+        auto f = resume ? pool.submit(text_size, std::string(arg_bytes, 'x'))
+                        : pool.submit(procpool::task_options{.timeout = std::chrono::seconds(1)},
+                                      text_size, std::string(arg_bytes, 'x'));
         if (!resume) {
-            // A watchdog of minutes: a task never sent has no deadline and never resolves.
-            ASSERT_TRUE(f.wait_for(std::chrono::minutes(2))) << "the task was never sent";
+            // A watchdog (under ctest's per-test timeout, so that its message is seen): a
+            // task never sent has no deadline and never resolves.
+            ASSERT_TRUE(f.wait_for(std::chrono::seconds(60))) << "the task was never sent";
             EXPECT_THROW(f.get(), procpool::task_timeout);
             EXPECT_EQ(pool.submit(plus_one, 1).get(), 2);  // on its replacement
             EXPECT_NE(pool.worker_pids(), pids);
@@ -327,15 +352,14 @@ void forget_burst_then_task(int n, std::size_t arg_bytes, bool resume = true) {
         EXPECT_EQ(f.get(), arg_bytes);
         EXPECT_EQ(pool.worker_pids(), pids);
         // The notices held back (beyond a quarter of the ring) reach it with no further
-        // task: it closes every array's descriptor. A watchdog of minutes, not a timing.
-        const auto until = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+        // task: it closes every array's descriptor. A watchdog (under ctest's per-test
+        // timeout), not a timing.
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
         while (open_fds(pids[0]) > fds_before) {
             ASSERT_LT(std::chrono::steady_clock::now(), until)
                 << open_fds(pids[0]) << " descriptors open, " << fds_before << " before";
             std::this_thread::sleep_for(std::chrono::milliseconds(5));
         }
-        // The notices held back (beyond a quarter of the ring) go out before the next task.
-        EXPECT_EQ(pool.submit(plus_one, 2).get(), 3);
     }
     pool.shutdown();
     EXPECT_EQ(pool.stats().worker_restarts, 0u);
@@ -359,6 +383,76 @@ TEST(RingBurst, ManyForgetNoticesForAStoppedWorker_ThenATaskInTheRing_RunsWithou
 // most, so the task is sent and the deadline kills the worker.
 TEST(RingBurst, ManyForgetNoticesForAWorkerThatStaysStopped_ThenATask_TimesOut) {
     forget_burst_then_task(7000, 100'000, false);
+}
+
+// Access to a shared_array's block, to give it one relayed under a chosen id.
+struct block_access : procpool::shared_array<int> {
+    static auto member() { return &block_access::block_; }
+};
+
+// A shared_array over a block relayed under `id`, as an mpi_pool serving rank makes one
+// for each use of rank 0's array after the last was freed (src/mpi/arrays.cpp).
+procpool::shared_array<int> relayed_array(std::uint64_t id, int value) {
+    procpool::shared_array<int> a(1);
+    auto b = procpool::detail::shm_block::relayed(-1, sizeof(int), true, id, false);
+    std::memcpy(b->data(), &value, sizeof value);
+    a.*(block_access::member()) = b;
+    return a;
+}
+
+// Found by an adversarial review: a block freed while its worker's notices fill their
+// budget has its notice wait in the backlog; a new block under the same id sent meanwhile
+// went out first, and the old notice, published after it, made the worker drop the new
+// mapping (the next use failed: "a shared array in this message was not received").
+TEST(RingBurst, IdSentAgainWhileItsNoticeWaits_TheNewMappingStays) {
+    constexpr int n = 2500;  // more than a quarter of the ring in notices
+    const rlim_t want = 2 * static_cast<rlim_t>(n) + 1000;
+    rlimit old{};
+    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    struct restore {
+        rlimit rl;
+        ~restore() { setrlimit(RLIMIT_NOFILE, &rl); }
+    } restore_limit{old};
+    if (old.rlim_cur < want) {
+        rlimit up = old;
+        up.rlim_cur = std::min<rlim_t>(old.rlim_max, want);
+        setrlimit(RLIMIT_NOFILE, &up);
+        rlimit now{};
+        getrlimit(RLIMIT_NOFILE, &now);
+        if (now.rlim_cur < want) GTEST_SKIP() << "needs " << want << " descriptors";
+    }
+    constexpr std::uint64_t id = (std::uint64_t{1} << 60) + 12345;
+    procpool::process_pool pool({.workers = 1});
+    ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
+    const std::vector<int> pids = pool.worker_pids();
+    ASSERT_EQ(pids.size(), 1u);
+    struct resume_at_exit {
+        int pid;
+        ~resume_at_exit() { kill(pid, SIGCONT); }
+    } resume_worker{pids[0]};
+    std::vector<procpool::shared_array<int>> arrays;
+    {
+        std::vector<procpool::future<int>> fs;
+        for (int i = 0; i < n; ++i) {
+            arrays.emplace_back(1);
+            arrays.back()[0] = i;
+            fs.push_back(pool.submit(first_element, arrays.back()));
+        }
+        for (int i = 0; i < n; ++i) ASSERT_EQ(fs[static_cast<std::size_t>(i)].get(), i);
+    }
+    auto first = std::make_unique<procpool::shared_array<int>>(relayed_array(id, 11));
+    ASSERT_EQ(pool.submit(first_element, *first).get(), 11);  // the worker caches `id`
+    ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
+    ASSERT_TRUE(wait_stopped(pids[0]));
+    arrays.clear();                       // the budget fills, the rest wait in the backlog
+    first.reset();                        // `id`'s notice waits too
+    auto second = relayed_array(id, 22);  // the same id, a new block
+    auto f = pool.submit(first_element, second);
+    ASSERT_EQ(kill(pids[0], SIGCONT), 0);
+    EXPECT_EQ(f.get(), 22);
+    EXPECT_EQ(pool.submit(plus_one, 1).get(), 2);  // whatever was held back is out by now
+    EXPECT_EQ(pool.submit(first_element, second).get(), 22);  // still mapped in the worker
+    EXPECT_EQ(pool.worker_pids(), pids);
 }
 
 }  // namespace

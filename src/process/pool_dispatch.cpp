@@ -106,6 +106,12 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     for (const auto& b : fresh) {
         if (!b->per_task()) w.cached.insert(b->id());
     }
+    // A notice still waiting for an id sent again now (a relayed block under an id used
+    // before, as an mpi_pool rank makes) would reach the worker after this frame and drop
+    // the new mapping: it goes. The worker's new mapping replaces the old one.
+    if (!w.forget_backlog.empty()) {
+        for (const auto& b : fresh) std::erase(w.forget_backlog, b->id());
+    }
     if (oob) {
         if (t.parked.empty()) args.assign_to(t.parked);  // kept for requeue
         if (!send_payload(w.ctl.get(), 'A', t.parked.data(), n, false, true)) {
