@@ -287,31 +287,43 @@ TEST(RingUnit, ForgedIndices_AreReportedCorrupt) {
 // Their forget notices wait in the worker's ring while it is stopped; the worker must not
 // be taken for one that holds its read index back, and the task must run once it resumes
 // (not stay parked with nothing in flight to bring it back).
+// Each cached array holds a descriptor here and one in the worker (forked from this process
+// with its limit): raises the soft limit for `n` arrays if it is lower, for the object's
+// lifetime.
+class descriptor_limit {
+  public:
+    explicit descriptor_limit(int n) : want_(2 * static_cast<rlim_t>(n) + 1000) {
+        getrlimit(RLIMIT_NOFILE, &old_);
+        if (old_.rlim_cur >= want_) return;
+        rlimit up = old_;
+        up.rlim_cur = std::min<rlim_t>(old_.rlim_max, want_);
+        setrlimit(RLIMIT_NOFILE, &up);
+    }
+    ~descriptor_limit() { setrlimit(RLIMIT_NOFILE, &old_); }
+    descriptor_limit(const descriptor_limit&) = delete;
+    descriptor_limit& operator=(const descriptor_limit&) = delete;
+    bool ok() const {
+        rlimit now{};
+        getrlimit(RLIMIT_NOFILE, &now);
+        return now.rlim_cur >= want_;
+    }
+    std::string why() const {
+        return "needs " + std::to_string(want_) + " descriptors (RLIMIT_NOFILE hard limit " +
+               std::to_string(old_.rlim_max) + ")";
+    }
+
+  private:
+    rlim_t want_;
+    rlimit old_{};
+};
+
 // `n` arrays freed while the worker is stopped, then a task whose argument is a string of
 // `arg_bytes`. With `resume`, the worker is continued and must run it without a restart;
 // without, it stays stopped and the task's deadline must kill it (the task must have been
 // sent, not left parked behind notices that fill the ring).
 void forget_burst_then_task(int n, std::size_t arg_bytes, bool resume = true) {
-    // Each cached array holds a descriptor here and one in the worker (forked from this
-    // process with its limit): raise the soft limit if it is lower.
-    const rlim_t want = 2 * static_cast<rlim_t>(n) + 1000;
-    rlimit old{};
-    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
-    struct restore {
-        rlimit rl;
-        ~restore() { setrlimit(RLIMIT_NOFILE, &rl); }
-    } restore_limit{old};
-    if (old.rlim_cur < want) {
-        rlimit up = old;
-        up.rlim_cur = std::min<rlim_t>(old.rlim_max, want);
-        setrlimit(RLIMIT_NOFILE, &up);
-        rlimit now{};
-        getrlimit(RLIMIT_NOFILE, &now);
-        if (now.rlim_cur < want) {
-            GTEST_SKIP() << "needs " << want << " descriptors (RLIMIT_NOFILE hard limit "
-                         << old.rlim_max << ")";
-        }
-    }
+    const descriptor_limit limit(n);
+    if (!limit.ok()) GTEST_SKIP() << limit.why();
     procpool::process_pool pool({.workers = 1});
     ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
     const std::vector<int> pids = pool.worker_pids();
@@ -406,21 +418,8 @@ procpool::shared_array<int> relayed_array(std::uint64_t id, int value) {
 // mapping (the next use failed: "a shared array in this message was not received").
 TEST(RingBurst, IdSentAgainWhileItsNoticeWaits_TheNewMappingStays) {
     constexpr int n = 2500;  // more than a quarter of the ring in notices
-    const rlim_t want = 2 * static_cast<rlim_t>(n) + 1000;
-    rlimit old{};
-    ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
-    struct restore {
-        rlimit rl;
-        ~restore() { setrlimit(RLIMIT_NOFILE, &rl); }
-    } restore_limit{old};
-    if (old.rlim_cur < want) {
-        rlimit up = old;
-        up.rlim_cur = std::min<rlim_t>(old.rlim_max, want);
-        setrlimit(RLIMIT_NOFILE, &up);
-        rlimit now{};
-        getrlimit(RLIMIT_NOFILE, &now);
-        if (now.rlim_cur < want) GTEST_SKIP() << "needs " << want << " descriptors";
-    }
+    const descriptor_limit limit(n);
+    if (!limit.ok()) GTEST_SKIP() << limit.why();
     constexpr std::uint64_t id = (std::uint64_t{1} << 60) + 12345;
     procpool::process_pool pool({.workers = 1});
     ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
@@ -453,6 +452,77 @@ TEST(RingBurst, IdSentAgainWhileItsNoticeWaits_TheNewMappingStays) {
     EXPECT_EQ(pool.submit(plus_one, 1).get(), 2);  // whatever was held back is out by now
     EXPECT_EQ(pool.submit(first_element, second).get(), 22);  // still mapped in the worker
     EXPECT_EQ(pool.worker_pids(), pids);
+}
+
+// In a worker: no descriptor can be opened from now on, as when its table is full of
+// cached blocks; `descriptors_back` undoes it.
+rlim_t saved_descriptor_limit = 0;
+int no_more_descriptors(int) {
+    rlimit r{};
+    getrlimit(RLIMIT_NOFILE, &r);
+    saved_descriptor_limit = r.rlim_cur;
+    r.rlim_cur = 3;
+    return setrlimit(RLIMIT_NOFILE, &r);
+}
+int descriptors_back(int) {
+    rlimit r{};
+    getrlimit(RLIMIT_NOFILE, &r);
+    r.rlim_cur = saved_descriptor_limit;
+    return setrlimit(RLIMIT_NOFILE, &r);
+}
+
+// Found by an adversarial review: a block sent again under an id the worker has mapped
+// from before, whose descriptor the worker cannot take (out of descriptors: the kernel
+// drops it), left the old mapping in place: that task and every later one read the freed
+// block's stale value, with no error. Now the task fails with a serialization error, the
+// old mapping is gone, and once the worker has descriptors again the block is sent anew.
+// With `backlog`, the old block's notice is still waiting when the new one is sent.
+void id_sent_again_not_received(bool backlog) {
+    constexpr int n = 2500;
+    const descriptor_limit limit(n);
+    if (!limit.ok()) GTEST_SKIP() << limit.why();
+    constexpr std::uint64_t id = (std::uint64_t{1} << 60) + 54321;
+    procpool::process_pool pool({.workers = 1});
+    ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
+    const std::vector<int> pids = pool.worker_pids();
+    ASSERT_EQ(pids.size(), 1u);
+    struct resume_at_exit {
+        int pid;
+        ~resume_at_exit() { kill(pid, SIGCONT); }
+    } resume_worker{pids[0]};
+    std::vector<procpool::shared_array<int>> arrays;
+    if (backlog) {
+        std::vector<procpool::future<int>> fs;
+        for (int i = 0; i < n; ++i) {
+            arrays.emplace_back(1);
+            fs.push_back(pool.submit(first_element, arrays.back()));
+        }
+        for (auto& f : fs) f.get();
+    }
+    auto first = std::make_unique<procpool::shared_array<int>>(relayed_array(id, 11));
+    ASSERT_EQ(pool.submit(first_element, *first).get(), 11);  // mapped in the worker
+    ASSERT_EQ(pool.submit(no_more_descriptors, 0).get(), 0);
+    ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
+    ASSERT_TRUE(wait_stopped(pids[0]));
+    arrays.clear();
+    first.reset();
+    auto second = relayed_array(id, 22);  // the same id, a new block
+    auto f = pool.submit(first_element, second);
+    ASSERT_EQ(kill(pids[0], SIGCONT), 0);
+    EXPECT_THROW(f.get(), procpool::serialization_error);  // not the old block's 11
+    EXPECT_THROW(pool.submit(first_element, second).get(), procpool::serialization_error);
+    ASSERT_EQ(pool.submit(descriptors_back, 0).get(), 0);
+    EXPECT_EQ(pool.submit(first_element, second).get(), 22);
+    EXPECT_EQ(pool.submit(first_element, second).get(), 22);
+    EXPECT_EQ(pool.worker_pids(), pids);
+}
+
+TEST(RingBurst, IdSentAgainButNotReceived_FailsThenIsSentAnew) {
+    id_sent_again_not_received(false);
+}
+
+TEST(RingBurst, IdSentAgainWhileItsNoticeWaitsButNotReceived_FailsThenIsSentAnew) {
+    id_sent_again_not_received(true);
 }
 
 }  // namespace

@@ -84,6 +84,7 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
     // Every record is taken off the socket before any is judged, so that a refused one
     // leaves the channel in step for the next message.
     std::vector<std::pair<attach_msg, ipc::unique_fd>> got;
+    std::exception_ptr failed;  // in a worker: the first block it could not take
     for (std::uint32_t i = 0; i < n; ++i) {
         attach_msg m{};
         int fd = -1;
@@ -93,12 +94,37 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
         ipc::unique_fd owned(nfds == 1 ? fd : -1);
         if (len != static_cast<long>(sizeof m) || nfds != 1) {
             if (from_worker) throw protocol_violation("a shared block's descriptor was missing");
-            throw serialization_error("a shared array's descriptor did not arrive");
+            if (len != static_cast<long>(sizeof m)) {
+                throw serialization_error("a shared array's record did not arrive");
+            }
+            // Out of descriptors (the kernel drops them): a mapping this worker kept under
+            // the id is not the block sent now, so it goes, and the task that needs it
+            // fails ("not received") rather than read memory the parent has freed.
+            table.erase(m.id);
+            if (!failed) {
+                failed = std::make_exception_ptr(
+                    serialization_error("a shared array's descriptor did not arrive"));
+            }
+            continue;
         }
         got.emplace_back(m, std::move(owned));
     }
-    for (auto& [m, fd] : got) {
-        const bool returnable = from_worker && (m.flags & attach_returnable) != 0;
+    if (!from_worker) {
+        for (auto& [m, fd] : got) {
+            try {
+                table[m.id] =
+                    detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0, false);
+                if ((m.flags & attach_progressive) != 0) table[m.id]->mark_progressive();
+            } catch (...) {  // e.g. out of address space: as above
+                table.erase(m.id);
+                if (!failed) failed = std::current_exception();
+            }
+        }
+        if (failed) std::rethrow_exception(failed);
+        return;
+    }
+    for (auto& [m, fd] : got) {  // in the parent: a worker's result blocks
+        const bool returnable = (m.flags & attach_returnable) != 0;
         if (returnable && kept != nullptr) {
             auto it = kept->find(m.id);
             if (it != kept->end() && it->second->bytes() == m.bytes) {
@@ -108,18 +134,14 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
             }
             if (it != kept->end()) kept->erase(it);
         }
-        if (from_worker) {
-            if (!is_memfd(fd.get())) {
-                throw serialization_error(
-                    "a task returned a file-backed array (mapped_file_array): the task could "
-                    "truncate the file under the parent's mapping. Return the file's path and "
-                    "open it in the parent instead");
-            }
-            check_mappable(fd.get(), m.bytes, true);
+        if (!is_memfd(fd.get())) {
+            throw serialization_error(
+                "a task returned a file-backed array (mapped_file_array): the task could "
+                "truncate the file under the parent's mapping. Return the file's path and "
+                "open it in the parent instead");
         }
-        detail::shm_ref b =
-            detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0, from_worker);
-        if (!from_worker && (m.flags & attach_progressive) != 0) b->mark_progressive();
+        check_mappable(fd.get(), m.bytes, true);
+        detail::shm_ref b = detail::shm_block::adopt(fd.release(), m.bytes, m.writable != 0, true);
         if (returnable) {
             b->mark_returned_on_free();
             if (kept != nullptr && b->returnable_mapping() && b->data() != nullptr) {

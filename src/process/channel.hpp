@@ -51,6 +51,10 @@ bool send_attachments(int sock, const std::vector<detail::shm_ref>& blocks,
 /// memfd at least as large as claimed, so that a mapping of it can never fault (SIGBUS) in
 /// this process. The blocks are then marked as owned by this process (see
 /// shm_block::adopt). Throws protocol_violation on a bad record.
+/// Otherwise (a worker receiving a task's blocks): every record is read even if one fails;
+/// a block that could not be taken (its descriptor dropped for want of descriptors, a
+/// mapping refused) is removed from `table`, so that a mapping kept under its id from
+/// before is never read in its place; then the first failure is thrown.
 /// `kept` (the parent, from one worker): the mappings of that worker's returnable result
 /// blocks (attach_returnable), kept across results: a block that comes back under an id
 /// and size already mapped is read through the same mapping (its pages' first touch in a

@@ -173,6 +173,19 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
         }
         t = pop_inflight(w);
         worker_pid = static_cast<int>(w.pid);
+        // Its arguments did not arrive whole: perhaps a shared array the worker could not
+        // take (out of descriptors), which it has then dropped (receive_attachments). Its
+        // blocks are no longer taken for cached there: the worker is told to forget them,
+        // and the next task that needs one sends it again.
+        if (raw == static_cast<std::uint32_t>(run_status::serialization) &&
+            !t->attachments.empty()) {
+            for (const auto& b : t->attachments) {
+                if (!b->per_task() && w.cached.erase(b->id()) != 0) {
+                    w.forget_backlog.push_back(b->id());
+                }
+            }
+            flush_forgets(w);
+        }
         const std::int64_t run = std::clamp<std::int64_t>(ch.run_ns, 100, 1'000'000'000);
         const std::int64_t avg = avg_task_ns.load(std::memory_order_relaxed);
         avg_task_ns.store(avg == 0 ? run : (avg + run) / 2, std::memory_order_relaxed);

@@ -72,8 +72,8 @@ constexpr std::uint32_t ring_capacity = 1u << 19;
 /// stopped) still gets its next task, whose deadline then applies.
 constexpr std::uint32_t forget_budget = ring_capacity / 4;
 /// How soon an idle supervisor retries a forget backlog (a worker that reads its ring
-/// makes room within microseconds). Doubled after each retry that sent nothing, up to
-/// forget_retry_max_ms: a worker that stays stopped costs a wake-up a second.
+/// makes room within microseconds). Doubled each time a whole wait passes with no notice
+/// sent, up to forget_retry_max_ms: a worker that stays stopped costs a wake-up a second.
 constexpr int forget_retry_ms = 10;
 constexpr int forget_retry_max_ms = 1000;
 // How long a thread waiting on a future sleeps on a worker's bell before it looks again
@@ -322,6 +322,9 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     alignas(64) std::atomic<bool> supervisor_asleep{false};
     // Some slot has a forget_backlog: the supervisor retries it while idle (retry_forgets).
     std::atomic<bool> forgets_waiting{false};
+    // Flushes that published a notice, whoever made them: the supervisor's retries back
+    // off only while this stays put.
+    std::atomic<std::uint64_t> forgets_sent{0};
     std::atomic<bool> stopping{false};
     std::atomic<bool> joined{false};
     std::mutex join_mu;
@@ -366,7 +369,7 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     worker_slot* pick() noexcept;
     bool send(worker_slot& w, process_task_base& t, task_args args);
     bool flush_forgets(worker_slot& w) noexcept;
-    bool retry_forgets(bool& published) noexcept;
+    bool retry_forgets() noexcept;
     void forget_block(std::uint64_t id) noexcept override;
     static void wake_worker(worker_slot& w) noexcept;
     void place(process_task_base& t, task_args args);

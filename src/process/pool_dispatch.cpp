@@ -97,6 +97,15 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
         }
         return false;
     }
+    // What may throw comes before anything is sent: a throw after the descriptors went
+    // would leave them on the socket for a frame that never comes.
+    if (oob && t.parked.empty()) args.assign_to(t.parked);  // kept for requeue
+    // Ids sent again while a notice for them waits (see below), sorted to be looked up.
+    std::vector<std::uint64_t> resent;
+    if (!w.forget_backlog.empty()) {
+        for (const auto& b : fresh) resent.push_back(b->id());
+        std::sort(resent.begin(), resent.end());
+    }
     // Descriptors go on the control socket before the frame is published, so the
     // worker finds them there when it reads the frame.
     if (!fresh.empty() && !send_attachments(w.ctl.get(), fresh, true)) {
@@ -106,14 +115,7 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     for (const auto& b : fresh) {
         if (!b->per_task()) w.cached.insert(b->id());
     }
-    // A notice still waiting for an id sent again now (a relayed block under an id used
-    // before, as an mpi_pool rank makes) would reach the worker after this frame and drop
-    // the new mapping: it goes. The worker's new mapping replaces the old one.
-    if (!w.forget_backlog.empty()) {
-        for (const auto& b : fresh) std::erase(w.forget_backlog, b->id());
-    }
     if (oob) {
-        if (t.parked.empty()) args.assign_to(t.parked);  // kept for requeue
         if (!send_payload(w.ctl.get(), 'A', t.parked.data(), n, false, true)) {
             send_failed(w, errno);
             return false;
@@ -128,6 +130,15 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     t.payload_pos = w.req.commit(static_cast<std::uint32_t>(len), oob ? msg_task_oob : msg_task);
     w.forget_bytes_since_task = 0;
     t.payload_len = static_cast<std::uint32_t>(len);
+    // A notice still waiting for an id sent again now (a relayed block under an id used
+    // before, as an mpi_pool rank makes) would reach the worker after this frame and drop
+    // the new mapping: it goes. The worker's new mapping replaces the old one (and if the
+    // worker fails to take it, it drops the old one: receive_attachments).
+    if (!resent.empty()) {
+        std::erase_if(w.forget_backlog, [&](std::uint64_t id) {
+            return std::binary_search(resent.begin(), resent.end(), id);
+        });
+    }
     // A per-task copy (shm_block::relayed) is dropped by the worker once this task is over:
     // the notice follows the task's frame in the ring.
     bool per_task = false;
@@ -186,22 +197,24 @@ bool pool_core::flush_forgets(worker_slot& w) noexcept {
         w.forget_backlog.pop_back();
         published = true;
     }
-    if (published) wake_worker(w);
+    if (published) {
+        wake_worker(w);
+        forgets_sent.fetch_add(1, std::memory_order_relaxed);
+    }
     // seq_cst: the Dekker pair with the supervisor's look before it sleeps (retry_forgets).
     if (!w.forget_backlog.empty()) forgets_waiting.store(true, std::memory_order_seq_cst);
     return published;
 }
 
 // Supervisor: flushes what the workers have made room for since. True if some notices
-// still wait (a worker that is not reading: the supervisor looks again soon);
-// `published`: whether this retry sent any.
-bool pool_core::retry_forgets(bool& published) noexcept {
+// still wait (a worker that is not reading: the supervisor looks again soon).
+bool pool_core::retry_forgets() noexcept {
     std::lock_guard lock(mu);
     forgets_waiting.store(false, std::memory_order_relaxed);
     bool left = false;
     for (auto& s : slots) {
         if (s->region == nullptr || s->forget_backlog.empty()) continue;
-        if (flush_forgets(*s)) published = true;
+        flush_forgets(*s);
         left = left || !s->forget_backlog.empty();
     }
     return left;

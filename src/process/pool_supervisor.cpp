@@ -166,7 +166,10 @@ void pool_core::supervise() {
     if (method == start_method::fork) spawn_initial();  // forkserver: start() counted down
     std::int64_t idle_since = now_ns();
     unsigned spins = 0;
-    int forget_wait_ms = forget_retry_ms;  // the next retry of a forget backlog, if any
+    // Retries of a forget backlog: the wait, when it last changed, notices sent by then.
+    int forget_wait_ms = forget_retry_ms;
+    std::int64_t forget_looked_ns = 0;
+    std::uint64_t forgets_seen = 0;
     std::vector<epoll_event> events(16 + slots.size() * 2);
     for (;;) {
         bool progress = drain_all();
@@ -201,17 +204,22 @@ void pool_core::supervise() {
                     std::clamp<std::int64_t>((next_deadline - now) / 1'000'000 + 1, 1, 1000));
             }
             // Forget notices beyond forget_budget wait until their worker reads the ones
-            // in its ring: look again soon, later each time nothing could be sent
-            // (forget_block wakes us if it left some after this look, the Dekker pair
-            // with supervisor_asleep).
+            // in its ring: look again soon, and later each time a whole wait passed with
+            // none sent (forget_block wakes us if it left some after this look, the
+            // Dekker pair with supervisor_asleep).
             if (forgets_waiting.load(std::memory_order_seq_cst)) {
-                bool published = false;
-                if (retry_forgets(published)) {
-                    forget_wait_ms = published ? forget_retry_ms
-                                               : std::min(2 * forget_wait_ms, forget_retry_max_ms);
-                    if (timeout_ms < 0 || timeout_ms > forget_wait_ms) timeout_ms = forget_wait_ms;
-                } else {
+                const bool left = retry_forgets();
+                const std::uint64_t sent = forgets_sent.load(std::memory_order_relaxed);
+                if (!left || sent != forgets_seen) {
                     forget_wait_ms = forget_retry_ms;
+                    forget_looked_ns = now;
+                } else if (now - forget_looked_ns >= std::int64_t{forget_wait_ms} * 1'000'000) {
+                    forget_wait_ms = std::min(2 * forget_wait_ms, forget_retry_max_ms);
+                    forget_looked_ns = now;
+                }
+                forgets_seen = sent;
+                if (left && (timeout_ms < 0 || timeout_ms > forget_wait_ms)) {
+                    timeout_ms = forget_wait_ms;
                 }
             }
             // A task can write its worker's wake-up words (they are in its memory), and
