@@ -525,4 +525,55 @@ TEST(RingBurst, IdSentAgainWhileItsNoticeWaitsButNotReceived_FailsThenIsSentAnew
     id_sent_again_not_received(true);
 }
 
+// Found by an adversarial review: a task skipped (cancelled while its frame waited in the
+// ring) whose block the worker could not take. The worker takes a task's blocks before it
+// decides to skip it, and drops what it could not take; the parent must then not count the
+// block as cached there, or the next task that needs it, once the worker has descriptors
+// again, is sent without it and fails.
+TEST(RingBurst, SkippedTaskWhoseBlockWasNotReceived_TheBlockIsSentAgainLater) {
+    procpool::process_pool pool({.workers = 1});
+    ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
+    const std::vector<int> pids = pool.worker_pids();
+    ASSERT_EQ(pids.size(), 1u);
+    struct resume_at_exit {
+        int pid;
+        ~resume_at_exit() { kill(pid, SIGCONT); }
+    } resume_worker{pids[0]};
+    procpool::shared_array<int> array(1);
+    array[0] = 7;
+    ASSERT_EQ(pool.submit(no_more_descriptors, 0).get(), 0);
+    ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
+    ASSERT_TRUE(wait_stopped(pids[0]));
+    auto skipped = pool.submit(first_element, array);  // its frame waits in the ring
+    EXPECT_TRUE(skipped.cancel());
+    ASSERT_EQ(kill(pids[0], SIGCONT), 0);
+    EXPECT_THROW(skipped.get(), procpool::task_cancelled);
+    ASSERT_EQ(pool.submit(descriptors_back, 0).get(), 0);
+    EXPECT_EQ(pool.submit(first_element, array).get(), 7);
+    EXPECT_EQ(pool.submit(first_element, array).get(), 7);
+    EXPECT_EQ(pool.worker_pids(), pids);
+}
+
+int sum_two(procpool::shared_array<int> a, procpool::shared_array<int> b) {
+    return a[0] + b[0];
+}
+
+// A task with two blocks the worker cannot take: it reads both records (the control socket
+// stays in step: the next task's block is its own, not the second of these), fails, and
+// both work once the worker has descriptors again.
+TEST(RingBurst, TwoBlocksNotReceived_TheControlSocketStaysInStep) {
+    procpool::process_pool pool({.workers = 1});
+    ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
+    procpool::shared_array<int> a(1), b(1), c(1);
+    a[0] = 1;
+    b[0] = 2;
+    c[0] = 40;
+    ASSERT_EQ(pool.submit(no_more_descriptors, 0).get(), 0);
+    EXPECT_THROW(pool.submit(sum_two, a, b).get(), procpool::serialization_error);
+    ASSERT_EQ(pool.submit(descriptors_back, 0).get(), 0);
+    EXPECT_EQ(pool.submit(first_element, c).get(), 40);
+    EXPECT_EQ(pool.submit(sum_two, a, b).get(), 3);
+    EXPECT_EQ(pool.submit(first_element, c).get(), 40);
+}
+
 }  // namespace

@@ -171,14 +171,22 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
             if (broken) return;  // fail_all_broken emptied the queue meanwhile
             throw protocol_violation("a completion for a task it was not running");
         }
+        // Its arguments did not arrive whole (perhaps a shared array the worker could not
+        // take, out of descriptors, which it has then dropped: receive_attachments), or it
+        // was skipped, which the worker decides after taking its blocks, with the same
+        // outcome. Its blocks are no longer taken for cached there: the worker is told to
+        // forget them, and the next task that needs one sends it again.
+        const bool blocks_doubtful =
+            (raw == static_cast<std::uint32_t>(run_status::serialization) ||
+             raw == static_cast<std::uint32_t>(run_status::cancelled)) &&
+            !w.inflight.head->attachments.empty();
+        // Room first: nothing may throw once the task is off the queue.
+        if (blocks_doubtful) {
+            w.forget_backlog.reserve(w.forget_backlog.size() + w.inflight.head->attachments.size());
+        }
         t = pop_inflight(w);
         worker_pid = static_cast<int>(w.pid);
-        // Its arguments did not arrive whole: perhaps a shared array the worker could not
-        // take (out of descriptors), which it has then dropped (receive_attachments). Its
-        // blocks are no longer taken for cached there: the worker is told to forget them,
-        // and the next task that needs one sends it again.
-        if (raw == static_cast<std::uint32_t>(run_status::serialization) &&
-            !t->attachments.empty()) {
+        if (blocks_doubtful) {
             for (const auto& b : t->attachments) {
                 if (!b->per_task() && w.cached.erase(b->id()) != 0) {
                     w.forget_backlog.push_back(b->id());

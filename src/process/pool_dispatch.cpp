@@ -100,6 +100,19 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     // What may throw comes before anything is sent: a throw after the descriptors went
     // would leave them on the socket for a frame that never comes.
     if (oob && t.parked.empty()) args.assign_to(t.parked);  // kept for requeue
+    if (!fresh.empty()) {
+        w.forget_backlog.reserve(w.forget_backlog.size() + fresh.size());  // per-task ones
+        try {  // taken for cached now; if the descriptors then fail, the worker is replaced
+            for (const auto& b : fresh) {
+                if (!b->per_task()) w.cached.insert(b->id());
+            }
+        } catch (...) {
+            for (const auto& b : fresh) {
+                if (!b->per_task()) w.cached.erase(b->id());
+            }
+            throw;
+        }
+    }
     // Ids sent again while a notice for them waits (see below), sorted to be looked up.
     std::vector<std::uint64_t> resent;
     if (!w.forget_backlog.empty()) {
@@ -111,9 +124,6 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     if (!fresh.empty() && !send_attachments(w.ctl.get(), fresh, true)) {
         send_failed(w, errno);
         return false;
-    }
-    for (const auto& b : fresh) {
-        if (!b->per_task()) w.cached.insert(b->id());
     }
     if (oob) {
         if (!send_payload(w.ctl.get(), 'A', t.parked.data(), n, false, true)) {
