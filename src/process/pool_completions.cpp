@@ -181,9 +181,7 @@ void pool_core::take_completion(worker_slot& w, const ipc::frame_header& h,
              raw == static_cast<std::uint32_t>(run_status::cancelled)) &&
             !w.inflight.head->attachments.empty();
         // Room first: nothing may throw once the task is off the queue.
-        if (blocks_doubtful) {
-            w.forget_backlog.reserve(w.forget_backlog.size() + w.inflight.head->attachments.size());
-        }
+        if (blocks_doubtful) reserve_backlog(w, w.inflight.head->attachments.size());
         t = pop_inflight(w);
         worker_pid = static_cast<int>(w.pid);
         if (blocks_doubtful) {

@@ -368,6 +368,7 @@ struct pool_core : detail::cancel_hook, detail::shm_listener {
     bool usable(const worker_slot& w) const noexcept;
     worker_slot* pick() noexcept;
     bool send(worker_slot& w, process_task_base& t, task_args args);
+    static void reserve_backlog(worker_slot& w, std::size_t more);
     bool flush_forgets(worker_slot& w) noexcept;
     bool retry_forgets() noexcept;
     void forget_block(std::uint64_t id) noexcept override;

@@ -100,8 +100,14 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     // What may throw comes before anything is sent: a throw after the descriptors went
     // would leave them on the socket for a frame that never comes.
     if (oob && t.parked.empty()) args.assign_to(t.parked);  // kept for requeue
+    // Ids sent again while a notice for them waits (see below), sorted to be looked up.
+    std::vector<std::uint64_t> resent;
+    if (!w.forget_backlog.empty()) {
+        for (const auto& b : fresh) resent.push_back(b->id());
+        std::sort(resent.begin(), resent.end());
+    }
     if (!fresh.empty()) {
-        w.forget_backlog.reserve(w.forget_backlog.size() + fresh.size());  // per-task ones
+        reserve_backlog(w, fresh.size());  // for the per-task ones' notices
         try {  // taken for cached now; if the descriptors then fail, the worker is replaced
             for (const auto& b : fresh) {
                 if (!b->per_task()) w.cached.insert(b->id());
@@ -112,12 +118,6 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
             }
             throw;
         }
-    }
-    // Ids sent again while a notice for them waits (see below), sorted to be looked up.
-    std::vector<std::uint64_t> resent;
-    if (!w.forget_backlog.empty()) {
-        for (const auto& b : fresh) resent.push_back(b->id());
-        std::sort(resent.begin(), resent.end());
     }
     // Descriptors go on the control socket before the frame is published, so the
     // worker finds them there when it reads the frame.
@@ -184,6 +184,15 @@ bool pool_core::send(worker_slot& w, process_task_base& t, task_args args) {
     last_worker = w.index;
     wake_worker(w);
     return true;
+}
+
+// Room for `more` forget notices, so that queueing them cannot throw (geometric growth:
+// a backlog that grows a notice at a time is not copied each time).
+void pool_core::reserve_backlog(worker_slot& w, std::size_t more) {
+    const std::size_t need = w.forget_backlog.size() + more;
+    if (need > w.forget_backlog.capacity()) {
+        w.forget_backlog.reserve(std::max(need, 2 * w.forget_backlog.capacity()));
+    }
 }
 
 // Tells the worker it may unmap shared blocks the parent has freed, up to forget_budget
