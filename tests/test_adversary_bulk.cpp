@@ -447,7 +447,14 @@ TEST(BulkAdversary, WorkerKilledRightAfterReturning_EveryFutureResolves_ValuesAr
             }
         }
         EXPECT_GT(values, 0);
-        // Deaths between results: each replacement's blocks are mapped afresh.
+    }
+    EXPECT_EQ(memfd_mappings_settling_at_most(maps_before), maps_before);
+    // Deaths between results: each replacement's blocks are mapped afresh. A pool of its
+    // own: a worker of the pool above may still hold a thread that kills it (make_then_die
+    // kills up to 500 µs after its result, later on a busy machine), and a task given to
+    // it would die too.
+    {
+        process_pool pool({.workers = 2});
         for (int k = 0; k < 3; ++k) {
             EXPECT_EQ(first_wrong(pool.submit(make, 300'000, 77).get(), 300'000, 77), SIZE_MAX);
             EXPECT_THROW(pool.submit(die, k).get(), procpool::worker_died);
