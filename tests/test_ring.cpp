@@ -317,6 +317,38 @@ class descriptor_limit {
     rlimit old_{};
 };
 
+// A one-worker pool whose worker a test stops and continues; never left stopped (the pool
+// would wait for it).
+struct one_worker {
+    procpool::process_pool pool{procpool::process_pool_options{.workers = 1}};
+    std::vector<int> pids;
+    one_worker() {
+        if (pool.submit(plus_one, 0).get() == 1) pids = pool.worker_pids();
+    }
+    ~one_worker() {
+        if (pids.size() == 1) kill(pids[0], SIGCONT);
+    }
+    one_worker(const one_worker&) = delete;
+    one_worker& operator=(const one_worker&) = delete;
+    bool started() const { return pids.size() == 1; }
+    bool stop() const { return kill(pids[0], SIGSTOP) == 0 && wait_stopped(pids[0]); }
+    bool resume() const { return kill(pids[0], SIGCONT) == 0; }
+};
+
+// `n` arrays the worker of `pool` has mapped (each passed to a task once).
+std::vector<procpool::shared_array<int>> cached_arrays(procpool::process_pool& pool, int n) {
+    std::vector<procpool::shared_array<int>> arrays;
+    arrays.reserve(static_cast<std::size_t>(n));
+    std::vector<procpool::future<int>> fs;
+    for (int i = 0; i < n; ++i) {
+        arrays.emplace_back(1);
+        arrays.back()[0] = i;
+        fs.push_back(pool.submit(first_element, arrays.back()));
+    }
+    for (int i = 0; i < n; ++i) EXPECT_EQ(fs[static_cast<std::size_t>(i)].get(), i);
+    return arrays;
+}
+
 // `n` arrays freed while the worker is stopped, then a task whose argument is a string of
 // `arg_bytes`. With `resume`, the worker is continued and must run it without a restart;
 // without, it stays stopped and the task's deadline must kill it (the task must have been
@@ -324,28 +356,14 @@ class descriptor_limit {
 void forget_burst_then_task(int n, std::size_t arg_bytes, bool resume = true) {
     const descriptor_limit limit(n);
     if (!limit.ok()) GTEST_SKIP() << limit.why();
-    procpool::process_pool pool({.workers = 1});
-    ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
-    const std::vector<int> pids = pool.worker_pids();
-    ASSERT_EQ(pids.size(), 1u);
-    // Whatever fails below, the worker is not left stopped (the pool would wait for it).
-    struct resume_at_exit {
-        int pid;
-        ~resume_at_exit() { kill(pid, SIGCONT); }
-    } resume_worker{pids[0]};
+    one_worker w;
+    ASSERT_TRUE(w.started());
+    procpool::process_pool& pool = w.pool;
+    const std::vector<int>& pids = w.pids;
     const std::size_t fds_before = open_fds(pids[0]);
     {
-        std::vector<procpool::shared_array<int>> arrays;
-        arrays.reserve(n);
-        std::vector<procpool::future<int>> fs;
-        for (int i = 0; i < n; ++i) {
-            arrays.emplace_back(1);
-            arrays.back()[0] = i;
-            fs.push_back(pool.submit(first_element, arrays.back()));
-        }
-        for (int i = 0; i < n; ++i) ASSERT_EQ(fs[static_cast<std::size_t>(i)].get(), i);
-        ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
-        ASSERT_TRUE(wait_stopped(pids[0]));
+        std::vector<procpool::shared_array<int>> arrays = cached_arrays(pool, n);
+        ASSERT_TRUE(w.stop());
         arrays.clear();  // n forget notices for the stopped worker
         // Only this task has a deadline (none of the setup's may time out on a busy machine).
         auto f = resume ? pool.submit(text_size, std::string(arg_bytes, 'x'))
@@ -360,7 +378,7 @@ void forget_burst_then_task(int n, std::size_t arg_bytes, bool resume = true) {
             EXPECT_NE(pool.worker_pids(), pids);
             return;
         }
-        ASSERT_EQ(kill(pids[0], SIGCONT), 0);
+        ASSERT_TRUE(w.resume());
         EXPECT_EQ(f.get(), arg_bytes);
         EXPECT_EQ(pool.worker_pids(), pids);
         // The notices held back (beyond a quarter of the ring) reach it with no further
@@ -421,33 +439,19 @@ TEST(RingBurst, IdSentAgainWhileItsNoticeWaits_TheNewMappingStays) {
     const descriptor_limit limit(n);
     if (!limit.ok()) GTEST_SKIP() << limit.why();
     constexpr std::uint64_t id = (std::uint64_t{1} << 60) + 12345;
-    procpool::process_pool pool({.workers = 1});
-    ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
-    const std::vector<int> pids = pool.worker_pids();
-    ASSERT_EQ(pids.size(), 1u);
-    struct resume_at_exit {
-        int pid;
-        ~resume_at_exit() { kill(pid, SIGCONT); }
-    } resume_worker{pids[0]};
-    std::vector<procpool::shared_array<int>> arrays;
-    {
-        std::vector<procpool::future<int>> fs;
-        for (int i = 0; i < n; ++i) {
-            arrays.emplace_back(1);
-            arrays.back()[0] = i;
-            fs.push_back(pool.submit(first_element, arrays.back()));
-        }
-        for (int i = 0; i < n; ++i) ASSERT_EQ(fs[static_cast<std::size_t>(i)].get(), i);
-    }
+    one_worker w;
+    ASSERT_TRUE(w.started());
+    procpool::process_pool& pool = w.pool;
+    const std::vector<int>& pids = w.pids;
+    std::vector<procpool::shared_array<int>> arrays = cached_arrays(pool, n);
     auto first = std::make_unique<procpool::shared_array<int>>(relayed_array(id, 11));
     ASSERT_EQ(pool.submit(first_element, *first).get(), 11);  // the worker caches `id`
-    ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
-    ASSERT_TRUE(wait_stopped(pids[0]));
+    ASSERT_TRUE(w.stop());
     arrays.clear();                       // the budget fills, the rest wait in the backlog
     first.reset();                        // `id`'s notice waits too
     auto second = relayed_array(id, 22);  // the same id, a new block
     auto f = pool.submit(first_element, second);
-    ASSERT_EQ(kill(pids[0], SIGCONT), 0);
+    ASSERT_TRUE(w.resume());
     EXPECT_EQ(f.get(), 22);
     EXPECT_EQ(pool.submit(plus_one, 1).get(), 2);  // whatever was held back is out by now
     EXPECT_EQ(pool.submit(first_element, second).get(), 22);  // still mapped in the worker
@@ -482,33 +486,21 @@ void id_sent_again_not_received(bool backlog) {
     const descriptor_limit limit(n);
     if (!limit.ok()) GTEST_SKIP() << limit.why();
     constexpr std::uint64_t id = (std::uint64_t{1} << 60) + 54321;
-    procpool::process_pool pool({.workers = 1});
-    ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
-    const std::vector<int> pids = pool.worker_pids();
-    ASSERT_EQ(pids.size(), 1u);
-    struct resume_at_exit {
-        int pid;
-        ~resume_at_exit() { kill(pid, SIGCONT); }
-    } resume_worker{pids[0]};
+    one_worker w;
+    ASSERT_TRUE(w.started());
+    procpool::process_pool& pool = w.pool;
+    const std::vector<int>& pids = w.pids;
     std::vector<procpool::shared_array<int>> arrays;
-    if (backlog) {
-        std::vector<procpool::future<int>> fs;
-        for (int i = 0; i < n; ++i) {
-            arrays.emplace_back(1);
-            fs.push_back(pool.submit(first_element, arrays.back()));
-        }
-        for (auto& f : fs) f.get();
-    }
+    if (backlog) arrays = cached_arrays(pool, n);
     auto first = std::make_unique<procpool::shared_array<int>>(relayed_array(id, 11));
     ASSERT_EQ(pool.submit(first_element, *first).get(), 11);  // mapped in the worker
     ASSERT_EQ(pool.submit(no_more_descriptors, 0).get(), 0);
-    ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
-    ASSERT_TRUE(wait_stopped(pids[0]));
+    ASSERT_TRUE(w.stop());
     arrays.clear();
     first.reset();
     auto second = relayed_array(id, 22);  // the same id, a new block
     auto f = pool.submit(first_element, second);
-    ASSERT_EQ(kill(pids[0], SIGCONT), 0);
+    ASSERT_TRUE(w.resume());
     EXPECT_THROW(f.get(), procpool::serialization_error);  // not the old block's 11
     EXPECT_THROW(pool.submit(first_element, second).get(), procpool::serialization_error);
     ASSERT_EQ(pool.submit(descriptors_back, 0).get(), 0);
@@ -531,22 +523,17 @@ TEST(RingBurst, IdSentAgainWhileItsNoticeWaitsButNotReceived_FailsThenIsSentAnew
 // block as cached there, or the next task that needs it, once the worker has descriptors
 // again, is sent without it and fails.
 TEST(RingBurst, SkippedTaskWhoseBlockWasNotReceived_TheBlockIsSentAgainLater) {
-    procpool::process_pool pool({.workers = 1});
-    ASSERT_EQ(pool.submit(plus_one, 0).get(), 1);
-    const std::vector<int> pids = pool.worker_pids();
-    ASSERT_EQ(pids.size(), 1u);
-    struct resume_at_exit {
-        int pid;
-        ~resume_at_exit() { kill(pid, SIGCONT); }
-    } resume_worker{pids[0]};
+    one_worker w;
+    ASSERT_TRUE(w.started());
+    procpool::process_pool& pool = w.pool;
+    const std::vector<int>& pids = w.pids;
     procpool::shared_array<int> array(1);
     array[0] = 7;
     ASSERT_EQ(pool.submit(no_more_descriptors, 0).get(), 0);
-    ASSERT_EQ(kill(pids[0], SIGSTOP), 0);
-    ASSERT_TRUE(wait_stopped(pids[0]));
+    ASSERT_TRUE(w.stop());
     auto skipped = pool.submit(first_element, array);  // its frame waits in the ring
     EXPECT_TRUE(skipped.cancel());
-    ASSERT_EQ(kill(pids[0], SIGCONT), 0);
+    ASSERT_TRUE(w.resume());
     EXPECT_THROW(skipped.get(), procpool::task_cancelled);
     ASSERT_EQ(pool.submit(descriptors_back, 0).get(), 0);
     EXPECT_EQ(pool.submit(first_element, array).get(), 7);
