@@ -84,7 +84,9 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
     // Every record is taken off the socket before any is judged, so that a refused one
     // leaves the channel in step for the next message.
     std::vector<std::pair<attach_msg, ipc::unique_fd>> got;
-    std::exception_ptr failed;  // in a worker: the first block it could not take
+    // In a worker: a block whose descriptor did not arrive, the first mapping refused.
+    bool lost = false;
+    std::exception_ptr refused;
     for (std::uint32_t i = 0; i < n; ++i) {
         attach_msg m{};
         int fd = -1;
@@ -101,10 +103,7 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
             // the id is not the block sent now, so it goes, and the task that needs it
             // fails ("not received") rather than read memory the parent has freed.
             table.erase(m.id);
-            if (!failed) {
-                failed = std::make_exception_ptr(
-                    serialization_error("a shared array's descriptor did not arrive"));
-            }
+            lost = true;
             continue;
         }
         got.emplace_back(m, std::move(owned));
@@ -117,10 +116,11 @@ void receive_attachments(int sock, std::uint32_t n, detail::shm_table& table, bo
                 if ((m.flags & attach_progressive) != 0) table[m.id]->mark_progressive();
             } catch (...) {  // e.g. out of address space: as above
                 table.erase(m.id);
-                if (!failed) failed = std::current_exception();
+                if (!refused) refused = std::current_exception();
             }
         }
-        if (failed) std::rethrow_exception(failed);
+        if (refused) std::rethrow_exception(refused);
+        if (lost) throw serialization_error("a shared array's descriptor did not arrive");
         return;
     }
     for (auto& [m, fd] : got) {  // in the parent: a worker's result blocks
